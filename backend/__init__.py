@@ -1,0 +1,1 @@
+"""Resident insurance collection backend (城乡居民两险集中征缴)."""

@@ -1,0 +1,120 @@
+"""The command line: ``python -m backend serve|migrate|import|users|demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from backend.config import get_settings
+from backend.errors import AppError
+
+
+def _runtime():  # type: ignore[no-untyped-def]
+    from backend.runtime import Runtime
+
+    return Runtime(get_settings())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.logs import configure_logging
+
+    configure_logging(get_settings().log_level)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None,
+                proxy_headers=True, server_header=False)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from backend.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    print("database is at the newest migration")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from backend.imports.service import run_import
+
+    rt = _runtime()
+    report = run_import(rt, args.kind, Path(args.file), skip_bad_rows=args.skip_bad_rows,
+                        progress=not args.quiet)
+    print(report.summary(), file=sys.stderr if report.errors else sys.stdout)
+    return 0 if report.committed else 1
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    from backend.auth.service import create_staff_user
+    from backend.db import unit_of_work
+
+    rt = _runtime()
+    with unit_of_work(rt.sessions) as session:
+        user = create_staff_user(session, username=args.username, password=args.password,
+                                 role=args.role, town_code=args.town,
+                                 village_code=args.village, department=args.department)
+        print(f"created {user.role} {user.username}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backend.demo.generator import load_demo
+
+    rt = _runtime()
+    print(load_demo(rt, residents=args.residents, seed=args.seed, progress=not args.quiet))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("migrate", help="apply database migrations")
+    s.set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("import", help="import a CSV or XLSX file")
+    s.add_argument("kind", choices=["regions", "residents", "departments", "deaths"])
+    s.add_argument("file")
+    s.add_argument("--skip-bad-rows", action="store_true",
+                   help="import the good rows even if some are bad")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_import)
+
+    users = sub.add_parser("users", help="staff accounts").add_subparsers(dest="action",
+                                                                          required=True)
+    s = users.add_parser("create", help="create a staff account")
+    s.add_argument("--username", required=True)
+    s.add_argument("--password", required=True)
+    s.add_argument("--role", required=True)
+    s.add_argument("--town")
+    s.add_argument("--village")
+    s.add_argument("--department")
+    s.set_defaults(func=cmd_users_create)
+
+    s = sub.add_parser("demo", help="load a generated demo district")
+    s.add_argument("--residents", type=int, default=20_000)
+    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AppError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""create_app(): routers, middleware, error handlers, lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from backend.auth.endpoints import router as auth_router
+from backend.config import Settings, get_settings
+from backend.errors import AppError
+from backend.residents.endpoints import router as residents_router
+from backend.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20  # JSON bodies; statement uploads get their own limit
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
+
+
+class BodyLimit:
+    """Refuse a request body over the limit before reading it (TigerStyle: limits on all)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", []):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    resp = JSONResponse(status_code=413, content={"error": {
+                        "code": "payload_too_large",
+                        "message": f"the request body is over {self.limit} bytes"}})
+                    await resp(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _field(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    runtime = Runtime(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        runtime.close()
+
+    app = FastAPI(title="Resident insurance collection", version="0.1.0", lifespan=lifespan)
+    app.state.runtime = runtime
+
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content=exc.body())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{_field(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"error": {
+            "code": "validation_error", "message": "; ".join(problems),
+            "fields": [_field(tuple(e["loc"])) for e in exc.errors()]}})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return JSONResponse(status_code=exc.status_code, content={"error": {
+            "code": code, "message": str(exc.detail)}})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(status_code=500, content={"error": {
+            "code": "internal_error", "message": "an unexpected error; it has been logged"}})
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        from sqlalchemy import text
+
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    app.include_router(auth_router)
+    app.include_router(residents_router)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    return app

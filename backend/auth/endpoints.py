@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from backend.auth import service
+from backend.auth.schemas import StaffLogin, StaffToken, WechatLogin, WechatToken
+from backend.deps import ClientIp, RuntimeDep, SessionDep
+
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+
+@router.post("/wechat", response_model=WechatToken)
+def login_wechat(body: WechatLogin, rt: RuntimeDep) -> WechatToken:
+    token, openid = service.login_wechat(rt, body.code)
+    return WechatToken(access_token=token, openid=openid)
+
+
+@router.post("/staff", response_model=StaffToken)
+def login_staff(body: StaffLogin, rt: RuntimeDep, session: SessionDep, ip: ClientIp) -> StaffToken:
+    token, user = service.login_staff(rt, session, body.username, body.password, ip)
+    return StaffToken(access_token=token, role=user.role)

@@ -1,0 +1,120 @@
+"""Logins: WeChat mini-program (code2session) and staff passwords (argon2)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.auth.models import STAFF_ROLES, StaffUser
+from backend.errors import Conflict, RateLimited, Unauthorized, ValidationFailed
+from backend.policy import DEPARTMENTS
+from backend.residents.models import Town, Village
+from backend.runtime import Runtime
+from backend.security.tokens import Principal, issue_token
+
+log = logging.getLogger(__name__)
+_hasher = PasswordHasher()
+# Verifying against this keeps an unknown username as slow as a wrong password.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+_OPENID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def create_staff_user(session: Session, *, username: str, password: str, role: str,
+                      town_code: str | None = None, village_code: str | None = None,
+                      department: str | None = None) -> StaffUser:
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{2,64}", username or ""):
+        raise ValidationFailed("username: 2–64 letters, digits or _ . @ -")
+    if len(password or "") < 8:
+        raise ValidationFailed("password: at least 8 characters")
+    if role not in STAFF_ROLES:
+        raise ValidationFailed(f"role: one of {', '.join(STAFF_ROLES)}")
+    if role == "agent":
+        village = session.get(Village, village_code) if village_code else None
+        if village is None:
+            raise ValidationFailed("an agent needs --village with a known village code")
+        town_code = village.town_code
+    elif role == "town_staff":
+        if not town_code or session.get(Town, town_code) is None:
+            raise ValidationFailed("town staff need --town with a known town code")
+        village_code = None
+    elif role == "department":
+        if department not in DEPARTMENTS:
+            raise ValidationFailed(f"a department user needs --department, one of "
+                                   f"{', '.join(DEPARTMENTS)}")
+        town_code = village_code = None
+    else:
+        town_code = village_code = department = None
+    if session.scalar(select(StaffUser.id).where(StaffUser.username == username)):
+        raise Conflict(f"username {username!r} is taken", code="username_taken")
+    user = StaffUser(username=username, password_hash=_hasher.hash(password), role=role,
+                     town_code=town_code, village_code=village_code, department=department)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def staff_principal(user: StaffUser) -> Principal:
+    return Principal(sub=f"staff:{user.id}", role=user.role, town_code=user.town_code,
+                     village_code=user.village_code, department=user.department)
+
+
+def login_staff(rt: Runtime, session: Session, username: str, password: str,
+                client_ip: str) -> tuple[str, StaffUser]:
+    s = rt.settings
+    keys = [f"login:user:{username.lower()}", f"login:ip:{client_ip}"]
+    # An account locks after a few failures; an address after more (many accounts).
+    if (rt.limiter.count(keys[0]) >= s.login_failure_limit
+            or rt.limiter.count(keys[1]) >= 4 * s.login_failure_limit):
+        raise RateLimited("too many failed logins; wait a few minutes and try again")
+    user = session.scalar(select(StaffUser).where(StaffUser.username == username))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        ok = user is not None and user.active
+    except (VerificationError, InvalidHashError):
+        ok = False
+    if not ok or user is None:
+        for key in keys:
+            rt.limiter.hit(key, s.login_failure_window_s)
+        log.info("staff login failed")
+        raise Unauthorized("wrong username or password")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    rt.limiter.reset(keys[0])
+    return issue_token(rt.app_secret, staff_principal(user), s.access_token_ttl_s), user
+
+
+def code_to_openid(rt: Runtime, code: str) -> str:
+    """wx.login code → openid: WeChat's code2session, or the simulator's ``sandbox:<openid>``."""
+    if rt.settings.sandbox:
+        openid = code.removeprefix("sandbox:") if code.startswith("sandbox:") else ""
+        if not _OPENID.fullmatch(openid):
+            raise Unauthorized("the login code is not valid (the simulator takes "
+                               "'sandbox:<openid>')")
+        return openid
+    from wechatpy import WeChatClient
+    from wechatpy.exceptions import WeChatClientException
+
+    client = WeChatClient(rt.settings.wechat_appid, rt.settings.wechat_app_secret, timeout=5)
+    try:
+        session_info = client.wxa.code_to_session(code)
+    except WeChatClientException as exc:
+        log.info("code2session refused: errcode=%s", exc.errcode)
+        raise Unauthorized("the login code is not valid or has expired") from None
+    except Exception as exc:  # network errors, garbage answers
+        log.warning("code2session failed: %s", type(exc).__name__)
+        raise Unauthorized("WeChat login is unavailable; try again") from None
+    openid = session_info.get("openid") if isinstance(session_info, dict) else None
+    if not openid:
+        raise Unauthorized("WeChat returned no openid")
+    return str(openid)
+
+
+def login_wechat(rt: Runtime, code: str) -> tuple[str, str]:
+    openid = code_to_openid(rt, code)
+    principal = Principal(sub=f"wx:{openid}", role="resident")
+    return issue_token(rt.app_secret, principal, rt.settings.access_token_ttl_s), openid

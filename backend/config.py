@@ -1,0 +1,111 @@
+"""One Settings object; nothing else in the program reads os.environ."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    data_dir: Path = DATA_DIR
+    database_url: str = ""
+    redis_url: str = ""
+    app_secret: str = ""
+    pii_key: str = ""
+    policy: str = "shanting-2021"
+    collect_now: datetime | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    payment_sandbox: bool | None = None
+    log_level: str = "INFO"
+
+    # WeChat mini-program and WeChat Pay APIv3 (public-key mode)
+    wechat_appid: str = ""
+    wechat_app_secret: str = ""
+    wechat_mchid: str = ""
+    wechat_apiv3_key: str = ""
+    wechat_mch_private_key: str = ""
+    wechat_mch_serial: str = ""
+    wechat_public_key: str = ""
+    wechat_public_key_id: str = ""
+    # Alipay
+    alipay_appid: str = ""
+    alipay_app_private_key: str = ""
+    alipay_public_key: str = ""
+    alipay_seller_id: str = ""
+    # ChinaUMS bills QR (银联商务)
+    unionpay_mid: str = ""
+    unionpay_tid: str = ""
+    unionpay_msg_src_id: str = ""
+    unionpay_key: str = ""
+    # the simulator's private halves
+    sandbox_wechat_private_key: str = ""
+    sandbox_alipay_private_key: str = ""
+
+    # limits on lookups (per caller and per IP)
+    lookup_miss_limit: int = 10
+    lookup_miss_window_s: int = 600
+    login_failure_limit: int = 5
+    login_failure_window_s: int = 900
+    access_token_ttl_s: int = 8 * 3600
+
+    @field_validator("collect_now")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("COLLECT_NOW must carry a UTC offset, e.g. 2020-11-02T09:00:00+08:00")
+        return v
+
+    @property
+    def sandbox(self) -> bool:
+        if self.payment_sandbox is not None:
+            return self.payment_sandbox
+        live = self.wechat_mchid and self.alipay_appid and self.unionpay_mid
+        return not live
+
+    @property
+    def resolved_database_url(self) -> str:
+        url = self.database_url or f"sqlite:///{self.data_dir / 'collection.sqlite3'}"
+        # The service picks its driver: psycopg 3 for PostgreSQL.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    def _generated(self, name: str, make) -> str:  # type: ignore[no-untyped-def]
+        path = self.data_dir / name
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = make()
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        return value
+
+    @property
+    def app_secret_value(self) -> str:
+        return self.app_secret or self._generated("app_secret", lambda: secrets.token_urlsafe(48))
+
+    @property
+    def pii_key_bytes(self) -> bytes:
+        raw = self.pii_key or self._generated(
+            "pii_key", lambda: base64.b64encode(secrets.token_bytes(32)).decode()
+        )
+        key = base64.b64decode(raw, validate=True)
+        if len(key) != 32:
+            raise ValueError("PII_KEY must be base64 of exactly 32 bytes")
+        return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,137 @@
+"""The registry's rules: assessing a resident (核定) and the lookup (查询)."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from backend.errors import NotFound, RateLimited, ValidationFailed
+from backend.policy import Assessment, Policy, ResidentFacts, assess, policy_for_year
+from backend.residents import repository as repo
+from backend.residents.idnumber import parse_id_number
+from backend.residents.models import Resident
+from backend.residents.schemas import (
+    LookupResponse,
+    MedicalItem,
+    PensionItem,
+    ResidentOut,
+    TierOut,
+)
+from backend.runtime import Runtime
+from backend.security.pii import mask_name
+from backend.security.tokens import Principal, RefCodec
+
+log = logging.getLogger(__name__)
+
+
+def normalize_name(name: str) -> str:
+    """Full-width and spacing variants of one name compare equal."""
+    return "".join(unicodedata.normalize("NFKC", name).split())
+
+
+def policy_for(rt: Runtime, year: int) -> Policy:
+    if year == rt.policy.coverage_year:
+        return rt.policy
+    try:
+        return policy_for_year(rt.policy, year)
+    except LookupError:
+        raise ValidationFailed(f"year: no collection policy for {year} in this district "
+                               f"(current: {rt.policy.coverage_year})") from None
+
+
+def assess_resident(session: Session, policy: Policy, resident: Resident,
+                    now: datetime) -> Assessment:
+    assert resident.id is not None
+    facts = ResidentFacts(
+        birth_date=resident.birth_date,
+        hukou_type=resident.hukou_type,
+        employee_pension=resident.employee_pension,
+        employee_medical=resident.employee_medical,
+        student=resident.student,
+        categories=resident.category_set,
+        died_on=repo.died_on(session, resident.id_hash),
+        last_pension_tier_yuan=resident.last_pension_tier_yuan,
+        department_listings=repo.listings(session, resident.id, policy.coverage_year),
+    )
+    return assess(policy, facts, now)
+
+
+def in_scope(session: Session, principal: Principal, resident: Resident, year: int) -> bool:
+    """Staff see only their own scope; residents may look up anyone whose ID they hold."""
+    match principal.role:
+        case "resident" | "finance" | "auditor" | "admin":
+            return True
+        case "agent":
+            return resident.village_code == principal.village_code
+        case "town_staff":
+            return repo.town_of_village(session, resident.village_code) == principal.town_code
+        case "department":
+            assert resident.id is not None
+            return any(d == principal.department
+                       for d, _ in repo.listings(session, resident.id, year))
+    return False
+
+
+def _status(eligible: bool, due_fen: int, government_fen: int) -> str:
+    if not eligible:
+        return "not_eligible"
+    if due_fen == 0 and government_fen > 0:
+        return "government_paid"
+    return "unpaid"
+
+
+def render_lookup(rt: Runtime, principal: Principal, resident: Resident,
+                  a: Assessment) -> LookupResponse:
+    assert resident.id is not None
+    p, m = a.pension, a.medical
+    default = p.tier(p.default_tier_yuan) if p.default_tier_yuan is not None else None
+    pension = PensionItem(
+        status=_status(p.eligible, default.amount_due_fen if default else 1,
+                       default.government_pays_fen if default else 0),
+        eligible=p.eligible, reason=p.reason,
+        tiers=[TierOut(tier_yuan=t.tier_yuan, amount_due_fen=t.amount_due_fen,
+                       government_pays_fen=t.government_pays_fen, subsidy_fen=t.subsidy_fen)
+               for t in p.tiers],
+        default_tier_yuan=p.default_tier_yuan, paying_department=p.paying_department,
+        payable=p.payable, not_payable_reason=p.not_payable_reason,
+    )
+    medical = MedicalItem(
+        status=_status(m.eligible, m.amount_due_fen, m.government_pays_fen),
+        eligible=m.eligible, reason=m.reason, amount_due_fen=m.amount_due_fen,
+        government_pays_fen=m.government_pays_fen, paying_department=m.paying_department,
+        subsidy_fen=m.subsidy_fen, benefit_start=m.benefit_start, late=m.late,
+        newborn=m.newborn, payable=m.payable, not_payable_reason=m.not_payable_reason,
+    )
+    refs = RefCodec(rt.pii.ref_key)
+    return LookupResponse(
+        resident=ResidentOut(
+            ref=refs.make(resident.id, principal.sub), name=mask_name(resident.name),
+            id_number_masked=resident.id_masked, village_code=resident.village_code,
+            age=a.age, categories=sorted(resident.category_set),
+            deceased=(p.reason == "deceased"),
+        ),
+        year=a.year, late=a.late, items=[pension, medical],
+    )
+
+
+def lookup(rt: Runtime, session: Session, principal: Principal, client_ip: str, *,
+           name: str, id_number: str, year: int) -> LookupResponse:
+    """Name and ID number must both match; a miss says nothing about which one was wrong."""
+    s = rt.settings
+    keys = [f"lookup:caller:{principal.sub}", f"lookup:ip:{client_ip}"]
+    if rt.limiter.exceeded(keys, s.lookup_miss_limit):
+        raise RateLimited("too many lookups that found nobody; wait a few minutes")
+    citizen = parse_id_number(id_number, today=rt.clock.today())
+    policy = policy_for(rt, year)
+    resident = repo.resident_by_hash(session, rt.pii.hash(citizen.number))
+    if (resident is None or normalize_name(resident.name) != normalize_name(name)
+            or not in_scope(session, principal, resident, year)):
+        for key in keys:
+            rt.limiter.hit(key, s.lookup_miss_window_s)
+        log.info("lookup miss by %s", principal.role)
+        raise NotFound("no registered resident with this name and ID number")
+    assessment = assess_resident(session, policy, resident, rt.clock.now())
+    return render_lookup(rt, principal, resident, assessment)

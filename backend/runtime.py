@@ -1,0 +1,60 @@
+"""What a running service holds once: settings, database, keys, Redis, clock, policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.cache import RateLimiter, make_redis
+from backend.clock import BusinessClock
+from backend.config import Settings
+from backend.db import make_engine, make_sessionmaker
+from backend.policy import Policy, load_policy
+from backend.security.pii import PiiVault
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.resolved_database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_sessionmaker(self.engine)
+
+    @cached_property
+    def pii(self) -> PiiVault:
+        return PiiVault(self.settings.pii_key_bytes)
+
+    @cached_property
+    def app_secret(self) -> str:
+        return self.settings.app_secret_value
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return make_redis(self.settings.redis_url)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.redis)
+
+    @cached_property
+    def clock(self) -> BusinessClock:
+        return BusinessClock(self.settings.collect_now)
+
+    @cached_property
+    def policy(self) -> Policy:
+        return load_policy(self.settings.policy)
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "redis" in self.__dict__:
+            self.redis.close()
