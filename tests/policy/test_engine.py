@@ -11,6 +11,7 @@ import pytest
 
 from backend.policy import (
     Assessment,
+    MedicalAssessment,
     Policy,
     ResidentFacts,
     TierOption,
@@ -461,7 +462,8 @@ def test_unknown_codes_are_rejected(kwargs: dict[str, Any]) -> None:
 @pytest.mark.parametrize("now", [OPEN, LATE])
 def test_money_is_int(shanting: Policy, age: int, now: datetime) -> None:
     a = run(shanting, facts(age, categories=("disabled_severe",)), now)
-    for obj in (a.medical, *a.pension.tiers):
+    items: list[MedicalAssessment | TierOption] = [a.medical, *a.pension.tiers]
+    for obj in items:
         for f in fields(obj):
             if f.name.endswith("_fen"):
                 assert type(getattr(obj, f.name)) is int, f.name

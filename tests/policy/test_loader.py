@@ -149,8 +149,11 @@ def _walk(value: Any) -> Iterator[tuple[str, Any]]:
 def test_no_floats_anywhere(policy_id: str) -> None:
     for name, value in _walk(load_policy(policy_id)):
         assert not isinstance(value, float), name
-        if name.endswith(("_fen", "_yuan", "_percent", "_days")):
+        if name.endswith(("_fen", "_percent", "_days")) or name in (
+                "sponsored_tier_yuan", "min_tier_yuan"):
             assert type(value) is int, name
+    policy = load_policy(policy_id)
+    assert all(type(t) is int for t in policy.tiers_yuan)
 
 
 def test_testville_differs() -> None:
@@ -233,7 +236,7 @@ def test_id_must_match_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
          "medical.full_pay_categories.illness_hardship", "unknown department 'police'"),
         ('illness_hardship = "health"', 'illness = "health"',
          "medical.full_pay_categories.illness", "not a known category"),
-        ("tier_yuan = 100\n", "tier_yuan = 200\n", "pension.sponsored.tier_yuan",
+        ("\ntier_yuan = 100\n", "\ntier_yuan = 200\n", "pension.sponsored.tier_yuan",
          "one of tiers_yuan"),
         ("subsidy_fen = 6000\n", "subsidy_fen = -1\n", "pension.subsidy_bands[1].subsidy_fen",
          "at least 0"),
@@ -245,6 +248,8 @@ def test_id_must_match_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ('min_age = 60\nmax_age = 69\ndepartment = "finance"',
          'min_age = 60\nmax_age = 69\ndepartment = "treasury"',
          "medical.age_rules[1].department", "department_order"),
+        ('"health", "finance"]', '"health"]', "medical.department_order",
+         "missing finance"),
         # unknown keys: usually a typo of a key that would then be missing or ignored
         ("late_waiting_days = 30\n", "late_waiting_days = 30\nlate_wait_days = 30\n",
          "medical.late_wait_days", "not a known key"),
@@ -295,7 +300,7 @@ def test_finds_the_other_year_beside_the_current_file(tmp_path: Path) -> None:
     assert policy_for_year(nxt, 2024) is current
 
 
-def test_another_district_is_never_picked(tmp_path: Path) -> None:
+def test_another_district_is_never_picked() -> None:
     # Testville has a 2024 file; Shanting does not, however close the district's name.
     shanting = load_policy("shanting-2021")
     with pytest.raises(LookupError, match=r"'shanting' and coverage year 2024"):
