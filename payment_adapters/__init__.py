@@ -1,0 +1,1 @@
+"""Payment channels: one package per channel, and the channel simulator."""

@@ -1,0 +1,115 @@
+"""The simulator's control panel: pay a trade, flip fault switches, look at trades.
+
+``POST /sandbox/pay`` is what a person (through ``python -m backend sandbox pay``) or a test
+uses to make the channel report a payment: the trade is marked paid at the "channel" and
+the real-format notification is sent to the notify URL the trade was created with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from payment_adapters.base import Channel
+from payment_adapters.sandbox.core import (
+    ChannelSimulator,
+    PayOptions,
+    SandboxState,
+    deliver,
+    deliver_later,
+)
+
+
+class PayCommand(BaseModel):
+    out_trade_no: str = Field(min_length=1, max_length=64)
+    channel: Channel | None = None
+    times: int = Field(default=1, ge=0, le=100, description="send the notification n times")
+    delay_s: float = Field(default=0, ge=0, le=600, description="deliver in the background")
+    amount_fen: int | None = Field(default=None, ge=1, description="pay a different amount")
+    bad_signature: bool = False
+    event: str | None = Field(default=None, max_length=32)
+
+
+class FaultCommand(BaseModel):
+    channel: Channel
+    timeout: bool | None = None
+    query_not_found: bool | None = None
+    garbage: bool | None = None
+    hang_s: float | None = Field(default=None, ge=0, le=60)
+
+
+def _trade_json(trade: Any) -> dict[str, Any]:
+    return {
+        "channel": trade.channel, "out_trade_no": trade.out_trade_no, "state": trade.state,
+        "amount_fen": trade.amount_fen, "paid_fen": trade.paid_fen,
+        "transaction_id": trade.transaction_id,
+        "paid_at": trade.paid_at.isoformat() if trade.paid_at else None,
+        "refunded_fen": trade.refunded_fen,
+    }
+
+
+def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> APIRouter:
+    by_channel = {s.channel: s for s in sims}
+    router = APIRouter(prefix="/sandbox", tags=["sandbox"])
+
+    @router.post("/pay")
+    def pay(cmd: PayCommand) -> dict[str, Any]:
+        trade = (state.get(cmd.channel, cmd.out_trade_no) if cmd.channel
+                 else state.find(cmd.out_trade_no))
+        if trade is None:
+            raise HTTPException(404, f"the simulator has no trade {cmd.out_trade_no}")
+        sim = by_channel[trade.channel]
+        opts = PayOptions(amount_fen=cmd.amount_fen, bad_signature=cmd.bad_signature,
+                          event=cmd.event)
+        txn = f"{trade.channel.value[:2].upper()}{state.next_seq():010d}"
+        try:
+            state.mark_paid(trade, opts, sim_transaction_id(trade.channel, txn))
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        notes = [sim.payment_notification(trade, opts) for _ in range(cmd.times)]
+        deliveries: list[dict[str, Any]] = []
+        for note in notes:
+            if cmd.delay_s:
+                deliver_later(note, cmd.delay_s)
+            else:
+                status, text = deliver(note)
+                deliveries.append({"status": status, "body": text[:500]})
+        return {
+            "trade": _trade_json(trade), "deliveries": deliveries,
+            "notifications": [{"url": n.url, "headers": dict(n.headers),
+                               "body": n.body.decode()} for n in notes],
+        }
+
+    @router.post("/faults")
+    def faults(cmd: FaultCommand) -> dict[str, Any]:
+        f = state.faults[cmd.channel]
+        for name in ("timeout", "query_not_found", "garbage", "hang_s"):
+            value = getattr(cmd, name)
+            if value is not None:
+                setattr(f, name, value)
+        return {"channel": cmd.channel, "timeout": f.timeout,
+                "query_not_found": f.query_not_found, "garbage": f.garbage, "hang_s": f.hang_s}
+
+    @router.get("/trades/{out_trade_no}")
+    def trade(out_trade_no: str) -> dict[str, Any]:
+        found = state.find(out_trade_no)
+        if found is None:
+            raise HTTPException(404, f"the simulator has no trade {out_trade_no}")
+        return _trade_json(found)
+
+    for sim in sims:
+        router.include_router(sim.router())
+    return router
+
+
+def sim_transaction_id(channel: Channel, seq: str) -> str:
+    """Transaction ids in each channel's own shape."""
+    digits = "".join(ch for ch in seq if ch.isdigit()).rjust(10, "0")
+    if channel is Channel.WECHAT:
+        return "4200001234" + "2020" + digits.rjust(14, "0")      # 28 digits, 42…
+    if channel is Channel.ALIPAY:
+        return "2020110222001" + digits.rjust(15, "0")            # 28 digits
+    return "20201102" + digits.rjust(16, "0")                      # ChinaUMS targetOrderId-ish

@@ -1,0 +1,168 @@
+"""The channel simulator's shared parts: its trades, its fault switches, and delivery.
+
+Each channel's simulator (``wechat.py``, ``alipay.py``, ``unionpay.py`` beside this file)
+serves that channel's HTTP API in the real wire format, signing as the channel does, and
+builds the channel's real-format notifications. This module keeps what they share.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import httpx
+from fastapi import APIRouter
+
+from payment_adapters.base import Channel
+
+log = logging.getLogger(__name__)
+
+SimState = Literal["pending", "paid", "closed", "refunded"]
+
+
+@dataclass
+class SimTrade:
+    channel: Channel
+    out_trade_no: str
+    amount_fen: int
+    notify_url: str
+    kind: str                        # jsapi | native | qr
+    description: str = ""
+    state: SimState = "pending"
+    transaction_id: str | None = None
+    paid_at: datetime | None = None
+    paid_fen: int | None = None      # what the payer actually paid (may differ on a fault)
+    payer: str | None = None
+    expires_at: datetime | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    refunded_fen: int = 0
+    refunds: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Faults:
+    """Switches a test (or a person) flips to make the channel misbehave."""
+
+    timeout: bool = False            # API calls hang past the client's timeout
+    query_not_found: bool = False    # query answers "no such trade" whatever the truth
+    garbage: bool = False            # API calls answer a 200 with a body that is not the format
+    hang_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class OutgoingNotification:
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PayOptions:
+    amount_fen: int | None = None    # pay a different amount than the trade's
+    bad_signature: bool = False
+    event: str | None = None         # channel-specific event, e.g. Alipay "TRADE_FINISHED"
+
+
+class ChannelSimulator(Protocol):
+    channel: Channel
+
+    def router(self) -> APIRouter:
+        """The channel's server API under ``/sandbox/<channel>/…``."""
+        ...
+
+    def payment_notification(self, trade: SimTrade, opts: PayOptions) -> OutgoingNotification:
+        """The real-format, signed (WeChat: also encrypted) notification for a paid trade."""
+        ...
+
+    def refund_notification(self, trade: SimTrade, refund: dict[str, Any]) -> (
+            OutgoingNotification | None):
+        """A refund result notification, for channels that send one; else None."""
+        ...
+
+
+class SandboxState:
+    """All simulated trades of this process, thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._trades: dict[tuple[Channel, str], SimTrade] = {}
+        self.faults: dict[Channel, Faults] = {c: Faults() for c in Channel}
+        self._seq = 0
+
+    def next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def put(self, trade: SimTrade) -> SimTrade:
+        with self._lock:
+            existing = self._trades.get((trade.channel, trade.out_trade_no))
+            if existing is not None:
+                return existing
+            self._trades[(trade.channel, trade.out_trade_no)] = trade
+            return trade
+
+    def get(self, channel: Channel, out_trade_no: str) -> SimTrade | None:
+        with self._lock:
+            return self._trades.get((channel, out_trade_no))
+
+    def find(self, out_trade_no: str) -> SimTrade | None:
+        with self._lock:
+            for (_, no), trade in self._trades.items():
+                if no == out_trade_no:
+                    return trade
+            return None
+
+    def update(self, trade: SimTrade, fn: Callable[[SimTrade], None]) -> SimTrade:
+        with self._lock:
+            fn(trade)
+            return trade
+
+    def before_call(self, channel: Channel) -> None:
+        """Apply the timeout switch at the start of every simulated API call."""
+        faults = self.faults[channel]
+        if faults.timeout:
+            time.sleep(faults.hang_s)
+
+    def mark_paid(self, trade: SimTrade, opts: PayOptions, transaction_id: str) -> bool:
+        """Pay a trade once; a second pay of a paid trade only re-sends its notification."""
+        with self._lock:
+            if trade.state == "paid":
+                return False
+            if trade.state != "pending":
+                raise ValueError(f"trade {trade.out_trade_no} is {trade.state}, not payable")
+            trade.state = "paid"
+            trade.transaction_id = transaction_id
+            trade.paid_at = datetime.now(UTC).replace(microsecond=0)
+            trade.paid_fen = opts.amount_fen if opts.amount_fen is not None else trade.amount_fen
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._trades.clear()
+            self.faults = {c: Faults() for c in Channel}
+
+
+def deliver(note: OutgoingNotification, *, timeout_s: float = 10.0) -> tuple[int, str]:
+    """POST a notification to our notify URL as the channel would; return status and body."""
+    try:
+        resp = httpx.post(note.url, content=note.body, headers=dict(note.headers),
+                          timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        log.warning("sandbox delivery to %s failed: %s", note.url, exc)
+        return 0, str(exc)
+    return resp.status_code, resp.text
+
+
+def deliver_later(note: OutgoingNotification, delay_s: float) -> None:
+    def _run() -> None:
+        time.sleep(delay_s)
+        deliver(note)
+
+    threading.Thread(target=_run, daemon=True, name="sandbox-delivery").start()
