@@ -29,7 +29,7 @@ class WechatConfig:
     apiv3_key: str               # 32 characters
     mch_private_key_pem: str     # signs requests and paySign
     mch_serial: str              # merchant API certificate serial
-    public_key_pem: str          # WeChat Pay public key (公钥模式) verifying responses/notifications
+    public_key_pem: str          # WeChat Pay public key (公钥模式): verifies its answers
     public_key_id: str           # PUB_KEY_ID_…
     base_url: str = "https://api.mch.weixin.qq.com"
     timeout_s: float = 10.0

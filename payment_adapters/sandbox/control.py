@@ -31,6 +31,7 @@ class PayCommand(BaseModel):
     amount_fen: int | None = Field(default=None, ge=1, description="pay a different amount")
     bad_signature: bool = False
     event: str | None = Field(default=None, max_length=32)
+    deliver: bool = Field(default=True, description="false: only return the notifications")
 
 
 class FaultCommand(BaseModel):
@@ -72,6 +73,8 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
         notes = [sim.payment_notification(trade, opts) for _ in range(cmd.times)]
         deliveries: list[dict[str, Any]] = []
         for note in notes:
+            if not cmd.deliver:
+                continue
             if cmd.delay_s:
                 deliver_later(note, cmd.delay_s)
             else:

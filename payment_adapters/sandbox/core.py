@@ -73,7 +73,7 @@ class ChannelSimulator(Protocol):
     channel: Channel
 
     def router(self) -> APIRouter:
-        """The channel's server API under ``/sandbox/<channel>/…``."""
+        """The channel's server API, prefixed ``/<channel>`` (mounted under ``/sandbox``)."""
         ...
 
     def payment_notification(self, trade: SimTrade, opts: PayOptions) -> OutgoingNotification:

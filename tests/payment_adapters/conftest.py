@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import lru_cache
+from functools import cache
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
 
-@lru_cache(maxsize=None)
+@cache
 def rsa_pem_pair(name: str) -> tuple[str, str]:
     """(private PEM, public PEM) — one RSA-2048 pair per name per test session."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
