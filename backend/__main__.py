@@ -68,6 +68,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from backend.logs import configure_logging
+    from backend.worker.runner import run_forever
+
+    configure_logging(get_settings().log_level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_forever(_runtime(), stop)
+    return 0
+
+
+def cmd_sandbox_pay(args: argparse.Namespace) -> int:
+    import httpx
+
+    url = get_settings().public_base_url.rstrip("/") + "/sandbox/pay"
+    body = {"out_trade_no": args.out_trade_no, "times": args.times}
+    if args.amount_fen:
+        body["amount_fen"] = args.amount_fen
+    resp = httpx.post(url, json=body, timeout=30)
+    if resp.status_code != 200:
+        print(f"error: the simulator answered {resp.status_code}: {resp.text}", file=sys.stderr)
+        return 1
+    data = resp.json()
+    print(f"{data['trade']['channel']} trade {args.out_trade_no} paid; our notify endpoint "
+          f"answered: {[d['status'] for d in data['deliveries']]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("worker", help="run the outbox relay and scheduled jobs")
+    s.set_defaults(func=cmd_worker)
+
+    sandbox = sub.add_parser("sandbox", help="drive the channel simulator of a running serve")
+    sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
+    s = sandbox_sub.add_parser("pay", help="make the simulator pay a trade and notify us")
+    s.add_argument("out_trade_no")
+    s.add_argument("--times", type=int, default=1, help="send the notification n times")
+    s.add_argument("--amount-fen", type=int, help="pay a different amount (a fault)")
+    s.set_defaults(func=cmd_sandbox_pay)
 
     s = sub.add_parser("migrate", help="apply database migrations")
     s.set_defaults(func=cmd_migrate)

@@ -12,9 +12,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from backend.agents.endpoints import router as agents_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
 from backend.errors import AppError
+from backend.notifications.endpoints import router as notify_router
+from backend.orders.endpoints import router as orders_router
 from backend.residents.endpoints import router as residents_router
 from backend.runtime import Runtime
 
@@ -49,12 +52,19 @@ def _field(loc: tuple[object, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    runtime = Runtime(settings or get_settings())
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or Runtime(settings or get_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = None
+        if runtime.settings.worker_in_serve:
+            from backend.worker.runner import start_in_thread
+
+            stop = start_in_thread(runtime)
         yield
+        if stop is not None:
+            stop.set()
         runtime.close()
 
     app = FastAPI(title="Resident insurance collection", version="0.1.0", lifespan=lifespan)
@@ -93,5 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(auth_router)
     app.include_router(residents_router)
+    app.include_router(orders_router)
+    app.include_router(agents_router)
+    app.include_router(notify_router)
+    if runtime.settings.sandbox:
+        app.include_router(runtime.channels.sandbox_router())
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app

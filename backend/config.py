@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     payment_sandbox: bool | None = None
     log_level: str = "INFO"
+    # Run the worker's jobs inside `serve`: the embedded default does, a deployment with
+    # DATABASE_URL runs `python -m backend worker` instead unless this says otherwise.
+    run_worker_in_serve: bool | None = None
 
     # WeChat mini-program and WeChat Pay APIv3 (public-key mode)
     wechat_appid: str = ""
@@ -51,6 +54,9 @@ class Settings(BaseSettings):
     sandbox_wechat_private_key: str = ""
     sandbox_alipay_private_key: str = ""
 
+    # every outgoing channel call gives up after this long
+    channel_timeout_s: float = 10.0
+
     # limits on lookups (per caller and per IP)
     lookup_miss_limit: int = 10
     lookup_miss_window_s: int = 600
@@ -71,6 +77,12 @@ class Settings(BaseSettings):
             return self.payment_sandbox
         live = self.wechat_mchid and self.alipay_appid and self.unionpay_mid
         return not live
+
+    @property
+    def worker_in_serve(self) -> bool:
+        if self.run_worker_in_serve is not None:
+            return self.run_worker_in_serve
+        return not self.database_url
 
     @property
     def resolved_database_url(self) -> str:

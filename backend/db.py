@@ -52,6 +52,14 @@ def make_engine(url: str, **kw: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            # Take transactions into our own hands (pysqlite's recipe in SQLAlchemy's docs)...
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # ...and start each one IMMEDIATE: writers queue on the lock instead of failing
+            # with SQLITE_BUSY when two transactions that read first both want to write.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if "poolclass" not in kw:

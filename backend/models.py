@@ -4,8 +4,13 @@ from sqlmodel import SQLModel
 
 from backend.auth.models import StaffUser
 from backend.departments.models import DepartmentListing
+from backend.idempotency.models import IdempotencyKey
+from backend.notifications.models import InboxNotification
+from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment, PaymentLine, Refund
 from backend.residents.models import Death, Resident, Town, Village
 
 metadata = SQLModel.metadata
 
-__all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "Town", "Village"]
+__all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "Town", "Village",
+           "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
+           "InboxNotification", "IdempotencyKey"]

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.cache import RateLimiter, make_redis
+from backend.channels import Channels
 from backend.clock import BusinessClock
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
@@ -48,6 +49,10 @@ class Runtime:
     @cached_property
     def clock(self) -> BusinessClock:
         return BusinessClock(self.settings.collect_now)
+
+    @cached_property
+    def channels(self) -> Channels:
+        return Channels(self.settings)
 
     @cached_property
     def policy(self) -> Policy:

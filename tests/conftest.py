@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -23,6 +24,7 @@ from backend.config import Settings
 from backend.migrate import upgrade
 from backend.models import metadata
 from backend.runtime import Runtime
+from tests.servers import ServedApp, free_port
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -104,11 +106,53 @@ def rt(settings: Settings) -> Iterator[Runtime]:
     runtime.close()
 
 
+@pytest.fixture(scope="session")
+def sandbox_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Channel keys made once per session (RSA generation is slow), as Settings fields."""
+    from backend.channels import _private_pem
+
+    d = tmp_path_factory.mktemp("keys")
+    files = {"wechat_mch_private_key": "mch.pem", "sandbox_wechat_private_key": "wx_pay.pem",
+             "alipay_app_private_key": "ali_app.pem", "sandbox_alipay_private_key": "ali.pem"}
+    for name in files.values():
+        _private_pem(d / name)
+    return {k: str(d / f) for k, f in files.items()} | {
+        "wechat_apiv3_key": "A" * 16 + "b" * 16,
+        "unionpay_key": "sandbox-unionpay-communication-key-0123456789"}
+
+
+class Live:
+    """The whole service on a real port, simulator included, as a wallet would see it."""
+
+    def __init__(self, rt: Runtime, served: ServedApp) -> None:
+        self.rt, self.served = rt, served
+        self.base_url = served.base_url
+        self.http = httpx.Client(base_url=served.base_url, timeout=30)
+
+
+@pytest.fixture
+def live(settings: Settings, sandbox_keys: dict[str, object]) -> Iterator[Live]:
+    from backend.app import create_app
+
+    port = free_port()
+    live_settings = settings.model_copy(update={
+        "public_base_url": f"http://127.0.0.1:{port}", "channel_timeout_s": 1.5,
+        **sandbox_keys})
+    runtime = Runtime(live_settings)
+    _wipe(runtime)
+    app = create_app(runtime=runtime)
+    served = ServedApp(app, port).start()
+    try:
+        yield Live(runtime, served)
+    finally:
+        served.stop()
+        runtime.close()
+
+
 @pytest.fixture
 def client(rt: Runtime) -> Iterator[TestClient]:
     from backend.app import create_app
 
-    app = create_app(rt.settings)
-    app.state.runtime = rt
+    app = create_app(runtime=rt)
     with TestClient(app) as c:
         yield c

@@ -8,7 +8,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from backend.db import utcnow
 from backend.errors import NotFound, RateLimited, ValidationFailed
+from backend.orders.repository import item_states
 from backend.policy import Assessment, Policy, ResidentFacts, assess, policy_for_year
 from backend.residents import repository as repo
 from backend.residents.idnumber import parse_id_number
@@ -75,7 +77,9 @@ def in_scope(session: Session, principal: Principal, resident: Resident, year: i
     return False
 
 
-def _status(eligible: bool, due_fen: int, government_fen: int) -> str:
+def _status(eligible: bool, due_fen: int, government_fen: int, known: str | None) -> str:
+    if known:
+        return known
     if not eligible:
         return "not_eligible"
     if due_fen == 0 and government_fen > 0:
@@ -83,14 +87,14 @@ def _status(eligible: bool, due_fen: int, government_fen: int) -> str:
     return "unpaid"
 
 
-def render_lookup(rt: Runtime, principal: Principal, resident: Resident,
-                  a: Assessment) -> LookupResponse:
+def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Assessment,
+                  states: dict[str, str]) -> LookupResponse:
     assert resident.id is not None
     p, m = a.pension, a.medical
     default = p.tier(p.default_tier_yuan) if p.default_tier_yuan is not None else None
     pension = PensionItem(
         status=_status(p.eligible, default.amount_due_fen if default else 1,
-                       default.government_pays_fen if default else 0),
+                       default.government_pays_fen if default else 0, states.get("pension")),
         eligible=p.eligible, reason=p.reason,
         tiers=[TierOut(tier_yuan=t.tier_yuan, amount_due_fen=t.amount_due_fen,
                        government_pays_fen=t.government_pays_fen, subsidy_fen=t.subsidy_fen)
@@ -99,7 +103,8 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident,
         payable=p.payable, not_payable_reason=p.not_payable_reason,
     )
     medical = MedicalItem(
-        status=_status(m.eligible, m.amount_due_fen, m.government_pays_fen),
+        status=_status(m.eligible, m.amount_due_fen, m.government_pays_fen,
+                       states.get("medical")),
         eligible=m.eligible, reason=m.reason, amount_due_fen=m.amount_due_fen,
         government_pays_fen=m.government_pays_fen, paying_department=m.paying_department,
         subsidy_fen=m.subsidy_fen, benefit_start=m.benefit_start, late=m.late,
@@ -134,4 +139,5 @@ def lookup(rt: Runtime, session: Session, principal: Principal, client_ip: str, 
         log.info("lookup miss by %s", principal.role)
         raise NotFound("no registered resident with this name and ID number")
     assessment = assess_resident(session, policy, resident, rt.clock.now())
-    return render_lookup(rt, principal, resident, assessment)
+    states = item_states(session, resident.id, year, utcnow())  # type: ignore[arg-type]
+    return render_lookup(rt, principal, resident, assessment, states)

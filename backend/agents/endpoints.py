@@ -1,0 +1,87 @@
+"""The village agent's screens (村居代办员): dynamic QR codes that refresh."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from backend.db import unit_of_work, utcnow
+from backend.deps import CurrentPrincipal, RuntimeDep, require_roles
+from backend.errors import Conflict, NotFound
+from backend.orders import repository as repo
+from backend.orders import service as orders
+from backend.orders.endpoints import IdempotencyKeyHeader, idempotent_json
+from backend.orders.models import Order
+from backend.orders.schemas import AgentQrCreate, OrderCreate, OrderOut
+from backend.security.tokens import Principal
+
+router = APIRouter(prefix="/api/v1/agent", tags=["agents"])
+AgentOnly = require_roles("agent")
+
+
+class QrStatus(BaseModel):
+    order_no: str
+    status: str
+    amount_fen: int
+    expires_at: datetime
+    expired: bool
+    paid_at: datetime | None
+    qr_content: str | None
+    qr_image_url: str | None
+
+
+def _own(session, principal: Principal, order_no: str) -> Order:  # type: ignore[no-untyped-def]
+    order = repo.order_by_no(session, order_no)
+    if order is None or order.payer_sub != principal.sub:
+        raise NotFound(f"no QR code order {order_no} of this agent")
+    return order
+
+
+@router.post("/qr-codes", status_code=201, response_model=OrderOut, dependencies=[AgentOnly])
+def create_qr(body: AgentQrCreate, request: Request, rt: RuntimeDep,
+              principal: CurrentPrincipal,
+              idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:
+    order_body = OrderCreate(year=body.year, channel=body.channel, items=body.items)
+    if body.channel == "wechat_jsapi":
+        raise Conflict("an agent's QR code is a QR channel or aggregate_qr",
+                       code="validation_error", status=422)
+    return idempotent_json(rt, principal, idempotency_key, request, body, lambda: (
+        orders.create_order(rt, principal, order_body, ttl=orders.AGENT_QR_TTL,
+                            village_code=principal.village_code)))
+
+
+@router.get("/qr-codes/{order_no}", response_model=QrStatus, dependencies=[AgentOnly])
+def qr_status(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> QrStatus:
+    """Polled by the agent's screen: paid yet? expired?"""
+    with unit_of_work(rt.sessions) as s:
+        order = _own(s, principal, order_no)
+        content = orders.qr_content_of(rt, order, repo.attempts_of(s, order.id))  # type: ignore[arg-type]
+        return QrStatus(order_no=order.order_no, status=order.status,
+                        amount_fen=order.amount_fen, expires_at=order.expires_at,
+                        expired=order.status == "pending" and order.expires_at <= utcnow(),
+                        paid_at=order.paid_at, qr_content=content,
+                        qr_image_url=orders.qr_image_url(rt, order))
+
+
+@router.post("/qr-codes/{order_no}/refresh", response_model=QrStatus, dependencies=[AgentOnly])
+def refresh_qr(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> QrStatus:
+    """A new short-lived code for the same order; the old image and link stop working."""
+    with unit_of_work(rt.sessions) as s:
+        order = _own(s, principal, order_no)
+        if order.status != "pending":
+            raise Conflict(f"order {order_no} is {order.status}", code="order_not_payable")
+        order.qr_token = secrets.token_urlsafe(24)
+        order.expires_at = utcnow() + orders.AGENT_QR_TTL
+        order.updated_at = utcnow()
+        attempt = None
+        target = orders.API_CHANNELS[order.channel]
+        if target is not None:
+            attempt = orders._new_attempt(rt, s, order, target[0], target[1])
+        description = orders._description(s, order)
+    if attempt is not None:
+        orders._open_at_channel(rt, order, attempt, description, None)
+    return qr_status(order_no, rt, principal)

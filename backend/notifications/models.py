@@ -1,0 +1,32 @@
+"""The notification inbox (回调收件箱): every channel notification is a row first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, String, text
+from sqlmodel import Field, SQLModel
+
+from backend.db import UTCDateTime, utcnow
+
+
+class InboxNotification(SQLModel, table=True):
+    __tablename__ = "notification_inbox"
+    __table_args__ = (
+        # A verified event is applied once: its key is unique per channel.
+        Index("uq_inbox_event", "channel", "dedupe_key", unique=True,
+              postgresql_where=text("dedupe_key IS NOT NULL"),
+              sqlite_where=text("dedupe_key IS NOT NULL")),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    dedupe_key: str | None = Field(default=None, sa_column=Column(String(128)))
+    out_trade_no: str | None = Field(default=None, max_length=64)
+    verified: bool
+    # applied | duplicate | partly_duplicate | rejected | unknown_order | amount_mismatch | …
+    outcome: str = Field(max_length=32)
+    detail: str | None = Field(default=None, max_length=500)
+    headers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    body: str
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,129 @@
+"""Channel notifications (支付回调): verified on the raw bytes, a row first, applied once.
+
+The answer to the channel depends only on whether the notification was verified and
+recorded: a repeat of an applied event gets the same success answer; anything that must
+change nothing (bad signature, unknown order, wrong amount) is stored for audit in its own
+transaction and gets the channel's failure answer, so the channel retries — which is what
+turns "the notification came before our order commit was visible" into a success later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from backend.clock import real_now
+from backend.db import unit_of_work, utcnow
+from backend.notifications.models import InboxNotification
+from backend.orders.models import Refund
+from backend.orders.payment_flow import (
+    AmountMismatch,
+    ChannelConfirmation,
+    UnknownTrade,
+    confirm_channel_payment,
+)
+from backend.runtime import Runtime
+from payment_adapters.base import Channel, HttpAnswer, Notification, VerificationFailed
+
+log = logging.getLogger(__name__)
+
+MAX_NOTIFICATION_BYTES = 64 * 1024
+# Headers worth keeping for audit; cookies and the like are not.
+KEPT_HEADERS = ("content-type", "user-agent", "wechatpay-serial", "wechatpay-timestamp",
+                "wechatpay-nonce", "wechatpay-signature", "wechatpay-signature-type",
+                "request-id")
+
+
+class _Reject(Exception):
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome, self.detail = outcome, detail
+
+
+def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes,
+           outcome: str, detail: str, out_trade_no: str | None = None) -> None:
+    with unit_of_work(rt.sessions) as s:
+        s.add(InboxNotification(
+            channel=channel.value, dedupe_key=None, out_trade_no=out_trade_no, verified=False
+            if outcome == "rejected" else True, outcome=outcome, detail=detail[:500],
+            headers={k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS},
+            body=body.decode("utf-8", "replace")))
+
+
+def _claim_event(session: Session, channel: Channel, note: Notification,
+                 headers: Mapping[str, str], body: bytes) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING: the row's id, or None if this event was seen."""
+    ins = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
+           else sqlite.insert)
+    stmt = ins(InboxNotification).values(
+        channel=channel.value, dedupe_key=note.dedupe_key, out_trade_no=note.out_trade_no,
+        verified=True, outcome="received",
+        headers={k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS},
+        body=body.decode("utf-8", "replace"), received_at=utcnow(),
+    ).on_conflict_do_nothing(index_elements=["channel", "dedupe_key"],
+                             index_where=InboxNotification.dedupe_key.isnot(None)
+                             ).returning(InboxNotification.id)
+    return session.execute(stmt).scalar()
+
+
+def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str, str]:
+    if note.kind == "payment" and note.succeeded:
+        if not note.transaction_id:
+            raise _Reject("rejected", "a success without a transaction id")
+        try:
+            applied = confirm_channel_payment(session, ChannelConfirmation(
+                channel=channel.value, out_trade_no=note.out_trade_no,
+                transaction_id=note.transaction_id, amount_fen=note.amount_fen,
+                paid_at=note.paid_at or utcnow(), source="notification"))
+        except UnknownTrade:
+            raise _Reject("unknown_order", f"no attempt {note.out_trade_no}") from None
+        except AmountMismatch as exc:
+            raise _Reject("amount_mismatch", str(exc)) from None
+        detail = f"order {applied.order_no}"
+        if applied.refund_queued_fen:
+            detail += f"; {applied.refund_queued_fen} fen queued for refund"
+        return applied.outcome, detail
+    if note.kind == "refund" and note.out_refund_no:
+        refund = session.scalar(select(Refund).where(Refund.out_refund_no == note.out_refund_no)
+                                .with_for_update())
+        if refund is None:
+            raise _Reject("unknown_order", f"no refund {note.out_refund_no}")
+        to = "succeeded" if note.succeeded else "failed"
+        session.execute(update(Refund).where(Refund.id == refund.id,
+                                             Refund.status.in_(("queued", "processing")))
+                        .values(status=to, updated_at=utcnow()))
+        return f"refund_{to}", f"refund {note.out_refund_no}"
+    # A later status of a trade already reported (Alipay TRADE_FINISHED, TRADE_CLOSED):
+    # recorded, never a new payment.
+    return "ignored", f"{note.kind} {note.trade_state}"
+
+
+def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes) -> HttpAnswer:
+    verifier = rt.channels.verifiers[channel]
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        return verifier.failure_answer("body too large")
+    try:
+        note = verifier.verify(headers, body, real_now())
+    except VerificationFailed as exc:
+        log.warning("%s notification rejected: %s", channel.value, exc)
+        _audit(rt, channel, headers, body, "rejected", str(exc))
+        return verifier.failure_answer(str(exc))
+    try:
+        with unit_of_work(rt.sessions) as s:
+            inbox_id = _claim_event(s, channel, note, headers, body)
+            if inbox_id is None:
+                return verifier.success_answer()          # seen and applied before
+            outcome, detail = _apply(s, channel, note)
+            s.execute(update(InboxNotification).where(InboxNotification.id == inbox_id)
+                      .values(outcome=outcome, detail=detail[:500]))
+    except _Reject as exc:
+        log.warning("%s notification for %s not applied: %s", channel.value, note.out_trade_no,
+                    exc.detail)
+        _audit(rt, channel, headers, body, exc.outcome, exc.detail, note.out_trade_no)
+        return verifier.failure_answer(exc.detail)
+    log.info("%s notification for %s: %s", channel.value, note.out_trade_no, outcome)
+    return verifier.success_answer()

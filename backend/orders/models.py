@@ -1,0 +1,130 @@
+"""Bill lines (应缴明细), orders, attempts (支付尝试) and the money they brought in.
+
+A bill line is one resident's item for one year and insurance; it is paid at most once.
+An order groups bill lines a payer wants to pay together (a household, both insurances).
+Every channel trade — a mini-program prepay, a QR code — is an attempt with its own
+``out_trade_no`` and expiry. Money a channel confirms is a payment; its share of each bill
+line is a payment line, and the partial unique index on applied payment lines is what makes
+"paid at most once" a database fact rather than a hope.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from backend.db import UTCDateTime, utcnow
+
+ORDER_STATUSES = ("pending", "paid", "closed", "refunded", "partially_refunded")
+ATTEMPT_STATUSES = ("creating", "pending", "unknown", "paid", "closed", "failed")
+
+
+class BillLine(SQLModel, table=True):
+    __tablename__ = "bill_lines"
+    __table_args__ = (UniqueConstraint("resident_id", "year", "insurance", name="uq_bill_line"),)
+    id: int | None = Field(default=None, primary_key=True)
+    resident_id: int = Field(foreign_key="residents.id")
+    year: int
+    insurance: str = Field(max_length=16)
+    status: str = Field(default="unpaid", max_length=16)   # unpaid | paid
+    paid_payment_id: int | None = Field(default=None)
+    paid_tier_yuan: int | None = None
+    paid_fen: int | None = None
+    paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Order(SQLModel, table=True):
+    __tablename__ = "orders"
+    id: int | None = Field(default=None, primary_key=True)
+    order_no: str = Field(sa_column=Column(String(32), unique=True, nullable=False))
+    payer_sub: str = Field(max_length=96, index=True)
+    payer_role: str = Field(max_length=16)
+    year: int
+    channel: str = Field(max_length=16)           # wechat_jsapi | … | aggregate_qr
+    status: str = Field(default="pending", max_length=24)
+    amount_fen: int
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    qr_token: str | None = Field(default=None, sa_column=Column(String(43), unique=True))
+    village_code: str | None = Field(default=None, max_length=32)   # for agent orders
+    paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    channel_transaction_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class OrderLine(SQLModel, table=True):
+    __tablename__ = "order_lines"
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    bill_line_id: int = Field(foreign_key="bill_lines.id", index=True)
+    resident_id: int = Field(foreign_key="residents.id")
+    insurance: str = Field(max_length=16)
+    tier_yuan: int | None = None
+    amount_fen: int
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempts"
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    channel: str = Field(max_length=16)           # wechat | alipay | unionpay
+    kind: str = Field(max_length=8)               # jsapi | native | qr
+    out_trade_no: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    amount_fen: int
+    status: str = Field(default="creating", max_length=16)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    qr_content: str | None = Field(default=None, max_length=512)
+    request_payment: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    transaction_id: str | None = Field(default=None, max_length=64)
+    paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Payment(SQLModel, table=True):
+    """Money a channel (or, later, an agent or a department) confirms was received."""
+
+    __tablename__ = "payments"
+    __table_args__ = (UniqueConstraint("channel", "transaction_id", name="uq_payment_txn"),)
+    id: int | None = Field(default=None, primary_key=True)
+    attempt_id: int | None = Field(default=None, foreign_key="attempts.id", index=True)
+    order_id: int = Field(foreign_key="orders.id", index=True)
+    channel: str = Field(max_length=16)
+    transaction_id: str = Field(max_length=64)
+    amount_fen: int
+    paid_at: datetime = Field(sa_type=UTCDateTime)
+    business_date: date
+    source: str = Field(max_length=16)            # notification | query | statement
+    refund_queued_fen: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PaymentLine(SQLModel, table=True):
+    __tablename__ = "payment_lines"
+    __table_args__ = (
+        Index("uq_bill_line_paid_once", "bill_line_id", unique=True,
+              postgresql_where=text("applied"), sqlite_where=text("applied")),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    payment_id: int = Field(foreign_key="payments.id", index=True)
+    bill_line_id: int = Field(foreign_key="bill_lines.id")
+    amount_fen: int
+    applied: bool                                  # False: a duplicate, queued for refund
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refunds"
+    id: int | None = Field(default=None, primary_key=True)
+    payment_id: int = Field(foreign_key="payments.id", index=True)
+    out_refund_no: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    amount_fen: int
+    reason: str = Field(max_length=32)            # duplicate | deceased | error | …
+    status: str = Field(default="queued", max_length=16)  # queued | processing | succeeded | failed
+    channel_refund_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,54 @@
+"""QR code images (二维码), PNG and SVG, cached by content.
+
+Rendering takes milliseconds; the agent's screen and the mini-program fetch the same image
+again and again, so images are cached in-process and in Redis (shared between workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from functools import lru_cache
+
+import qrcode
+import qrcode.image.svg
+import redis
+
+log = logging.getLogger(__name__)
+CACHE_TTL_S = 24 * 3600
+MAX_CONTENT = 1024
+
+
+@lru_cache(maxsize=2048)
+def _render(content: str, fmt: str) -> bytes:
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=8, border=4,
+                       image_factory=qrcode.image.svg.SvgPathImage if fmt == "svg" else None)
+    qr.add_data(content)
+    qr.make(fit=True)
+    buf = io.BytesIO()
+    qr.make_image().save(buf)
+    return buf.getvalue()
+
+
+def render(content: str, fmt: str, cache: redis.Redis | None = None) -> bytes:
+    if fmt not in ("png", "svg"):
+        raise ValueError(f"unknown QR format {fmt}")
+    if len(content) > MAX_CONTENT:
+        raise ValueError("QR content too long")
+    key = f"qr:{fmt}:{hashlib.sha256(content.encode()).hexdigest()}"
+    if cache is not None:
+        try:
+            hit = cache.get(key)
+            if hit:
+                return bytes(hit)  # type: ignore[arg-type]
+        except redis.RedisError as exc:
+            log.warning("QR cache unavailable: %s", exc)
+            cache = None
+    image = _render(content, fmt)
+    if cache is not None:
+        try:
+            cache.set(key, image, ex=CACHE_TTL_S)
+        except redis.RedisError:
+            pass
+    return image

@@ -1,0 +1,117 @@
+"""All SQL of the orders domain."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment
+
+
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def bill_lines_for(session: Session, keys: Sequence[tuple[int, int, str]]) -> dict[
+        tuple[int, str], BillLine]:
+    """Get or create the bill lines for (resident, year, insurance), locked for this tx."""
+    if not keys:
+        return {}
+    ins = _insert(session)
+    session.execute(ins(BillLine).values([
+        {"resident_id": r, "year": y, "insurance": i} for r, y, i in keys
+    ]).on_conflict_do_nothing(index_elements=["resident_id", "year", "insurance"]))
+    year = keys[0][1]
+    residents = sorted({r for r, _, _ in keys})
+    stmt = (select(BillLine).where(BillLine.resident_id.in_(residents), BillLine.year == year)
+            .order_by(BillLine.id).with_for_update())
+    wanted = {(r, i) for r, _, i in keys}
+    return {(b.resident_id, b.insurance): b for b in session.scalars(stmt)
+            if (b.resident_id, b.insurance) in wanted}
+
+
+def live_orders_of_others(session: Session, bill_line_ids: Sequence[int], payer_sub: str,
+                          now: datetime) -> set[int]:
+    """Bill lines that sit in someone else's unexpired pending order."""
+    rows = session.execute(
+        select(OrderLine.bill_line_id).join(Order, Order.id == OrderLine.order_id)
+        .where(OrderLine.bill_line_id.in_(bill_line_ids), Order.status == "pending",
+               Order.expires_at > now, Order.payer_sub != payer_sub))
+    return {r for (r,) in rows}
+
+
+def order_by_no(session: Session, order_no: str, *, lock: bool = False) -> Order | None:
+    stmt = select(Order).where(Order.order_no == order_no)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalar(stmt)
+
+
+def order_by_qr_token(session: Session, token: str) -> Order | None:
+    return session.scalar(select(Order).where(Order.qr_token == token))
+
+
+def order_lines(session: Session, order_id: int) -> list[OrderLine]:
+    return list(session.scalars(select(OrderLine).where(OrderLine.order_id == order_id)
+                                .order_by(OrderLine.id)))
+
+
+def attempts_of(session: Session, order_id: int) -> list[Attempt]:
+    return list(session.scalars(select(Attempt).where(Attempt.order_id == order_id)
+                                .order_by(Attempt.id)))
+
+
+def attempt_count(session: Session, order_id: int) -> int:
+    return int(session.scalar(select(func.count()).select_from(Attempt)
+                              .where(Attempt.order_id == order_id)) or 0)
+
+
+def attempt_by_out_trade_no(session: Session, channel: str, out_trade_no: str, *,
+                            lock: bool = False) -> Attempt | None:
+    stmt = select(Attempt).where(Attempt.out_trade_no == out_trade_no,
+                                 Attempt.channel == channel)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalar(stmt)
+
+
+def move_attempt(session: Session, attempt_id: int, allowed_from: Sequence[str], to: str,
+                 **values: object) -> bool:
+    """The attempt's transition table, applied: UPDATE … WHERE state = ANY(allowed)."""
+    result = session.execute(update(Attempt)
+                             .where(Attempt.id == attempt_id, Attempt.status.in_(allowed_from))
+                             .values(status=to, **values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def move_order(session: Session, order_id: int, allowed_from: Sequence[str], to: str,
+               **values: object) -> bool:
+    result = session.execute(update(Order)
+                             .where(Order.id == order_id, Order.status.in_(allowed_from))
+                             .values(status=to, **values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def payments_of(session: Session, order_id: int) -> list[Payment]:
+    return list(session.scalars(select(Payment).where(Payment.order_id == order_id)))
+
+
+def item_states(session: Session, resident_id: int, year: int, now: datetime) -> dict[str, str]:
+    """insurance → "paid" or "pending" (in an unexpired pending order) for one resident."""
+    states: dict[str, str] = {}
+    for insurance, status in session.execute(
+            select(BillLine.insurance, BillLine.status)
+            .where(BillLine.resident_id == resident_id, BillLine.year == year)):
+        if status == "paid":
+            states[insurance] = "paid"
+    pending = session.execute(
+        select(OrderLine.insurance).join(Order, Order.id == OrderLine.order_id)
+        .where(OrderLine.resident_id == resident_id, Order.year == year,
+               Order.status == "pending", Order.expires_at > now))
+    for (insurance,) in pending:
+        states.setdefault(insurance, "pending")
+    return states

@@ -1,0 +1,414 @@
+"""Orders (订单): check items against the assessment, open channel trades, close, sync.
+
+Creating an order is three short steps so that no database transaction stays open across
+a network call: (1) check and write the order with an attempt in state ``creating``;
+(2) ask the channel; (3) record its answer. A timeout in (2) leaves the attempt ``unknown``
+and the order pending, to be settled by a query — the channel may have the trade.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from backend.channels import API_CHANNELS
+from backend.clock import SHANGHAI
+from backend.db import unit_of_work, utcnow
+from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
+from backend.orders import repository as repo
+from backend.orders.models import Attempt, Order, OrderLine
+from backend.orders.payment_flow import ChannelConfirmation, confirm_channel_payment
+from backend.orders.schemas import OrderCreate, OrderItemOut, OrderOut, PaymentOut
+from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
+from backend.policy import Assessment
+from backend.residents.models import Resident
+from backend.residents.service import assess_resident, in_scope, policy_for
+from backend.runtime import Runtime
+from backend.security.tokens import Principal, RefCodec
+from payment_adapters.base import (
+    Channel,
+    ChannelError,
+    ChannelTimeout,
+    CreateRequest,
+    CreateResult,
+)
+
+log = logging.getLogger(__name__)
+
+RESIDENT_ORDER_TTL = timedelta(minutes=15)
+AGENT_QR_TTL = timedelta(minutes=3)
+DESCRIPTIONS = {"pension": "城乡居民基本养老保险", "medical": "城乡居民基本医疗保险"}
+
+
+class ChannelUnavailable(AppError):
+    status, code = 502, "channel_error"
+
+
+class ChannelTimedOut(AppError):
+    status, code = 504, "channel_timeout"
+
+
+# --------------------------------------------------------------------------- checking items
+@dataclass(frozen=True)
+class PricedItem:
+    resident: Resident
+    ref: str
+    insurance: str
+    tier_yuan: int | None
+    amount_fen: int
+
+    @property
+    def key(self) -> tuple[int, str]:
+        assert self.resident.id is not None
+        return self.resident.id, self.insurance
+
+
+def _price(rt: Runtime, resident: Resident, a: Assessment, insurance: str,
+           tier_yuan: int | None, ref: str) -> PricedItem:
+    label = f"{insurance} for resident {resident.id_masked}"
+    if insurance == "pension":
+        p = a.pension
+        if not p.eligible:
+            raise Conflict(f"{label} is not eligible ({p.reason})", code="not_eligible",
+                           reason=p.reason)
+        if not p.payable:
+            if p.not_payable_reason in ("window_closed", "window_not_open"):
+                when = "closed" if p.not_payable_reason == "window_closed" else "not open yet"
+                raise Conflict(f"{label}: the collection window is {when}; back-payments "
+                               "(补缴) are made by staff", code="window_closed")
+            raise Conflict(f"{label} can not be paid ({p.not_payable_reason})",
+                           code="not_eligible", reason=p.not_payable_reason)
+        tier = tier_yuan if tier_yuan is not None else p.default_tier_yuan
+        policy = policy_for(rt, a.year)
+        if tier not in policy.tiers_yuan:
+            raise ValidationFailed(f"items.tier_yuan: {tier} is not a pension tier; tiers are "
+                                   f"{', '.join(map(str, policy.tiers_yuan))}")
+        option = p.tier(tier) if tier is not None else None
+        if option is None:
+            raise Conflict(f"{label}: tier {tier} is only for the hardship groups",
+                           code="not_eligible", reason="tier_not_allowed")
+        if option.amount_due_fen <= 0:
+            raise Conflict(f"{label}: {p.paying_department} pays tier {tier}; choose a higher "
+                           "tier to pay the difference", code="not_eligible",
+                           reason="government_paid")
+        return PricedItem(resident, ref, insurance, tier, option.amount_due_fen)
+    m = a.medical
+    if tier_yuan is not None:
+        raise ValidationFailed("items.tier_yuan: only pension items have a tier")
+    if not m.eligible:
+        raise Conflict(f"{label} is not eligible ({m.reason})", code="not_eligible",
+                       reason=m.reason)
+    if not m.payable:
+        if m.not_payable_reason in ("window_closed", "window_not_open"):
+            raise Conflict(f"{label}: the collection window is not open", code="window_closed")
+        if m.not_payable_reason == "government_paid":
+            raise Conflict(f"{label}: {m.paying_department} pays all of it (代缴)",
+                           code="not_eligible", reason="government_paid")
+        raise Conflict(f"{label} can not be paid by the resident ({m.not_payable_reason})",
+                       code="not_eligible", reason=m.not_payable_reason)
+    return PricedItem(resident, ref, insurance, None, m.amount_due_fen)
+
+
+def _priced_items(rt: Runtime, session: Session, principal: Principal,
+                  body: OrderCreate) -> list[PricedItem]:
+    refs = RefCodec(rt.pii.ref_key)
+    policy = policy_for(rt, body.year)
+    now = rt.clock.now()
+    seen: set[tuple[int, str]] = set()
+    assessed: dict[int, tuple[Resident, Assessment]] = {}
+    priced: list[PricedItem] = []
+    for n, item in enumerate(body.items):
+        try:
+            rid = refs.read(item.resident_ref, principal.sub)
+        except NotFound:
+            raise ValidationFailed(f"items[{n}].resident_ref: unknown for this caller; look "
+                                   "the resident up first") from None
+        if (rid, item.insurance) in seen:
+            raise ValidationFailed(f"items[{n}]: the same resident and insurance twice")
+        seen.add((rid, item.insurance))
+        if rid not in assessed:
+            resident = session.get(Resident, rid)
+            if resident is None or not in_scope(session, principal, resident, body.year):
+                raise ValidationFailed(f"items[{n}].resident_ref: unknown for this caller")
+            assessed[rid] = (resident, assess_resident(session, policy, resident, now))
+        resident, a = assessed[rid]
+        priced.append(_price(rt, resident, a, item.insurance, item.tier_yuan, item.resident_ref))
+    return priced
+
+
+# --------------------------------------------------------------------------- creating
+def new_order_no(now: datetime) -> str:
+    """``YYYYMMDDHHMMSS`` Beijing time + 7 random characters: 21, safe on every channel."""
+    alphabet = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+    return now.astimezone(SHANGHAI).strftime("%Y%m%d%H%M%S") + "".join(
+        secrets.choice(alphabet) for _ in range(7))
+
+
+def _write_order(rt: Runtime, session: Session, principal: Principal, body: OrderCreate,
+                 ttl: timedelta, village_code: str | None) -> tuple[Order, Attempt | None]:
+    items = _priced_items(rt, session, principal, body)
+    now = utcnow()  # expiry is real time: the channel's clock is real
+    lines = repo.bill_lines_for(session, [(i.key[0], body.year, i.insurance) for i in items])
+    for i in items:
+        if lines[i.key].status == "paid":
+            raise Conflict(f"{i.insurance} {body.year} for {i.resident.id_masked} is already paid",
+                           code="item_already_paid", resident_ref=i.ref, insurance=i.insurance)
+    busy = repo.live_orders_of_others(session, [b.id for b in lines.values() if b.id],
+                                      principal.sub, now)
+    for i in items:
+        if lines[i.key].id in busy:
+            raise Conflict(f"{i.insurance} {body.year} for {i.resident.id_masked} is in another "
+                           "payer's unpaid order; try again when it expires",
+                           code="item_in_pending_order", resident_ref=i.ref,
+                           insurance=i.insurance)
+    order = Order(order_no=new_order_no(now), payer_sub=principal.sub,
+                  payer_role=principal.role, year=body.year, channel=body.channel,
+                  amount_fen=sum(i.amount_fen for i in items), expires_at=now + ttl,
+                  village_code=village_code,
+                  qr_token=None if body.channel == "wechat_jsapi" else secrets.token_urlsafe(24))
+    session.add(order)
+    session.flush()
+    assert order.id is not None
+    for i in items:
+        line_id = lines[i.key].id
+        assert line_id is not None
+        session.add(OrderLine(order_id=order.id, bill_line_id=line_id, resident_id=i.key[0],
+                              insurance=i.insurance, tier_yuan=i.tier_yuan,
+                              amount_fen=i.amount_fen))
+    attempt = None
+    target = API_CHANNELS[body.channel]
+    if target is not None:
+        attempt = _new_attempt(rt, session, order, target[0], target[1])
+    session.flush()
+    return order, attempt
+
+
+def _new_attempt(rt: Runtime, session: Session, order: Order, channel: Channel,
+                 kind: str) -> Attempt:
+    assert order.id is not None
+    n = repo.attempt_count(session, order.id) + 1
+    client = rt.channels.clients[channel]
+    attempt = Attempt(order_id=order.id, channel=channel.value, kind=kind,
+                      out_trade_no=client.new_out_trade_no(f"{order.order_no}{n:02d}"),
+                      amount_fen=order.amount_fen, expires_at=order.expires_at)
+    session.add(attempt)
+    session.flush()
+    return attempt
+
+
+def _open_at_channel(rt: Runtime, order: Order, attempt: Attempt, description: str,
+                     payer_openid: str | None) -> CreateResult | None:
+    """Steps (2) and (3): ask the channel, then record its answer in a new transaction."""
+    channel = Channel(attempt.channel)
+    req = CreateRequest(out_trade_no=attempt.out_trade_no, amount_fen=attempt.amount_fen,
+                        description=description, expires_at=attempt.expires_at,
+                        notify_url=rt.channels.notify_url(channel), kind=attempt.kind,  # type: ignore[arg-type]
+                        payer_openid=payer_openid)
+    try:
+        result = rt.channels.clients[channel].create(req)
+    except ChannelTimeout as exc:
+        with unit_of_work(rt.sessions) as s:
+            repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["unknown"], "unknown",  # type: ignore[arg-type]
+                              last_error=str(exc)[:500], updated_at=utcnow())
+        raise ChannelTimedOut(f"{channel.value} did not answer in time; the order stays pending "
+                              "and is checked with the channel", order_no=order.order_no) from None
+    except ChannelError as exc:
+        with unit_of_work(rt.sessions) as s:
+            repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["failed"], "failed",  # type: ignore[arg-type]
+                              last_error=f"{exc.code}: {exc}"[:500], updated_at=utcnow())
+            if not any(a.status in LIVE_ATTEMPT_STATES for a in repo.attempts_of(s, order.id)):  # type: ignore[arg-type]
+                repo.move_order(s, order.id, ORDER_TRANSITIONS["closed"], "closed",  # type: ignore[arg-type]
+                                updated_at=utcnow())
+        raise ChannelUnavailable(f"{channel.value} refused the payment: {exc}",
+                                 order_no=order.order_no) from None
+    with unit_of_work(rt.sessions) as s:
+        repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["pending"], "pending",  # type: ignore[arg-type]
+                          qr_content=result.qr_content, request_payment=result.request_payment,
+                          updated_at=utcnow())
+    attempt.status = "pending"
+    attempt.qr_content = result.qr_content
+    attempt.request_payment = result.request_payment
+    return result
+
+
+def _description(session: Session, order: Order) -> str:
+    kinds = {line.insurance for line in repo.order_lines(session, order.id)}  # type: ignore[arg-type]
+    return f"{order.year}年度" + "、".join(DESCRIPTIONS[k] for k in sorted(kinds, reverse=True))
+
+
+def create_order(rt: Runtime, principal: Principal, body: OrderCreate, *,
+                 ttl: timedelta = RESIDENT_ORDER_TTL,
+                 village_code: str | None = None) -> OrderOut:
+    if body.channel == "wechat_jsapi" and not principal.sub.startswith("wx:"):
+        raise ValidationFailed("channel: wechat_jsapi is for residents logged in with WeChat")
+    with unit_of_work(rt.sessions) as s:
+        order, attempt = _write_order(rt, s, principal, body, ttl, village_code)
+        description = _description(s, order)
+    if attempt is not None:
+        openid = principal.sub.removeprefix("wx:") if attempt.kind == "jsapi" else None
+        _open_at_channel(rt, order, attempt, description, openid)
+    with unit_of_work(rt.sessions) as s:
+        return render(rt, s, principal, repo.order_by_no(s, order.order_no))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- reading
+def qr_image_url(rt: Runtime, order: Order) -> str | None:
+    if not order.qr_token:
+        return None
+    return f"{rt.settings.public_base_url.rstrip('/')}/api/v1/qr/{order.qr_token}.png"
+
+
+def landing_url(rt: Runtime, order: Order) -> str:
+    return f"{rt.settings.public_base_url.rstrip('/')}/pay/{order.qr_token}"
+
+
+def current_attempt(attempts: list[Attempt]) -> Attempt | None:
+    live = [a for a in attempts if a.status in LIVE_ATTEMPT_STATES or a.status == "paid"]
+    return (live or attempts or [None])[-1]
+
+
+def qr_content_of(rt: Runtime, order: Order, attempts: list[Attempt]) -> str | None:
+    if order.channel == "aggregate_qr":
+        return landing_url(rt, order)
+    a = current_attempt(attempts)
+    return a.qr_content if a else None
+
+
+def render(rt: Runtime, session: Session, principal: Principal, order: Order) -> OrderOut:
+    refs = RefCodec(rt.pii.ref_key)
+    attempts = repo.attempts_of(session, order.id)  # type: ignore[arg-type]
+    paid = [a for a in attempts if a.status == "paid"]
+    current = paid[0] if paid else current_attempt(attempts)
+    payments = repo.payments_of(session, order.id)  # type: ignore[arg-type]
+    return OrderOut(
+        order_no=order.order_no, status=order.status, year=order.year,
+        amount_fen=order.amount_fen, expires_at=order.expires_at,
+        items=[OrderItemOut(resident_ref=refs.make(line.resident_id, principal.sub),
+                            insurance=line.insurance, tier_yuan=line.tier_yuan,
+                            amount_fen=line.amount_fen)
+               for line in repo.order_lines(session, order.id)],  # type: ignore[arg-type]
+        payment=PaymentOut(
+            channel=(order.channel if order.channel == "aggregate_qr" or current is None
+                     else order.channel),
+            out_trade_no=current.out_trade_no if current else None,
+            request_payment=(current.request_payment if current and current.kind == "jsapi"
+                             else None),
+            qr_content=None if order.channel == "wechat_jsapi" else qr_content_of(rt, order,
+                                                                                  attempts),
+            qr_image_url=None if order.channel == "wechat_jsapi" else qr_image_url(rt, order),
+        ),
+        paid_at=order.paid_at, channel_transaction_id=order.channel_transaction_id,
+        refund_queued_fen=sum(p.refund_queued_fen for p in payments),
+    )
+
+
+def _visible(session: Session, principal: Principal, order: Order) -> bool:
+    if order.payer_sub == principal.sub or principal.role in ("finance", "auditor", "admin"):
+        return True
+    if principal.role == "agent":
+        return order.village_code is not None and order.village_code == principal.village_code
+    return False
+
+
+def get_order(rt: Runtime, session: Session, principal: Principal, order_no: str) -> OrderOut:
+    order = repo.order_by_no(session, order_no)
+    if order is None or not _visible(session, principal, order):
+        raise NotFound(f"no order {order_no} for this caller")
+    return render(rt, session, principal, order)
+
+
+# --------------------------------------------------------------------------- query and close
+def sync_attempt(rt: Runtime, attempt: Attempt) -> str:
+    """Ask the channel about one attempt; apply a payment it reports, exactly as a notification."""
+    channel = Channel(attempt.channel)
+    status = rt.channels.clients[channel].query(attempt.out_trade_no)
+    if status.state in ("paid", "refunded") and status.transaction_id:
+        with unit_of_work(rt.sessions) as s:
+            confirm_channel_payment(s, ChannelConfirmation(
+                channel=channel.value, out_trade_no=attempt.out_trade_no,
+                transaction_id=status.transaction_id,
+                amount_fen=status.amount_fen if status.amount_fen is not None
+                else attempt.amount_fen,
+                paid_at=status.paid_at or utcnow(), source="query"))
+    elif status.state == "pending" and attempt.status == "unknown":
+        with unit_of_work(rt.sessions) as s:
+            repo.move_attempt(s, attempt.id, ("unknown",), "pending", updated_at=utcnow())  # type: ignore[arg-type]
+    return status.state
+
+
+def close_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
+    with unit_of_work(rt.sessions) as s:
+        order = repo.order_by_no(s, order_no)
+        if order is None or not _visible(s, principal, order):
+            raise NotFound(f"no order {order_no} for this caller")
+        attempts = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
+                    if a.status in LIVE_ATTEMPT_STATES]
+    if order.status != "pending":
+        raise Conflict(f"order {order_no} is {order.status}; only a pending order can be closed",
+                       code="order_not_payable")
+    close_attempts(rt, order, attempts)
+    with unit_of_work(rt.sessions) as s:
+        order = repo.order_by_no(s, order_no)  # type: ignore[assignment]
+        if order.status == "paid":
+            raise Conflict(f"order {order_no} was paid meanwhile", code="order_not_payable")
+        return render(rt, s, principal, order)
+
+
+def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt]) -> None:
+    """Close at the channel, then query, then close locally; "not found" never means closed."""
+    for attempt in attempts:
+        client = rt.channels.clients[Channel(attempt.channel)]
+        if attempt.status != "creating":
+            try:
+                client.close(attempt.out_trade_no)
+            except ChannelTimeout as exc:
+                raise ChannelTimedOut(f"{attempt.channel} did not answer the close; try "
+                                      "again") from exc
+            except ChannelError as exc:
+                log.info("close of %s at %s: %s", attempt.out_trade_no, attempt.channel,
+                         exc.code)
+            try:
+                state = sync_attempt(rt, attempt)
+            except ChannelTimeout as exc:
+                raise ChannelTimedOut(f"{attempt.channel} did not answer the query; try "
+                                      "again") from exc
+            if state in ("paid", "refunded"):
+                return
+        with unit_of_work(rt.sessions) as s:
+            repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["closed"], "closed",  # type: ignore[arg-type]
+                              updated_at=utcnow())
+    with unit_of_work(rt.sessions) as s:
+        repo.move_order(s, order.id, ORDER_TRANSITIONS["closed"], "closed",  # type: ignore[arg-type]
+                        updated_at=utcnow())
+
+
+def require_owner_or_staff(principal: Principal, order: Order) -> None:
+    if order.payer_sub != principal.sub and principal.role not in ("finance", "admin"):
+        raise Forbidden("only the payer or finance staff may do this")
+
+
+def sync_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
+    """Query the channel for each live attempt of an order and apply what it reports."""
+    with unit_of_work(rt.sessions) as s:
+        order = repo.order_by_no(s, order_no)
+        if order is None or not _visible(s, principal, order):
+            raise NotFound(f"no order {order_no} for this caller")
+        attempts = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
+                    if a.status in LIVE_ATTEMPT_STATES or a.status == "closed"]
+    for attempt in attempts:
+        if attempt.status == "creating":
+            continue
+        try:
+            sync_attempt(rt, attempt)
+        except ChannelTimeout:
+            raise ChannelTimedOut(f"{attempt.channel} did not answer the query; try again",
+                                  order_no=order_no) from None
+        except ChannelError as exc:
+            raise ChannelUnavailable(f"{attempt.channel} query failed: {exc}",
+                                     order_no=order_no) from None
+    with unit_of_work(rt.sessions) as s:
+        return render(rt, s, principal, repo.order_by_no(s, order_no))  # type: ignore[arg-type]
