@@ -16,8 +16,10 @@ from backend.agents.endpoints import router as agents_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
 from backend.errors import AppError
+from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import router as notify_router
 from backend.orders.endpoints import router as orders_router
+from backend.outbox.endpoints import router as outbox_router
 from backend.residents.endpoints import router as residents_router
 from backend.runtime import Runtime
 
@@ -106,6 +108,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(orders_router)
     app.include_router(agents_router)
     app.include_router(notify_router)
+    app.include_router(ledger_router)
+    app.include_router(outbox_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)

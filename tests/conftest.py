@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -56,10 +57,21 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
-    upgrade(url)
-    return url
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Migrated once; each test gets a copy (the ledger's triggers refuse a DELETE wipe)."""
+    path = tmp_path_factory.mktemp("db") / "template.sqlite3"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    target = tmp_path / "test.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{sqlite_template}{suffix}")
+        if src.exists():
+            shutil.copyfile(src, f"{target}{suffix}")
+    return f"sqlite:///{target}"
 
 
 @pytest.fixture(scope="session")
@@ -89,13 +101,11 @@ def settings(backend_name: str, request: pytest.FixtureRequest, tmp_path: Path) 
 
 
 def _wipe(rt: Runtime) -> None:
+    """PostgreSQL is shared by the session: empty it (TRUNCATE fires no row triggers)."""
     tables = [t.name for t in reversed(metadata.sorted_tables)]
     with rt.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in tables:
-                conn.execute(text(f"DELETE FROM {name}"))
 
 
 @pytest.fixture

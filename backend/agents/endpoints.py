@@ -9,6 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from backend.agents import service as agents
+from backend.agents.schemas import CollectionIn, CollectionOut, RemittanceIn, RemittanceOut
 from backend.db import unit_of_work, utcnow
 from backend.deps import CurrentPrincipal, RuntimeDep, require_roles
 from backend.errors import Conflict, NotFound
@@ -85,3 +87,23 @@ def refresh_qr(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> Qr
     if attempt is not None:
         orders._open_at_channel(rt, order, attempt, description, None)
     return qr_status(order_no, rt, principal)
+
+
+@router.post("/collections", status_code=201, response_model=CollectionOut,
+             dependencies=[AgentOnly])
+def record_collection(body: CollectionIn, request: Request, rt: RuntimeDep,
+                      principal: CurrentPrincipal,
+                      idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:
+    """Cash or POS taken in person; the phone may retry the same receipt for hours."""
+    return idempotent_json(rt, principal, idempotency_key, request, body,
+                           lambda: agents.record_collection(rt, principal, body))
+
+
+@router.post("/remittances", status_code=201, response_model=RemittanceOut,
+             dependencies=[AgentOnly])
+def record_remittance(body: RemittanceIn, request: Request, rt: RuntimeDep,
+                      principal: CurrentPrincipal,
+                      idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:
+    """The day's cash handed to the town account, with the bank's receipt number."""
+    return idempotent_json(rt, principal, idempotency_key, request, body,
+                           lambda: agents.record_remittance(rt, principal, body))

@@ -26,6 +26,7 @@ from backend.orders.payment_flow import (
     UnknownTrade,
     confirm_channel_payment,
 )
+from backend.refunds.service import complete_refund
 from backend.runtime import Runtime
 from payment_adapters.base import Channel, HttpAnswer, Notification, VerificationFailed
 
@@ -90,13 +91,15 @@ def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str,
     if note.kind == "refund" and note.out_refund_no:
         refund = session.scalar(select(Refund).where(Refund.out_refund_no == note.out_refund_no)
                                 .with_for_update())
-        if refund is None:
+        if refund is None or refund.id is None:
             raise _Reject("unknown_order", f"no refund {note.out_refund_no}")
-        to = "succeeded" if note.succeeded else "failed"
-        session.execute(update(Refund).where(Refund.id == refund.id,
-                                             Refund.status.in_(("queued", "processing")))
-                        .values(status=to, updated_at=utcnow()))
-        return f"refund_{to}", f"refund {note.out_refund_no}"
+        if note.succeeded:
+            complete_refund(session, refund.id, channel_refund_id=note.transaction_id,
+                            refunded_at=note.paid_at or utcnow())
+            return "refund_succeeded", f"refund {note.out_refund_no}"
+        # A refund the channel gave up on stays with the worker, which retries and, at the
+        # end, leaves it dead in the outbox for staff: never silently dropped.
+        return "refund_not_done", f"refund {note.out_refund_no}: {note.trade_state}"
     # A later status of a trade already reported (Alipay TRADE_FINISHED, TRADE_CLOSED):
     # recorded, never a new payment.
     return "ignored", f"{note.kind} {note.trade_state}"

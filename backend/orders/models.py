@@ -82,6 +82,9 @@ class Attempt(SQLModel, table=True):
     transaction_id: str | None = Field(default=None, max_length=64)
     paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = Field(default=None, max_length=500)
+    # active query (主动查单) of a trade whose notification has not come
+    next_query_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    queries: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -126,5 +129,6 @@ class Refund(SQLModel, table=True):
     reason: str = Field(max_length=32)            # duplicate | deceased | error | …
     status: str = Field(default="queued", max_length=16)  # queued | processing | succeeded | failed
     channel_refund_id: str | None = Field(default=None, max_length=64)
+    refunded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -22,7 +22,7 @@ from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFa
 from backend.orders import repository as repo
 from backend.orders.models import Attempt, Order, OrderLine
 from backend.orders.payment_flow import ChannelConfirmation, confirm_channel_payment
-from backend.orders.schemas import OrderCreate, OrderItemOut, OrderOut, PaymentOut
+from backend.orders.schemas import OrderCreate, OrderItemIn, OrderItemOut, OrderOut, PaymentOut
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.policy import Assessment
 from backend.residents.models import Resident
@@ -113,15 +113,15 @@ def _price(rt: Runtime, resident: Resident, a: Assessment, insurance: str,
     return PricedItem(resident, ref, insurance, None, m.amount_due_fen)
 
 
-def _priced_items(rt: Runtime, session: Session, principal: Principal,
-                  body: OrderCreate) -> list[PricedItem]:
+def _priced_items(rt: Runtime, session: Session, principal: Principal, year: int,
+                  wanted: list[OrderItemIn]) -> list[PricedItem]:
     refs = RefCodec(rt.pii.ref_key)
-    policy = policy_for(rt, body.year)
+    policy = policy_for(rt, year)
     now = rt.clock.now()
     seen: set[tuple[int, str]] = set()
     assessed: dict[int, tuple[Resident, Assessment]] = {}
     priced: list[PricedItem] = []
-    for n, item in enumerate(body.items):
+    for n, item in enumerate(wanted):
         try:
             rid = refs.read(item.resident_ref, principal.sub)
         except NotFound:
@@ -132,7 +132,7 @@ def _priced_items(rt: Runtime, session: Session, principal: Principal,
         seen.add((rid, item.insurance))
         if rid not in assessed:
             resident = session.get(Resident, rid)
-            if resident is None or not in_scope(session, principal, resident, body.year):
+            if resident is None or not in_scope(session, principal, resident, year):
                 raise ValidationFailed(f"items[{n}].resident_ref: unknown for this caller")
             assessed[rid] = (resident, assess_resident(session, policy, resident, now))
         resident, a = assessed[rid]
@@ -148,37 +148,50 @@ def new_order_no(now: datetime) -> str:
         secrets.choice(alphabet) for _ in range(7))
 
 
-def _write_order(rt: Runtime, session: Session, principal: Principal, body: OrderCreate,
-                 ttl: timedelta, village_code: str | None) -> tuple[Order, Attempt | None]:
-    items = _priced_items(rt, session, principal, body)
+def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
+                wanted: list[OrderItemIn], *, channel: str, village_code: str | None = None,
+                ttl: timedelta = timedelta(0)) -> tuple[Order, list[OrderLine]]:
+    """Check the items against the assessment and the bill lines; write order and lines."""
+    items = _priced_items(rt, session, principal, year, wanted)
     now = utcnow()  # expiry is real time: the channel's clock is real
-    lines = repo.bill_lines_for(session, [(i.key[0], body.year, i.insurance) for i in items])
+    lines = repo.bill_lines_for(session, [(i.key[0], year, i.insurance) for i in items])
     for i in items:
         if lines[i.key].status == "paid":
-            raise Conflict(f"{i.insurance} {body.year} for {i.resident.id_masked} is already paid",
+            raise Conflict(f"{i.insurance} {year} for {i.resident.id_masked} is already paid",
                            code="item_already_paid", resident_ref=i.ref, insurance=i.insurance)
     busy = repo.live_orders_of_others(session, [b.id for b in lines.values() if b.id],
                                       principal.sub, now)
     for i in items:
         if lines[i.key].id in busy:
-            raise Conflict(f"{i.insurance} {body.year} for {i.resident.id_masked} is in another "
+            raise Conflict(f"{i.insurance} {year} for {i.resident.id_masked} is in another "
                            "payer's unpaid order; try again when it expires",
                            code="item_in_pending_order", resident_ref=i.ref,
                            insurance=i.insurance)
     order = Order(order_no=new_order_no(now), payer_sub=principal.sub,
-                  payer_role=principal.role, year=body.year, channel=body.channel,
+                  payer_role=principal.role, year=year, channel=channel,
                   amount_fen=sum(i.amount_fen for i in items), expires_at=now + ttl,
                   village_code=village_code,
-                  qr_token=None if body.channel == "wechat_jsapi" else secrets.token_urlsafe(24))
+                  qr_token=(secrets.token_urlsafe(24) if channel in API_CHANNELS
+                            and channel != "wechat_jsapi" else None))
     session.add(order)
     session.flush()
     assert order.id is not None
+    written = []
     for i in items:
         line_id = lines[i.key].id
         assert line_id is not None
-        session.add(OrderLine(order_id=order.id, bill_line_id=line_id, resident_id=i.key[0],
-                              insurance=i.insurance, tier_yuan=i.tier_yuan,
-                              amount_fen=i.amount_fen))
+        written.append(OrderLine(order_id=order.id, bill_line_id=line_id, resident_id=i.key[0],
+                                 insurance=i.insurance, tier_yuan=i.tier_yuan,
+                                 amount_fen=i.amount_fen))
+    session.add_all(written)
+    session.flush()
+    return order, written
+
+
+def _write_order(rt: Runtime, session: Session, principal: Principal, body: OrderCreate,
+                 ttl: timedelta, village_code: str | None) -> tuple[Order, Attempt | None]:
+    order, _ = write_lines(rt, session, principal, body.year, body.items, channel=body.channel,
+                           village_code=village_code, ttl=ttl)
     attempt = None
     target = API_CHANNELS[body.channel]
     if target is not None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backend.db import unit_of_work, utcnow
 from backend.orders import repository as repo
-from backend.orders.models import Order
-from backend.orders.service import close_attempts
+from backend.orders.models import Attempt, Order
+from backend.orders.service import close_attempts, sync_attempt
 from backend.orders.states import LIVE_ATTEMPT_STATES
 from backend.runtime import Runtime
 
@@ -39,3 +39,34 @@ def expire_orders(rt: Runtime) -> int:
         except Exception as exc:  # one channel's trouble must not stop the others
             log.warning("expiry of order %s deferred: %s", order.order_no, exc)
     return len(work)
+
+
+# Active query (主动查单): seconds after an attempt was created at which to ask the channel,
+# for trades whose notification has not come. After the last, expiry takes over.
+QUERY_SCHEDULE_S = (60, 180, 300, 600, 900)
+
+
+def recover_attempts(rt: Runtime) -> int:
+    """Query the channel for live attempts that are due; a paid answer is applied."""
+    now = utcnow()
+    first = now - timedelta(seconds=QUERY_SCHEDULE_S[0])
+    with unit_of_work(rt.sessions) as s:
+        due = list(s.scalars(
+            select(Attempt).where(Attempt.status.in_(("pending", "unknown")),
+                                  Attempt.created_at <= first,
+                                  Attempt.queries < len(QUERY_SCHEDULE_S),
+                                  (Attempt.next_query_at.is_(None))
+                                  | (Attempt.next_query_at <= now))
+            .order_by(Attempt.id).limit(BATCH)))
+    for attempt in due:
+        try:
+            sync_attempt(rt, attempt)
+        except Exception as exc:  # the next round asks again
+            log.info("active query of %s deferred: %s", attempt.out_trade_no, exc)
+        n = attempt.queries + 1
+        following = (attempt.created_at + timedelta(seconds=QUERY_SCHEDULE_S[n])
+                     if n < len(QUERY_SCHEDULE_S) else None)
+        with unit_of_work(rt.sessions) as s:
+            s.execute(update(Attempt).where(Attempt.id == attempt.id)
+                      .values(queries=n, next_query_at=following))
+    return len(due)

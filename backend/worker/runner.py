@@ -6,13 +6,16 @@ import logging
 import threading
 from collections.abc import Callable
 
+from backend.outbox.service import run_due
 from backend.runtime import Runtime
-from backend.worker.jobs import expire_orders
+from backend.worker.jobs import expire_orders, recover_attempts
 
 log = logging.getLogger(__name__)
 
 # (name, every N seconds, job)
 SCHEDULE: list[tuple[str, float, Callable[[Runtime], int]]] = [
+    ("outbox", 2.0, run_due),
+    ("recover_attempts", 20.0, recover_attempts),
     ("expire_orders", 30.0, expire_orders),
 ]
 

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from backend.orders.schemas import MAX_ITEMS, OrderItemIn
+
+
+class CollectionIn(BaseModel):
+    year: int = Field(ge=2000, le=2100)
+    items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+    method: Literal["cash", "pos"]
+    receipt_no: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
+    pos_reference: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _pos_needs_reference(self) -> CollectionIn:
+        if self.method == "pos" and not self.pos_reference:
+            raise ValueError("pos_reference is required for a POS payment (the slip's number)")
+        return self
+
+
+class CollectionOut(BaseModel):
+    order_no: str
+    receipt_no: str
+    method: str
+    amount_fen: int
+    paid_at: datetime
+    business_date: date
+    items: list[dict[str, object]]
+
+
+class RemittanceIn(BaseModel):
+    business_date: date
+    amount_fen: int = Field(gt=0, le=100_000_000)
+    bank_receipt_no: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
+
+
+class RemittanceOut(BaseModel):
+    id: int
+    business_date: date
+    amount_fen: int
+    bank_receipt_no: str
+    outstanding_fen: int

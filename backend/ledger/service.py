@@ -1,0 +1,143 @@
+"""Posting journal entries: every fen that moves is one balanced entry with a reason.
+
+``post_entry`` is the only writer of the ledger. It is called inside the transaction of the
+state change it records (a payment applied, a refund done, cash remitted), so the two can
+never disagree. Accounts are created on first use and their ids cached per engine.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import event, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from backend.ledger.models import (
+    AGENT_CASH,
+    CHANNEL_CLEARING,
+    CONTRIBUTIONS,
+    DEPARTMENT_RECEIVABLE,
+    REFUNDS_PAYABLE,
+    TOWN_COLLECTION,
+    JournalEntry,
+    LedgerAccount,
+    Posting,
+)
+
+
+@dataclass(frozen=True)
+class Account:
+    code: str
+    kind: str
+    name: str
+
+
+def channel_clearing(channel: str) -> Account:
+    return Account(f"{CHANNEL_CLEARING}:{channel}", CHANNEL_CLEARING, f"{channel} 待清算")
+
+
+def agent_cash(agent_id: int) -> Account:
+    return Account(f"{AGENT_CASH}:{agent_id}", AGENT_CASH, f"代办员 {agent_id} 手中现金")
+
+
+def town_collection(town_code: str) -> Account:
+    return Account(f"{TOWN_COLLECTION}:{town_code}", TOWN_COLLECTION, f"{town_code} 征收专户")
+
+
+def department_receivable(department: str) -> Account:
+    return Account(f"{DEPARTMENT_RECEIVABLE}:{department}", DEPARTMENT_RECEIVABLE,
+                   f"{department} 代缴应收")
+
+
+REFUNDS = Account(REFUNDS_PAYABLE, REFUNDS_PAYABLE, "应退款项")
+
+
+def contributions(insurance: str, year: int) -> Account:
+    return Account(f"{CONTRIBUTIONS}:{insurance}:{year}", CONTRIBUTIONS,
+                   f"{year}年度 {insurance} 保费")
+
+
+@dataclass(frozen=True)
+class Leg:
+    account: Account
+    amount_fen: int                        # debit > 0, credit < 0
+    village_code: str | None = None
+    town_code: str | None = None
+    channel: str | None = None
+    measure: str | None = None
+
+
+class UnbalancedEntry(ValueError):
+    pass
+
+
+_account_ids: weakref.WeakKeyDictionary[Engine, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def account_ids(session: Session, accounts: Sequence[Account]) -> dict[str, int]:
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    cache = _account_ids.setdefault(engine, {})
+    missing = {a.code: a for a in accounts if a.code not in cache}
+    if missing:
+        ins = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        session.execute(ins(LedgerAccount).values([
+            {"code": a.code, "kind": a.kind, "name": a.name} for a in missing.values()
+        ]).on_conflict_do_nothing(index_elements=["code"]))
+        found = session.execute(select(LedgerAccount.code, LedgerAccount.id)
+                                .where(LedgerAccount.code.in_(list(missing))))
+        ids = {code: int(id_) for code, id_ in found}
+        # Only cache ids that a committed transaction made visible to others: ours commits
+        # with the entry, and a rollback would orphan nothing but this cache entry's row.
+        session.info.setdefault("ledger_new_accounts", {}).update(ids)
+        return {**cache, **ids}
+    return cache
+
+
+def remember_accounts(session: Session) -> None:
+    """After commit: the accounts this session created are now safe to cache."""
+    ids = session.info.pop("ledger_new_accounts", None)
+    if ids:
+        bind = session.get_bind()
+        engine = bind if isinstance(bind, Engine) else bind.engine
+        _account_ids.setdefault(engine, {}).update(ids)
+
+
+event.listen(Session, "after_commit", remember_accounts)
+
+
+def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
+               occurred_at: datetime, legs: Sequence[Leg], payment_id: int | None = None,
+               refund_id: int | None = None, remittance_id: int | None = None) -> int:
+    if not legs or sum(leg.amount_fen for leg in legs) != 0:
+        total = sum(leg.amount_fen for leg in legs)
+        raise UnbalancedEntry(f"{kind}: postings sum to {total}, not 0")
+    if any(not isinstance(leg.amount_fen, int) or leg.amount_fen == 0 for leg in legs):
+        raise UnbalancedEntry(f"{kind}: every posting is a non-zero integer of fen")
+    ids = account_ids(session, [leg.account for leg in legs])
+    entry_id = session.execute(insert(JournalEntry).values(
+        kind=kind, reason=reason[:200], business_date=business_date, occurred_at=occurred_at,
+        payment_id=payment_id, refund_id=refund_id, remittance_id=remittance_id,
+    ).returning(JournalEntry.id)).scalar_one()
+    session.execute(insert(Posting), [
+        {"entry_id": entry_id, "account_id": ids[leg.account.code],
+         "amount_fen": leg.amount_fen, "business_date": business_date,
+         "town_code": leg.town_code, "village_code": leg.village_code,
+         "channel": leg.channel, "measure": leg.measure} for leg in legs])
+    return int(entry_id)
+
+
+def balance(session: Session, account: Account, *, business_date: date | None = None) -> int:
+    from sqlalchemy import func
+
+    stmt = (select(func.coalesce(func.sum(Posting.amount_fen), 0))
+            .join(LedgerAccount, LedgerAccount.id == Posting.account_id)
+            .where(LedgerAccount.code == account.code))
+    if business_date is not None:
+        stmt = stmt.where(Posting.business_date == business_date)
+    return int(session.scalar(stmt) or 0)

@@ -1,0 +1,555 @@
+"""What the service benchmarks share: their own database, settings, a served app, seeding.
+
+Not a benchmark itself. The scripts beside it put ``bench/`` on ``sys.path`` (Python does
+that for the script's folder) and import it as ``_support``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import platform
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from backend.config import Settings  # noqa: E402
+from payment_adapters.base import Channel  # noqa: E402
+
+PG_BASE = "postgresql://postgres@127.0.0.1:5432"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+PII_KEY = base64.b64encode(b"bench-service-pii-key".ljust(32, b".")).decode()
+APP_SECRET = "bench-" + "s" * 40
+# Inside the 2021 collection window (2020-10-01 .. 2020-12-20 Beijing time), as `make run`.
+COLLECT_NOW = "2020-11-02T09:00:00+08:00"
+YEAR = 2021
+BEIJING_TZ = "Asia/Shanghai"
+
+
+# --------------------------------------------------------------------------- statistics
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of unsorted values; nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "p99": percentile(values, 99), "max": max(values) if values else float("nan")}
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} vCPU ({cpu}), {mem_gb:.0f} GB RAM, Python "
+            f"{platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+# --------------------------------------------------------------------------- database
+def database_url(name: str) -> str:
+    return f"{PG_BASE}/{name}"
+
+
+def _admin(url: str) -> tuple[str, str]:
+    base, name = url.rsplit("/", 1)
+    return f"{base}/postgres", name.split("?", 1)[0]
+
+
+def recreate_database(url: str) -> None:
+    admin_url, name = _admin(url)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(url: str) -> None:
+    admin_url, name = _admin(url)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+def server_version(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- settings
+def bench_settings(db_url: str, data_dir: Path, port: int, **extra: Any) -> Settings:
+    return Settings(database_url=db_url, redis_url=REDIS_URL, data_dir=data_dir,
+                    pii_key=PII_KEY, app_secret=APP_SECRET,
+                    collect_now=datetime.fromisoformat(COLLECT_NOW), payment_sandbox=True,
+                    public_base_url=f"http://127.0.0.1:{port}", run_worker_in_serve=False,
+                    **extra)
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The same Settings as environment variables, for a server in another process."""
+    env = {
+        "DATABASE_URL": s.database_url, "REDIS_URL": s.redis_url, "DATA_DIR": str(s.data_dir),
+        "PII_KEY": s.pii_key, "APP_SECRET": s.app_secret, "POLICY": s.policy,
+        "COLLECT_NOW": s.collect_now.isoformat() if s.collect_now else "",
+        "PAYMENT_SANDBOX": "1" if s.sandbox else "0", "PUBLIC_BASE_URL": s.public_base_url,
+        "LOG_LEVEL": s.log_level,
+        "RUN_WORKER_IN_SERVE": "" if s.run_worker_in_serve is None
+        else ("1" if s.run_worker_in_serve else "0"),
+        "CHANNEL_TIMEOUT_S": str(s.channel_timeout_s),
+    }
+    return {k: v for k, v in env.items() if v != ""}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- served app
+@dataclass
+class ServerProcess:
+    """``uvicorn _server:create --factory`` in a child process on 127.0.0.1 (see _server.py).
+
+    The child is the service as ``python -m backend serve`` runs it (same logging setup,
+    uvloop + httptools), wrapped in the bench's timing middleware.
+    """
+
+    settings: Settings
+    port: int
+    workers: int = 1
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60) -> ServerProcess:
+        env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, "-m", "uvicorn", "_server:create", "--factory",
+               "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", str(self.workers), "--no-server-header", "--proxy-headers",
+               "--timeout-graceful-shutdown", "5"]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        import httpx
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}; see "
+                                   f"{self.log_path}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200:
+                    # every worker process must be up: ask a few times
+                    for _ in range(4 * self.workers):
+                        httpx.get(self.base_url + "/healthz", timeout=5)
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the server did not start in time")
+
+    def pids(self) -> list[int]:
+        """The uvicorn process and its worker children (for py-spy and CPU accounting)."""
+        assert self.proc is not None
+        pids = [self.proc.pid]
+        try:
+            out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
+                                 capture_output=True, text=True, check=False).stdout
+            pids += [int(p) for p in out.split()]
+        except OSError:
+            pass
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server's processes so far (from /proc)."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server's processes so far."""
+        user = system = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                user += int(fields[11]) / tick
+                system += int(fields[12]) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+        return user, system
+
+    def context_switches(self) -> tuple[int, int]:
+        """(voluntary, involuntary) context switches of all the server's threads."""
+        vol = invol = 0
+        for pid in self.pids():
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    for line in (task / "status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            invol += int(line.split()[1])
+            except OSError:
+                pass
+        return vol, invol
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)    # our own session: only our server
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of all postgres processes (the benchmark owns the machine while it runs),
+    including backends that have exited (their time is in the postmaster's cutime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    procs: dict[int, tuple[int, list[str]]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            if name not in ("postgres", "postmaster"):
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            procs[int(d.name)] = (int(fields[1]), fields)
+        except (OSError, ValueError, IndexError):
+            continue
+    for _pid, (ppid, fields) in procs.items():
+        total += int(fields[11]) + int(fields[12])
+        if ppid not in procs:        # the postmaster: add its reaped children
+            total += int(fields[13]) + int(fields[14])
+    return total / tick
+
+
+def postgres_sessions(url: str) -> int:
+    """Sessions (connections) opened to this database so far (pg_stat_database)."""
+    with psycopg.connect(url) as conn:
+        return int(conn.execute("SELECT sessions FROM pg_stat_database "
+                                "WHERE datname = current_database()").fetchone()[0])  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- seeding
+def _copy_value(v: Any) -> str:
+    if v is None:
+        return "\\N"
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    s = str(v)
+    return (s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def copy_rows(conn: psycopg.Connection[Any], table: str, rows: Iterable[dict[str, Any]],
+              columns: Sequence[str]) -> int:
+    """COPY rows into a table of the service's schema, filling every other NOT NULL column
+    from the model's Python default (``created_at`` → now, ``tries`` → 0, …), so that a
+    column added to the models later does not break the seeding."""
+    from backend.models import metadata
+
+    model = metadata.tables[table]
+    present = {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
+        (table,))}
+    now = datetime.now(UTC)
+    defaults: dict[str, Any] = {}
+    for col in model.columns:
+        if col.name in columns or col.name not in present or col.nullable:
+            continue
+        d = col.default
+        if d is None:
+            if col.primary_key:
+                continue
+            raise RuntimeError(f"{table}.{col.name} is NOT NULL without a default: "
+                               "the bench seeding must learn to fill it")
+        arg = d.arg  # type: ignore[attr-defined]
+        if d.is_callable:
+            try:
+                defaults[col.name] = arg(None)   # SQLAlchemy wraps it to take a context
+            except TypeError:
+                defaults[col.name] = arg()
+        else:
+            defaults[col.name] = arg
+        if isinstance(defaults[col.name], datetime):
+            defaults[col.name] = now
+    all_cols = list(columns) + list(defaults)
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, all_cols)))
+    n = 0
+    buf = io.StringIO()
+    tail = [_copy_value(defaults[c]) for c in defaults]
+    with conn.cursor().copy(stmt) as copy:
+        for row in rows:
+            buf.write("\t".join([_copy_value(row[c]) for c in columns] + tail))
+            buf.write("\n")
+            n += 1
+            if n % 20_000 == 0:
+                copy.write(buf.getvalue())
+                buf = io.StringIO()
+        copy.write(buf.getvalue())
+    return n
+
+
+CHANNEL_KIND = {Channel.WECHAT: ("wechat_native", "native"),
+                Channel.ALIPAY: ("alipay_qr", "qr"),
+                Channel.UNIONPAY: ("unionpay_qr", "qr")}
+
+
+@dataclass(frozen=True)
+class OrderNumbers:
+    """How the seeded orders are numbered, so that pgbench can name them from an id.
+
+    Order ``i`` (1-based) has ``order_no = stamp + lpad(i, 7)`` (``new_order_no``'s 21
+    characters: Beijing time + 7 characters of its alphabet); its attempt ``i`` has the
+    ``out_trade_no`` its channel's client would make from ``order_no + "01"``, i.e.
+    ``prefix[channel] + order_no + "01" + suffix[channel]``.
+    """
+
+    stamp: str
+    prefix: dict[Channel, str]
+    suffix: dict[Channel, str]
+
+    def order_no(self, i: int) -> str:
+        return f"{self.stamp}{i:07d}"
+
+    def out_trade_no(self, channel: Channel, i: int) -> str:
+        return f"{self.prefix[channel]}{self.order_no(i)}01{self.suffix[channel]}"
+
+
+def order_numbers(settings: Settings) -> OrderNumbers:
+    """The three channels' real formats, made by their clients' ``new_out_trade_no``."""
+    from backend.channels import Channels
+    from backend.clock import SHANGHAI
+
+    clients = Channels(settings).clients
+    stamp = datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S")
+    base = f"{stamp}{0:07d}01"
+    prefix, suffix = {}, {}
+    for ch in Channel:
+        made = clients[ch].new_out_trade_no(base)
+        at = made.index(base)
+        prefix[ch], suffix[ch] = made[:at], made[at + len(base):]
+    return OrderNumbers(stamp, prefix, suffix)
+
+
+def channel_ranges(n: int, mix: dict[Channel, float]) -> dict[Channel, range]:
+    """Orders 1..n split into contiguous id ranges per channel, in Channel order."""
+    total = sum(mix.values())
+    out: dict[Channel, range] = {}
+    start = 1
+    chans = [c for c in Channel if mix.get(c, 0) > 0]
+    for k, ch in enumerate(chans):
+        count = n - (start - 1) if k == len(chans) - 1 else round(n * mix[ch] / total)
+        out[ch] = range(start, start + count)
+        start += count
+    return out
+
+
+def qr_content(channel: Channel, i: int) -> str:
+    if channel is Channel.WECHAT:
+        return f"weixin://wxpay/bizpayurl/up?pr={i:x}{secrets.token_hex(3)}&groupid=00"
+    if channel is Channel.ALIPAY:
+        return f"https://qr.alipay.com/bax0{secrets.token_hex(12)}"
+    return f"https://qr.chinaums.com/bills/qrCode.do?id=3194{i:022d}"
+
+
+def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
+                        numbers: OrderNumbers, amount_fen: int = 38_000,
+                        ttl: timedelta = timedelta(hours=6)) -> dict[str, float]:
+    """n residents, each with one unpaid medical bill line in one pending single-item order
+    with one pending attempt at its channel (ids 1..n in every table). COPY, not the ORM:
+    100,000 orders take seconds. Returns the seconds per step."""
+    import hashlib
+
+    timings: dict[str, float] = {}
+    now = datetime.now(UTC)
+    expires = now + ttl
+    channel_of = {i: ch for ch, r in ranges.items() for i in r}
+    villages = [f"370406{100 + t:03d}{200 + v:03d}" for t in range(4) for v in range(10)]
+    with psycopg.connect(db_url) as conn:
+        t0 = time.perf_counter()
+        copy_rows(conn, "towns", ({"code": f"370406{100 + t:03d}", "name": f"测试镇{t}"}
+                                  for t in range(4)), ["code", "name"])
+        copy_rows(conn, "villages", ({"code": v, "name": f"测试村{k}", "town_code": v[:9]}
+                                     for k, v in enumerate(villages)),
+                  ["code", "name", "town_code"])
+        copy_rows(conn, "residents", ({
+            "id": i, "id_hash": hashlib.sha256(f"bench-resident-{i}".encode()).hexdigest(),
+            "id_enc": "bench." + secrets.token_hex(24), "id_masked": f"370406********{i % 10000:04d}",
+            "birth_date": date(1950 + i % 50, 1 + i % 12, 1 + i % 28), "name": f"测试{i}",
+            "village_code": villages[i % len(villages)], "hukou_type": "rural",
+            "employee_pension": False, "employee_medical": False, "student": False,
+            "categories": ""} for i in range(1, n + 1)),
+            ["id", "id_hash", "id_enc", "id_masked", "birth_date", "name", "village_code",
+             "hukou_type", "employee_pension", "employee_medical", "student", "categories"])
+        timings["residents"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        copy_rows(conn, "bill_lines", ({"id": i, "resident_id": i, "year": YEAR,
+                                        "insurance": "medical", "status": "unpaid"}
+                                       for i in range(1, n + 1)),
+                  ["id", "resident_id", "year", "insurance", "status"])
+        copy_rows(conn, "orders", ({
+            "id": i, "order_no": numbers.order_no(i), "payer_sub": f"wx:oBench{i % 5000:06d}",
+            "payer_role": "resident", "year": YEAR, "channel": CHANNEL_KIND[channel_of[i]][0],
+            "status": "pending", "amount_fen": amount_fen, "expires_at": expires,
+            "qr_token": secrets.token_urlsafe(24)} for i in range(1, n + 1)),
+            ["id", "order_no", "payer_sub", "payer_role", "year", "channel", "status",
+             "amount_fen", "expires_at", "qr_token"])
+        copy_rows(conn, "order_lines", ({
+            "id": i, "order_id": i, "bill_line_id": i, "resident_id": i, "insurance": "medical",
+            "tier_yuan": None, "amount_fen": amount_fen} for i in range(1, n + 1)),
+            ["id", "order_id", "bill_line_id", "resident_id", "insurance", "tier_yuan",
+             "amount_fen"])
+        copy_rows(conn, "attempts", ({
+            "id": i, "order_id": i, "channel": channel_of[i].value,
+            "kind": CHANNEL_KIND[channel_of[i]][1],
+            "out_trade_no": numbers.out_trade_no(channel_of[i], i), "amount_fen": amount_fen,
+            "status": "pending", "expires_at": expires,
+            "qr_content": qr_content(channel_of[i], i)} for i in range(1, n + 1)),
+            ["id", "order_id", "channel", "kind", "out_trade_no", "amount_fen", "status",
+             "expires_at", "qr_content"])
+        for table in ("residents", "bill_lines", "orders", "order_lines", "attempts"):
+            conn.execute(sql.SQL("SELECT setval(pg_get_serial_sequence({}, 'id'), {})").format(
+                sql.Literal(table), sql.Literal(n)))
+        conn.commit()
+        timings["orders"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+    timings["vacuum"] = time.perf_counter() - t0
+    return timings
+
+
+# Tables a payment writes to; emptied (and the orders set back to pending) between runs.
+PAYMENT_TABLES = ("payment_lines", "refunds", "payments", "notification_inbox")
+MAYBE_PAYMENT_TABLES = ("postings", "journal_entries", "outbox", "agent_collections")
+
+
+def reset_to_pending(db_url: str) -> None:
+    """Undo every payment: the orders, attempts and bill lines pending again, no payments."""
+    with psycopg.connect(db_url) as conn:
+        present = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        tables = [t for t in (*MAYBE_PAYMENT_TABLES, *PAYMENT_TABLES) if t in present]
+        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+            sql.SQL(", ").join(map(sql.Identifier, tables))))
+        conn.execute("UPDATE bill_lines SET status = 'unpaid', paid_payment_id = NULL, "
+                     "paid_tier_yuan = NULL, paid_fen = NULL, paid_at = NULL "
+                     "WHERE status <> 'unpaid'")
+        conn.execute("UPDATE attempts SET status = 'pending', transaction_id = NULL, "
+                      "paid_at = NULL WHERE status <> 'pending'")
+        conn.execute("UPDATE orders SET status = 'pending', paid_at = NULL, "
+                     "channel_transaction_id = NULL WHERE status <> 'pending'")
+        conn.commit()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+
+
+def checkpoint(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
+# --------------------------------------------------------------------------- notifications
+DESCRIPTION = f"{YEAR}年度城乡居民基本医疗保险"
+
+
+def paid_trade(channel: Channel, numbers: OrderNumbers, i: int, amount_fen: int,
+               notify_url: str, paid_at: datetime, src: str) -> Any:
+    """The simulator's record of attempt ``i`` after the payer paid it."""
+    from payment_adapters.sandbox.control import sim_transaction_id
+    from payment_adapters.sandbox.core import SimTrade
+    from payment_adapters.unionpay.client import bill_date_of
+
+    out_trade_no = numbers.out_trade_no(channel, i)
+    extra: dict[str, Any] = {}
+    if channel is Channel.UNIONPAY:
+        qr_id = f"{src}{paid_at:%y%m%d}{i:016d}"
+        extra = {"billDate": bill_date_of(out_trade_no, src).isoformat(), "qrCodeId": qr_id,
+                 "billQRCode": "https://qr.chinaums.com/bills/qrCode.do?id=" + qr_id,
+                 "createTime": (paid_at - timedelta(minutes=2)).astimezone(
+                     _beijing()).strftime("%Y-%m-%d %H:%M:%S")}
+    return SimTrade(channel=channel, out_trade_no=out_trade_no, amount_fen=amount_fen,
+                    notify_url=notify_url, kind=CHANNEL_KIND[channel][1],
+                    description=DESCRIPTION, state="paid",
+                    transaction_id=sim_transaction_id(channel, f"{i:010d}"),
+                    paid_at=paid_at, paid_fen=amount_fen,
+                    created_at=paid_at - timedelta(minutes=2), extra=extra)
+
+
+def _beijing() -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(BEIJING_TZ)
+
+
+class NotificationFactory:
+    """Real-format signed notifications for seeded attempts, built by the channel simulators
+    (WeChat APIv3: AES-256-GCM resource + RSA signature headers; Alipay RSA2 form; ChinaUMS
+    SHA256-signed form)."""
+
+    def __init__(self, settings: Settings, numbers: OrderNumbers, amount_fen: int) -> None:
+        from backend.channels import Channels
+
+        self.channels = Channels(settings)
+        self.sims = self.channels.simulators
+        self.numbers = numbers
+        self.amount_fen = amount_fen
+        self.src = self.channels.unionpay_config.msg_src_id
+
+    def build(self, channel: Channel, i: int) -> tuple[str, dict[str, str], bytes]:
+        """(path, headers, body) of the payment notification of attempt ``i``."""
+        from payment_adapters.sandbox.core import PayOptions
+
+        url = self.channels.notify_url(channel)
+        paid_at = datetime.now(UTC).replace(microsecond=0)
+        trade = paid_trade(channel, self.numbers, i, self.amount_fen, url, paid_at, self.src)
+        note = self.sims[channel].payment_notification(trade, PayOptions())
+        return f"/api/v1/notify/{channel.value}", dict(note.headers), note.body

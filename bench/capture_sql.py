@@ -1,0 +1,232 @@
+"""Print the SQL one channel notification runs, as the service runs it today.
+
+    .venv/bin/python bench/capture_sql.py [--channel wechat|alipay|unionpay|all] [--wire]
+
+Creates a small fresh database (``bench_capture``), seeds a few pending orders the way
+``notify_load.py`` does, and calls the notification path (``backend.notifications.service
+.handle``) in-process with a real-format signed notification from the simulator: first a
+few to warm up (keys, pool, psycopg's prepared statements), then one new notification and
+the same one again (a re-delivery). For each it prints every statement SQLAlchemy sends
+(``before_cursor_execute``) with its parameters, and the transaction boundaries.
+
+``--wire`` also shows what PostgreSQL received: the service's engine then connects through
+a small loopback proxy that reads the frontend protocol (a simple Query, or
+Parse/Bind/Execute up to a Sync, is one round trip). That adds what SQLAlchemy does not
+show — BEGIN, COMMIT, the pool's pre-ping — and which statements went as prepared ones.
+
+``bench/notify_baseline.sql`` (the pgbench baseline) is written from this list by hand:
+when the path changes, run this, compare, and update the script (its header says which
+statement each line mirrors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import struct
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _support as sup  # noqa: E402
+from sqlalchemy import event  # noqa: E402
+
+from backend.migrate import upgrade  # noqa: E402
+from payment_adapters.base import Channel  # noqa: E402
+
+DB = "bench_capture"
+PER_CHANNEL = 8
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 12] + f"…[{len(text)} chars]"
+
+
+class Recorder:
+    def __init__(self, engine: Any) -> None:
+        self.items: list[str] = []
+        self.on = False
+        event.listen(engine, "before_cursor_execute", self._stmt)
+        event.listen(engine, "begin", lambda conn: self._mark("-- begin (SQLAlchemy)"))
+        event.listen(engine, "commit", lambda conn: self._mark("-- COMMIT"))
+        event.listen(engine, "rollback", lambda conn: self._mark("-- ROLLBACK"))
+
+    def _mark(self, text: str) -> None:
+        if self.on:
+            self.items.append(text)
+
+    def _stmt(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+              executemany: bool) -> None:
+        if not self.on:
+            return
+        shown = (", ".join(f"{k}={_short(v)}" for k, v in params.items())
+                 if isinstance(params, dict) else _short(params))
+        self.items.append(f"{' '.join(statement.split())}\n      params: {shown}")
+
+
+class WireCounter:
+    """A loopback TCP proxy in front of PostgreSQL that reads the frontend protocol:
+    every simple Query and every Parse/Bind/Execute up to a Sync is one round trip."""
+
+    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+        self.upstream = upstream
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.log: list[str] = []
+        self.on = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._frontend, args=(client, server), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _frontend(self, src: socket.socket, dst: socket.socket) -> None:
+        buf = b""
+        started = False
+        pending: list[str] = []
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                buf += data
+                while True:
+                    if not started:          # startup packet: no type byte
+                        if len(buf) < 4:
+                            break
+                        n = struct.unpack("!I", buf[:4])[0]
+                        if len(buf) < n:
+                            break
+                        buf = buf[n:]
+                        started = True
+                        continue
+                    if len(buf) < 5:
+                        break
+                    kind, n = buf[:1], struct.unpack("!I", buf[1:5])[0]
+                    if len(buf) < 1 + n:
+                        break
+                    body, buf = buf[5:1 + n], buf[1 + n:]
+                    self._message(kind, body, pending)
+        except OSError:
+            pass
+
+    def _message(self, kind: bytes, body: bytes, pending: list[str]) -> None:
+        if kind == b"Q":
+            self._record("Query " + body.rstrip(b"\0").decode("utf-8", "replace"))
+        elif kind == b"P":
+            name, _, rest = body.partition(b"\0")
+            text, _, _ = rest.partition(b"\0")
+            pending.append(f"Parse[{name.decode() or 'unnamed'}] {text.decode('utf-8', 'replace')}")
+        elif kind == b"B":
+            _portal, _, rest = body.partition(b"\0")
+            stmt, _, _ = rest.partition(b"\0")
+            if not any(p.startswith("Parse") for p in pending):
+                pending.append(f"Bind[{stmt.decode() or 'unnamed'}] (prepared)")
+        elif kind == b"S":
+            self._record(" | ".join(pending) or "Sync")
+            pending.clear()
+
+    def _record(self, text: str) -> None:
+        with self.lock:
+            if self.on:
+                self.log.append(" ".join(text.split()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--channel", default="all", choices=["all", *[c.value for c in Channel]])
+    p.add_argument("--wire", action="store_true", help="also show what PostgreSQL received")
+    p.add_argument("--keep", action="store_true", help="do not drop the database")
+    args = p.parse_args(argv)
+
+    from backend.notifications.service import handle
+    from backend.runtime import Runtime
+
+    url = sup.database_url(DB)
+    sup.recreate_database(url)
+    rt = None
+    try:
+        upgrade(url)
+        with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
+            wire = WireCounter() if args.wire else None
+            db_url = url if wire is None else (
+                f"postgresql://postgres@127.0.0.1:{wire.port}/{DB}?sslmode=disable"
+                "&gssencmode=disable")
+            settings = sup.bench_settings(db_url, Path(tmp), 8000, log_level="WARNING")
+            numbers = sup.order_numbers(settings)
+            channels = [c for c in Channel if args.channel in ("all", c.value)]
+            n = PER_CHANNEL * len(Channel)
+            ranges = sup.channel_ranges(n, {c: 1.0 for c in Channel})
+            sup.seed_pending_orders(url, n, ranges, numbers)
+            factory = sup.NotificationFactory(settings, numbers, 38_000)
+            rt = Runtime(settings)
+            rec = Recorder(rt.engine)
+            for ch in channels:
+                ids = list(ranges[ch])
+                for i in ids[:6]:                          # warm-up: past prepare_threshold
+                    _, headers, body = factory.build(ch, i)
+                    answer = handle(rt, ch, headers, body)
+                    assert answer.status in (200, 204), answer
+                _, headers, body = factory.build(ch, ids[6])
+                for label in ("new notification", "the same notification again"):
+                    rec.items.clear()
+                    rec.on = True
+                    if wire is not None:
+                        wire.log.clear()
+                        wire.on = True
+                    answer = handle(rt, ch, headers, body)
+                    rec.on = False
+                    if wire is not None:
+                        wire.on = False
+                    print(f"\n=== {ch.value}: {label} → HTTP {answer.status} "
+                          f"{answer.body[:40]!r}")
+                    stmts = [s for s in rec.items if not s.startswith("--")]
+                    print(f"--- SQLAlchemy: {len(stmts)} statements")
+                    k = 0
+                    for s in rec.items:
+                        if s.startswith("--"):
+                            print(f"      {s}")
+                        else:
+                            k += 1
+                            print(f"  {k:2d}. {s}")
+                    if wire is not None:
+                        print(f"--- PostgreSQL received {len(wire.log)} round trips:")
+                        for k, s in enumerate(wire.log):
+                            print(f"  {k + 1:2d}. {s[:400]}")
+    finally:
+        if rt is not None:
+            rt.close()
+        if not args.keep:
+            sup.drop_database(url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,694 @@
+"""Benchmark: channel notifications applied per second on PostgreSQL, against pgbench.
+
+    .venv/bin/python bench/notify_load.py                    # 100,000 orders, as issue 4
+    .venv/bin/python bench/notify_load.py --orders 20000     # quick mode
+    .venv/bin/python bench/notify_load.py --workers 1,2 --runs 3 --json out.json
+
+1. A fresh database (``bench_notify``), migrated, with N pending orders written by COPY:
+   N residents, each with one unpaid medical bill line, in one single-item order with one
+   pending attempt whose ``out_trade_no`` has its channel's real format (WeChat Native,
+   Alipay QR, ChinaUMS bills QR, split by ``--mix``).
+2. The service served by uvicorn in a child process (``bench/_server.py``: as
+   ``python -m backend serve`` runs it, logging included; ``--workers`` processes).
+3. Real-format signed notifications from the channel simulators — WeChat APIv3
+   (AES-256-GCM resource, RSA-SHA256 signature headers), Alipay RSA2 forms, ChinaUMS
+   SHA256-signed forms — one per order, and ``--dup`` (10%) of them sent twice, in random
+   order. They are built before the timed phase, in segments short enough that every
+   WeChat timestamp is inside the 300 s window when it is sent; building is timed apart.
+4. A load generator in this process (asyncio + httpx, ``--concurrency`` requests in flight)
+   posts them to ``/api/v1/notify/{wechat,alipay,unionpay}`` and records each answer, its
+   latency and the server's own time (``Server-Timing``).
+5. Checks: every answer is the channel's success answer; exactly one payment per order,
+   every bill line, attempt and order paid, the inbox holds one applied row per order, no
+   refunds; the ledger (when present): one entry and one "collected" posting per order,
+   every entry balanced, totals equal the payments.
+6. The baseline: the orders reset to pending, then ``pgbench -n -M prepared -c C -j 2 -t T
+   -f bench/notify_baseline.sql`` (C×T = 30,000 orders by default) — per order, the same statements the notification path
+   runs (see ``bench/baseline_sql.py`` and ``bench/capture_sql.py``), 10% re-deliveries.
+   The ratio is orders applied per second by the service ÷ pgbench transactions per second.
+
+``--profile DIR`` samples the server with py-spy during the timed phase (workers=1) and
+writes the flame-graph input and a summary of where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _support as sup  # noqa: E402
+import psycopg  # noqa: E402
+from _server import server_timing  # noqa: E402
+
+from backend.migrate import upgrade  # noqa: E402
+from payment_adapters.base import Channel  # noqa: E402
+
+BASELINE = Path(__file__).resolve().parent / "notify_baseline.sql"
+AMOUNT_FEN = 38_000
+SUCCESS = {Channel.WECHAT: (204, b""), Channel.ALIPAY: (200, b"success"),
+           Channel.UNIONPAY: (200, b"SUCCESS")}
+WECHAT_WINDOW_S = 300
+
+
+# --------------------------------------------------------------------------- building
+_FACTORY: sup.NotificationFactory | None = None
+
+
+def _init_builder(settings: Any, numbers: sup.OrderNumbers) -> None:
+    global _FACTORY
+    _FACTORY = sup.NotificationFactory(settings, numbers, AMOUNT_FEN)
+
+
+def _build_chunk(items: list[tuple[Channel, int]]) -> list[tuple[str, dict[str, str], bytes]]:
+    assert _FACTORY is not None
+    return [_FACTORY.build(ch, i) for ch, i in items]
+
+
+def build_all(pool: ProcessPoolExecutor, items: list[tuple[Channel, int]],
+              procs: int) -> list[tuple[str, dict[str, str], bytes]]:
+    size = max(1, min(2000, len(items) // (procs * 4) + 1))
+    chunks = [items[k:k + size] for k in range(0, len(items), size)]
+    out: list[tuple[str, dict[str, str], bytes]] = []
+    for part in pool.map(_build_chunk, chunks):
+        out.extend(part)
+    return out
+
+
+# --------------------------------------------------------------------------- sending
+@dataclass
+class Sent:
+    latencies_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
+    answers: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+async def _send(base_url: str, notes: list[tuple[Channel, str, dict[str, str], bytes]],
+                concurrency: int, sent: Sent) -> None:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        queue = iter(notes)
+
+        async def worker() -> None:
+            for ch, path, headers, body in queue:
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post(path, content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    sent.failures.append(f"{ch.value}: {type(exc).__name__} {exc}")
+                    sent.answers["transport_error"] += 1
+                    continue
+                sent.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                app = server_timing(resp.headers.get("server-timing")).get("app")
+                if app is not None:
+                    sent.server_ms.append(app)
+                if (resp.status_code, resp.content) == SUCCESS[ch]:
+                    sent.answers["success"] += 1
+                else:
+                    sent.answers[f"{ch.value} {resp.status_code}"] += 1
+                    if len(sent.failures) < 20:
+                        sent.failures.append(f"{ch.value} {resp.status_code} "
+                                             f"{resp.content[:200]!r}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        sent.seconds += time.perf_counter() - t0
+
+
+def send(base_url: str, notes: list[tuple[Channel, str, dict[str, str], bytes]],
+         concurrency: int, sent: Sent) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(_send(base_url, notes, concurrency, sent))
+    except ImportError:
+        asyncio.run(_send(base_url, notes, concurrency, sent))
+
+
+# --------------------------------------------------------------------------- one load run
+@dataclass
+class LoadResult:
+    workers: int
+    concurrency: int
+    orders: int                     # timed orders (after the warm-up)
+    notifications: int              # timed notifications sent (orders + re-deliveries)
+    seconds: float
+    applied_per_s: float
+    notifications_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    server_p50_ms: float
+    server_p99_ms: float
+    non_success: int
+    build_seconds: float
+    build_per_s: float
+    segments: int
+    cpu_ms_per_notification: dict[str, float]
+    server_context_switches_per_notification: tuple[float, float]
+    new_db_connections: int
+    answers: dict[str, int]
+    failures: list[str]
+    checks: dict[str, Any]
+
+
+def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
+             ranges: dict[Channel, range], workers: int, run_no: int,
+             tmp: Path) -> LoadResult:
+    rng = random.Random(args.seed + run_no)
+    channel_of = {i: ch for ch, r in ranges.items() for i in r}
+    ids = list(range(1, args.orders + 1))
+    rng.shuffle(ids)
+    warm = ids[:args.warmup]
+    timed = ids[args.warmup:]
+    dup_set = set(rng.sample(timed, round(len(timed) * args.dup)))
+
+    server = sup.ServerProcess(settings, settings_port(settings), workers,
+                               log_path=tmp / f"server-w{workers}-r{run_no}.log")
+    pool = ProcessPoolExecutor(max_workers=args.build_procs, initializer=_init_builder,
+                               initargs=(settings, numbers))
+    sent, warm_sent = Sent(), Sent()
+    build_s = 0.0
+    built = 0
+    segments = 0
+    cpu = {"server user": 0.0, "server sys": 0.0, "postgres": 0.0, "load generator": 0.0}
+    switches = [0, 0]
+    sessions = 0
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        server.start()
+        # warm-up (not timed): pool connections, prepared statements, caches
+        notes = build_all(pool, [(channel_of[i], i) for i in warm], args.build_procs)
+        send(server.base_url, [(channel_of[i], *n) for i, n in zip(warm, notes, strict=True)],
+             args.concurrency, warm_sent)
+        rate = max(50.0, len(warm) / max(warm_sent.seconds, 1e-3))
+        if args.profile:
+            profiler = start_profiler(server, Path(args.profile))
+        pos = 0
+        while pos < len(timed):
+            # WeChat: a segment's notifications must all be sent within 300 s of signing.
+            seg_len = int(min(len(timed) - pos, max(2000, rate * args.segment_s)))
+            seg = timed[pos:pos + seg_len]
+            pos += seg_len
+            t0 = time.perf_counter()
+            notes = build_all(pool, [(channel_of[i], i) for i in seg], args.build_procs)
+            built_at = time.perf_counter()
+            build_s += built_at - t0
+            built += len(seg)
+            batch = [(channel_of[i], *n) for i, n in zip(seg, notes, strict=True)]
+            batch += [(channel_of[i], *n) for i, n in zip(seg, notes, strict=True)
+                      if i in dup_set]
+            rng.shuffle(batch)
+            before = (*server.cpu_split(), sup.postgres_cpu_seconds(), _self_cpu())
+            sw_before = server.context_switches()
+            sessions_before = sup.postgres_sessions(settings.database_url)
+            seg_sent_before = sent.seconds
+            send(server.base_url, batch, args.concurrency, sent)
+            after = (*server.cpu_split(), sup.postgres_cpu_seconds(), _self_cpu())
+            sw_after = server.context_switches()
+            sessions += sup.postgres_sessions(settings.database_url) - sessions_before - 1
+            for k, name in enumerate(cpu):
+                cpu[name] += after[k] - before[k]
+            switches[0] += sw_after[0] - sw_before[0]
+            switches[1] += sw_after[1] - sw_before[1]
+            seg_s = sent.seconds - seg_sent_before
+            rate = max(50.0, len(seg) / max(seg_s, 1e-3))
+            segments += 1
+            if time.perf_counter() - built_at > WECHAT_WINDOW_S - 5:
+                print("  warning: a segment took longer than the WeChat window to send",
+                      file=sys.stderr)
+            print(f"  segment {segments}: {len(seg):,} orders + {len(batch) - len(seg):,} "
+                  f"re-deliveries in {seg_s:.1f} s ({len(seg) / seg_s:,.0f} orders/s); "
+                  f"built in {built_at - t0:.1f} s", file=sys.stderr)
+    finally:
+        if profiler is not None:
+            stop_profiler(profiler)
+        pool.shutdown()
+        server.stop()
+
+    n_notes = len(sent.latencies_ms) + sent.answers.get("transport_error", 0)
+    checks = check_database(settings.database_url, args.orders)
+    non_success = sum(v for k, v in sent.answers.items() if k != "success") + sum(
+        v for k, v in warm_sent.answers.items() if k != "success")
+    lat = sup.summary(sent.latencies_ms)
+    srv = sup.summary(sent.server_ms)
+    return LoadResult(
+        workers=workers, concurrency=args.concurrency, orders=len(timed),
+        notifications=n_notes, seconds=sent.seconds,
+        applied_per_s=len(timed) / sent.seconds, notifications_per_s=n_notes / sent.seconds,
+        p50_ms=lat["p50"], p90_ms=lat["p90"], p99_ms=lat["p99"], server_p50_ms=srv["p50"],
+        server_p99_ms=srv["p99"], non_success=non_success, build_seconds=build_s,
+        build_per_s=built / build_s if build_s else 0.0, segments=segments,
+        cpu_ms_per_notification={k: v * 1000 / max(n_notes, 1) for k, v in cpu.items()},
+        server_context_switches_per_notification=(switches[0] / max(n_notes, 1),
+                                                   switches[1] / max(n_notes, 1)),
+        new_db_connections=sessions,
+        answers=dict(sent.answers + warm_sent.answers), failures=sent.failures[:20],
+        checks=checks)
+
+
+def settings_port(settings: Any) -> int:
+    return int(settings.public_base_url.rsplit(":", 1)[1])
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# --------------------------------------------------------------------------- checks
+def check_database(url: str, n: int) -> dict[str, Any]:
+    """The database after the run: one payment per order, all paid, ledger balanced."""
+    total = n * AMOUNT_FEN
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def expect(name: str, got: Any, want: Any) -> None:
+        out[name] = got
+        if got != want:
+            problems.append(f"{name}: {got} (expected {want})")
+
+    with psycopg.connect(url) as conn:
+        def one(q: str) -> Any:
+            return conn.execute(q).fetchone()[0]  # type: ignore[index]
+
+        expect("payments", one("SELECT count(*) FROM payments"), n)
+        expect("orders with a payment", one("SELECT count(DISTINCT order_id) FROM payments"), n)
+        expect("orders with more than one payment", one(
+            "SELECT count(*) FROM (SELECT order_id FROM payments GROUP BY order_id "
+            "HAVING count(*) > 1) x"), 0)
+        expect("payments total fen", one("SELECT coalesce(sum(amount_fen), 0) FROM payments"),
+               total)
+        expect("bill lines not paid", one("SELECT count(*) FROM bill_lines "
+                                          "WHERE status <> 'paid'"), 0)
+        expect("bill lines paid fen", one("SELECT coalesce(sum(paid_fen), 0) FROM bill_lines"),
+               total)
+        expect("orders not paid", one("SELECT count(*) FROM orders WHERE status <> 'paid'"), 0)
+        expect("attempts not paid", one("SELECT count(*) FROM attempts "
+                                        "WHERE status <> 'paid'"), 0)
+        expect("applied payment lines", one("SELECT count(*) FROM payment_lines "
+                                            "WHERE applied"), n)
+        expect("duplicate payment lines", one("SELECT count(*) FROM payment_lines "
+                                              "WHERE NOT applied"), 0)
+        expect("refunds", one("SELECT count(*) FROM refunds"), 0)
+        inbox = dict(conn.execute("SELECT outcome, count(*) FROM notification_inbox "
+                                  "GROUP BY outcome").fetchall())
+        expect("inbox outcomes", inbox, {"applied": n})
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        if {"journal_entries", "postings"} <= tables:
+            expect("ledger entries", one("SELECT count(*) FROM journal_entries"), n)
+            expect("ledger entries per payment", one(
+                "SELECT count(DISTINCT payment_id) FROM journal_entries"), n)
+            expect("unbalanced entries", one(
+                "SELECT count(*) FROM (SELECT entry_id FROM postings GROUP BY entry_id "
+                "HAVING sum(amount_fen) <> 0) x"), 0)
+            expect("postings sum", one("SELECT coalesce(sum(amount_fen), 0) FROM postings"), 0)
+            expect("collected postings", one("SELECT count(*) FROM postings "
+                                             "WHERE measure = 'collected'"), n)
+            expect("collected fen", one("SELECT coalesce(sum(amount_fen), 0) FROM postings "
+                                        "WHERE measure = 'collected'"), total)
+        else:
+            out["ledger"] = "no ledger tables in this schema"
+    out["problems"] = problems
+    out["ok"] = not problems
+    return out
+
+
+# --------------------------------------------------------------------------- baseline
+@dataclass
+class BaselineResult:
+    clients: int
+    seconds: float
+    transactions: int
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+    statement_ms: list[tuple[float, str]]
+
+
+def ledger_accounts(url: str) -> dict[str, int]:
+    """Ids of the accounts a channel payment posts to (created if the run made none)."""
+    from backend.ledger import service as ledger
+
+    accounts = {ch.value: ledger.channel_clearing(ch.value) for ch in Channel}
+    accounts["contrib"] = ledger.contributions("medical", sup.YEAR)
+    with psycopg.connect(url) as conn:
+        for a in accounts.values():
+            conn.execute("INSERT INTO ledger_accounts (code, kind, name, created_at) "
+                         "VALUES (%s, %s, %s, now()) ON CONFLICT (code) DO NOTHING",
+                         (a.code, a.kind, a.name))
+        ids = dict(conn.execute("SELECT code, id FROM ledger_accounts").fetchall())
+        conn.commit()
+    return {f"acct_{k}": ids[a.code] for k, a in accounts.items()}
+
+
+def run_pgbench(args: argparse.Namespace, url: str, numbers: sup.OrderNumbers,
+                ranges: dict[Channel, range], run_no: int, tmp: Path) -> BaselineResult:
+    sup.reset_to_pending(url)
+    variables = {
+        "i": 0, "nclients": args.concurrency, "norders": args.orders,
+        "seed": args.seed + run_no, "dup_pct": round(args.dup * 100), "amount": AMOUNT_FEN,
+        "wechat_last": ranges[Channel.WECHAT].stop - 1 if Channel.WECHAT in ranges else 0,
+        "alipay_last": ranges[Channel.ALIPAY].stop - 1 if Channel.ALIPAY in ranges
+        else (ranges[Channel.WECHAT].stop - 1 if Channel.WECHAT in ranges else 0),
+        "stamp": numbers.stamp, "ali_suffix": numbers.suffix[Channel.ALIPAY],
+        "ums_prefix": numbers.prefix[Channel.UNIONPAY], **ledger_accounts(url),
+    }
+    logdir = tmp / f"pgbench-{run_no}"
+    logdir.mkdir()
+    per_client = max(1, min(args.orders, args.pgbench_transactions) // args.concurrency)
+    cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(args.concurrency), "-j", "2",
+           "-t", str(per_client), "-r", "-l", "--log-prefix", str(logdir / "tx"),
+           "-f", str(BASELINE)]
+    for k, v in variables.items():
+        cmd += ["-D", f"{k}={v}"]
+    cmd += ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", url.rsplit("/", 1)[1]]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"pgbench failed ({res.returncode}):\n{res.stderr[-3000:]}"
+                         f"\n{res.stdout[-3000:]}")
+    out = res.stdout
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    txs = int(re.search(r"number of transactions actually processed: (\d+)",
+                        out).group(1))  # type: ignore[union-attr]
+    failed_m = re.search(r"number of failed transactions: (\d+)", out)
+    lat: list[float] = []
+    for f in logdir.iterdir():
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                lat.append(int(parts[2]) / 1000)
+    statements = []
+    for line in out.splitlines():
+        m = re.match(r"\s+([\d.]+)\s+\d+\s+(\S.*)", line)
+        if m and not m.group(2).startswith("\\"):
+            statements.append((float(m.group(1)), m.group(2)[:90]))
+    s = sup.summary(lat)
+    return BaselineResult(clients=args.concurrency, seconds=txs / tps if tps else 0.0,
+                          transactions=txs, tps=tps, p50_ms=s["p50"], p99_ms=s["p99"],
+                          failed=int(failed_m.group(1)) if failed_m else 0,
+                          statement_ms=statements)
+
+
+# --------------------------------------------------------------------------- profiling
+def start_profiler(server: sup.ServerProcess, out: Path) -> subprocess.Popen[bytes]:
+    out.mkdir(parents=True, exist_ok=True)
+    pids = server.pids()
+    pid = pids[-1] if server.workers > 1 else pids[0]
+    pyspy = Path(sys.executable).parent / "py-spy"
+    cmd = [str(pyspy), "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+           "--output", str(out / "server.collapsed"), "--gil"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(  # noqa: SIM115
+        out / "py-spy.log", "wb"))
+    time.sleep(1.0)
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# --------------------------------------------------------------------------- report
+def parse_mix(text: str) -> dict[Channel, float]:
+    mix: dict[Channel, float] = {}
+    for part in text.split(","):
+        name, _, share = part.partition("=")
+        mix[Channel(name.strip())] = float(share)
+    if not mix or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError("--mix like wechat=0.6,alipay=0.2,unionpay=0.2")
+    return {c: v for c, v in mix.items() if v > 0}
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--orders", type=int, default=100_000)
+    p.add_argument("--mix", type=parse_mix, default=parse_mix("wechat=0.6,alipay=0.2,"
+                                                               "unionpay=0.2"))
+    p.add_argument("--dup", type=float, default=0.10, help="share of notifications sent twice")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--workers", default="1", help="uvicorn worker processes, e.g. 1,2")
+    p.add_argument("--runs", type=int, default=1, help="runs of each (median reported)")
+    p.add_argument("--warmup", type=int, default=500, help="orders paid before timing")
+    p.add_argument("--pgbench-transactions", type=int, default=30_000,
+                   help="pgbench transactions per run (at most --orders: each pays one)")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--no-load", action="store_true", help="only the pgbench baseline")
+    p.add_argument("--build-procs", type=int, default=2)
+    p.add_argument("--segment-s", type=float, default=150,
+                   help="seconds of sending per pre-built segment (< 300: WeChat window)")
+    p.add_argument("--log-level", default="INFO", help="the server's LOG_LEVEL (serve: INFO)")
+    p.add_argument("--seed", type=int, default=4)
+    p.add_argument("--database", default="bench_notify")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the server into DIR")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--keep", action="store_true", help="do not drop the database")
+    args = p.parse_args(argv)
+    workers_list = [int(w) for w in args.workers.split(",")]
+
+    url = sup.database_url(args.database)
+    print(f"machine: {sup.machine()}; PostgreSQL {sup.server_version(sup.database_url('postgres'))}")
+    sup.recreate_database(url)
+    results: dict[str, Any] = {"machine": sup.machine(), "orders": args.orders,
+                               "mix": {c.value: v for c, v in args.mix.items()},
+                               "dup": args.dup, "concurrency": args.concurrency}
+    try:
+        upgrade(url)
+        with tempfile.TemporaryDirectory(prefix="bench-notify-") as tmp_name:
+            tmp = Path(tmp_name)
+            settings = sup.bench_settings(url, tmp, sup.free_port(), log_level=args.log_level)
+            numbers = sup.order_numbers(settings)   # also makes the sandbox keys
+            sup.NotificationFactory(settings, numbers, AMOUNT_FEN)
+            ranges = sup.channel_ranges(args.orders, args.mix)
+            t0 = time.perf_counter()
+            steps = sup.seed_pending_orders(url, args.orders, ranges, numbers, AMOUNT_FEN)
+            print(f"seeded {args.orders:,} pending orders in {time.perf_counter() - t0:.1f} s "
+                  f"({', '.join(f'{k} {v:.1f} s' for k, v in steps.items())}); "
+                  + ", ".join(f"{c.value} {len(r):,}" for c, r in ranges.items()))
+            loads: list[LoadResult] = []
+            first = True
+            if not args.no_load:
+                for workers in workers_list:
+                    for run_no in range(args.runs):
+                        if not first:
+                            sup.reset_to_pending(url)
+                        first = False
+                        print(f"load run {run_no + 1}/{args.runs}, {workers} worker(s), "
+                              f"concurrency {args.concurrency}:", file=sys.stderr)
+                        r = run_load(args, settings, numbers, ranges, workers, run_no, tmp)
+                        loads.append(r)
+                        print_load(r)
+                        if not r.checks["ok"] or r.non_success:
+                            print("  CHECK FAILED: " + "; ".join(r.checks["problems"])
+                                  + (f"; {r.non_success} non-success answers: "
+                                     f"{r.failures[:3]}" if r.non_success else ""))
+                if args.profile:
+                    summarize_profile(Path(args.profile))
+            baselines: list[BaselineResult] = []
+            if not args.no_baseline:
+                for run_no in range(args.runs):
+                    b = run_pgbench(args, url, numbers, ranges, run_no, tmp)
+                    baselines.append(b)
+                    print(f"pgbench run {run_no + 1}: {b.tps:,.0f} tps, p50 {b.p50_ms:.2f} ms, "
+                          f"p99 {b.p99_ms:.2f} ms, {b.transactions:,} transactions in "
+                          f"{b.seconds:.1f} s")
+                if baselines:
+                    print("pgbench per-statement latency (ms, last run):")
+                    for ms, text in baselines[-1].statement_ms:
+                        print(f"  {ms:7.3f}  {text}")
+            results["load"] = [asdict(r) for r in loads]
+            results["baseline"] = [asdict(b) for b in baselines]
+            print_summary(loads, baselines, workers_list)
+            results["summary"] = summary_dict(loads, baselines, workers_list)
+    finally:
+        if not args.keep:
+            sup.drop_database(url)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def print_load(r: LoadResult) -> None:
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms_per_notification.items())
+    print(f"  {r.orders:,} orders ({r.notifications:,} notifications) in {r.seconds:.1f} s: "
+          f"{r.applied_per_s:,.0f} applied/s, {r.notifications_per_s:,.0f} notifications/s; "
+          f"latency p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms (server p50 "
+          f"{r.server_p50_ms:.1f}, p99 {r.server_p99_ms:.1f}); non-success {r.non_success}; "
+          f"checks {'ok' if r.checks['ok'] else 'FAILED'}")
+    vol, invol = r.server_context_switches_per_notification
+    print(f"  CPU ms per notification: {cpu}; server context switches per notification: "
+          f"{vol:.0f} voluntary, {invol:.1f} involuntary; new database connections during "
+          f"the timed phase: {r.new_db_connections:,}")
+    print(f"  notifications built at {r.build_per_s:,.0f}/s ({r.build_seconds:.1f} s, "
+          f"{r.segments} segment(s))")
+
+
+def summary_dict(loads: list[LoadResult], baselines: list[BaselineResult],
+                 workers_list: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    tps = median([b.tps for b in baselines]) if baselines else None
+    for w in workers_list:
+        rs = [r for r in loads if r.workers == w]
+        if not rs:
+            continue
+        applied = median([r.applied_per_s for r in rs])
+        out[f"workers={w}"] = {
+            "applied_per_s": applied,
+            "notifications_per_s": median([r.notifications_per_s for r in rs]),
+            "p50_ms": median([r.p50_ms for r in rs]), "p99_ms": median([r.p99_ms for r in rs]),
+            "ratio": applied / tps if tps else None,
+            "all_checks_ok": all(r.checks["ok"] and not r.non_success for r in rs),
+        }
+    if baselines:
+        out["pgbench"] = {"tps": tps, "p50_ms": median([b.p50_ms for b in baselines]),
+                          "p99_ms": median([b.p99_ms for b in baselines])}
+    return out
+
+
+def print_summary(loads: list[LoadResult], baselines: list[BaselineResult],
+                  workers_list: list[int]) -> None:
+    s = summary_dict(loads, baselines, workers_list)
+    print("\nsummary (median of runs)")
+    print(f"{'':22} {'applied/s':>10} {'notif/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'ratio':>7}  checks")
+    for k, v in s.items():
+        if k == "pgbench":
+            continue
+        ratio = f"{v['ratio']:.3f}" if v["ratio"] is not None else "-"
+        print(f"{'service ' + k:22} {v['applied_per_s']:10,.0f} {v['notifications_per_s']:9,.0f} "
+              f"{v['p50_ms']:8.1f} {v['p99_ms']:8.1f} {ratio:>7}  "
+              f"{'ok' if v['all_checks_ok'] else 'FAILED'}")
+    if "pgbench" in s:
+        b = s["pgbench"]
+        print(f"{'pgbench baseline':22} {b['tps']:10,.0f} {'':9} {b['p50_ms']:8.2f} "
+              f"{b['p99_ms']:8.2f}")
+
+
+def summarize_profile(out: Path, top: int = 30) -> None:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    path = out / "server.collapsed"
+    if not path.exists():
+        print(f"no profile at {path}")
+        return
+    self_c: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    watched: dict[str, int] = {label: 0 for label, _ in WATCH}
+    total = 0
+    frame_re = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        total += count
+        frames = []
+        for fr in stack.split(";"):
+            m = frame_re.match(fr)
+            name = fr if not m else f"{m.group(1)} ({_short_path(m.group(2))})"
+            frames.append(name)
+        self_c[frames[-1]] += count
+        for name in set(frames):
+            incl[name] += count
+        for label, pattern in WATCH:
+            if any(pattern.search(name) for name in frames):
+                watched[label] += count
+    by_layer: Counter[str] = Counter()
+    for name, c in self_c.items():
+        by_layer[_layer(name)] += c
+    lines = [f"{total:,} samples (py-spy --gil: the thread holding the GIL)", "",
+             "self time by layer (the library of the innermost Python frame):"]
+    lines += [f"  {c / total:6.1%}  {name}" for name, c in by_layer.most_common()]
+    lines += ["", "inclusive time of the steps of the path:"]
+    lines += [f"  {c / total:6.1%}  {label}" for label, c in watched.items()]
+    lines += ["  (a sample counts for a step when the step is anywhere on its stack)"]
+    lines += ["", "self time (top functions):"]
+    lines += [f"  {c / total:6.1%}  {name}" for name, c in self_c.most_common(top)]
+    lines += ["", "inclusive time (top):"]
+    lines += [f"  {c / total:6.1%}  {name}" for name, c in incl.most_common(top * 2)]
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(by_layer) + len(watched) + top + 8]))
+    print(f"(full summary: {out / 'summary.txt'})")
+
+
+# (label, regex over "function (path)") — inclusive shares printed by summarize_profile
+WATCH = [
+    ("event loop thread: uvicorn, ASGI stack, routing, middleware", r"^Server\.run "),
+    ("notifications.service.handle (in the thread pool)", r"^handle \(backend/notifications"),
+    ("  verify (signature, decryption, parsing)", r"\.verify \(payment_adapters/"),
+    ("  _claim_event (inbox INSERT … ON CONFLICT)", r"^_claim_event "),
+    ("  confirm_channel_payment", r"^confirm_channel_payment "),
+    ("    apply_payment", r"^apply_payment "),
+    ("    ledger post_entry", r"^post_entry "),
+    ("  Session.commit", r"^Session\.commit "),
+    ("  unit_of_work: Session close / connection return", r"^Session\.close "),
+    ("  pool checkout (incl. pre-ping, new connections)", r"^_ConnectionFairy\._checkout "),
+    ("  new database connections", r"\.connect \(psycopg/connection"),
+    ("SQLAlchemy: statement compile (cache key, compile)", r"^(HasCacheKey\._generate_cache_key|"
+     r"ClauseElement\._compile_w_cache) "),
+    ("SQLAlchemy: ORM flush", r"^Session\.flush "),
+    ("psycopg: Cursor.execute", r"^Cursor\.execute \(psycopg/"),
+    ("logging (records, formatting, redaction, writes)", r"^Logger\._log "),
+    ("starlette run_in_threadpool (anyio hand-off)", r"^run_in_threadpool "),
+]
+
+_LAYERS = [("sqlalchemy/", "SQLAlchemy"), ("psycopg", "psycopg"), ("uvicorn/", "uvicorn"),
+           ("starlette/", "Starlette"), ("fastapi/", "FastAPI"), ("anyio/", "anyio"),
+           ("pydantic", "pydantic"), ("cryptography/", "cryptography"),
+           ("logging/", "logging"), ("json/", "json"), ("asyncio/", "asyncio"),
+           ("threading.py", "threading"), ("backend/", "backend (service code)"),
+           ("payment_adapters/", "payment_adapters"), ("_server.py", "bench wrapper"),
+           ("urllib/", "urllib"), ("uuid.py", "uuid"), ("datetime", "datetime")]
+
+
+WATCH = [(label, re.compile(pattern)) for label, pattern in WATCH]  # type: ignore[misc]
+
+
+def _layer(name: str) -> str:
+    for marker, label in _LAYERS:
+        if marker in name:
+            return label
+    return "other: " + name.rsplit("(", 1)[-1].rstrip(")")
+
+
+def _short_path(path: str) -> str:
+    if not path.startswith("/"):
+        return path
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return os.path.basename(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
