@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.agents.endpoints import router as agents_router
 from backend.auth.endpoints import router as auth_router
@@ -31,22 +31,55 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
 class BodyLimit:
-    """Refuse a request body over the limit before reading it (TigerStyle: limits on all)."""
+    """Refuse a request body over the limit (TigerStyle: limits on everything).
+
+    A declared Content-Length over the limit is refused before reading; a chunked body is
+    counted as it streams in and cut off at the limit, never buffered whole.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
+    def _too_large(self) -> JSONResponse:
+        message = f"the request body is over {self.limit} bytes"
+        return JSONResponse(status_code=413, content={"error": {
+            "code": "payload_too_large", "message": message}})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", []):
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    resp = JSONResponse(status_code=413, content={"error": {
-                        "code": "payload_too_large",
-                        "message": f"the request body is over {self.limit} bytes"}})
-                    await resp(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._too_large()(scope, receive, send)
+                return
+        seen = 0
+        answered = False   # we sent the 413 ourselves; whatever the app says after is dropped
+
+        async def counting_receive() -> Message:
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit and not answered:
+                    answered = True
+                    await self._too_large()(scope, receive, send)
+                    raise BodyTooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except BodyTooLarge:
+            pass
 
 
 def _field(loc: tuple[object, ...]) -> str:
@@ -78,6 +111,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            position = next(e["loc"][-1] for e in exc.errors() if e.get("type") == "json_invalid")
+            return JSONResponse(status_code=422, content={"error": {
+                "code": "validation_error",
+                "message": f"body: not valid JSON (at character {position})",
+                "fields": ["body"]}})
         problems = [f"{_field(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
         return JSONResponse(status_code=422, content={"error": {
             "code": "validation_error", "message": "; ".join(problems),

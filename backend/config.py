@@ -59,6 +59,8 @@ class Settings(BaseSettings):
 
     # limits on lookups (per caller and per IP)
     lookup_miss_limit: int = 10
+    # per IP: high, since a whole village may share one carrier-grade NAT address
+    lookup_ip_miss_limit: int = 200
     lookup_miss_window_s: int = 600
     login_failure_limit: int = 5
     login_failure_window_s: int = 900
@@ -73,10 +75,22 @@ class Settings(BaseSettings):
 
     @property
     def sandbox(self) -> bool:
+        """The simulator only when asked for, or when no live channel is configured at all.
+
+        A half-configured deployment (one channel's keys set, another's missing) is refused:
+        silently falling back to the simulator would accept ``sandbox:`` logins and let
+        anyone "pay" through ``/sandbox/pay``.
+        """
         if self.payment_sandbox is not None:
             return self.payment_sandbox
-        live = self.wechat_mchid and self.alipay_appid and self.unionpay_mid
-        return not live
+        live = [bool(self.wechat_mchid), bool(self.alipay_appid), bool(self.unionpay_mid)]
+        if all(live):
+            return False
+        if any(live):
+            raise ValueError("live keys are set for some payment channels but not all "
+                             "(WECHAT_MCHID, ALIPAY_APPID, UNIONPAY_MID): set them all, or "
+                             "PAYMENT_SANDBOX=1 explicitly")
+        return True
 
     @property
     def worker_in_serve(self) -> bool:

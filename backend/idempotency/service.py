@@ -45,9 +45,8 @@ def run_idempotent(rt: Runtime, caller: str, key: str | None, req_hash: str,
     try:
         status, body = work()
     except AppError as exc:
-        if exc.status >= 500:
-            _release(rt, caller, key)
-            raise
+        # A deliberate answer is the answer, 5xx included: a channel timeout's 504 names the
+        # order it left pending, and a retry must find that order, not make a second one.
         _finish(rt, caller, key, exc.status, exc.body())
         raise
     except BaseException:

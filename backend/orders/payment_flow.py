@@ -72,6 +72,10 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
     session.flush()
     repo.move_attempt(session, attempt.id, ATTEMPT_TRANSITIONS["paid"], "paid",
                       transaction_id=c.transaction_id, paid_at=c.paid_at)
+    if repo.has_other_live_attempts(session, order.id, attempt.id):
+        # An aggregate QR scanned by two wallets: close the other trade before it, too, is
+        # paid (if it already was, closing finds that and the surplus is refunded).
+        enqueue(session, "close_siblings", {"order_id": order.id, "paid_attempt": attempt.id})
     return apply_payment(session, order, payment, debit=ledger.channel_clearing(c.channel),
                          entry_kind="channel_payment")
 
@@ -84,7 +88,8 @@ def apply_payment(session: Session, order: Order, payment: Payment, *, debit: le
         select(OrderLine, Village.code, Village.town_code)
         .join(Resident, Resident.id == OrderLine.resident_id)
         .join(Village, Village.code == Resident.village_code)
-        .where(OrderLine.order_id == order.id).order_by(OrderLine.id)).all()
+        .where(OrderLine.order_id == order.id)
+        .order_by(OrderLine.bill_line_id)).all()   # bill lines are locked in id order, always
     legs: list[ledger.Leg] = []
     duplicate_fen = 0
     for line, village, town in lines:

@@ -71,8 +71,10 @@ def scan(rt: Runtime, token: str, user_agent: str) -> ScanOutcome:
             return _page("已缴费", "This order is paid. 缴费成功。")
         if order.status != "pending" or order.expires_at <= utcnow():
             return _page("二维码已过期", "This QR code has expired; ask for a new one.", 410)
+        now = utcnow()
         reusable = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
-                    if a.channel == channel.value and a.status == "pending" and a.qr_content]
+                    if a.channel == channel.value and a.status == "pending" and a.qr_content
+                    and a.expires_at > now]
         if reusable:
             return ScanOutcome(status=302, redirect=reusable[-1].qr_content)
         kind = "native" if channel is Channel.WECHAT else "qr"

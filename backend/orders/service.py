@@ -19,9 +19,14 @@ from backend.channels import API_CHANNELS
 from backend.clock import SHANGHAI
 from backend.db import unit_of_work, utcnow
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
+from backend.notifications.models import InboxNotification
 from backend.orders import repository as repo
 from backend.orders.models import Attempt, Order, OrderLine
-from backend.orders.payment_flow import ChannelConfirmation, confirm_channel_payment
+from backend.orders.payment_flow import (
+    AmountMismatch,
+    ChannelConfirmation,
+    confirm_channel_payment,
+)
 from backend.orders.schemas import OrderCreate, OrderItemIn, OrderItemOut, OrderOut, PaymentOut
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.policy import Assessment
@@ -256,6 +261,8 @@ def _description(session: Session, order: Order) -> str:
 def create_order(rt: Runtime, principal: Principal, body: OrderCreate, *,
                  ttl: timedelta = RESIDENT_ORDER_TTL,
                  village_code: str | None = None) -> OrderOut:
+    if principal.role not in ("resident", "agent"):
+        raise Forbidden("orders are made by residents (and by agents, as QR codes)")
     if body.channel == "wechat_jsapi" and not principal.sub.startswith("wx:"):
         raise ValidationFailed("channel: wechat_jsapi is for residents logged in with WeChat")
     with unit_of_work(rt.sessions) as s:
@@ -336,17 +343,25 @@ def get_order(rt: Runtime, session: Session, principal: Principal, order_no: str
 
 # --------------------------------------------------------------------------- query and close
 def sync_attempt(rt: Runtime, attempt: Attempt) -> str:
-    """Ask the channel about one attempt; apply a payment it reports, exactly as a notification."""
+    """Ask the channel about one attempt; apply a payment it reports, exactly as a notification.
+
+    A paid answer for another amount than the attempt's is an anomaly: recorded for staff,
+    the attempt taken out of the live ones, nothing applied.
+    """
     channel = Channel(attempt.channel)
     status = rt.channels.clients[channel].query(attempt.out_trade_no)
     if status.state in ("paid", "refunded") and status.transaction_id:
-        with unit_of_work(rt.sessions) as s:
-            confirm_channel_payment(s, ChannelConfirmation(
-                channel=channel.value, out_trade_no=attempt.out_trade_no,
-                transaction_id=status.transaction_id,
-                amount_fen=status.amount_fen if status.amount_fen is not None
-                else attempt.amount_fen,
-                paid_at=status.paid_at or utcnow(), source="query"))
+        try:
+            with unit_of_work(rt.sessions) as s:
+                confirm_channel_payment(s, ChannelConfirmation(
+                    channel=channel.value, out_trade_no=attempt.out_trade_no,
+                    transaction_id=status.transaction_id,
+                    amount_fen=status.amount_fen if status.amount_fen is not None
+                    else attempt.amount_fen,
+                    paid_at=status.paid_at or utcnow(), source="query"))
+        except AmountMismatch as exc:
+            record_anomaly(rt, attempt, str(exc), dict(status.raw))
+            return "anomaly"
     elif status.state == "pending" and attempt.status == "unknown":
         with unit_of_work(rt.sessions) as s:
             repo.move_attempt(s, attempt.id, ("unknown",), "pending", updated_at=utcnow())  # type: ignore[arg-type]
@@ -358,6 +373,8 @@ def close_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
         order = repo.order_by_no(s, order_no)
         if order is None or not _visible(s, principal, order):
             raise NotFound(f"no order {order_no} for this caller")
+        if not may_change(principal, order):
+            raise Forbidden("only the payer or finance staff may close an order")
         attempts = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
                     if a.status in LIVE_ATTEMPT_STATES]
     if order.status != "pending":
@@ -371,7 +388,8 @@ def close_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
         return render(rt, s, principal, order)
 
 
-def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt]) -> None:
+def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt], *,
+                   close_order: bool = True) -> None:
     """Close at the channel, then query, then close locally; "not found" never means closed."""
     for attempt in attempts:
         client = rt.channels.clients[Channel(attempt.channel)]
@@ -389,19 +407,38 @@ def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt]) -> None:
             except ChannelTimeout as exc:
                 raise ChannelTimedOut(f"{attempt.channel} did not answer the query; try "
                                       "again") from exc
-            if state in ("paid", "refunded"):
+            except ChannelError as exc:
+                raise ChannelUnavailable(f"{attempt.channel} query failed: {exc}") from exc
+            if state in ("paid", "refunded") and close_order:
                 return
+            if state in ("paid", "refunded", "anomaly"):
+                continue
         with unit_of_work(rt.sessions) as s:
             repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["closed"], "closed",  # type: ignore[arg-type]
                               updated_at=utcnow())
+    if close_order:
+        with unit_of_work(rt.sessions) as s:
+            repo.move_order(s, order.id, ORDER_TRANSITIONS["closed"], "closed",  # type: ignore[arg-type]
+                            updated_at=utcnow())
+
+
+def record_anomaly(rt: Runtime, attempt: Attempt, detail: str, raw: dict[str, object]) -> None:
+    """A channel's word that disagrees with ours: kept for staff, the attempt set aside."""
+    import json
+
     with unit_of_work(rt.sessions) as s:
-        repo.move_order(s, order.id, ORDER_TRANSITIONS["closed"], "closed",  # type: ignore[arg-type]
-                        updated_at=utcnow())
+        s.add(InboxNotification(channel=attempt.channel, out_trade_no=attempt.out_trade_no,
+                                verified=True, outcome="amount_mismatch", detail=detail[:500],
+                                headers={"source": "query"},
+                                body=json.dumps(raw, ensure_ascii=False, default=str)))
+        repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["anomaly"], "anomaly",  # type: ignore[arg-type]
+                          last_error=f"amount_mismatch: {detail}"[:500], updated_at=utcnow())
+    log.error("anomaly on %s %s: %s", attempt.channel, attempt.out_trade_no, detail)
 
 
-def require_owner_or_staff(principal: Principal, order: Order) -> None:
-    if order.payer_sub != principal.sub and principal.role not in ("finance", "admin"):
-        raise Forbidden("only the payer or finance staff may do this")
+def may_change(principal: Principal, order: Order) -> bool:
+    """Auditors read everything and change nothing; finance and admin may act on any order."""
+    return order.payer_sub == principal.sub or principal.role in ("finance", "admin")
 
 
 def sync_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:

@@ -11,6 +11,7 @@ ATTEMPT_TRANSITIONS: dict[str, tuple[str, ...]] = {
     "unknown": ("creating",),                # the channel did not answer in time
     "failed": ("creating",),                 # the channel refused the trade
     "closed": ("creating", "pending", "unknown"),
+    "anomaly": ("pending", "unknown", "closed"),  # the channel says paid, another amount
     "paid": ("creating", "pending", "unknown", "closed", "failed"),
 }
 

@@ -127,7 +127,8 @@ def lookup(rt: Runtime, session: Session, principal: Principal, client_ip: str, 
     """Name and ID number must both match; a miss says nothing about which one was wrong."""
     s = rt.settings
     keys = [f"lookup:caller:{principal.sub}", f"lookup:ip:{client_ip}"]
-    if rt.limiter.exceeded(keys, s.lookup_miss_limit):
+    if (rt.limiter.count(keys[0]) >= s.lookup_miss_limit
+            or rt.limiter.count(keys[1]) >= s.lookup_ip_miss_limit):
         raise RateLimited("too many lookups that found nobody; wait a few minutes")
     citizen = parse_id_number(id_number, today=rt.clock.today())
     policy = policy_for(rt, year)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.db import unit_of_work
+from backend.orders import repository as repo
+from backend.orders.models import Order
+from backend.orders.service import close_attempts
+from backend.orders.states import LIVE_ATTEMPT_STATES
 from backend.outbox.service import handler
 from backend.refunds.service import execute_refund
 
@@ -11,3 +16,14 @@ from backend.refunds.service import execute_refund
 @handler("refund")
 def refund(rt: Any, payload: dict[str, Any]) -> None:
     execute_refund(rt, int(payload["refund_id"]))
+
+
+@handler("close_siblings")
+def close_siblings(rt: Any, payload: dict[str, Any]) -> None:
+    with unit_of_work(rt.sessions) as s:
+        order = s.get(Order, int(payload["order_id"]))
+        if order is None:
+            return
+        live = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
+                if a.status in LIVE_ATTEMPT_STATES]
+    close_attempts(rt, order, live, close_order=False)
