@@ -185,9 +185,16 @@ class Table:
                 raise ImportFileError(f"{self.path.name} has more than {self.max_rows:,} rows; "
                                       "split the file")
             problem = None
+            for name, value in zip(header, cells, strict=False):
+                if isinstance(value, int | float) and not isinstance(value, bool) \
+                        and abs(value) >= 1e15:
+                    # Excel keeps 15 significant digits: an 18-digit ID typed as a number
+                    # has already lost its last ones.
+                    problem = (f"{name}: the spreadsheet stores this cell as a number, which "
+                               "loses digits; format the column as text and type it again")
             if len(texts) > width:
                 if any(texts[width:]):
-                    problem = f"the row has {len(texts)} cells, the header {width}"
+                    problem = problem or f"the row has {len(texts)} cells, the header {width}"
                 texts = texts[:width]
             elif len(texts) < width:
                 texts.extend([""] * (width - len(texts)))

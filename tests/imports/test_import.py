@@ -405,3 +405,13 @@ def test_cli_reports_an_unreadable_file(rt: Runtime, tmp_path: Path,
     path.write_text("x")
     assert main(["import", "regions", str(path), "--quiet"]) == 2
     assert "unsupported file type '.txt'" in capsys.readouterr().err
+
+
+def test_xlsx_id_typed_as_a_number_gets_a_hint(rt: Runtime, regions: None,
+                                               tmp_path: Path) -> None:
+    row: list[object] = list(RESIDENTS[0])
+    row[0] = int(str(row[0])[:17] + "0")   # Excel turned it into a number (and rounded it)
+    report = imported(rt, "residents", write_xlsx(tmp_path / "n.xlsx", "residents", [row]))
+    assert not report.committed
+    assert any("format the column as text" in e.reason for e in report.errors), report.summary()
+    assert str(row[0]) not in report.summary()
