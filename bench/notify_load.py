@@ -177,7 +177,7 @@ def raw_request(host: str, port: int, path: str, headers: dict[str, str], body: 
 
 
 async def _send_raw(base_url: str, notes: list[tuple[Channel, str, dict[str, str], bytes]],
-                    concurrency: int, sent: Sent) -> None:
+                    concurrency: int, sent: Sent, per_connection: int = 50) -> None:
     host, port_s = base_url.removeprefix("http://").rsplit(":", 1)
     port = int(port_s)
     requests = [(ch, raw_request(host, port, path, headers, body))
@@ -186,8 +186,15 @@ async def _send_raw(base_url: str, notes: list[tuple[Channel, str, dict[str, str
 
     async def worker() -> None:
         conn = RawConnection(host, port)
+        used = 0
         try:
             for ch, raw in queue:
+                if used >= per_connection:
+                    # a new connection now and then: with several uvicorn workers, whichever
+                    # accepts a connection serves it, so long-lived ones would skew the split
+                    await conn.close()
+                    used = 0
+                used += 1
                 t0 = time.perf_counter()
                 try:
                     status, headers, content = await conn.request(raw)

@@ -1,0 +1,29 @@
+"""Write openapi.json (the contract FastAPI describes) beside this file.
+
+    .venv/bin/python miniprogram_contracts/generate.py
+    npx openapi-typescript miniprogram_contracts/openapi.json -o miniprogram_contracts/api.d.ts
+
+A test fails when openapi.json is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def openapi_document() -> str:
+    from backend.app import create_app
+    from backend.config import Settings
+
+    app = create_app(Settings(payment_sandbox=False, wechat_mchid="x", alipay_appid="x",
+                              unionpay_mid="x", app_secret="x" * 32,
+                              pii_key="a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="))
+    return json.dumps(app.openapi(), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    (HERE / "openapi.json").write_text(openapi_document())
+    print(f"wrote {HERE / 'openapi.json'}")
