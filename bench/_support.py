@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -265,6 +265,14 @@ def postgres_cpu_seconds() -> float:
     return total / tick
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat, all CPUs)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def postgres_sessions(url: str) -> int:
     """Sessions (connections) opened to this database so far (pg_stat_database)."""
     with psycopg.connect(url) as conn:
@@ -420,7 +428,8 @@ def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
                   ["code", "name", "town_code"])
         copy_rows(conn, "residents", ({
             "id": i, "id_hash": hashlib.sha256(f"bench-resident-{i}".encode()).hexdigest(),
-            "id_enc": "bench." + secrets.token_hex(24), "id_masked": f"370406********{i % 10000:04d}",
+            "id_enc": "bench." + secrets.token_hex(24),
+            "id_masked": f"370406********{i % 10000:04d}",
             "birth_date": date(1950 + i % 50, 1 + i % 12, 1 + i % 28), "name": f"测试{i}",
             "village_code": villages[i % len(villages)], "hukou_type": "rural",
             "employee_pension": False, "employee_medical": False, "student": False,

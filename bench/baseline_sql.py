@@ -80,7 +80,8 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
     dedupe = {Channel.WECHAT: "'6f1c1d2e-3a4b-5c6d-8e9f-' || lpad(:n::text, 12, '0')",
               Channel.ALIPAY: "'2026112900222081721' || lpad(:n::text, 15, '0') "
                               "|| ':' || 'TRADE_SUCCESS'",
-              Channel.UNIONPAY: f"{otn} || ':' || 'PAID' || ':' || lpad(:n::text, 11, '0') || 'N'"}[ch]
+              Channel.UNIONPAY: f"{otn} || ':' || 'PAID' || ':' "
+                                "|| lpad(:n::text, 11, '0') || 'N'"}[ch]
     txn = {Channel.WECHAT: "'42000012342020' || lpad(:n::text, 14, '0')",
            Channel.ALIPAY: "'2020110222001' || lpad(:n::text, 15, '0')",
            Channel.UNIONPAY: "'20201102' || lpad(:n::text, 16, '0')"}[ch]

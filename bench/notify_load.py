@@ -23,8 +23,9 @@
    refunds; the ledger (when present): one entry and one "collected" posting per order,
    every entry balanced, totals equal the payments.
 6. The baseline: the orders reset to pending, then ``pgbench -n -M prepared -c C -j 2 -t T
-   -f bench/notify_baseline.sql`` (C×T = 30,000 orders by default) — per order, the same statements the notification path
-   runs (see ``bench/baseline_sql.py`` and ``bench/capture_sql.py``), 10% re-deliveries.
+   -f bench/notify_baseline.sql`` (C×T = 30,000 orders by default) — per order, the same
+   statements the notification path runs (see ``bench/baseline_sql.py`` and
+   ``bench/capture_sql.py``), 10% re-deliveries.
    The ratio is orders applied per second by the service ÷ pgbench transactions per second.
 
 ``--profile DIR`` samples the server with py-spy during the timed phase (workers=1) and
@@ -254,6 +255,8 @@ class LoadResult:
     cpu_ms_per_notification: dict[str, float]
     server_context_switches_per_notification: tuple[float, float]
     new_db_connections: int
+    machine_busy: float             # share of all CPUs busy during the timed phase
+    other_cpu_ms_per_notification: float   # busy CPU not of server, postgres, generator
     answers: dict[str, int]
     failures: list[str]
     checks: dict[str, Any]
@@ -281,6 +284,7 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
     cpu = {"server user": 0.0, "server sys": 0.0, "postgres": 0.0, "load generator": 0.0}
     switches = [0, 0]
     sessions = 0
+    machine = [0.0, 0.0]
     profiler: subprocess.Popen[bytes] | None = None
     try:
         server.start()
@@ -308,11 +312,15 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
             rng.shuffle(batch)
             before = (*server.cpu_split(), sup.postgres_cpu_seconds(), _self_cpu())
             sw_before = server.context_switches()
+            mc_before = sup.machine_cpu()
             sessions_before = sup.postgres_sessions(settings.database_url)
             seg_sent_before = sent.seconds
             send(server.base_url, batch, args.concurrency, sent, args.client)
             after = (*server.cpu_split(), sup.postgres_cpu_seconds(), _self_cpu())
             sw_after = server.context_switches()
+            mc_after = sup.machine_cpu()
+            machine[0] += mc_after[0] - mc_before[0]
+            machine[1] += mc_after[1] - mc_before[1]
             sessions += sup.postgres_sessions(settings.database_url) - sessions_before - 1
             for k, name in enumerate(cpu):
                 cpu[name] += after[k] - before[k]
@@ -350,6 +358,8 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
         server_context_switches_per_notification=(switches[0] / max(n_notes, 1),
                                                    switches[1] / max(n_notes, 1)),
         new_db_connections=sessions,
+        machine_busy=machine[0] / machine[1] if machine[1] else 0.0,
+        other_cpu_ms_per_notification=(machine[0] - sum(cpu.values())) * 1000 / max(n_notes, 1),
         answers=dict(sent.answers + warm_sent.answers), failures=sent.failures[:20],
         checks=checks)
 
@@ -567,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     workers_list = [int(w) for w in args.workers.split(",")]
 
     url = sup.database_url(args.database)
-    print(f"machine: {sup.machine()}; PostgreSQL {sup.server_version(sup.database_url('postgres'))}")
+    pg_version = sup.server_version(sup.database_url("postgres"))
+    print(f"machine: {sup.machine()}; PostgreSQL {pg_version}")
     sup.recreate_database(url)
     results: dict[str, Any] = {"machine": sup.machine(), "orders": args.orders,
                                "mix": {c.value: v for c, v in args.mix.items()},
@@ -639,6 +650,9 @@ def print_load(r: LoadResult) -> None:
     print(f"  CPU ms per notification: {cpu}; server context switches per notification: "
           f"{vol:.0f} voluntary, {invol:.1f} involuntary; new database connections during "
           f"the timed phase: {r.new_db_connections:,}")
+    print(f"  machine CPU busy {r.machine_busy:.0%} (of {os.cpu_count()} CPUs); busy CPU "
+          f"outside the benchmark's processes: {r.other_cpu_ms_per_notification:.2f} ms per "
+          "notification")
     print(f"  notifications built at {r.build_per_s:,.0f}/s ({r.build_seconds:.1f} s, "
           f"{r.segments} segment(s))")
 
