@@ -7,6 +7,7 @@ from datetime import date
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.agents.models import AgentCollection
 from backend.agents.schemas import CollectionIn, CollectionOut, RemittanceIn, RemittanceOut
@@ -34,9 +35,10 @@ def record_collection(rt: Runtime, principal: Principal, body: CollectionIn) -> 
     aid = agent_id(principal)
     try:
         with unit_of_work(rt.sessions) as s:
-            taken = s.scalar(select(Order.order_no).join(
-                AgentCollection, AgentCollection.order_id == Order.id).where(
-                AgentCollection.agent_id == aid, AgentCollection.receipt_no == body.receipt_no))
+            taken = s.scalar(select(col(Order.order_no)).join(
+                AgentCollection, col(AgentCollection.order_id) == col(Order.id)).where(
+                col(AgentCollection.agent_id) == aid,
+                col(AgentCollection.receipt_no) == body.receipt_no))
             if taken:
                 raise _receipt_taken(body.receipt_no, taken)
             order, lines = orders.write_lines(rt, s, principal, body.year, body.items,
@@ -92,7 +94,7 @@ def record_remittance(rt: Runtime, principal: Principal, body: RemittanceIn) -> 
             cash = ledger.agent_cash(aid)
             ids = ledger.account_ids(s, [cash])
             # The agent's own account row serialises their remittances (no global hot row).
-            s.execute(select(LedgerAccount.id).where(LedgerAccount.id == ids[cash.code])
+            s.execute(select(col(LedgerAccount.id)).where(col(LedgerAccount.id) == ids[cash.code])
                       .with_for_update())
             on_hand = ledger.balance(s, cash, business_date=body.business_date)
             if body.amount_fen > on_hand:

@@ -9,6 +9,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.auth.models import STAFF_ROLES, StaffUser
 from backend.errors import Conflict, RateLimited, Unauthorized, ValidationFailed
@@ -49,7 +50,7 @@ def create_staff_user(session: Session, *, username: str, password: str, role: s
         town_code = village_code = None
     else:
         town_code = village_code = department = None
-    if session.scalar(select(StaffUser.id).where(StaffUser.username == username)):
+    if session.scalar(select(col(StaffUser.id)).where(col(StaffUser.username) == username)):
         raise Conflict(f"username {username!r} is taken", code="username_taken")
     user = StaffUser(username=username, password_hash=_hasher.hash(password), role=role,
                      town_code=town_code, village_code=village_code, department=department)
@@ -71,7 +72,7 @@ def login_staff(rt: Runtime, session: Session, username: str, password: str,
     if (rt.limiter.count(keys[0]) >= s.login_failure_limit
             or rt.limiter.count(keys[1]) >= 4 * s.login_failure_limit):
         raise RateLimited("too many failed logins; wait a few minutes and try again")
-    user = session.scalar(select(StaffUser).where(StaffUser.username == username))
+    user = session.scalar(select(StaffUser).where(col(StaffUser.username) == username))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
         ok = user is not None and user.active
@@ -108,10 +109,10 @@ def code_to_openid(rt: Runtime, code: str) -> str:
     except Exception as exc:  # network errors, garbage answers
         log.warning("code2session failed: %s", type(exc).__name__)
         raise Unauthorized("WeChat login is unavailable; try again") from None
-    openid = session_info.get("openid") if isinstance(session_info, dict) else None
-    if not openid:
+    wx_openid = session_info.get("openid") if isinstance(session_info, dict) else None
+    if not wx_openid:
         raise Unauthorized("WeChat returned no openid")
-    return str(openid)
+    return str(wx_openid)
 
 
 def login_wechat(rt: Runtime, code: str) -> tuple[str, str]:

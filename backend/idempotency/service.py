@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from backend.db import unit_of_work, utcnow
 from backend.errors import AppError, Conflict, ValidationFailed
@@ -76,13 +77,13 @@ def _claim(rt: Runtime, caller: str, key: str, req_hash: str) -> None:
             pass
         with unit_of_work(rt.sessions) as s:
             row = s.scalar(select(IdempotencyKey).where(
-                IdempotencyKey.caller == caller, IdempotencyKey.key == key))
+                col(IdempotencyKey.caller) == caller, col(IdempotencyKey.key) == key))
             if row is None:
                 continue
             expired = row.created_at < now - RETENTION
             abandoned = row.state == "running" and row.created_at < now - ABANDONED
             if expired or abandoned:
-                s.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row.id))
+                s.execute(delete(IdempotencyKey).where(col(IdempotencyKey.id) == row.id))
                 continue
             if row.request_hash != req_hash:
                 raise Conflict("this Idempotency-Key was used with a different request body",
@@ -97,11 +98,11 @@ def _claim(rt: Runtime, caller: str, key: str, req_hash: str) -> None:
 def _finish(rt: Runtime, caller: str, key: str, status: int, body: Any) -> None:
     with unit_of_work(rt.sessions) as s:
         s.execute(update(IdempotencyKey)
-                  .where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
+                  .where(col(IdempotencyKey.caller) == caller, col(IdempotencyKey.key) == key)
                   .values(state="done", status_code=status, response=body))
 
 
 def _release(rt: Runtime, caller: str, key: str) -> None:
     with unit_of_work(rt.sessions) as s:
-        s.execute(delete(IdempotencyKey).where(IdempotencyKey.caller == caller,
-                                               IdempotencyKey.key == key))
+        s.execute(delete(IdempotencyKey).where(col(IdempotencyKey.caller) == caller,
+                                               col(IdempotencyKey.key) == key))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment
 
@@ -27,8 +29,9 @@ def bill_lines_for(session: Session, keys: Sequence[tuple[int, int, str]]) -> di
     ]).on_conflict_do_nothing(index_elements=["resident_id", "year", "insurance"]))
     year = keys[0][1]
     residents = sorted({r for r, _, _ in keys})
-    stmt = (select(BillLine).where(BillLine.resident_id.in_(residents), BillLine.year == year)
-            .order_by(BillLine.id).with_for_update())
+    stmt = (select(BillLine)
+            .where(col(BillLine.resident_id).in_(residents), col(BillLine.year) == year)
+            .order_by(col(BillLine.id)).with_for_update())
     wanted = {(r, i) for r, _, i in keys}
     return {(b.resident_id, b.insurance): b for b in session.scalars(stmt)
             if (b.resident_id, b.insurance) in wanted}
@@ -38,42 +41,43 @@ def live_orders_of_others(session: Session, bill_line_ids: Sequence[int], payer_
                           now: datetime) -> set[int]:
     """Bill lines that sit in someone else's unexpired pending order."""
     rows = session.execute(
-        select(OrderLine.bill_line_id).join(Order, Order.id == OrderLine.order_id)
-        .where(OrderLine.bill_line_id.in_(bill_line_ids), Order.status == "pending",
-               Order.expires_at > now, Order.payer_sub != payer_sub))
+        select(col(OrderLine.bill_line_id))
+        .join(Order, col(Order.id) == col(OrderLine.order_id))
+        .where(col(OrderLine.bill_line_id).in_(bill_line_ids), col(Order.status) == "pending",
+               col(Order.expires_at) > now, col(Order.payer_sub) != payer_sub))
     return {r for (r,) in rows}
 
 
 def order_by_no(session: Session, order_no: str, *, lock: bool = False) -> Order | None:
-    stmt = select(Order).where(Order.order_no == order_no)
+    stmt = select(Order).where(col(Order.order_no) == order_no)
     if lock:
         stmt = stmt.with_for_update()
     return session.scalar(stmt)
 
 
 def order_by_qr_token(session: Session, token: str) -> Order | None:
-    return session.scalar(select(Order).where(Order.qr_token == token))
+    return session.scalar(select(Order).where(col(Order.qr_token) == token))
 
 
 def order_lines(session: Session, order_id: int) -> list[OrderLine]:
-    return list(session.scalars(select(OrderLine).where(OrderLine.order_id == order_id)
-                                .order_by(OrderLine.id)))
+    return list(session.scalars(select(OrderLine).where(col(OrderLine.order_id) == order_id)
+                                .order_by(col(OrderLine.id))))
 
 
 def attempts_of(session: Session, order_id: int) -> list[Attempt]:
-    return list(session.scalars(select(Attempt).where(Attempt.order_id == order_id)
-                                .order_by(Attempt.id)))
+    return list(session.scalars(select(Attempt).where(col(Attempt.order_id) == order_id)
+                                .order_by(col(Attempt.id))))
 
 
 def attempt_count(session: Session, order_id: int) -> int:
     return int(session.scalar(select(func.count()).select_from(Attempt)
-                              .where(Attempt.order_id == order_id)) or 0)
+                              .where(col(Attempt.order_id) == order_id)) or 0)
 
 
 def attempt_by_out_trade_no(session: Session, channel: str, out_trade_no: str, *,
                             lock: bool = False) -> Attempt | None:
-    stmt = select(Attempt).where(Attempt.out_trade_no == out_trade_no,
-                                 Attempt.channel == channel)
+    stmt = select(Attempt).where(col(Attempt.out_trade_no) == out_trade_no,
+                                 col(Attempt.channel) == channel)
     if lock:
         stmt = stmt.with_for_update()
     return session.scalar(stmt)
@@ -82,44 +86,46 @@ def attempt_by_out_trade_no(session: Session, channel: str, out_trade_no: str, *
 def move_attempt(session: Session, attempt_id: int, allowed_from: Sequence[str], to: str,
                  **values: object) -> bool:
     """The attempt's transition table, applied: UPDATE … WHERE state = ANY(allowed)."""
-    result = session.execute(update(Attempt)
-                             .where(Attempt.id == attempt_id, Attempt.status.in_(allowed_from))
-                             .values(status=to, **values))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    result = cast(CursorResult[Any], session.execute(
+        update(Attempt)
+        .where(col(Attempt.id) == attempt_id, col(Attempt.status).in_(allowed_from))
+        .values(status=to, **values)))
+    return bool(result.rowcount)
 
 
 def move_order(session: Session, order_id: int, allowed_from: Sequence[str], to: str,
                **values: object) -> bool:
-    result = session.execute(update(Order)
-                             .where(Order.id == order_id, Order.status.in_(allowed_from))
-                             .values(status=to, **values))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    result = cast(CursorResult[Any], session.execute(
+        update(Order)
+        .where(col(Order.id) == order_id, col(Order.status).in_(allowed_from))
+        .values(status=to, **values)))
+    return bool(result.rowcount)
 
 
 def has_other_live_attempts(session: Session, order_id: int, attempt_id: int) -> bool:
     from backend.orders.states import LIVE_ATTEMPT_STATES
 
-    return session.scalar(select(Attempt.id).where(
-        Attempt.order_id == order_id, Attempt.id != attempt_id,
-        Attempt.status.in_(LIVE_ATTEMPT_STATES)).limit(1)) is not None
+    return session.scalar(select(col(Attempt.id)).where(
+        col(Attempt.order_id) == order_id, col(Attempt.id) != attempt_id,
+        col(Attempt.status).in_(LIVE_ATTEMPT_STATES)).limit(1)) is not None
 
 
 def payments_of(session: Session, order_id: int) -> list[Payment]:
-    return list(session.scalars(select(Payment).where(Payment.order_id == order_id)))
+    return list(session.scalars(select(Payment).where(col(Payment.order_id) == order_id)))
 
 
 def item_states(session: Session, resident_id: int, year: int, now: datetime) -> dict[str, str]:
     """insurance → "paid" or "pending" (in an unexpired pending order) for one resident."""
     states: dict[str, str] = {}
     for insurance, status in session.execute(
-            select(BillLine.insurance, BillLine.status)
-            .where(BillLine.resident_id == resident_id, BillLine.year == year)):
+            select(col(BillLine.insurance), col(BillLine.status))
+            .where(col(BillLine.resident_id) == resident_id, col(BillLine.year) == year)):
         if status == "paid":
             states[insurance] = "paid"
     pending = session.execute(
-        select(OrderLine.insurance).join(Order, Order.id == OrderLine.order_id)
-        .where(OrderLine.resident_id == resident_id, Order.year == year,
-               Order.status == "pending", Order.expires_at > now))
+        select(col(OrderLine.insurance)).join(Order, col(Order.id) == col(OrderLine.order_id))
+        .where(col(OrderLine.resident_id) == resident_id, col(Order.year) == year,
+               col(Order.status) == "pending", col(Order.expires_at) > now))
     for (insurance,) in pending:
         states.setdefault(insurance, "pending")
     return states

@@ -288,7 +288,8 @@ def landing_url(rt: Runtime, order: Order) -> str:
 
 def current_attempt(attempts: list[Attempt]) -> Attempt | None:
     live = [a for a in attempts if a.status in LIVE_ATTEMPT_STATES or a.status == "paid"]
-    return (live or attempts or [None])[-1]
+    pool = live or attempts
+    return pool[-1] if pool else None
 
 
 def qr_content_of(rt: Runtime, order: Order, attempts: list[Attempt]) -> str | None:
@@ -312,8 +313,7 @@ def render(rt: Runtime, session: Session, principal: Principal, order: Order) ->
                             amount_fen=line.amount_fen)
                for line in repo.order_lines(session, order.id)],  # type: ignore[arg-type]
         payment=PaymentOut(
-            channel=(order.channel if order.channel == "aggregate_qr" or current is None
-                     else order.channel),
+            channel=order.channel,
             out_trade_no=current.out_trade_no if current else None,
             request_payment=(current.request_payment if current and current.kind == "jsapi"
                              else None),
@@ -382,7 +382,8 @@ def close_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
                        code="order_not_payable")
     close_attempts(rt, order, attempts)
     with unit_of_work(rt.sessions) as s:
-        order = repo.order_by_no(s, order_no)  # type: ignore[assignment]
+        order = repo.order_by_no(s, order_no)
+        assert order is not None   # it was there above; orders are never deleted
         if order.status == "paid":
             raise Conflict(f"order {order_no} was paid meanwhile", code="order_not_payable")
         return render(rt, s, principal, order)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlmodel import col
 
 from backend.deps import SessionDep, require_roles
 from backend.outbox.models import OutboxJob
@@ -30,6 +31,6 @@ def list_jobs(session: SessionDep,
               status: Annotated[Literal["pending", "done", "dead"], Query()] = "dead",
               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobOut]:
     """Jobs that failed for good (``dead``) are what staff must look at."""
-    rows = session.scalars(select(OutboxJob).where(OutboxJob.status == status)
-                           .order_by(OutboxJob.id.desc()).limit(limit))
+    rows = session.scalars(select(OutboxJob).where(col(OutboxJob.status) == status)
+                           .order_by(col(OutboxJob.id).desc()).limit(limit))
     return [JobOut.model_validate(r, from_attributes=True) for r in rows]

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.db import unit_of_work, utcnow
 from backend.outbox.models import OutboxJob
@@ -47,12 +48,14 @@ def claim(rt: Any, limit: int = BATCH) -> list[OutboxJob]:
     now = utcnow()
     with unit_of_work(rt.sessions) as s:
         jobs = list(s.scalars(select(OutboxJob)
-                              .where(OutboxJob.status == "pending", OutboxJob.run_at <= now)
-                              .order_by(OutboxJob.run_at).limit(limit)
+                              .where(col(OutboxJob.status) == "pending",
+                                     col(OutboxJob.run_at) <= now)
+                              .order_by(col(OutboxJob.run_at)).limit(limit)
                               .with_for_update(skip_locked=True)))
         if jobs:
-            s.execute(update(OutboxJob).where(OutboxJob.id.in_([j.id for j in jobs]))
-                      .values(run_at=now + LEASE, tries=OutboxJob.tries + 1, updated_at=now))
+            s.execute(update(OutboxJob).where(col(OutboxJob.id).in_([j.id for j in jobs]))
+                      .values(run_at=now + LEASE, tries=col(OutboxJob.tries) + 1,
+                              updated_at=now))
         for j in jobs:
             j.tries += 1
         return jobs
@@ -73,7 +76,7 @@ def run_due(rt: Any) -> int:
             _failed(rt, job, f"{type(exc).__name__}: {exc}")
             continue
         with unit_of_work(rt.sessions) as s:
-            s.execute(update(OutboxJob).where(OutboxJob.id == job.id)
+            s.execute(update(OutboxJob).where(col(OutboxJob.id) == job.id)
                       .values(status="done", last_error=None, updated_at=utcnow()))
     return len(jobs)
 
@@ -88,7 +91,7 @@ def _failed(rt: Any, job: OutboxJob, error: str) -> None:
             values["status"] = "dead"
         else:
             values["run_at"] = utcnow() + timedelta(seconds=RETRY_AFTER_S[job.tries - 1])
-        s.execute(update(OutboxJob).where(OutboxJob.id == job.id).values(**values))
+        s.execute(update(OutboxJob).where(col(OutboxJob.id) == job.id).values(**values))
 
 
 def retry_later(rt: Any, job_kind: str, payload: dict[str, Any], delay_s: float) -> None:

@@ -7,9 +7,11 @@ workflow for other refunds builds on :func:`complete_refund`.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.clock import business_date
 from backend.db import unit_of_work, utcnow
@@ -28,10 +30,11 @@ class RefundNotDone(Exception):
 def complete_refund(session: Session, refund_id: int, *, channel_refund_id: str | None,
                     refunded_at: datetime) -> bool:
     """Mark a refund succeeded and post it, once; False if it already was."""
-    moved = session.execute(update(Refund).where(Refund.id == refund_id,
-                                                 Refund.status.in_(("queued", "processing")))
-                            .values(status="succeeded", channel_refund_id=channel_refund_id,
-                                    refunded_at=refunded_at, updated_at=utcnow())).rowcount
+    moved = cast(CursorResult[Any], session.execute(
+        update(Refund).where(col(Refund.id) == refund_id,
+                             col(Refund.status).in_(("queued", "processing")))
+        .values(status="succeeded", channel_refund_id=channel_refund_id,
+                refunded_at=refunded_at, updated_at=utcnow()))).rowcount
     if not moved:
         return False
     refund = session.get(Refund, refund_id)
@@ -39,12 +42,12 @@ def complete_refund(session: Session, refund_id: int, *, channel_refund_id: str 
     assert refund is not None and payment is not None
     # Which villages the refunded money belongs to: the payment's duplicate lines.
     rows = session.execute(
-        select(PaymentLine.amount_fen, Village.code, Village.town_code)
-        .join(BillLine, BillLine.id == PaymentLine.bill_line_id)
-        .join(Resident, Resident.id == BillLine.resident_id)
-        .join(Village, Village.code == Resident.village_code)
-        .where(PaymentLine.payment_id == payment.id, ~PaymentLine.applied)
-        .order_by(PaymentLine.id)).all()
+        select(col(PaymentLine.amount_fen), col(Village.code), col(Village.town_code))
+        .join(BillLine, col(BillLine.id) == col(PaymentLine.bill_line_id))
+        .join(Resident, col(Resident.id) == col(BillLine.resident_id))
+        .join(Village, col(Village.code) == col(Resident.village_code))
+        .where(col(PaymentLine.payment_id) == payment.id, ~col(PaymentLine.applied))
+        .order_by(col(PaymentLine.id))).all()
     legs: list[ledger.Leg] = []
     left = refund.amount_fen
     for amount, village, town in rows:
@@ -77,7 +80,8 @@ def execute_refund(rt: Runtime, refund_id: int) -> str:
         attempt = s.get(Attempt, payment.attempt_id) if payment and payment.attempt_id else None
         if payment is None or attempt is None:
             raise LookupError(f"refund {refund_id} has no channel payment to refund")
-        s.execute(update(Refund).where(Refund.id == refund_id, Refund.status == "queued")
+        s.execute(update(Refund).where(col(Refund.id) == refund_id,
+                                       col(Refund.status) == "queued")
                   .values(status="processing", updated_at=utcnow()))
         req = RefundRequest(out_trade_no=attempt.out_trade_no,
                             out_refund_no=refund.out_refund_no,

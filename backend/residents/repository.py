@@ -6,26 +6,28 @@ from datetime import date
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.departments.models import DepartmentListing
 from backend.residents.models import Death, Resident, Village
 
 
 def resident_by_hash(session: Session, id_hash: str) -> Resident | None:
-    return session.scalar(select(Resident).where(Resident.id_hash == id_hash))
+    return session.scalar(select(Resident).where(col(Resident.id_hash) == id_hash))
 
 
 def died_on(session: Session, id_hash: str) -> date | None:
-    return session.scalar(select(Death.died_on).where(Death.id_hash == id_hash))
+    return session.scalar(select(col(Death.died_on)).where(col(Death.id_hash) == id_hash))
 
 
 def listings(session: Session, resident_id: int, year: int) -> frozenset[tuple[str, str]]:
     rows = session.execute(
-        select(DepartmentListing.department, DepartmentListing.insurance)
-        .where(DepartmentListing.resident_id == resident_id, DepartmentListing.year == year)
+        select(col(DepartmentListing.department), col(DepartmentListing.insurance))
+        .where(col(DepartmentListing.resident_id) == resident_id,
+               col(DepartmentListing.year) == year)
     )
     return frozenset((d, i) for d, i in rows)
 
 
 def town_of_village(session: Session, village_code: str) -> str | None:
-    return session.scalar(select(Village.town_code).where(Village.code == village_code))
+    return session.scalar(select(col(Village.town_code)).where(col(Village.code) == village_code))

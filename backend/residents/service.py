@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy.orm import Session
 
@@ -16,6 +17,7 @@ from backend.residents import repository as repo
 from backend.residents.idnumber import parse_id_number
 from backend.residents.models import Resident
 from backend.residents.schemas import (
+    ItemStatus,
     LookupResponse,
     MedicalItem,
     PensionItem,
@@ -77,9 +79,10 @@ def in_scope(session: Session, principal: Principal, resident: Resident, year: i
     return False
 
 
-def _status(eligible: bool, due_fen: int, government_fen: int, known: str | None) -> str:
+def _status(eligible: bool, due_fen: int, government_fen: int,
+            known: str | None) -> ItemStatus:
     if known:
-        return known
+        return cast(ItemStatus, known)   # item_states gives "paid" or "pending"
     if not eligible:
         return "not_eligible"
     if due_fen == 0 and government_fen > 0:

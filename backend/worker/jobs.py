@@ -10,6 +10,7 @@ import logging
 from datetime import timedelta
 
 from sqlalchemy import select, update
+from sqlmodel import col
 
 from backend.db import unit_of_work, utcnow
 from backend.orders import repository as repo
@@ -28,9 +29,9 @@ def expire_orders(rt: Runtime) -> int:
     """Close pending orders past their expiry; return how many were looked at."""
     cutoff = utcnow() - EXPIRY_GRACE
     with unit_of_work(rt.sessions) as s:
-        due = list(s.scalars(select(Order).where(Order.status == "pending",
-                                                 Order.expires_at < cutoff)
-                             .order_by(Order.expires_at).limit(BATCH)))
+        due = list(s.scalars(select(Order).where(col(Order.status) == "pending",
+                                                 col(Order.expires_at) < cutoff)
+                             .order_by(col(Order.expires_at)).limit(BATCH)))
         work = [(o, [a for a in repo.attempts_of(s, o.id)  # type: ignore[arg-type]
                      if a.status in LIVE_ATTEMPT_STATES]) for o in due]
     for order, attempts in work:
@@ -52,12 +53,12 @@ def recover_attempts(rt: Runtime) -> int:
     first = now - timedelta(seconds=QUERY_SCHEDULE_S[0])
     with unit_of_work(rt.sessions) as s:
         due = list(s.scalars(
-            select(Attempt).where(Attempt.status.in_(("pending", "unknown")),
-                                  Attempt.created_at <= first,
-                                  Attempt.queries < len(QUERY_SCHEDULE_S),
-                                  (Attempt.next_query_at.is_(None))
-                                  | (Attempt.next_query_at <= now))
-            .order_by(Attempt.id).limit(BATCH)))
+            select(Attempt).where(col(Attempt.status).in_(("pending", "unknown")),
+                                  col(Attempt.created_at) <= first,
+                                  col(Attempt.queries) < len(QUERY_SCHEDULE_S),
+                                  (col(Attempt.next_query_at).is_(None))
+                                  | (col(Attempt.next_query_at) <= now))
+            .order_by(col(Attempt.id)).limit(BATCH)))
     for attempt in due:
         try:
             sync_attempt(rt, attempt)
@@ -67,6 +68,6 @@ def recover_attempts(rt: Runtime) -> int:
         following = (attempt.created_at + timedelta(seconds=QUERY_SCHEDULE_S[n])
                      if n < len(QUERY_SCHEDULE_S) else None)
         with unit_of_work(rt.sessions) as s:
-            s.execute(update(Attempt).where(Attempt.id == attempt.id)
+            s.execute(update(Attempt).where(col(Attempt.id) == attempt.id)
                       .values(queries=n, next_query_at=following))
     return len(due)
