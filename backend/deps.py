@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from backend.db import unit_of_work
 from backend.errors import Forbidden, Unauthorized
 from backend.runtime import Runtime
 from backend.security.tokens import Principal, read_token
@@ -25,15 +26,8 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 def get_session(rt: RuntimeDep) -> Iterator[Session]:
     """One request, one transaction: commit once at the end, or roll back."""
-    session = rt.sessions()
-    try:
+    with unit_of_work(rt.sessions) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

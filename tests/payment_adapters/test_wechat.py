@@ -39,7 +39,8 @@ from payment_adapters.sandbox.core import (
 )
 from payment_adapters.sandbox.wechat import WechatSimulator
 from payment_adapters.wechat import WechatNotificationVerifier, WechatPayClient
-from tests.payment_adapters.conftest import ServedApp, free_port, rsa_pem_pair
+from tests.payment_adapters.conftest import rsa_pem_pair
+from tests.servers import ServedApp, free_port
 
 APPID = "wx8888888888888888"
 MCHID = "1900000109"
