@@ -18,7 +18,7 @@ from backend.ledger import service as ledger
 from backend.ledger.models import REMITTED, LedgerAccount, Remittance
 from backend.orders import service as orders
 from backend.orders.models import Order, OrderLine, Payment
-from backend.orders.payment_flow import AlreadyPaid, apply_payment
+from backend.orders.payment_flow import AlreadyPaid, OrderFacts, PaymentFacts, apply_payment
 from backend.residents.models import Village
 from backend.runtime import Runtime
 from backend.security.tokens import Principal, RefCodec
@@ -57,7 +57,12 @@ def record_collection(rt: Runtime, principal: Principal, body: CollectionIn) -> 
             debit = (ledger.agent_cash(aid) if body.method == "cash"
                      else ledger.channel_clearing("pos"))
             try:
-                apply_payment(s, order, payment, debit=debit,
+                apply_payment(s, OrderFacts(order.id, order.order_no, order.status,  # type: ignore[arg-type]
+                                            order.year),
+                              PaymentFacts(payment.id, payment.channel,  # type: ignore[arg-type]
+                                           payment.transaction_id, payment.amount_fen,
+                                           payment.paid_at, payment.business_date),
+                              debit=debit,
                               entry_kind=f"{body.method}_collection", refundable=False)
             except AlreadyPaid:
                 raise Conflict("an item was paid meanwhile; collect nothing for it",

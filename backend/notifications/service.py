@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.clock import real_now
 from backend.db import unit_of_work, utcnow
@@ -55,20 +56,24 @@ def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
             body=body.decode("utf-8", "replace")))
 
 
-def _claim_event(session: Session, channel: Channel, note: Notification,
-                 headers: Mapping[str, str], body: bytes) -> int | None:
-    """INSERT … ON CONFLICT DO NOTHING: the row's id, or None if this event was seen."""
+def _record_event(session: Session, channel: Channel, note: Notification,
+                  headers: Mapping[str, str], body: bytes, outcome: str, detail: str) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING of the event with its outcome; False if seen before.
+
+    Written last, in the same transaction as what it records: a repeat of an event that
+    was applied finds the payment already there (and changes nothing) before it gets here.
+    """
     ins = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
            else sqlite.insert)
     stmt = ins(InboxNotification).values(
         channel=channel.value, dedupe_key=note.dedupe_key, out_trade_no=note.out_trade_no,
-        verified=True, outcome="received",
+        verified=True, outcome=outcome, detail=detail[:500],
         headers={k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS},
         body=body.decode("utf-8", "replace"), received_at=utcnow(),
     ).on_conflict_do_nothing(index_elements=["channel", "dedupe_key"],
-                             index_where=InboxNotification.dedupe_key.isnot(None)
-                             ).returning(InboxNotification.id)
-    return session.execute(stmt).scalar()
+                             index_where=col(InboxNotification.dedupe_key).isnot(None)
+                             ).returning(col(InboxNotification.id))
+    return session.execute(stmt).scalar() is not None
 
 
 def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str, str]:
@@ -117,16 +122,14 @@ def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
         return verifier.failure_answer(str(exc))
     try:
         with unit_of_work(rt.sessions) as s:
-            inbox_id = _claim_event(s, channel, note, headers, body)
-            if inbox_id is None:
-                return verifier.success_answer()          # seen and applied before
             outcome, detail = _apply(s, channel, note)
-            s.execute(update(InboxNotification).where(InboxNotification.id == inbox_id)
-                      .values(outcome=outcome, detail=detail[:500]))
+            if outcome != "repeat":
+                _record_event(s, channel, note, headers, body, outcome, detail)
     except _Reject as exc:
         log.warning("%s notification for %s not applied: %s", channel.value, note.out_trade_no,
                     exc.detail)
         _audit(rt, channel, headers, body, exc.outcome, exc.detail, note.out_trade_no)
         return verifier.failure_answer(exc.detail)
-    log.info("%s notification for %s: %s", channel.value, note.out_trade_no, outcome)
+    log.log(logging.DEBUG if outcome in ("applied", "repeat") else logging.INFO,
+            "%s notification for %s: %s", channel.value, note.out_trade_no, outcome)
     return verifier.success_answer()

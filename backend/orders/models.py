@@ -65,6 +65,9 @@ class OrderLine(SQLModel, table=True):
     insurance: str = Field(max_length=16)
     tier_yuan: int | None = None
     amount_fen: int
+    # where the resident lives, copied at ordering: the ledger's dimensions without a join
+    village_code: str | None = Field(default=None, max_length=32)
+    town_code: str | None = Field(default=None, max_length=32)
 
 
 class Attempt(SQLModel, table=True):

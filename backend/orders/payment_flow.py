@@ -5,25 +5,36 @@ A channel notification, an active query and an agent's cash or POS collection al
 line marked paid at most once, any surplus kept as money received and queued for refund,
 the order moved through its transition table, and one balanced ledger entry — all in the
 caller's single transaction.
+
+This is the hot path of every notification, so it speaks SQL (Core) rather than the ORM
+and keeps round trips few: one statement locks the attempt with its order, the payment is
+inserted with ``ON CONFLICT DO NOTHING`` (a repeat costs no extra look-up), and all bill
+lines of an order are marked paid by one ``UPDATE … FROM order_lines``.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.clock import business_date
+from backend.db import utcnow
 from backend.ledger import service as ledger
 from backend.ledger.models import COLLECTED
 from backend.orders import repository as repo
-from backend.orders.models import BillLine, Order, OrderLine, Payment, PaymentLine, Refund
+from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment, PaymentLine, Refund
 from backend.orders.states import ATTEMPT_TRANSITIONS, ORDER_TRANSITIONS
 from backend.outbox.service import enqueue
-from backend.residents.models import Resident, Village
+
+# Orders that may have several live attempts at once (a QR any wallet opens; an agent's
+# refreshed code): only these need their other trades closed after a payment.
+MULTI_ATTEMPT_CHANNELS = ("aggregate_qr",)
 
 
 @dataclass(frozen=True)
@@ -36,12 +47,34 @@ class ChannelConfirmation:
     source: str                      # notification | query
 
 
+@dataclass(frozen=True)
+class OrderFacts:
+    id: int
+    order_no: str
+    status: str
+    year: int
+
+
+@dataclass(frozen=True)
+class PaymentFacts:
+    id: int
+    channel: str
+    transaction_id: str
+    amount_fen: int
+    paid_at: datetime
+    business_date: date
+
+
 class UnknownTrade(Exception):
     """No attempt has this out_trade_no (yet: the order may not be committed)."""
 
 
 class AmountMismatch(Exception):
     pass
+
+
+class AlreadyPaid(Exception):
+    """Money an agent is holding in hand for an item someone else paid: refuse, not refund."""
 
 
 @dataclass(frozen=True)
@@ -52,73 +85,87 @@ class Applied:
     payment_id: int | None = None
 
 
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied:
-    attempt = repo.attempt_by_out_trade_no(session, c.channel, c.out_trade_no, lock=True)
-    if attempt is None or attempt.id is None:
+    # Locks the attempt and its order together: every confirmation of one trade, and of
+    # the other trades of the same order, queues here.
+    row = session.execute(
+        select(Attempt.id, Attempt.amount_fen, Attempt.status, Order.id, Order.order_no,
+               Order.status, Order.year, Order.channel, Order.payer_role)
+        .join(Order, col(Order.id) == col(Attempt.order_id))
+        .where(col(Attempt.out_trade_no) == c.out_trade_no, col(Attempt.channel) == c.channel)
+        .with_for_update()).first()
+    if row is None:
         raise UnknownTrade(c.out_trade_no)
-    if c.amount_fen != attempt.amount_fen:
+    attempt_id, attempt_fen, _, order_id, order_no, order_status, year, order_channel, role = row
+    if c.amount_fen != attempt_fen:
         raise AmountMismatch(f"the channel reports {c.amount_fen} fen, the attempt is for "
-                             f"{attempt.amount_fen} fen")
-    order = session.get(Order, attempt.order_id, with_for_update=True)
-    assert order is not None and order.id is not None
-    seen = session.scalar(select(Payment.id).where(Payment.channel == c.channel,
-                                                   Payment.transaction_id == c.transaction_id))
-    if seen is not None:
-        return Applied("repeat", order.order_no, payment_id=seen)
-    payment = Payment(attempt_id=attempt.id, order_id=order.id, channel=c.channel,
-                      transaction_id=c.transaction_id, amount_fen=c.amount_fen,
-                      paid_at=c.paid_at, business_date=business_date(c.paid_at), source=c.source)
-    session.add(payment)
-    session.flush()
-    repo.move_attempt(session, attempt.id, ATTEMPT_TRANSITIONS["paid"], "paid",
+                             f"{attempt_fen} fen")
+    day = business_date(c.paid_at)
+    payment_id = session.execute(
+        _insert(session)(Payment).values(
+            attempt_id=attempt_id, order_id=order_id, channel=c.channel,
+            transaction_id=c.transaction_id, amount_fen=c.amount_fen, paid_at=c.paid_at,
+            business_date=day, source=c.source, refund_queued_fen=0, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["channel", "transaction_id"])
+        .returning(col(Payment.id))).scalar()
+    if payment_id is None:
+        return Applied("repeat", order_no)
+    repo.move_attempt(session, attempt_id, ATTEMPT_TRANSITIONS["paid"], "paid",
                       transaction_id=c.transaction_id, paid_at=c.paid_at)
-    if repo.has_other_live_attempts(session, order.id, attempt.id):
-        # An aggregate QR scanned by two wallets: close the other trade before it, too, is
+    if (order_channel in MULTI_ATTEMPT_CHANNELS or role == "agent") and \
+            repo.has_other_live_attempts(session, order_id, attempt_id):
+        # Two wallets opened one aggregate QR: close the other trade before it, too, is
         # paid (if it already was, closing finds that and the surplus is refunded).
-        enqueue(session, "close_siblings", {"order_id": order.id, "paid_attempt": attempt.id})
-    return apply_payment(session, order, payment, debit=ledger.channel_clearing(c.channel),
-                         entry_kind="channel_payment")
+        enqueue(session, "close_siblings", {"order_id": order_id, "paid_attempt": attempt_id})
+    return apply_payment(
+        session, OrderFacts(order_id, order_no, order_status, year),
+        PaymentFacts(payment_id, c.channel, c.transaction_id, c.amount_fen, c.paid_at, day),
+        debit=ledger.channel_clearing(c.channel), entry_kind="channel_payment")
 
 
-def apply_payment(session: Session, order: Order, payment: Payment, *, debit: ledger.Account,
-                  entry_kind: str, refundable: bool = True) -> Applied:
+def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
+                  debit: ledger.Account, entry_kind: str, refundable: bool = True) -> Applied:
     """Mark the order's bill lines paid by ``payment`` and post the ledger entry."""
-    assert order.id is not None and payment.id is not None
     lines = session.execute(
-        select(OrderLine, Village.code, Village.town_code)
-        .join(Resident, Resident.id == OrderLine.resident_id)
-        .join(Village, Village.code == Resident.village_code)
-        .where(OrderLine.order_id == order.id)
-        .order_by(OrderLine.bill_line_id)).all()   # bill lines are locked in id order, always
-    legs: list[ledger.Leg] = []
-    duplicate_fen = 0
-    for line, village, town in lines:
-        # The conditional UPDATE is the race's referee; the partial unique index on applied
-        # payment lines is the backstop if anything ever got past it.
-        won = session.execute(
-            update(BillLine).where(BillLine.id == line.bill_line_id, BillLine.status == "unpaid")
-            .values(status="paid", paid_payment_id=payment.id, paid_tier_yuan=line.tier_yuan,
-                    paid_fen=line.amount_fen, paid_at=payment.paid_at)).rowcount
-        session.add(PaymentLine(payment_id=payment.id, bill_line_id=line.bill_line_id,
-                                amount_fen=line.amount_fen, applied=bool(won)))
-        where = {"village_code": village, "town_code": town, "channel": payment.channel}
-        legs.append(ledger.Leg(debit, line.amount_fen, measure=COLLECTED, **where))
-        if won:
-            legs.append(ledger.Leg(ledger.contributions(line.insurance, order.year),
-                                   -line.amount_fen, **where))
-        else:
-            duplicate_fen += line.amount_fen
-            legs.append(ledger.Leg(ledger.REFUNDS, -line.amount_fen, **where))
+        select(OrderLine.bill_line_id, OrderLine.insurance, OrderLine.amount_fen,
+               OrderLine.village_code, OrderLine.town_code)
+        .where(col(OrderLine.order_id) == order.id)
+        .order_by(col(OrderLine.bill_line_id))).all()
+    # One statement marks every line that is still unpaid; the partial unique index on
+    # applied payment lines is the backstop if anything ever got past it.
+    won = set(session.execute(
+        update(BillLine)
+        .where(col(BillLine.id) == col(OrderLine.bill_line_id),
+               col(OrderLine.order_id) == order.id, col(BillLine.status) == "unpaid")
+        .values(status="paid", paid_payment_id=payment.id, paid_at=payment.paid_at,
+                paid_tier_yuan=OrderLine.tier_yuan, paid_fen=OrderLine.amount_fen)
+        .returning(col(BillLine.id))).scalars())
+    duplicate_fen = sum(fen for line_id, _, fen, _, _ in lines if line_id not in won)
     if duplicate_fen and not refundable:
         raise AlreadyPaid(order.order_no)
+    session.execute(insert(PaymentLine), [
+        {"payment_id": payment.id, "bill_line_id": line_id, "amount_fen": fen,
+         "applied": line_id in won} for line_id, _, fen, _, _ in lines])
+    legs: list[ledger.Leg] = []
+    for line_id, insurance, fen, village, town in lines:
+        where = {"village_code": village, "town_code": town, "channel": payment.channel}
+        legs.append(ledger.Leg(debit, fen, measure=COLLECTED, **where))
+        credit = (ledger.contributions(insurance, order.year) if line_id in won
+                  else ledger.REFUNDS)
+        legs.append(ledger.Leg(credit, -fen, **where))
     reason = f"order {order.order_no} paid by {payment.channel} {payment.transaction_id}"
     if duplicate_fen:
-        payment.refund_queued_fen = duplicate_fen
-        refund = Refund(payment_id=payment.id, amount_fen=duplicate_fen, reason="duplicate",
-                        out_refund_no=new_refund_no())
-        session.add(refund)
-        session.flush()
-        enqueue(session, "refund", {"refund_id": refund.id})
+        session.execute(update(Payment).where(col(Payment.id) == payment.id)
+                        .values(refund_queued_fen=duplicate_fen))
+        refund_id = session.execute(insert(Refund).values(
+            payment_id=payment.id, amount_fen=duplicate_fen, reason="duplicate",
+            out_refund_no=new_refund_no(), status="queued", created_at=utcnow(),
+            updated_at=utcnow()).returning(col(Refund.id))).scalar_one()
+        enqueue(session, "refund", {"refund_id": refund_id})
         reason += f"; {duplicate_fen} fen already paid by others, to refund"
     ledger.post_entry(session, kind=entry_kind, reason=reason,
                       business_date=payment.business_date, occurred_at=payment.paid_at,
@@ -126,7 +173,6 @@ def apply_payment(session: Session, order: Order, payment: Payment, *, debit: le
     if order.status in ORDER_TRANSITIONS["paid"]:
         repo.move_order(session, order.id, ORDER_TRANSITIONS["paid"], "paid",
                         paid_at=payment.paid_at, channel_transaction_id=payment.transaction_id)
-    session.flush()
     if duplicate_fen == 0:
         outcome = "applied"
     elif duplicate_fen == payment.amount_fen:
@@ -134,10 +180,6 @@ def apply_payment(session: Session, order: Order, payment: Payment, *, debit: le
     else:
         outcome = "partly_duplicate"
     return Applied(outcome, order.order_no, duplicate_fen, payment.id)
-
-
-class AlreadyPaid(Exception):
-    """Money an agent is holding in hand for an item someone else paid: refuse, not refund."""
 
 
 def new_refund_no() -> str:

@@ -13,7 +13,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.channels import API_CHANNELS
 from backend.clock import SHANGHAI
@@ -30,7 +32,7 @@ from backend.orders.payment_flow import (
 from backend.orders.schemas import OrderCreate, OrderItemIn, OrderItemOut, OrderOut, PaymentOut
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.policy import Assessment
-from backend.residents.models import Resident
+from backend.residents.models import Resident, Village
 from backend.residents.service import assess_resident, in_scope, policy_for
 from backend.runtime import Runtime
 from backend.security.tokens import Principal, RefCodec
@@ -181,13 +183,17 @@ def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
     session.add(order)
     session.flush()
     assert order.id is not None
+    villages = {i.resident.village_code for i in items}
+    town_of = dict(session.execute(select(Village.code, Village.town_code)
+                                   .where(col(Village.code).in_(villages))).tuples().all())
     written = []
     for i in items:
         line_id = lines[i.key].id
         assert line_id is not None
         written.append(OrderLine(order_id=order.id, bill_line_id=line_id, resident_id=i.key[0],
                                  insurance=i.insurance, tier_yuan=i.tier_yuan,
-                                 amount_fen=i.amount_fen))
+                                 amount_fen=i.amount_fen, village_code=i.resident.village_code,
+                                 town_code=town_of.get(i.resident.village_code)))
     session.add_all(written)
     session.flush()
     return order, written
