@@ -16,6 +16,7 @@ from sqlalchemy import event, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from backend.ledger.models import (
     AGENT_CASH,
@@ -89,9 +90,9 @@ def account_ids(session: Session, accounts: Sequence[Account]) -> dict[str, int]
         session.execute(ins(LedgerAccount).values([
             {"code": a.code, "kind": a.kind, "name": a.name} for a in missing.values()
         ]).on_conflict_do_nothing(index_elements=["code"]))
-        found = session.execute(select(LedgerAccount.code, LedgerAccount.id)
-                                .where(LedgerAccount.code.in_(list(missing))))
-        ids = {code: int(id_) for code, id_ in found}
+        found = session.execute(select(col(LedgerAccount.code), col(LedgerAccount.id))
+                                .where(col(LedgerAccount.code).in_(list(missing))))
+        ids = {code: int(id_) for code, id_ in found if id_ is not None}
         # Only cache ids that a committed transaction made visible to others: ours commits
         # with the entry, and a rollback would orphan nothing but this cache entry's row.
         session.info.setdefault("ledger_new_accounts", {}).update(ids)
@@ -123,21 +124,22 @@ def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
     entry_id = session.execute(insert(JournalEntry).values(
         kind=kind, reason=reason[:200], business_date=business_date, occurred_at=occurred_at,
         payment_id=payment_id, refund_id=refund_id, remittance_id=remittance_id,
-    ).returning(JournalEntry.id)).scalar_one()
+    ).returning(col(JournalEntry.id))).scalar_one()
     session.execute(insert(Posting), [
         {"entry_id": entry_id, "account_id": ids[leg.account.code],
          "amount_fen": leg.amount_fen, "business_date": business_date,
          "town_code": leg.town_code, "village_code": leg.village_code,
          "channel": leg.channel, "measure": leg.measure} for leg in legs])
+    assert entry_id is not None
     return int(entry_id)
 
 
 def balance(session: Session, account: Account, *, business_date: date | None = None) -> int:
     from sqlalchemy import func
 
-    stmt = (select(func.coalesce(func.sum(Posting.amount_fen), 0))
-            .join(LedgerAccount, LedgerAccount.id == Posting.account_id)
-            .where(LedgerAccount.code == account.code))
+    stmt = (select(func.coalesce(func.sum(col(Posting.amount_fen)), 0))
+            .join(LedgerAccount, col(LedgerAccount.id) == col(Posting.account_id))
+            .where(col(LedgerAccount.code) == account.code))
     if business_date is not None:
-        stmt = stmt.where(Posting.business_date == business_date)
+        stmt = stmt.where(col(Posting.business_date) == business_date)
     return int(session.scalar(stmt) or 0)

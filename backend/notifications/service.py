@@ -94,7 +94,8 @@ def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str,
             detail += f"; {applied.refund_queued_fen} fen queued for refund"
         return applied.outcome, detail
     if note.kind == "refund" and note.out_refund_no:
-        refund = session.scalar(select(Refund).where(Refund.out_refund_no == note.out_refund_no)
+        refund = session.scalar(select(Refund)
+                                .where(col(Refund.out_refund_no) == note.out_refund_no)
                                 .with_for_update())
         if refund is None or refund.id is None:
             raise _Reject("unknown_order", f"no refund {note.out_refund_no}")

@@ -93,14 +93,16 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
     # Locks the attempt and its order together: every confirmation of one trade, and of
     # the other trades of the same order, queues here.
     row = session.execute(
-        select(Attempt.id, Attempt.amount_fen, Attempt.status, Order.id, Order.order_no,
-               Order.status, Order.year, Order.channel, Order.payer_role)
+        select(col(Attempt.id), col(Attempt.amount_fen), col(Attempt.status), col(Order.id),
+               col(Order.order_no), col(Order.status), col(Order.year), col(Order.channel),
+               col(Order.payer_role))
         .join(Order, col(Order.id) == col(Attempt.order_id))
         .where(col(Attempt.out_trade_no) == c.out_trade_no, col(Attempt.channel) == c.channel)
         .with_for_update()).first()
     if row is None:
         raise UnknownTrade(c.out_trade_no)
     attempt_id, attempt_fen, _, order_id, order_no, order_status, year, order_channel, role = row
+    assert attempt_id is not None and order_id is not None
     if c.amount_fen != attempt_fen:
         raise AmountMismatch(f"the channel reports {c.amount_fen} fen, the attempt is for "
                              f"{attempt_fen} fen")
@@ -131,8 +133,9 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
                   debit: ledger.Account, entry_kind: str, refundable: bool = True) -> Applied:
     """Mark the order's bill lines paid by ``payment`` and post the ledger entry."""
     lines = session.execute(
-        select(OrderLine.bill_line_id, OrderLine.insurance, OrderLine.amount_fen,
-               OrderLine.village_code, OrderLine.town_code)
+        select(col(OrderLine.bill_line_id), col(OrderLine.insurance),
+               col(OrderLine.amount_fen), col(OrderLine.village_code),
+               col(OrderLine.town_code))
         .where(col(OrderLine.order_id) == order.id)
         .order_by(col(OrderLine.bill_line_id))).all()
     # One statement marks every line that is still unpaid; the partial unique index on

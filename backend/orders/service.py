@@ -184,8 +184,9 @@ def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
     session.flush()
     assert order.id is not None
     villages = {i.resident.village_code for i in items}
-    town_of = dict(session.execute(select(Village.code, Village.town_code)
-                                   .where(col(Village.code).in_(villages))).tuples().all())
+    town_of: dict[str, str] = dict(session.execute(
+        select(col(Village.code), col(Village.town_code))
+        .where(col(Village.code).in_(villages))).tuples().all())
     written = []
     for i in items:
         line_id = lines[i.key].id
