@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from backend.db import utcnow
 from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment
 
 
@@ -20,21 +21,23 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
 
 def bill_lines_for(session: Session, keys: Sequence[tuple[int, int, str]]) -> dict[
         tuple[int, str], BillLine]:
-    """Get or create the bill lines for (resident, year, insurance), locked for this tx."""
+    """Get or create the bill lines for (resident, year, insurance), locked for this tx.
+
+    One statement: the no-op ``DO UPDATE`` makes an existing row come back, locked, just
+    like a new one.
+    """
     if not keys:
         return {}
-    ins = _insert(session)
-    session.execute(ins(BillLine).values([
-        {"resident_id": r, "year": y, "insurance": i} for r, y, i in keys
-    ]).on_conflict_do_nothing(index_elements=["resident_id", "year", "insurance"]))
-    year = keys[0][1]
-    residents = sorted({r for r, _, _ in keys})
-    stmt = (select(BillLine)
-            .where(col(BillLine.resident_id).in_(residents), col(BillLine.year) == year)
-            .order_by(col(BillLine.id)).with_for_update())
-    wanted = {(r, i) for r, _, i in keys}
-    return {(b.resident_id, b.insurance): b for b in session.scalars(stmt)
-            if (b.resident_id, b.insurance) in wanted}
+    values = sorted(({"resident_id": r, "year": y, "insurance": i, "status": "unpaid",
+                      "created_at": utcnow()} for r, y, i in keys),
+                    key=lambda v: (v["resident_id"], v["insurance"]))
+    stmt = _insert(session)(BillLine).values(values)
+    stmt = stmt.on_conflict_do_update(index_elements=["resident_id", "year", "insurance"],
+                                      set_={"status": col(BillLine.status)})
+    rows = session.execute(stmt.returning(col(BillLine.id), col(BillLine.resident_id),
+                                          col(BillLine.insurance), col(BillLine.status)))
+    return {(r, i): BillLine(id=bid, resident_id=r, year=keys[0][1], insurance=i, status=st)
+            for bid, r, i, st in rows}
 
 
 def live_orders_of_others(session: Session, bill_line_ids: Sequence[int], payer_sub: str,

@@ -13,9 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from backend.channels import API_CHANNELS
 from backend.clock import SHANGHAI
@@ -23,7 +21,7 @@ from backend.db import unit_of_work, utcnow
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
 from backend.notifications.models import InboxNotification
 from backend.orders import repository as repo
-from backend.orders.models import Attempt, Order, OrderLine
+from backend.orders.models import Attempt, Order, OrderLine, Payment
 from backend.orders.payment_flow import (
     AmountMismatch,
     ChannelConfirmation,
@@ -31,9 +29,10 @@ from backend.orders.payment_flow import (
 )
 from backend.orders.schemas import OrderCreate, OrderItemIn, OrderItemOut, OrderOut, PaymentOut
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
-from backend.policy import Assessment
-from backend.residents.models import Resident, Village
-from backend.residents.service import assess_resident, in_scope, policy_for
+from backend.policy import Assessment, assess
+from backend.residents import repository as residents_repo
+from backend.residents.models import Resident
+from backend.residents.service import facts_of, in_scope, policy_for
 from backend.runtime import Runtime
 from backend.security.tokens import Principal, RefCodec
 from payment_adapters.base import (
@@ -67,6 +66,7 @@ class PricedItem:
     insurance: str
     tier_yuan: int | None
     amount_fen: int
+    town_code: str
 
     @property
     def key(self) -> tuple[int, str]:
@@ -75,7 +75,7 @@ class PricedItem:
 
 
 def _price(rt: Runtime, resident: Resident, a: Assessment, insurance: str,
-           tier_yuan: int | None, ref: str) -> PricedItem:
+           tier_yuan: int | None, ref: str, town: str) -> PricedItem:
     label = f"{insurance} for resident {resident.id_masked}"
     if insurance == "pension":
         p = a.pension
@@ -102,7 +102,7 @@ def _price(rt: Runtime, resident: Resident, a: Assessment, insurance: str,
             raise Conflict(f"{label}: {p.paying_department} pays tier {tier}; choose a higher "
                            "tier to pay the difference", code="not_eligible",
                            reason="government_paid")
-        return PricedItem(resident, ref, insurance, tier, option.amount_due_fen)
+        return PricedItem(resident, ref, insurance, tier, option.amount_due_fen, town)
     m = a.medical
     if tier_yuan is not None:
         raise ValidationFailed("items.tier_yuan: only pension items have a tier")
@@ -117,7 +117,7 @@ def _price(rt: Runtime, resident: Resident, a: Assessment, insurance: str,
                            code="not_eligible", reason="government_paid")
         raise Conflict(f"{label} can not be paid by the resident ({m.not_payable_reason})",
                        code="not_eligible", reason=m.not_payable_reason)
-    return PricedItem(resident, ref, insurance, None, m.amount_due_fen)
+    return PricedItem(resident, ref, insurance, None, m.amount_due_fen, town)
 
 
 def _priced_items(rt: Runtime, session: Session, principal: Principal, year: int,
@@ -126,8 +126,7 @@ def _priced_items(rt: Runtime, session: Session, principal: Principal, year: int
     policy = policy_for(rt, year)
     now = rt.clock.now()
     seen: set[tuple[int, str]] = set()
-    assessed: dict[int, tuple[Resident, Assessment]] = {}
-    priced: list[PricedItem] = []
+    rids: list[int] = []
     for n, item in enumerate(wanted):
         try:
             rid = refs.read(item.resident_ref, principal.sub)
@@ -137,13 +136,18 @@ def _priced_items(rt: Runtime, session: Session, principal: Principal, year: int
         if (rid, item.insurance) in seen:
             raise ValidationFailed(f"items[{n}]: the same resident and insurance twice")
         seen.add((rid, item.insurance))
+        rids.append(rid)
+    found = residents_repo.for_assessment(session, sorted(set(rids)), policy.coverage_year)
+    assessed: dict[int, Assessment] = {}
+    priced: list[PricedItem] = []
+    for n, (item, rid) in enumerate(zip(wanted, rids, strict=True)):
+        if rid not in found or not in_scope(session, principal, found[rid][0], year):
+            raise ValidationFailed(f"items[{n}].resident_ref: unknown for this caller")
+        resident, died, town, listings = found[rid]
         if rid not in assessed:
-            resident = session.get(Resident, rid)
-            if resident is None or not in_scope(session, principal, resident, year):
-                raise ValidationFailed(f"items[{n}].resident_ref: unknown for this caller")
-            assessed[rid] = (resident, assess_resident(session, policy, resident, now))
-        resident, a = assessed[rid]
-        priced.append(_price(rt, resident, a, item.insurance, item.tier_yuan, item.resident_ref))
+            assessed[rid] = assess(policy, facts_of(resident, died, listings), now)
+        priced.append(_price(rt, resident, assessed[rid], item.insurance, item.tier_yuan,
+                             item.resident_ref, town))
     return priced
 
 
@@ -183,10 +187,6 @@ def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
     session.add(order)
     session.flush()
     assert order.id is not None
-    villages = {i.resident.village_code for i in items}
-    town_of: dict[str, str] = dict(session.execute(
-        select(col(Village.code), col(Village.town_code))
-        .where(col(Village.code).in_(villages))).tuples().all())
     written = []
     for i in items:
         line_id = lines[i.key].id
@@ -194,28 +194,29 @@ def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
         written.append(OrderLine(order_id=order.id, bill_line_id=line_id, resident_id=i.key[0],
                                  insurance=i.insurance, tier_yuan=i.tier_yuan,
                                  amount_fen=i.amount_fen, village_code=i.resident.village_code,
-                                 town_code=town_of.get(i.resident.village_code)))
+                                 town_code=i.town_code))
     session.add_all(written)
     session.flush()
     return order, written
 
 
 def _write_order(rt: Runtime, session: Session, principal: Principal, body: OrderCreate,
-                 ttl: timedelta, village_code: str | None) -> tuple[Order, Attempt | None]:
-    order, _ = write_lines(rt, session, principal, body.year, body.items, channel=body.channel,
-                           village_code=village_code, ttl=ttl)
+                 ttl: timedelta, village_code: str | None) -> tuple[
+                     Order, list[OrderLine], Attempt | None]:
+    order, lines = write_lines(rt, session, principal, body.year, body.items,
+                               channel=body.channel, village_code=village_code, ttl=ttl)
     attempt = None
     target = API_CHANNELS[body.channel]
     if target is not None:
-        attempt = _new_attempt(rt, session, order, target[0], target[1])
+        attempt = _new_attempt(rt, session, order, target[0], target[1], first=True)
     session.flush()
-    return order, attempt
+    return order, lines, attempt
 
 
 def _new_attempt(rt: Runtime, session: Session, order: Order, channel: Channel,
-                 kind: str) -> Attempt:
+                 kind: str, *, first: bool = False) -> Attempt:
     assert order.id is not None
-    n = repo.attempt_count(session, order.id) + 1
+    n = 1 if first else repo.attempt_count(session, order.id) + 1
     client = rt.channels.clients[channel]
     attempt = Attempt(order_id=order.id, channel=channel.value, kind=kind,
                       out_trade_no=client.new_out_trade_no(f"{order.order_no}{n:02d}"),
@@ -260,8 +261,12 @@ def _open_at_channel(rt: Runtime, order: Order, attempt: Attempt, description: s
     return result
 
 
-def _description(session: Session, order: Order) -> str:
-    kinds = {line.insurance for line in repo.order_lines(session, order.id)}  # type: ignore[arg-type]
+def _description(session: Session, order: Order,
+                 lines: list[OrderLine] | None = None) -> str:
+    if lines is None:
+        assert order.id is not None
+        lines = repo.order_lines(session, order.id)
+    kinds = {line.insurance for line in lines}
     return f"{order.year}年度" + "、".join(DESCRIPTIONS[k] for k in sorted(kinds, reverse=True))
 
 
@@ -273,13 +278,14 @@ def create_order(rt: Runtime, principal: Principal, body: OrderCreate, *,
     if body.channel == "wechat_jsapi" and not principal.sub.startswith("wx:"):
         raise ValidationFailed("channel: wechat_jsapi is for residents logged in with WeChat")
     with unit_of_work(rt.sessions) as s:
-        order, attempt = _write_order(rt, s, principal, body, ttl, village_code)
-        description = _description(s, order)
+        order, lines, attempt = _write_order(rt, s, principal, body, ttl, village_code)
+        description = _description(s, order, lines)
     if attempt is not None:
         openid = principal.sub.removeprefix("wx:") if attempt.kind == "jsapi" else None
         _open_at_channel(rt, order, attempt, description, openid)
-    with unit_of_work(rt.sessions) as s:
-        return render(rt, s, principal, repo.order_by_no(s, order.order_no))  # type: ignore[arg-type]
+    # Everything the answer holds was just written: no need to read it back.
+    return render(rt, None, principal, order, lines=lines,
+                  attempts=[attempt] if attempt else [], payments=[])
 
 
 # --------------------------------------------------------------------------- reading
@@ -306,19 +312,25 @@ def qr_content_of(rt: Runtime, order: Order, attempts: list[Attempt]) -> str | N
     return a.qr_content if a else None
 
 
-def render(rt: Runtime, session: Session, principal: Principal, order: Order) -> OrderOut:
+def render(rt: Runtime, session: Session | None, principal: Principal, order: Order, *,
+           lines: list[OrderLine] | None = None, attempts: list[Attempt] | None = None,
+           payments: list[Payment] | None = None) -> OrderOut:
     refs = RefCodec(rt.pii.ref_key)
-    attempts = repo.attempts_of(session, order.id)  # type: ignore[arg-type]
+    assert order.id is not None
+    if session is not None:
+        lines = repo.order_lines(session, order.id) if lines is None else lines
+        attempts = repo.attempts_of(session, order.id) if attempts is None else attempts
+        payments = repo.payments_of(session, order.id) if payments is None else payments
+    assert lines is not None and attempts is not None and payments is not None
     paid = [a for a in attempts if a.status == "paid"]
     current = paid[0] if paid else current_attempt(attempts)
-    payments = repo.payments_of(session, order.id)  # type: ignore[arg-type]
     return OrderOut(
         order_no=order.order_no, status=order.status, year=order.year,
         amount_fen=order.amount_fen, expires_at=order.expires_at,
         items=[OrderItemOut(resident_ref=refs.make(line.resident_id, principal.sub),
                             insurance=line.insurance, tier_yuan=line.tier_yuan,
                             amount_fen=line.amount_fen)
-               for line in repo.order_lines(session, order.id)],  # type: ignore[arg-type]
+               for line in lines],
         payment=PaymentOut(
             channel=order.channel,
             out_trade_no=current.out_trade_no if current else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from datetime import datetime
+from datetime import date, datetime
 from typing import cast
 
 from sqlalchemy.orm import Session
@@ -46,21 +46,22 @@ def policy_for(rt: Runtime, year: int) -> Policy:
                                f"(current: {rt.policy.coverage_year})") from None
 
 
+def facts_of(resident: Resident, died_on: date | None,
+             listings: frozenset[tuple[str, str]]) -> ResidentFacts:
+    return ResidentFacts(
+        birth_date=resident.birth_date, hukou_type=resident.hukou_type,
+        employee_pension=resident.employee_pension,
+        employee_medical=resident.employee_medical, student=resident.student,
+        categories=resident.category_set, died_on=died_on,
+        last_pension_tier_yuan=resident.last_pension_tier_yuan, department_listings=listings)
+
+
 def assess_resident(session: Session, policy: Policy, resident: Resident,
                     now: datetime) -> Assessment:
     assert resident.id is not None
-    facts = ResidentFacts(
-        birth_date=resident.birth_date,
-        hukou_type=resident.hukou_type,
-        employee_pension=resident.employee_pension,
-        employee_medical=resident.employee_medical,
-        student=resident.student,
-        categories=resident.category_set,
-        died_on=repo.died_on(session, resident.id_hash),
-        last_pension_tier_yuan=resident.last_pension_tier_yuan,
-        department_listings=repo.listings(session, resident.id, policy.coverage_year),
-    )
-    return assess(policy, facts, now)
+    return assess(policy, facts_of(resident, repo.died_on(session, resident.id_hash),
+                                   repo.listings(session, resident.id, policy.coverage_year)),
+                  now)
 
 
 def in_scope(session: Session, principal: Principal, resident: Resident, year: int) -> bool:
