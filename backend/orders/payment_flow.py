@@ -17,8 +17,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -89,31 +90,67 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
+# The hot path's statements, built once: building and cache-keying a statement per call
+# costs more Python than running it costs PostgreSQL.
+_LOCK_ATTEMPT = (
+    select(col(Attempt.id), col(Attempt.amount_fen), col(Order.id), col(Order.order_no),
+           col(Order.status), col(Order.year), col(Order.channel), col(Order.payer_role))
+    .join(Order, col(Order.id) == col(Attempt.order_id))
+    .where(col(Attempt.out_trade_no) == bindparam("no"),
+           col(Attempt.channel) == bindparam("ch"))
+    .with_for_update())
+_MARK_LINES_PAID = (
+    update(BillLine)
+    .where(col(BillLine.id) == col(OrderLine.bill_line_id),
+           col(OrderLine.order_id) == bindparam("order_id"), col(BillLine.status) == "unpaid")
+    .values(status="paid", paid_payment_id=bindparam("payment_id"),
+            paid_at=bindparam("paid_at"), paid_tier_yuan=OrderLine.tier_yuan,
+            paid_fen=OrderLine.amount_fen))
+# PostgreSQL returns the joined order line's columns too; SQLite's RETURNING sees only the
+# updated table, so there the lines are read after.
+_MARK_LINES_PAID_PG = _MARK_LINES_PAID.returning(
+    col(BillLine.id), col(OrderLine.insurance), col(OrderLine.amount_fen),
+    col(OrderLine.village_code), col(OrderLine.town_code))
+_MARK_LINES_PAID_SQLITE = _MARK_LINES_PAID.returning(col(BillLine.id))
+_ORDER_LINES = (
+    select(col(OrderLine.bill_line_id), col(OrderLine.insurance), col(OrderLine.amount_fen),
+           col(OrderLine.village_code), col(OrderLine.town_code))
+    .where(col(OrderLine.order_id) == bindparam("order_id"))
+    .order_by(col(OrderLine.bill_line_id)))
+_INSERT_PAYMENT_LINES = insert(PaymentLine)
+_INSERT_PAYMENT: dict[str, Any] = {}
+
+
+def _insert_payment(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect not in _INSERT_PAYMENT:
+        ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        _INSERT_PAYMENT[dialect] = (
+            ins(Payment).values({c: bindparam(c) for c in (
+                "attempt_id", "order_id", "channel", "transaction_id", "amount_fen", "paid_at",
+                "business_date", "source", "refund_queued_fen", "created_at")})
+            .on_conflict_do_nothing(index_elements=["channel", "transaction_id"])
+            .returning(col(Payment.id)))
+    return _INSERT_PAYMENT[dialect]
+
+
 def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied:
     # Locks the attempt and its order together: every confirmation of one trade, and of
     # the other trades of the same order, queues here.
-    row = session.execute(
-        select(col(Attempt.id), col(Attempt.amount_fen), col(Attempt.status), col(Order.id),
-               col(Order.order_no), col(Order.status), col(Order.year), col(Order.channel),
-               col(Order.payer_role))
-        .join(Order, col(Order.id) == col(Attempt.order_id))
-        .where(col(Attempt.out_trade_no) == c.out_trade_no, col(Attempt.channel) == c.channel)
-        .with_for_update()).first()
+    row = session.execute(_LOCK_ATTEMPT, {"no": c.out_trade_no, "ch": c.channel}).first()
     if row is None:
         raise UnknownTrade(c.out_trade_no)
-    attempt_id, attempt_fen, _, order_id, order_no, order_status, year, order_channel, role = row
+    attempt_id, attempt_fen, order_id, order_no, order_status, year, order_channel, role = row
     assert attempt_id is not None and order_id is not None
     if c.amount_fen != attempt_fen:
         raise AmountMismatch(f"the channel reports {c.amount_fen} fen, the attempt is for "
                              f"{attempt_fen} fen")
     day = business_date(c.paid_at)
-    payment_id = session.execute(
-        _insert(session)(Payment).values(
-            attempt_id=attempt_id, order_id=order_id, channel=c.channel,
-            transaction_id=c.transaction_id, amount_fen=c.amount_fen, paid_at=c.paid_at,
-            business_date=day, source=c.source, refund_queued_fen=0, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["channel", "transaction_id"])
-        .returning(col(Payment.id))).scalar()
+    payment_id = session.execute(_insert_payment(session), {
+        "attempt_id": attempt_id, "order_id": order_id, "channel": c.channel,
+        "transaction_id": c.transaction_id, "amount_fen": c.amount_fen, "paid_at": c.paid_at,
+        "business_date": day, "source": c.source, "refund_queued_fen": 0,
+        "created_at": utcnow()}).scalar()
     if payment_id is None:
         return Applied("repeat", order_no)
     repo.move_attempt(session, attempt_id, ATTEMPT_TRANSITIONS["paid"], "paid",
@@ -132,32 +169,31 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
 def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
                   debit: ledger.Account, entry_kind: str, refundable: bool = True) -> Applied:
     """Mark the order's bill lines paid by ``payment`` and post the ledger entry."""
-    lines = session.execute(
-        select(col(OrderLine.bill_line_id), col(OrderLine.insurance),
-               col(OrderLine.amount_fen), col(OrderLine.village_code),
-               col(OrderLine.town_code))
-        .where(col(OrderLine.order_id) == order.id)
-        .order_by(col(OrderLine.bill_line_id))).all()
-    # One statement marks every line that is still unpaid; the partial unique index on
-    # applied payment lines is the backstop if anything ever got past it.
-    won = set(session.execute(
-        update(BillLine)
-        .where(col(BillLine.id) == col(OrderLine.bill_line_id),
-               col(OrderLine.order_id) == order.id, col(BillLine.status) == "unpaid")
-        .values(status="paid", paid_payment_id=payment.id, paid_at=payment.paid_at,
-                paid_tier_yuan=OrderLine.tier_yuan, paid_fen=OrderLine.amount_fen)
-        .returning(col(BillLine.id))).scalars())
-    duplicate_fen = sum(fen for line_id, _, fen, _, _ in lines if line_id not in won)
+    # One statement marks every line that is still unpaid and says what they were; the
+    # partial unique index on applied payment lines is the backstop if anything ever got
+    # past it. Only when some line was paid already are all the lines read.
+    params = {"order_id": order.id, "payment_id": payment.id, "paid_at": payment.paid_at}
+    if session.get_bind().dialect.name == "postgresql":
+        won = session.execute(_MARK_LINES_PAID_PG, params).all()
+        won_ids = {line_id for line_id, *_ in won}
+        complete = sum(fen for _, _, fen, _, _ in won) == payment.amount_fen
+        lines = sorted(won) if complete else []
+    else:
+        won_ids = set(session.execute(_MARK_LINES_PAID_SQLITE, params).scalars())
+        lines = []
+    if not lines:
+        lines = list(session.execute(_ORDER_LINES, {"order_id": order.id}).all())
+    duplicate_fen = sum(fen for line_id, _, fen, _, _ in lines if line_id not in won_ids)
     if duplicate_fen and not refundable:
         raise AlreadyPaid(order.order_no)
-    session.execute(insert(PaymentLine), [
+    session.execute(_INSERT_PAYMENT_LINES, [
         {"payment_id": payment.id, "bill_line_id": line_id, "amount_fen": fen,
-         "applied": line_id in won} for line_id, _, fen, _, _ in lines])
+         "applied": line_id in won_ids} for line_id, _, fen, _, _ in lines])
     legs: list[ledger.Leg] = []
     for line_id, insurance, fen, village, town in lines:
         where = {"village_code": village, "town_code": town, "channel": payment.channel}
         legs.append(ledger.Leg(debit, fen, measure=COLLECTED, **where))
-        credit = (ledger.contributions(insurance, order.year) if line_id in won
+        credit = (ledger.contributions(insurance, order.year) if line_id in won_ids
                   else ledger.REFUNDS)
         legs.append(ledger.Leg(credit, -fen, **where))
     reason = f"order {order.order_no} paid by {payment.channel} {payment.transaction_id}"
