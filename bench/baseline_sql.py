@@ -13,8 +13,8 @@ letter replaced by ``=`` so pgbench does not read them as variables.
 ``notify_load.py`` runs the script with ``pgbench -n -M prepared -c C -j 2 -T S`` and the
 ``-D`` variables named in the script's header. Each transaction pays one pending order
 (order ids are ``1 + permute(k, norders)``, distinct within a run); ``dup_pct`` percent of
-them also send the same notification again (its own transaction: the inbox insert that
-conflicts), as the load's re-deliveries do.
+them also send the same notification again (its own transaction, as the service runs a
+re-delivery), as the load's re-deliveries do.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ HEADER = """\
 --   -D acct_wechat=.. -D acct_alipay=.. -D acct_unionpay=.. -D acct_contrib=..
 --
 -- Orders 1..W are WeChat, W+1..A Alipay, A+1..N ChinaUMS (as notify_load.py seeds them).
--- Per transaction: BEGIN, {n} statements, COMMIT (the service also sends the pool's
--- pre-ping ";" before each transaction: not mirrored here, see the README).
+-- Per transaction: BEGIN, {n} statements, COMMIT; a re-delivery: BEGIN, {again} statements,
+-- COMMIT (the service also sends the pool's pre-ping ";" before each transaction: not
+-- mirrored here, see the README).
 """
 
 PRELUDE = """\
@@ -70,7 +71,7 @@ def _literal(text: str) -> str:
     return "'" + _VAR.sub("=", text).replace("'", "''") + "'"
 
 
-def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[str, int]:
+def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[str, int, int]:
     from backend.notifications.service import KEPT_HEADERS
 
     n7 = "lpad(:n::text, 7, '0')"
@@ -88,41 +89,34 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
     order_no = f":stamp || {n7}"
     c = f"'{ch.value}'"
     kept = {k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
-    inbox_values = (f"({c}, {dedupe}, {otn}, true, 'received', "
-                    f"{_literal(json.dumps(kept, ensure_ascii=False))}::json, "
-                    f"{_literal(body.decode())}, now())")
-    inbox = ("INSERT INTO notification_inbox (channel, dedupe_key, out_trade_no, verified, "
-             f"outcome, headers, body, received_at) VALUES {inbox_values} "
-             "ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING "
-             "RETURNING notification_inbox.id")
     village = "'370406' || (100 + :v / 10) || (200 + :v % 10)"
     town = "'370406' || (100 + :v / 10)"
+    lock = ("SELECT attempts.id, attempts.amount_fen, orders.id AS id_1, "
+            "orders.order_no, orders.status AS status_1, orders.year, orders.channel, "
+            "orders.payer_role FROM attempts JOIN orders ON orders.id = attempts.order_id "
+            f"WHERE attempts.out_trade_no = {otn} AND attempts.channel = {c} FOR UPDATE;")
+    payment = ("INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, "
+               "paid_at, business_date, source, refund_queued_fen, created_at) VALUES "
+               f"(:n, :n, {c}, {txn}, :amount, now(), current_date, 'notification', 0, now()) "
+               "ON CONFLICT (channel, transaction_id) DO NOTHING RETURNING payments.id")
     statements = [
-        # service._claim_event
-        inbox + r" \gset inbox_",
-        # payment_flow.confirm_channel_payment
-        f"SELECT {_cols('attempts')} FROM attempts WHERE attempts.out_trade_no = {otn} "
-        f"AND attempts.channel = {c} FOR UPDATE;",
-        f"SELECT {_cols('orders')} FROM orders WHERE orders.id = :n FOR UPDATE;",
-        f"SELECT payments.id FROM payments WHERE payments.channel = {c} "
-        f"AND payments.transaction_id = {txn};",
-        "INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, "
-        "paid_at, business_date, source, refund_queued_fen, created_at) VALUES "
-        f"(:n, :n, {c}, {txn}, :amount, now(), current_date, 'notification', 0, now()) "
-        r"RETURNING payments.id \gset pay_",
+        # payment_flow.confirm_channel_payment: attempt and order locked together
+        lock,
+        # the payment insert doubles as the repeat check
+        payment + r" \gset pay_",
         f"UPDATE attempts SET status='paid', transaction_id={txn}, paid_at=now() "
         "WHERE attempts.id = :n AND attempts.status IN "
         "('creating', 'pending', 'unknown', 'closed', 'failed');",
-        # payment_flow.apply_payment
-        f"SELECT {_cols('order_lines')}, villages.code, villages.town_code FROM order_lines "
-        "JOIN residents ON residents.id = order_lines.resident_id JOIN villages ON "
-        "villages.code = residents.village_code WHERE order_lines.order_id = :n "
-        "ORDER BY order_lines.id;",
-        "UPDATE bill_lines SET status='paid', paid_payment_id=:pay_id, paid_tier_yuan=NULL, "
-        "paid_fen=:amount, paid_at=now() WHERE bill_lines.id = :n "
-        "AND bill_lines.status = 'unpaid';",
+        # payment_flow.apply_payment: one UPDATE marks the lines and returns what the
+        # ledger needs (the lines are read apart only when one was paid already)
+        "UPDATE bill_lines SET status='paid', paid_payment_id=:pay_id, paid_at=now(), "
+        "paid_tier_yuan=order_lines.tier_yuan, paid_fen=order_lines.amount_fen "
+        "FROM order_lines WHERE bill_lines.id = order_lines.bill_line_id "
+        "AND order_lines.order_id = :n AND bill_lines.status = 'unpaid' RETURNING bill_lines.id, "
+        "order_lines.insurance, order_lines.amount_fen, order_lines.village_code, "
+        "order_lines.town_code;",
         "INSERT INTO payment_lines (payment_id, bill_line_id, amount_fen, applied) VALUES "
-        "(:pay_id, :n, :amount, true) RETURNING payment_lines.id;",
+        "(:pay_id, :n, :amount, true);",
         # ledger.post_entry
         "INSERT INTO journal_entries (kind, reason, business_date, occurred_at, payment_id, "
         "refund_id, remittance_id, created_at) VALUES ('channel_payment', "
@@ -130,29 +124,34 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
         r":pay_id, NULL, NULL, now()) RETURNING journal_entries.id \gset je_",
         "INSERT INTO postings (entry_id, account_id, amount_fen, business_date, town_code, "
         f"village_code, channel, measure) VALUES (:je_id, :acct_{ch.value}, :amount, "
-        f"current_date, {town}, {village}, {c}, 'collected') RETURNING postings.id;",
-        "INSERT INTO postings (entry_id, account_id, amount_fen, business_date, town_code, "
-        "village_code, channel) VALUES (:je_id, :acct_contrib, :neg_amount, current_date, "
-        f"{town}, {village}, {c}) RETURNING postings.id;",
+        f"current_date, {town}, {village}, {c}, 'collected'), (:je_id, :acct_contrib, "
+        f":neg_amount, current_date, {town}, {village}, {c}, NULL);",
         f"UPDATE orders SET status='paid', paid_at=now(), channel_transaction_id={txn} "
         "WHERE orders.id = :n AND orders.status IN ('pending', 'closed');",
-        # service.handle
-        "UPDATE notification_inbox SET outcome='applied', detail='order ' || "
-        f"{order_no} WHERE notification_inbox.id = :inbox_id;",
+        # service.handle: the inbox row, written once with its outcome
+        "INSERT INTO notification_inbox (channel, dedupe_key, out_trade_no, verified, "
+        f"outcome, detail, headers, body, received_at) VALUES ({c}, {dedupe}, {otn}, true, "
+        f"'applied', 'order ' || {order_no}, "
+        f"{_literal(json.dumps(kept, ensure_ascii=False))}::json, "
+        f"{_literal(body.decode())}, now()) "
+        "ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING "
+        "RETURNING notification_inbox.id;",
     ]
+    # a re-delivery: the lock, then the payment insert finds the payment (no row back)
+    again = [lock, payment + ";"]
     lines = ["BEGIN;", *statements, "COMMIT;",
-             "\\if :dup", "BEGIN;", inbox + ";", "COMMIT;", "\\endif"]
-    return "\n".join(lines) + "\n", len(statements)
+             "\\if :dup", "BEGIN;", *again, "COMMIT;", "\\endif"]
+    return "\n".join(lines) + "\n", len(statements), len(again)
 
 
 def script(samples: dict[Channel, tuple[dict[str, str], bytes]]) -> str:
     blocks = []
-    count = 0
+    count = again = 0
     for k, ch in enumerate(Channel):
-        text, count = channel_block(ch, *samples[ch])
+        text, count, again = channel_block(ch, *samples[ch])
         cond = {0: "\\if :n <= :wechat_last", 1: "\\elif :n <= :alipay_last", 2: "\\else"}[k]
         blocks.append(f"{cond}\n-- {ch.value}\n{text}")
-    return HEADER.format(n=count) + "\n" + PRELUDE + "".join(blocks) + "\\endif\n"
+    return HEADER.format(n=count, again=again) + "\n" + PRELUDE + "".join(blocks) + "\\endif\n"
 
 
 def samples() -> dict[Channel, tuple[dict[str, str], bytes]]:

@@ -125,11 +125,12 @@ def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
         kind=kind, reason=reason[:200], business_date=business_date, occurred_at=occurred_at,
         payment_id=payment_id, refund_id=refund_id, remittance_id=remittance_id,
     ).returning(col(JournalEntry.id))).scalar_one()
-    session.execute(insert(Posting), [
+    # One multi-row INSERT (a single round trip), not an executemany.
+    session.execute(insert(Posting).values([
         {"entry_id": entry_id, "account_id": ids[leg.account.code],
          "amount_fen": leg.amount_fen, "business_date": business_date,
          "town_code": leg.town_code, "village_code": leg.village_code,
-         "channel": leg.channel, "measure": leg.measure} for leg in legs])
+         "channel": leg.channel, "measure": leg.measure} for leg in legs]))
     assert entry_id is not None
     return int(entry_id)
 
