@@ -22,7 +22,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from backend.app import create_app
     from backend.logs import configure_logging
 
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    if args.workers > 1:
+        if settings.sandbox:
+            print("error: the channel simulator keeps its trades in one process; serve the "
+                  "sandbox with one worker", file=sys.stderr)
+            return 2
+        uvicorn.run("backend.app:create_app", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_config=None, proxy_headers=True,
+                    server_header=False)
+        return 0
     uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None,
                 proxy_headers=True, server_header=False)
     return 0
@@ -107,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the API")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes (not with the simulator); one per core is usual")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("worker", help="run the outbox relay and scheduled jobs")
