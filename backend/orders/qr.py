@@ -22,7 +22,10 @@ MAX_CONTENT = 1024
 
 @lru_cache(maxsize=2048)
 def _render(content: str, fmt: str) -> bytes:
+    # A fixed mask pattern: choosing the "best" of eight costs most of the render time, and
+    # every reader decodes any of them (the mask is in the code's format information).
     qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=8, border=4,
+                       mask_pattern=2,
                        image_factory=qrcode.image.svg.SvgPathImage if fmt == "svg" else None)
     qr.add_data(content)
     qr.make(fit=True)
