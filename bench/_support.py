@@ -10,12 +10,14 @@ import base64
 import io
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -27,11 +29,69 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The service's code the benchmark runs: the working tree, or a frozen copy of it (see
+# run_on_code_snapshot) so that edits made while a long benchmark runs do not change it.
+CODE_ROOT = Path(os.environ.get("BENCH_CODE_ROOT") or ROOT)
+if sys.path[0] != str(CODE_ROOT):
+    sys.path.insert(0, str(CODE_ROOT))
 
 from backend.config import Settings  # noqa: E402
 from payment_adapters.base import Channel  # noqa: E402
+
+CODE_DIRS = ("backend", "payment_adapters", "migrations")
+
+
+def describe_code(root: Path) -> str:
+    """The git commit, how many files of the service differ from it, and a hash of them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for d in CODE_DIRS:
+        for f in sorted((root / d).rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=False).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", *CODE_DIRS], cwd=ROOT,
+                                 text=True, capture_output=True, check=False).stdout
+        n = len([line for line in changed.splitlines() if line.strip()])
+    except OSError:
+        head, n = "?", 0
+    dirty = f" + {n} uncommitted file(s)" if n else ""
+    return f"commit {head}{dirty} (code hash {digest.hexdigest()[:12]})"
+
+
+def run_on_code_snapshot() -> str:
+    """Run this benchmark on a frozen copy of the service's code.
+
+    Others edit the service while a benchmark may run for an hour, and each run starts a new
+    server process that would import whatever is on disk then. The first call copies
+    backend/, payment_adapters/ and migrations/ to a temporary folder and runs this same
+    command again with that copy first on the path (BENCH_CODE_ROOT), then exits with its
+    status; in that second process it returns the code's description. BENCH_NO_SNAPSHOT=1
+    runs on the working tree as it is.
+    """
+    import shutil
+    import tempfile
+
+    if os.environ.get("BENCH_CODE_ROOT"):
+        return os.environ.get("BENCH_CODE_DESC", describe_code(CODE_ROOT))
+    if os.environ.get("BENCH_NO_SNAPSHOT"):
+        return describe_code(ROOT) + ", working tree"
+    exit_on_sigterm()
+    dest = Path(tempfile.mkdtemp(prefix="bench-code-"))
+    try:
+        for d in CODE_DIRS:
+            shutil.copytree(ROOT / d, dest / d,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        desc = describe_code(dest) + ", frozen copy"
+        env = {**os.environ, "BENCH_CODE_ROOT": str(dest), "BENCH_CODE_DESC": desc}
+        rc = subprocess.call([sys.executable, *sys.argv], env=env)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    sys.exit(rc)
+
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -75,6 +135,18 @@ def machine() -> str:
 # --------------------------------------------------------------------------- database
 def database_url(name: str) -> str:
     return f"{PG_BASE}/{name}"
+
+
+def own_database_name(prefix: str) -> str:
+    """``<prefix>_<pid>``: two runs at once (people share this machine) never drop each
+    other's database."""
+    return f"{prefix}_{os.getpid()}"
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: the finally blocks stop the server, drop the
+    database and remove the temporary folders."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def _admin(url: str) -> tuple[str, str]:
@@ -152,13 +224,14 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60) -> ServerProcess:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(CODE_ROOT),
+               "BENCH_CODE_ROOT": str(CODE_ROOT)}
         cmd = [sys.executable, "-m", "uvicorn", "_server:create", "--factory",
                "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--no-server-header", "--proxy-headers",
                "--timeout-graceful-shutdown", "5"]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out,
+        self.proc = subprocess.Popen(cmd, cwd=CODE_ROOT, env=env, stdout=out, stderr=out,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
         import httpx
@@ -273,6 +346,29 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
+def wait_quiet(max_wait_s: float, busy_below: float = 0.12, window_s: float = 3.0) -> float:
+    """Wait (up to max_wait_s) for the machine to be idle — other people's test runs share
+    it — i.e. a window_s window with less than busy_below of all CPUs busy. Returns the
+    seconds waited; prints once when it has to wait."""
+    start = time.monotonic()
+    told = False
+    while True:
+        b0, t0 = machine_cpu()
+        time.sleep(window_s)
+        b1, t1 = machine_cpu()
+        busy = (b1 - b0) / max(t1 - t0, 1e-9)
+        waited = time.monotonic() - start
+        if busy < busy_below or waited >= max_wait_s:
+            if told:
+                print(f"  (waited {waited:.0f} s for other work on the machine to finish; "
+                      f"now {busy:.0%} busy)", file=sys.stderr)
+            return waited
+        if not told:
+            print(f"  machine {busy:.0%} busy with other work: waiting for it to be idle…",
+                  file=sys.stderr)
+            told = True
+
+
 def postgres_sessions(url: str) -> int:
     """Sessions (connections) opened to this database so far (pg_stat_database)."""
     with psycopg.connect(url) as conn:
@@ -304,6 +400,7 @@ def copy_rows(conn: psycopg.Connection[Any], table: str, rows: Iterable[dict[str
     present = {r[0] for r in conn.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
         (table,))}
+    columns = [c for c in columns if c in present]   # a column this schema does not have yet
     now = datetime.now(UTC)
     defaults: dict[str, Any] = {}
     for col in model.columns:
@@ -451,9 +548,11 @@ def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
              "amount_fen", "expires_at", "qr_token"])
         copy_rows(conn, "order_lines", ({
             "id": i, "order_id": i, "bill_line_id": i, "resident_id": i, "insurance": "medical",
-            "tier_yuan": None, "amount_fen": amount_fen} for i in range(1, n + 1)),
+            "tier_yuan": None, "amount_fen": amount_fen,
+            "village_code": villages[i % len(villages)],
+            "town_code": villages[i % len(villages)][:9]} for i in range(1, n + 1)),
             ["id", "order_id", "bill_line_id", "resident_id", "insurance", "tier_yuan",
-             "amount_fen"])
+             "amount_fen", "village_code", "town_code"])
         copy_rows(conn, "attempts", ({
             "id": i, "order_id": i, "channel": channel_of[i].value,
             "kind": CHANNEL_KIND[channel_of[i]][1],
@@ -562,3 +661,102 @@ class NotificationFactory:
         trade = paid_trade(channel, self.numbers, i, self.amount_fen, url, paid_at, self.src)
         note = self.sims[channel].payment_notification(trade, PayOptions())
         return f"/api/v1/notify/{channel.value}", dict(note.headers), note.body
+
+
+# --------------------------------------------------------------------------- profiling
+def start_profiler(server: ServerProcess, out: Path, mode: str = "gil",
+                   rate: int = 200) -> subprocess.Popen[bytes]:
+    """py-spy on the server (its one worker; with several, the last). ``mode``: "gil" samples
+    the thread holding the GIL (where the Python CPU goes); "wall" samples every thread,
+    waiting ones included (where the time goes: round trips, the channel call)."""
+    out.mkdir(parents=True, exist_ok=True)
+    pids = server.pids()
+    pid = pids[-1] if server.workers > 1 else pids[0]
+    pyspy = Path(sys.executable).parent / "py-spy"
+    cmd = [str(pyspy), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+           "--output", str(out / "server.collapsed"),
+           "--gil" if mode == "gil" else "--idle"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(  # noqa: SIM115
+        out / "py-spy.log", "wb"))
+    time.sleep(1.0)
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def summarize_profile(out: Path, steps: Sequence[tuple[str, str]], top: int = 30) -> None:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    path = out / "server.collapsed"
+    if not path.exists():
+        print(f"no profile at {path}")
+        return
+    self_c: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    compiled = [(label, re.compile(pattern)) for label, pattern in steps]
+    watched: dict[str, int] = {label: 0 for label, _ in steps}
+    total = 0
+    frame_re = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        total += count
+        frames = []
+        for fr in stack.split(";"):
+            m = frame_re.match(fr)
+            name = fr if not m else f"{m.group(1)} ({_short_path(m.group(2))})"
+            frames.append(name)
+        self_c[frames[-1]] += count
+        for name in set(frames):
+            incl[name] += count
+        for label, pattern in compiled:
+            if any(pattern.search(name) for name in frames):
+                watched[label] += count
+    by_layer: Counter[str] = Counter()
+    for name, c in self_c.items():
+        by_layer[_layer(name)] += c
+    lines = [f"{total:,} samples", "",
+             "self time by layer (the library of the innermost Python frame):"]
+    lines += [f"  {c / total:6.1%}  {name}" for name, c in by_layer.most_common()]
+    lines += ["", "inclusive time of the steps of the path:"]
+    lines += [f"  {c / total:6.1%}  {label}" for label, c in watched.items()]
+    lines += ["  (a sample counts for a step when the step is anywhere on its stack)"]
+    lines += ["", "self time (top functions):"]
+    lines += [f"  {c / total:6.1%}  {name}" for name, c in self_c.most_common(top)]
+    lines += ["", "inclusive time (top):"]
+    lines += [f"  {c / total:6.1%}  {name}" for name, c in incl.most_common(top * 2)]
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(by_layer) + len(watched) + top + 8]))
+    print(f"(full summary: {out / 'summary.txt'})")
+
+
+_LAYERS = [("sqlalchemy/", "SQLAlchemy"), ("psycopg", "psycopg"), ("uvicorn/", "uvicorn"),
+           ("starlette/", "Starlette"), ("fastapi/", "FastAPI"), ("anyio/", "anyio"),
+           ("pydantic", "pydantic"), ("cryptography/", "cryptography"),
+           ("logging/", "logging"), ("json/", "json"), ("asyncio/", "asyncio"),
+           ("threading.py", "threading"), ("backend/", "backend (service code)"),
+           ("payment_adapters/", "payment_adapters"), ("_server.py", "bench wrapper"),
+           ("urllib/", "urllib"), ("uuid.py", "uuid"), ("datetime", "datetime")]
+
+
+def _layer(name: str) -> str:
+    for marker, label in _LAYERS:
+        if marker in name:
+            return label
+    return "other: " + name.rsplit("(", 1)[-1].rstrip(")")
+
+
+def _short_path(path: str) -> str:
+    if not path.startswith("/"):
+        return path
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return os.path.basename(path)

@@ -1,6 +1,7 @@
 """Print the SQL one channel notification runs, as the service runs it today.
 
     .venv/bin/python bench/capture_sql.py [--channel wechat|alipay|unionpay|all] [--wire]
+    .venv/bin/python bench/capture_sql.py --order alipay_qr [--wire]   # an order creation
 
 Creates a small fresh database (``bench_capture``), seeds a few pending orders the way
 ``notify_load.py`` does, and calls the notification path (``backend.notifications.service
@@ -38,7 +39,7 @@ from sqlalchemy import event  # noqa: E402
 from backend.migrate import upgrade  # noqa: E402
 from payment_adapters.base import Channel  # noqa: E402
 
-DB = "bench_capture"
+DB = sup.own_database_name("bench_capture")
 PER_CHANNEL = 8
 
 
@@ -158,13 +159,142 @@ class WireCounter:
                 self.log.append(" ".join(text.split()))
 
 
+def count_statements(channel: Channel = Channel.WECHAT) -> tuple[int, int]:
+    """How many statements the notification path runs today: (a new notification, the same
+    one again). Used by notify_load.py to check that notify_baseline.sql still mirrors it."""
+    from backend.notifications.service import handle
+    from backend.runtime import Runtime
+
+    url = sup.database_url(DB)
+    sup.recreate_database(url)
+    rt = None
+    try:
+        upgrade(url)
+        with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
+            settings = sup.bench_settings(url, Path(tmp), 8000, log_level="WARNING")
+            numbers = sup.order_numbers(settings)
+            ranges = sup.channel_ranges(PER_CHANNEL * len(Channel), {c: 1.0 for c in Channel})
+            sup.seed_pending_orders(url, PER_CHANNEL * len(Channel), ranges, numbers)
+            factory = sup.NotificationFactory(settings, numbers, 38_000)
+            rt = Runtime(settings)
+            rec = Recorder(rt.engine)
+            ids = list(ranges[channel])
+            for i in ids[:2]:
+                handle(rt, channel, *factory.build(channel, i)[1:])
+            _, headers, body = factory.build(channel, ids[2])
+            counts = []
+            for _ in range(2):
+                rec.items.clear()
+                rec.on = True
+                handle(rt, channel, headers, body)
+                rec.on = False
+                counts.append(len([x for x in rec.items if not x.startswith("--")]))
+            return counts[0], counts[1]
+    finally:
+        if rt is not None:
+            rt.close()
+        sup.drop_database(url)
+
+
+def capture_order(channel: str, wire_on: bool, idempotency_key: bool = True) -> None:
+    """The statements of one order creation (POST /api/v1/orders) and its QR image fetches,
+    through the served app (the channel call goes to the simulator over loopback)."""
+    import uuid
+
+    import httpx
+
+    from backend.app import create_app
+    from backend.demo.generator import load_demo
+    from backend.runtime import Runtime
+    from tests.servers import ServedApp
+
+    url = sup.database_url(DB)
+    sup.recreate_database(url)
+    rt = None
+    served = None
+    try:
+        upgrade(url)
+        with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
+            wire = WireCounter() if wire_on else None
+            db_url = url if wire is None else (
+                f"postgresql://postgres@127.0.0.1:{wire.port}/{DB}?sslmode=disable"
+                "&gssencmode=disable")
+            port = sup.free_port()
+            settings = sup.bench_settings(db_url, Path(tmp), port, log_level="WARNING")
+            rt = Runtime(settings)
+            load_demo(rt, residents=200, progress=False)
+            from order_create import demo_people
+
+            people = demo_people(rt, 200, 2021)
+            served = ServedApp(create_app(runtime=rt), port).start()
+            rec = Recorder(rt.engine)
+            http = httpx.Client(base_url=served.base_url, timeout=30)
+            token = http.post("/api/v1/auth/wechat",
+                              json={"code": "sandbox:oCapture0001"}).json()["access_token"]
+            http.headers["Authorization"] = f"Bearer {token}"
+            items = []
+            for person in people[:40]:
+                data = http.post("/api/v1/residents/lookup", json={
+                    "name": person.name, "id_number": person.id_number,
+                    "year": sup.YEAR}).json()
+                items += [{"resident_ref": data["resident"]["ref"], "insurance": i["insurance"]}
+                          for i in data["items"] if i["status"] == "unpaid" and i["payable"]]
+            for n in range(7):        # warm-up, then the one shown
+                key = {"Idempotency-Key": uuid.uuid4().hex} if idempotency_key else {}
+                if n == 6:
+                    rec.items.clear()
+                    rec.on = True
+                    if wire is not None:
+                        wire.log.clear()
+                        wire.on = True
+                r = http.post("/api/v1/orders", headers=key, json={
+                    "year": sup.YEAR, "channel": channel, "items": [items.pop()]})
+                png = r.json()["payment"]["qr_image_url"]
+                marks = len(rec.items)
+                if rec.on:
+                    rec.items.append("-- then GET the QR PNG (first fetch):")
+                http.get(png)
+                rec.on = False
+                if wire is not None:
+                    wire.on = False
+            stmts = [x for x in rec.items[:marks] if not x.startswith("--")]
+            commits = sum(1 for x in rec.items[:marks] if x == "-- COMMIT")
+            print(f"\n=== POST /api/v1/orders ({channel}, Idempotency-Key: "
+                  f"{'yes' if idempotency_key else 'no'}) → HTTP {r.status_code}")
+            print(f"--- SQLAlchemy: {len(stmts)} statements in {commits} transactions "
+                  "(then the first QR PNG fetch)")
+            k = 0
+            for x in rec.items:
+                if x.startswith("--"):
+                    print(f"      {x}")
+                else:
+                    k += 1
+                    print(f"  {k:2d}. {x[:300]}")
+            if wire is not None:
+                print(f"--- PostgreSQL received {len(wire.log)} round trips (order + QR):")
+                for k, x in enumerate(wire.log):
+                    print(f"  {k + 1:2d}. {x[:160]}")
+    finally:
+        if served is not None:
+            served.stop()
+        if rt is not None:
+            rt.close()
+        sup.drop_database(url)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--channel", default="all", choices=["all", *[c.value for c in Channel]])
     p.add_argument("--wire", action="store_true", help="also show what PostgreSQL received")
     p.add_argument("--keep", action="store_true", help="do not drop the database")
+    p.add_argument("--order", metavar="CHANNEL",
+                   help="instead: one order creation (alipay_qr, wechat_native, …) and its QR")
+    p.add_argument("--no-idempotency-key", action="store_true", help="with --order")
     args = p.parse_args(argv)
+    if args.order:
+        capture_order(args.order, args.wire, not args.no_idempotency_key)
+        return 0
 
     from backend.notifications.service import handle
     from backend.runtime import Runtime

@@ -41,7 +41,6 @@ import os
 import random
 import re
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -66,6 +65,9 @@ AMOUNT_FEN = 38_000
 SUCCESS = {Channel.WECHAT: (204, b""), Channel.ALIPAY: (200, b"success"),
            Channel.UNIONPAY: (200, b"SUCCESS")}
 WECHAT_WINDOW_S = 300
+# A segment (or pgbench run) is "disturbed" when work outside the benchmark's own processes
+# (other people's test runs: the machine is shared) took more than this share of the CPUs.
+DISTURBED = 0.05
 
 
 # --------------------------------------------------------------------------- building
@@ -256,6 +258,8 @@ class LoadResult:
     server_context_switches_per_notification: tuple[float, float]
     new_db_connections: int
     machine_busy: float             # share of all CPUs busy during the timed phase
+    segment_stats: list[dict[str, Any]]
+    quiet_applied_per_s: float      # over the segments no one else disturbed (nan: none)
     other_cpu_ms_per_notification: float   # busy CPU not of server, postgres, generator
     answers: dict[str, int]
     failures: list[str]
@@ -285,6 +289,7 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
     switches = [0, 0]
     sessions = 0
     machine = [0.0, 0.0]
+    seg_stats: list[dict[str, Any]] = []
     profiler: subprocess.Popen[bytes] | None = None
     try:
         server.start()
@@ -294,7 +299,7 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
              args.concurrency, warm_sent, args.client)
         rate = max(50.0, len(warm) / max(warm_sent.seconds, 1e-3))
         if args.profile:
-            profiler = start_profiler(server, Path(args.profile))
+            profiler = sup.start_profiler(server, Path(args.profile), args.profile_mode)
         pos = 0
         while pos < len(timed):
             # WeChat: a segment's notifications must all be sent within 300 s of signing.
@@ -310,6 +315,8 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
             batch += [(channel_of[i], *n) for i, n in zip(seg, notes, strict=True)
                       if i in dup_set]
             rng.shuffle(batch)
+            if args.wait_quiet:
+                sup.wait_quiet(args.wait_quiet)
             before = (*server.cpu_split(), sup.postgres_cpu_seconds(), _self_cpu())
             sw_before = server.context_switches()
             mc_before = sup.machine_cpu()
@@ -329,15 +336,20 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
             seg_s = sent.seconds - seg_sent_before
             rate = max(50.0, len(seg) / max(seg_s, 1e-3))
             segments += 1
+            mine = sum(after[k] - before[k] for k in range(len(cpu)))
+            other = ((mc_after[0] - mc_before[0]) - mine) / max(mc_after[1] - mc_before[1], 1e-9)
+            seg_stats.append({"orders": len(seg), "notifications": len(batch), "seconds": seg_s,
+                              "other_cpu_share": other, "disturbed": other > DISTURBED})
             if time.perf_counter() - built_at > WECHAT_WINDOW_S - 5:
                 print("  warning: a segment took longer than the WeChat window to send",
                       file=sys.stderr)
             print(f"  segment {segments}: {len(seg):,} orders + {len(batch) - len(seg):,} "
                   f"re-deliveries in {seg_s:.1f} s ({len(seg) / seg_s:,.0f} orders/s); "
-                  f"built in {built_at - t0:.1f} s", file=sys.stderr)
+                  f"built in {built_at - t0:.1f} s; other work on the machine: {other:.0%} "
+                  f"of the CPUs{' (DISTURBED)' if other > DISTURBED else ''}", file=sys.stderr)
     finally:
         if profiler is not None:
-            stop_profiler(profiler)
+            sup.stop_profiler(profiler)
         pool.shutdown()
         server.stop()
 
@@ -359,9 +371,17 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
                                                    switches[1] / max(n_notes, 1)),
         new_db_connections=sessions,
         machine_busy=machine[0] / machine[1] if machine[1] else 0.0,
+        segment_stats=seg_stats, quiet_applied_per_s=_quiet_rate(seg_stats),
         other_cpu_ms_per_notification=(machine[0] - sum(cpu.values())) * 1000 / max(n_notes, 1),
         answers=dict(sent.answers + warm_sent.answers), failures=sent.failures[:20],
         checks=checks)
+
+
+def _quiet_rate(stats: list[dict[str, Any]]) -> float:
+    quiet = [x for x in stats if not x["disturbed"]]
+    if not quiet:
+        return float("nan")
+    return sum(x["orders"] for x in quiet) / sum(x["seconds"] for x in quiet)
 
 
 def settings_port(settings: Any) -> int:
@@ -442,7 +462,29 @@ class BaselineResult:
     p50_ms: float
     p99_ms: float
     failed: int
+    cpu_ms_per_tx: dict[str, float]
+    other_cpu_share: float
+    disturbed: bool
     statement_ms: list[tuple[float, str]]
+
+
+def check_baseline_script(script: Path, allow_stale: bool) -> None:
+    """Stop when the notification path no longer runs as many statements as the pgbench
+    script mirrors (bench/capture_sql.py shows them; bench/baseline_sql.py writes it)."""
+    from capture_sql import count_statements
+
+    new, again = count_statements()
+    m = re.search(r"BEGIN, (\d+) statements, COMMIT; a re-delivery: BEGIN, (\d+) statements",
+                  script.read_text())
+    mirrored = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+    print(f"the notification path runs {new} statements (a re-delivery {again}); "
+          f"{BASELINE.name} mirrors {mirrored[0]} ({mirrored[1]})")
+    if (new, again) != mirrored:
+        message = (f"{BASELINE.name} is out of date: run bench/capture_sql.py, update "
+                   "bench/baseline_sql.py and run it")
+        if not allow_stale:
+            raise SystemExit(message + " (or pass --allow-stale-baseline)")
+        print("  WARNING: " + message, file=sys.stderr)
 
 
 def ledger_accounts(url: str) -> dict[str, int]:
@@ -478,11 +520,19 @@ def run_pgbench(args: argparse.Namespace, url: str, numbers: sup.OrderNumbers,
     per_client = max(1, min(args.orders, args.pgbench_transactions) // args.concurrency)
     cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(args.concurrency), "-j", "2",
            "-t", str(per_client), "-r", "-l", "--log-prefix", str(logdir / "tx"),
-           "-f", str(BASELINE)]
+           "-f", str(args.baseline_path)]
     for k, v in variables.items():
         cmd += ["-D", f"{k}={v}"]
     cmd += ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", url.rsplit("/", 1)[1]]
+    if args.wait_quiet:
+        sup.wait_quiet(args.wait_quiet)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mc0, pg0 = sup.machine_cpu(), sup.postgres_cpu_seconds()
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mc1, pg1 = sup.machine_cpu(), sup.postgres_cpu_seconds()
+    pgbench_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    other = ((mc1[0] - mc0[0]) - (pg1 - pg0) - pgbench_cpu) / max(mc1[1] - mc0[1], 1e-9)
     if res.returncode != 0:
         raise SystemExit(f"pgbench failed ({res.returncode}):\n{res.stderr[-3000:]}"
                          f"\n{res.stdout[-3000:]}")
@@ -503,32 +553,42 @@ def run_pgbench(args: argparse.Namespace, url: str, numbers: sup.OrderNumbers,
         if m and not m.group(2).startswith("\\"):
             statements.append((float(m.group(1)), m.group(2)[:90]))
     s = sup.summary(lat)
+    with psycopg.connect(url) as conn:
+        paid = conn.execute("SELECT (SELECT count(*) FROM payments), (SELECT count(*) FROM "
+                            "notification_inbox), (SELECT count(*) FROM bill_lines WHERE "
+                            "status = 'paid'), (SELECT count(*) FROM postings)").fetchone()
+    if paid != (txs, txs, txs, 2 * txs):
+        print(f"  warning: after pgbench, payments/inbox/paid lines/postings = {paid}, "
+              f"expected {txs} each (postings {2 * txs})", file=sys.stderr)
     return BaselineResult(clients=args.concurrency, seconds=txs / tps if tps else 0.0,
                           transactions=txs, tps=tps, p50_ms=s["p50"], p99_ms=s["p99"],
                           failed=int(failed_m.group(1)) if failed_m else 0,
+                          cpu_ms_per_tx={"postgres": (pg1 - pg0) * 1000 / max(txs, 1),
+                                         "pgbench": pgbench_cpu * 1000 / max(txs, 1)},
+                          other_cpu_share=other, disturbed=other > DISTURBED,
                           statement_ms=statements)
 
 
-# --------------------------------------------------------------------------- profiling
-def start_profiler(server: sup.ServerProcess, out: Path) -> subprocess.Popen[bytes]:
-    out.mkdir(parents=True, exist_ok=True)
-    pids = server.pids()
-    pid = pids[-1] if server.workers > 1 else pids[0]
-    pyspy = Path(sys.executable).parent / "py-spy"
-    cmd = [str(pyspy), "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-           "--output", str(out / "server.collapsed"), "--gil"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(  # noqa: SIM115
-        out / "py-spy.log", "wb"))
-    time.sleep(1.0)
-    return proc
-
-
-def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+# (label, regex over "function (path)"): the steps whose inclusive share the profile shows
+NOTIFY_STEPS = [
+    ("event loop thread: uvicorn, ASGI stack, routing, middleware", r"^Server\.run "),
+    ("notifications.service.handle (in the thread pool)", r"^handle \(backend/notifications"),
+    ("  verify (signature, decryption, parsing)", r"\.verify \(payment_adapters/"),
+    ("  _claim_event (inbox INSERT … ON CONFLICT)", r"^_claim_event "),
+    ("  confirm_channel_payment", r"^confirm_channel_payment "),
+    ("    apply_payment", r"^apply_payment "),
+    ("    ledger post_entry", r"^post_entry "),
+    ("  Session.commit", r"^Session\.commit "),
+    ("  unit_of_work: Session close / connection return", r"^Session\.close "),
+    ("  pool checkout (incl. pre-ping, new connections)", r"^_ConnectionFairy\._checkout "),
+    ("  new database connections", r"\.connect \(psycopg/connection"),
+    ("SQLAlchemy: statement compile (cache key, compile)", r"^(HasCacheKey\._generate_cache_key|"
+     r"ClauseElement\._compile_w_cache) "),
+    ("SQLAlchemy: ORM flush", r"^Session\.flush "),
+    ("psycopg: Cursor.execute", r"^Cursor\.execute \(psycopg/"),
+    ("logging (records, formatting, redaction, writes)", r"^Logger\._log "),
+    ("starlette run_in_threadpool (anyio hand-off)", r"^run_in_threadpool "),
+]
 
 
 # --------------------------------------------------------------------------- report
@@ -563,24 +623,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pgbench-transactions", type=int, default=30_000,
                    help="pgbench transactions per run (at most --orders: each pays one)")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--allow-stale-baseline", action="store_true",
+                   help="run pgbench even if notify_baseline.sql no longer mirrors the path")
     p.add_argument("--no-load", action="store_true", help="only the pgbench baseline")
     p.add_argument("--build-procs", type=int, default=2)
-    p.add_argument("--segment-s", type=float, default=150,
+    p.add_argument("--wait-quiet", type=float, default=900, metavar="S",
+                   help="before each segment and pgbench run, wait up to S seconds for the "
+                        "machine to be idle (0: do not wait)")
+    p.add_argument("--segment-s", type=float, default=60,
                    help="seconds of sending per pre-built segment (< 300: WeChat window)")
     p.add_argument("--log-level", default="INFO", help="the server's LOG_LEVEL (serve: INFO)")
     p.add_argument("--seed", type=int, default=4)
-    p.add_argument("--database", default="bench_notify")
+    p.add_argument("--database", help="its name (default bench_notify_<pid>; it is dropped and "
+                        "created)")
     p.add_argument("--profile", metavar="DIR", help="py-spy the server into DIR")
+    p.add_argument("--profile-mode", choices=["gil", "wall"], default="gil",
+                   help="gil: the thread holding the GIL (CPU); wall: all threads, waits too")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--keep", action="store_true", help="do not drop the database")
     args = p.parse_args(argv)
+    code = sup.run_on_code_snapshot()
+    sup.exit_on_sigterm()
+    args.database = args.database or sup.own_database_name("bench_notify")
     workers_list = [int(w) for w in args.workers.split(",")]
 
     url = sup.database_url(args.database)
     pg_version = sup.server_version(sup.database_url("postgres"))
-    print(f"machine: {sup.machine()}; PostgreSQL {pg_version}")
+    print(f"machine: {sup.machine()}; PostgreSQL {pg_version}\nservice code: {code}")
     sup.recreate_database(url)
-    results: dict[str, Any] = {"machine": sup.machine(), "orders": args.orders,
+    results: dict[str, Any] = {"machine": sup.machine(), "code": code, "orders": args.orders,
                                "mix": {c.value: v for c, v in args.mix.items()},
                                "dup": args.dup, "concurrency": args.concurrency}
     try:
@@ -591,6 +662,11 @@ def main(argv: list[str] | None = None) -> int:
             numbers = sup.order_numbers(settings)   # also makes the sandbox keys
             sup.NotificationFactory(settings, numbers, AMOUNT_FEN)
             ranges = sup.channel_ranges(args.orders, args.mix)
+            # the script as it is now, for every pgbench run of this invocation
+            args.baseline_path = tmp / BASELINE.name
+            args.baseline_path.write_text(BASELINE.read_text())
+            if not args.no_baseline:
+                check_baseline_script(args.baseline_path, args.allow_stale_baseline)
             t0 = time.perf_counter()
             steps = sup.seed_pending_orders(url, args.orders, ranges, numbers, AMOUNT_FEN)
             print(f"seeded {args.orders:,} pending orders in {time.perf_counter() - t0:.1f} s "
@@ -614,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                                   + (f"; {r.non_success} non-success answers: "
                                      f"{r.failures[:3]}" if r.non_success else ""))
                 if args.profile:
-                    summarize_profile(Path(args.profile))
+                    sup.summarize_profile(Path(args.profile), NOTIFY_STEPS)
             baselines: list[BaselineResult] = []
             if not args.no_baseline:
                 for run_no in range(args.runs):
@@ -622,7 +698,10 @@ def main(argv: list[str] | None = None) -> int:
                     baselines.append(b)
                     print(f"pgbench run {run_no + 1}: {b.tps:,.0f} tps, p50 {b.p50_ms:.2f} ms, "
                           f"p99 {b.p99_ms:.2f} ms, {b.transactions:,} transactions in "
-                          f"{b.seconds:.1f} s")
+                          f"{b.seconds:.1f} s; CPU ms per transaction: postgres "
+                          f"{b.cpu_ms_per_tx['postgres']:.2f}, pgbench "
+                          f"{b.cpu_ms_per_tx['pgbench']:.2f}; other work on the machine "
+                          f"{b.other_cpu_share:.0%}{' (DISTURBED)' if b.disturbed else ''}")
                 if baselines:
                     print("pgbench per-statement latency (ms, last run):")
                     for ms, text in baselines[-1].statement_ms:
@@ -650,6 +729,9 @@ def print_load(r: LoadResult) -> None:
     print(f"  CPU ms per notification: {cpu}; server context switches per notification: "
           f"{vol:.0f} voluntary, {invol:.1f} involuntary; new database connections during "
           f"the timed phase: {r.new_db_connections:,}")
+    disturbed = sum(1 for x in r.segment_stats if x["disturbed"])
+    print(f"  segments disturbed by other work: {disturbed} of {r.segments}; applied/s over the "
+          f"quiet ones: {r.quiet_applied_per_s:,.0f}")
     print(f"  machine CPU busy {r.machine_busy:.0%} (of {os.cpu_count()} CPUs); busy CPU "
           f"outside the benchmark's processes: {r.other_cpu_ms_per_notification:.2f} ms per "
           "notification")
@@ -668,14 +750,18 @@ def summary_dict(loads: list[LoadResult], baselines: list[BaselineResult],
         applied = median([r.applied_per_s for r in rs])
         out[f"workers={w}"] = {
             "applied_per_s": applied,
+            "quiet_applied_per_s": median([r.quiet_applied_per_s for r in rs]),
             "notifications_per_s": median([r.notifications_per_s for r in rs]),
             "p50_ms": median([r.p50_ms for r in rs]), "p99_ms": median([r.p99_ms for r in rs]),
             "ratio": applied / tps if tps else None,
             "all_checks_ok": all(r.checks["ok"] and not r.non_success for r in rs),
+            "disturbed_segments": sum(x["disturbed"] for r in rs for x in r.segment_stats),
+            "segments": sum(r.segments for r in rs),
         }
     if baselines:
         out["pgbench"] = {"tps": tps, "p50_ms": median([b.p50_ms for b in baselines]),
-                          "p99_ms": median([b.p99_ms for b in baselines])}
+                          "p99_ms": median([b.p99_ms for b in baselines]),
+                          "disturbed_runs": sum(b.disturbed for b in baselines)}
     return out
 
 
@@ -684,113 +770,21 @@ def print_summary(loads: list[LoadResult], baselines: list[BaselineResult],
     s = summary_dict(loads, baselines, workers_list)
     print("\nsummary (median of runs)")
     print(f"{'':22} {'applied/s':>10} {'notif/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'ratio':>7}  checks")
+          f"{'ratio':>7}  checks  (quiet segments)")
     for k, v in s.items():
         if k == "pgbench":
             continue
         ratio = f"{v['ratio']:.3f}" if v["ratio"] is not None else "-"
         print(f"{'service ' + k:22} {v['applied_per_s']:10,.0f} {v['notifications_per_s']:9,.0f} "
               f"{v['p50_ms']:8.1f} {v['p99_ms']:8.1f} {ratio:>7}  "
-              f"{'ok' if v['all_checks_ok'] else 'FAILED'}")
+              f"{'ok' if v['all_checks_ok'] else 'FAILED':6}  "
+              f"({v['quiet_applied_per_s']:,.0f}/s; {v['disturbed_segments']} of "
+              f"{v['segments']} segments disturbed)")
     if "pgbench" in s:
         b = s["pgbench"]
         print(f"{'pgbench baseline':22} {b['tps']:10,.0f} {'':9} {b['p50_ms']:8.2f} "
-              f"{b['p99_ms']:8.2f}")
-
-
-def summarize_profile(out: Path, top: int = 30) -> None:
-    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
-    path = out / "server.collapsed"
-    if not path.exists():
-        print(f"no profile at {path}")
-        return
-    self_c: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    watched: dict[str, int] = {label: 0 for label, _ in WATCH}
-    total = 0
-    frame_re = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
-    for line in path.read_text().splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        total += count
-        frames = []
-        for fr in stack.split(";"):
-            m = frame_re.match(fr)
-            name = fr if not m else f"{m.group(1)} ({_short_path(m.group(2))})"
-            frames.append(name)
-        self_c[frames[-1]] += count
-        for name in set(frames):
-            incl[name] += count
-        for label, pattern in WATCH:
-            if any(pattern.search(name) for name in frames):
-                watched[label] += count
-    by_layer: Counter[str] = Counter()
-    for name, c in self_c.items():
-        by_layer[_layer(name)] += c
-    lines = [f"{total:,} samples (py-spy --gil: the thread holding the GIL)", "",
-             "self time by layer (the library of the innermost Python frame):"]
-    lines += [f"  {c / total:6.1%}  {name}" for name, c in by_layer.most_common()]
-    lines += ["", "inclusive time of the steps of the path:"]
-    lines += [f"  {c / total:6.1%}  {label}" for label, c in watched.items()]
-    lines += ["  (a sample counts for a step when the step is anywhere on its stack)"]
-    lines += ["", "self time (top functions):"]
-    lines += [f"  {c / total:6.1%}  {name}" for name, c in self_c.most_common(top)]
-    lines += ["", "inclusive time (top):"]
-    lines += [f"  {c / total:6.1%}  {name}" for name, c in incl.most_common(top * 2)]
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:len(by_layer) + len(watched) + top + 8]))
-    print(f"(full summary: {out / 'summary.txt'})")
-
-
-# (label, regex over "function (path)") — inclusive shares printed by summarize_profile
-WATCH = [
-    ("event loop thread: uvicorn, ASGI stack, routing, middleware", r"^Server\.run "),
-    ("notifications.service.handle (in the thread pool)", r"^handle \(backend/notifications"),
-    ("  verify (signature, decryption, parsing)", r"\.verify \(payment_adapters/"),
-    ("  _claim_event (inbox INSERT … ON CONFLICT)", r"^_claim_event "),
-    ("  confirm_channel_payment", r"^confirm_channel_payment "),
-    ("    apply_payment", r"^apply_payment "),
-    ("    ledger post_entry", r"^post_entry "),
-    ("  Session.commit", r"^Session\.commit "),
-    ("  unit_of_work: Session close / connection return", r"^Session\.close "),
-    ("  pool checkout (incl. pre-ping, new connections)", r"^_ConnectionFairy\._checkout "),
-    ("  new database connections", r"\.connect \(psycopg/connection"),
-    ("SQLAlchemy: statement compile (cache key, compile)", r"^(HasCacheKey\._generate_cache_key|"
-     r"ClauseElement\._compile_w_cache) "),
-    ("SQLAlchemy: ORM flush", r"^Session\.flush "),
-    ("psycopg: Cursor.execute", r"^Cursor\.execute \(psycopg/"),
-    ("logging (records, formatting, redaction, writes)", r"^Logger\._log "),
-    ("starlette run_in_threadpool (anyio hand-off)", r"^run_in_threadpool "),
-]
-
-_LAYERS = [("sqlalchemy/", "SQLAlchemy"), ("psycopg", "psycopg"), ("uvicorn/", "uvicorn"),
-           ("starlette/", "Starlette"), ("fastapi/", "FastAPI"), ("anyio/", "anyio"),
-           ("pydantic", "pydantic"), ("cryptography/", "cryptography"),
-           ("logging/", "logging"), ("json/", "json"), ("asyncio/", "asyncio"),
-           ("threading.py", "threading"), ("backend/", "backend (service code)"),
-           ("payment_adapters/", "payment_adapters"), ("_server.py", "bench wrapper"),
-           ("urllib/", "urllib"), ("uuid.py", "uuid"), ("datetime", "datetime")]
-
-
-WATCH = [(label, re.compile(pattern)) for label, pattern in WATCH]  # type: ignore[misc]
-
-
-def _layer(name: str) -> str:
-    for marker, label in _LAYERS:
-        if marker in name:
-            return label
-    return "other: " + name.rsplit("(", 1)[-1].rstrip(")")
-
-
-def _short_path(path: str) -> str:
-    if not path.startswith("/"):
-        return path
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
-        if marker in path:
-            return path.split(marker, 1)[1]
-    return os.path.basename(path)
+              f"{b['p99_ms']:8.2f}          ({b['disturbed_runs']} of {len(baselines)} runs "
+              "disturbed)")
 
 
 if __name__ == "__main__":
