@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 import sqlmodel
-
-import backend.db
 from alembic import op
 
+import backend.db
 
 revision = '0003'
 down_revision = '0002'
