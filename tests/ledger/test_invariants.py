@@ -138,7 +138,7 @@ def _check(rt: Runtime) -> None:
         # a bill line is paid by at most one payment, and is paid iff one applies
         applied = dict(s.execute(select(PaymentLine.bill_line_id, func.count())
                                  .where(PaymentLine.applied)
-                                 .group_by(PaymentLine.bill_line_id)).tuples().all())
+                                 .group_by(PaymentLine.bill_line_id)).all())
         assert all(n == 1 for n in applied.values())
         for line_id, status in s.execute(select(BillLine.id, BillLine.status)):
             assert (status == "paid") == (line_id in applied)
@@ -163,7 +163,7 @@ def _check(rt: Runtime) -> None:
         # account balances follow from the facts
         balances = dict(s.execute(select(LedgerAccount.code, func.sum(Posting.amount_fen))
                                   .join(Posting, Posting.account_id == LedgerAccount.id)
-                                  .group_by(LedgerAccount.code)).tuples().all())
+                                  .group_by(LedgerAccount.code)).all())
         owed = sum(fen for (fen,) in s.execute(select(Refund.amount_fen)
                                                .where(Refund.status != "succeeded")))
         assert balances.get("refunds_payable", 0) == -owed
