@@ -313,9 +313,11 @@ class ServerProcess:
         self.stop()
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU of all postgres processes (the benchmark owns the machine while it runs),
-    including backends that have exited (their time is in the postmaster's cutime)."""
+def postgres_cpu_seconds(database: str | None = None) -> float:
+    """CPU of the postgres processes (backends that have exited included: their time is in
+    the postmaster's cutime). With ``database``, the backends of other databases (other
+    people's tests and benchmarks) are left out; the shared processes (WAL writer,
+    checkpointer, …) and the exited backends count as ours."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     procs: dict[int, tuple[int, list[str]]] = {}
@@ -327,6 +329,16 @@ def postgres_cpu_seconds() -> float:
             name = stat[stat.index("(") + 1:stat.rindex(")")]
             if name not in ("postgres", "postmaster"):
                 continue
+            if database is not None:
+                title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    "utf-8", "replace").split()
+                # "postgres: 15/main: <user> <database> <host(port)> <state>"
+                if (len(title) >= 5 and title[0] == "postgres:" and "(" in title[4]
+                        and title[3] != database):
+                    continue
+                if len(title) >= 5 and title[2:4] == ["autovacuum", "worker"] and \
+                        title[4] != database:
+                    continue
             fields = stat.rsplit(")", 1)[1].split()
             procs[int(d.name)] = (int(fields[1]), fields)
         except (OSError, ValueError, IndexError):

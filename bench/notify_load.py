@@ -317,13 +317,14 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
             rng.shuffle(batch)
             if args.wait_quiet:
                 sup.wait_quiet(args.wait_quiet)
-            before = (*server.cpu_split(), sup.postgres_cpu_seconds(), _self_cpu())
+            dbname = _dbname(settings.database_url)
+            before = (*server.cpu_split(), sup.postgres_cpu_seconds(dbname), _self_cpu())
             sw_before = server.context_switches()
             mc_before = sup.machine_cpu()
             sessions_before = sup.postgres_sessions(settings.database_url)
             seg_sent_before = sent.seconds
             send(server.base_url, batch, args.concurrency, sent, args.client)
-            after = (*server.cpu_split(), sup.postgres_cpu_seconds(), _self_cpu())
+            after = (*server.cpu_split(), sup.postgres_cpu_seconds(dbname), _self_cpu())
             sw_after = server.context_switches()
             mc_after = sup.machine_cpu()
             machine[0] += mc_after[0] - mc_before[0]
@@ -382,6 +383,10 @@ def _quiet_rate(stats: list[dict[str, Any]]) -> float:
     if not quiet:
         return float("nan")
     return sum(x["orders"] for x in quiet) / sum(x["seconds"] for x in quiet)
+
+
+def _dbname(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?", 1)[0]
 
 
 def settings_port(settings: Any) -> int:
@@ -527,10 +532,10 @@ def run_pgbench(args: argparse.Namespace, url: str, numbers: sup.OrderNumbers,
     if args.wait_quiet:
         sup.wait_quiet(args.wait_quiet)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    mc0, pg0 = sup.machine_cpu(), sup.postgres_cpu_seconds()
+    mc0, pg0 = sup.machine_cpu(), sup.postgres_cpu_seconds(_dbname(url))
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    mc1, pg1 = sup.machine_cpu(), sup.postgres_cpu_seconds()
+    mc1, pg1 = sup.machine_cpu(), sup.postgres_cpu_seconds(_dbname(url))
     pgbench_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     other = ((mc1[0] - mc0[0]) - (pg1 - pg0) - pgbench_cpu) / max(mc1[1] - mc0[1], 1e-9)
     if res.returncode != 0:
@@ -684,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"concurrency {args.concurrency}:", file=sys.stderr)
                         r = run_load(args, settings, numbers, ranges, workers, run_no, tmp)
                         loads.append(r)
+                        save(args, results, loads, [])
                         print_load(r)
                         if not r.checks["ok"] or r.non_success:
                             print("  CHECK FAILED: " + "; ".join(r.checks["problems"])
@@ -696,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                 for run_no in range(args.runs):
                     b = run_pgbench(args, url, numbers, ranges, run_no, tmp)
                     baselines.append(b)
+                    save(args, results, loads, baselines)
                     print(f"pgbench run {run_no + 1}: {b.tps:,.0f} tps, p50 {b.p50_ms:.2f} ms, "
                           f"p99 {b.p99_ms:.2f} ms, {b.transactions:,} transactions in "
                           f"{b.seconds:.1f} s; CPU ms per transaction: postgres "
@@ -716,6 +723,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
+
+
+def save(args: argparse.Namespace, results: dict[str, Any], loads: list[LoadResult],
+         baselines: list[BaselineResult]) -> None:
+    """Write what is measured so far (a long run that gets stopped keeps its finished runs)."""
+    if args.json:
+        partial = {**results, "load": [asdict(r) for r in loads],
+                   "baseline": [asdict(b) for b in baselines]}
+        Path(args.json).write_text(json.dumps(partial, indent=2, default=str))
 
 
 def print_load(r: LoadResult) -> None:

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     if args.wait_quiet and profiler is None:
                         sup.wait_quiet(args.wait_quiet)
                     mc0, own0 = sup.machine_cpu(), server.cpu_seconds() + _self_cpu()
-                    pg0 = sup.postgres_cpu_seconds()
+                    pg0 = sup.postgres_cpu_seconds(args.database)
                     for _ in range(args.orders):
                         item = items.pop()
                         headers = ({} if args.no_idempotency_key
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                             timed(t, "aggregate scan by WeChat (landing → trade)", http, "GET",
                                   f"/pay/{token}", 302, headers={"User-Agent": WECHAT_UA})
                     mc1, own1 = sup.machine_cpu(), server.cpu_seconds() + _self_cpu()
-                    pg1 = sup.postgres_cpu_seconds()
+                    pg1 = sup.postgres_cpu_seconds(args.database)
                     other = (((mc1[0] - mc0[0]) - (own1 - own0) - (pg1 - pg0))
                              / max(mc1[1] - mc0[1], 1e-9))
                     disturbance[ch] = other
