@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.agents.models import AgentCollection
@@ -17,7 +14,7 @@ from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.ledger import service as ledger
 from backend.ledger.models import REMITTED, LedgerAccount, Remittance
 from backend.orders import service as orders
-from backend.orders.models import Order, OrderLine, Payment
+from backend.orders.models import Order, Payment
 from backend.orders.payment_flow import AlreadyPaid, OrderFacts, PaymentFacts, apply_payment
 from backend.residents.models import Village
 from backend.runtime import Runtime
@@ -135,4 +132,3 @@ def record_remittance(rt: Runtime, principal: Principal, body: RemittanceIn) -> 
         raise
 
 
-__all__ = ["record_collection", "record_remittance", "OrderLine", "Session", "date"]

@@ -10,7 +10,6 @@ from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
 from backend.errors import NotFound
 from backend.idempotency.service import Replay, request_hash, run_idempotent
 from backend.orders import qr, scan, service
-from backend.orders import repository as repo
 from backend.orders.schemas import OrderCreate, OrderOut
 
 router = APIRouter(tags=["orders"])
@@ -75,4 +74,3 @@ def landing(token: str, request: Request, rt: RuntimeDep) -> Response:
     return HTMLResponse(outcome.page, status_code=outcome.status)
 
 
-__all__ = ["router", "repo"]

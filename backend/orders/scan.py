@@ -16,7 +16,6 @@ from backend.db import unit_of_work, utcnow
 from backend.errors import NotFound
 from backend.orders import repository as repo
 from backend.orders import service
-from backend.orders.states import LIVE_ATTEMPT_STATES
 from backend.runtime import Runtime
 from payment_adapters.base import Channel
 
@@ -86,4 +85,3 @@ def scan(rt: Runtime, token: str, user_agent: str) -> ScanOutcome:
     return ScanOutcome(status=302, redirect=result.qr_content)
 
 
-__all__ = ["LIVE_ATTEMPT_STATES", "scan", "qr_content_for_token", "channel_for_user_agent"]
