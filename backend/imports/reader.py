@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -83,6 +83,8 @@ class Table:
         self.max_bytes = max_bytes
         self.estimated_rows: int | None = None
         self._raw: Iterator[Sequence[Any]] | None = None
+        # For CSV: the physical line the reader has reached (a record may span lines).
+        self._line_of_record: Callable[[], int] | None = None
         self._header: list[str] = []
         self._closers: list[Any] = []
 
@@ -146,7 +148,9 @@ class Table:
         # utf-8-sig drops a BOM if there is one (Excel's "CSV UTF-8" writes it).
         text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
         self._closers.append(text)
-        self._raw = _decoded(csv.reader(text, strict=True), self.path)
+        reader = csv.reader(text, strict=True)
+        self._line_of_record = lambda: reader.line_num  # a quoted cell may span lines
+        self._raw = _decoded(reader, self.path)
 
     def _open_xlsx(self) -> None:
         from openpyxl import load_workbook
@@ -176,7 +180,12 @@ class Table:
         header = self._header
         width = len(header)
         count = 0
+        ended = 1  # the header ends on line 1 (or later, if it had a multi-line cell)
+        if self._line_of_record is not None:
+            ended = self._line_of_record()
         for line, cells in enumerate(self._raw, start=2):
+            if self._line_of_record is not None:
+                line, ended = ended + 1, self._line_of_record()
             texts = [cell_text(c) for c in cells]
             if not any(texts):
                 continue  # blank lines (Excel leaves them at the end) are not rows

@@ -415,3 +415,16 @@ def test_xlsx_id_typed_as_a_number_gets_a_hint(rt: Runtime, regions: None,
     assert not report.committed
     assert any("format the column as text" in e.reason for e in report.errors), report.summary()
     assert str(row[0]) not in report.summary()
+
+
+def test_csv_lines_count_cells_that_span_lines(rt: Runtime, regions: None,
+                                               tmp_path: Path) -> None:
+    first = list(RESIDENTS[0])
+    first[1] = "张\n三"           # a quoted name cell over two lines: a bad name
+    second = list(RESIDENTS[1])
+    second[6] = "martian"          # on the file's line 4, though it is the second record
+    report = imported(rt, "residents", write_csv(tmp_path / "m.csv", "residents",
+                                                 [first, second]))
+    assert not report.committed
+    assert [(e.line, e.column) for e in report.errors] == [(2, "name"), (4, "categories")], \
+        report.summary()
