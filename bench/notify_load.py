@@ -552,11 +552,14 @@ def run_pgbench(args: argparse.Namespace, url: str, numbers: sup.OrderNumbers,
             parts = line.split()
             if len(parts) >= 3:
                 lat.append(int(parts[2]) / 1000)
+    (tmp / f"pgbench-{run_no}.out").write_text(out)
     statements = []
     for line in out.splitlines():
         m = re.match(r"\s+([\d.]+)\s+\d+\s+(\S.*)", line)
         if m and not m.group(2).startswith("\\"):
             statements.append((float(m.group(1)), m.group(2)[:90]))
+    if args.json:
+        Path(args.json).with_suffix(f".pgbench-{run_no}.txt").write_text(out)
     s = sup.summary(lat)
     with psycopg.connect(url) as conn:
         paid = conn.execute("SELECT (SELECT count(*) FROM payments), (SELECT count(*) FROM "
