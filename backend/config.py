@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path("data")
@@ -56,6 +56,14 @@ class Settings(BaseSettings):
 
     # every outgoing channel call gives up after this long
     channel_timeout_s: float = 10.0
+
+    # Threads per serve process that apply channel notifications. Each holds a database
+    # connection while it works; more threads than the database can use only queue on the
+    # GIL and the commit (see bench/README.md, "Notifications").
+    notify_threads: int = Field(default=8, ge=1, le=64)
+    # Database connections kept per process (PostgreSQL): every request thread and the
+    # in-process worker can hold one without the pool opening and closing extra ones.
+    db_pool_size: int = Field(default=20, ge=1, le=200)
 
     # limits on lookups (per caller and per IP)
     lookup_miss_limit: int = 10

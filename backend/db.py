@@ -43,6 +43,7 @@ def utcnow() -> datetime:
 
 def make_engine(url: str, **kw: Any) -> Engine:
     if url.startswith("sqlite"):
+        kw.pop("pool_size", None)     # SQLite takes one writer at a time: its defaults do
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kw)
 
         @event.listens_for(engine, "connect")
@@ -63,7 +64,7 @@ def make_engine(url: str, **kw: Any) -> Engine:
 
         return engine
     if "poolclass" not in kw:
-        kw.setdefault("pool_size", 10)
+        kw.setdefault("pool_size", 20)
         kw.setdefault("max_overflow", 20)
         # No pre-ping: it costs a round trip on every checkout. Connections are recycled
         # instead, and a dead one fails its transaction, which the caller retries.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import anyio
 import redis
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,11 +25,18 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.resolved_database_url)
+        return make_engine(self.settings.resolved_database_url,
+                           pool_size=self.settings.db_pool_size)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
         return make_sessionmaker(self.engine)
+
+    @cached_property
+    def notify_limiter(self) -> anyio.CapacityLimiter:
+        """The threads that apply notifications: their own, so a burst of notifications
+        neither waits behind other requests nor takes every connection from them."""
+        return anyio.CapacityLimiter(self.settings.notify_threads)
 
     @cached_property
     def pii(self) -> PiiVault:

@@ -686,7 +686,7 @@ def start_profiler(server: ServerProcess, out: Path, mode: str = "gil",
     pid = pids[-1] if server.workers > 1 else pids[0]
     pyspy = Path(sys.executable).parent / "py-spy"
     cmd = [str(pyspy), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-           "--output", str(out / "server.collapsed"),
+           "--output", str(out / "server.collapsed"), "--nonblocking",
            "--gil" if mode == "gil" else "--idle"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(  # noqa: SIM115
         out / "py-spy.log", "wb"))

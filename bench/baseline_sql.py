@@ -47,8 +47,7 @@ HEADER = """\
 --
 -- Orders 1..W are WeChat, W+1..A Alipay, A+1..N ChinaUMS (as notify_load.py seeds them).
 -- Per transaction: BEGIN, {n} statements, COMMIT; a re-delivery: BEGIN, {again} statements,
--- COMMIT (the service also sends the pool's pre-ping ";" before each transaction: not
--- mirrored here, see the README).
+-- COMMIT.
 """
 
 PRELUDE = """\
@@ -91,8 +90,8 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
     kept = {k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
     village = "'370406' || (100 + :v / 10) || (200 + :v % 10)"
     town = "'370406' || (100 + :v / 10)"
-    lock = ("SELECT attempts.id, attempts.amount_fen, orders.id AS id_1, "
-            "orders.order_no, orders.status AS status_1, orders.year, orders.channel, "
+    lock = ("SELECT attempts.id, attempts.amount_fen, orders.id, "
+            "orders.order_no, orders.status, orders.year, orders.channel, "
             "orders.payer_role FROM attempts JOIN orders ON orders.id = attempts.order_id "
             f"WHERE attempts.out_trade_no = {otn} AND attempts.channel = {c} FOR UPDATE;")
     payment = ("INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, "
@@ -104,7 +103,8 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
         lock,
         # the payment insert doubles as the repeat check
         payment + r" \gset pay_",
-        f"UPDATE attempts SET status='paid', transaction_id={txn}, paid_at=now() "
+        f"UPDATE attempts SET status='paid', transaction_id={txn}, paid_at=now(), "
+        "updated_at=now() "
         "WHERE attempts.id = :n AND attempts.status IN "
         "('creating', 'pending', 'unknown', 'closed', 'failed');",
         # payment_flow.apply_payment: one UPDATE marks the lines and returns what the
@@ -126,7 +126,8 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
         f"village_code, channel, measure) VALUES (:je_id, :acct_{ch.value}, :amount, "
         f"current_date, {town}, {village}, {c}, 'collected'), (:je_id, :acct_contrib, "
         f":neg_amount, current_date, {town}, {village}, {c}, NULL);",
-        f"UPDATE orders SET status='paid', paid_at=now(), channel_transaction_id={txn} "
+        f"UPDATE orders SET status='paid', paid_at=now(), channel_transaction_id={txn}, "
+        "updated_at=now() "
         "WHERE orders.id = :n AND orders.status IN ('pending', 'closed');",
         # service.handle: the inbox row, written once with its outcome
         "INSERT INTO notification_inbox (channel, dedupe_key, out_trade_no, verified, "

@@ -1,23 +1,24 @@
-"""Print the SQL one channel notification runs, as the service runs it today.
+"""Print the SQL one channel notification runs, as PostgreSQL receives it.
 
-    .venv/bin/python bench/capture_sql.py [--channel wechat|alipay|unionpay|all] [--wire]
+    .venv/bin/python bench/capture_sql.py [--channel wechat|alipay|unionpay|all]
     .venv/bin/python bench/capture_sql.py --order alipay_qr [--wire]   # an order creation
 
 Creates a small fresh database (``bench_capture``), seeds a few pending orders the way
 ``notify_load.py`` does, and calls the notification path (``backend.notifications.service
 .handle``) in-process with a real-format signed notification from the simulator: first a
 few to warm up (keys, pool, psycopg's prepared statements), then one new notification and
-the same one again (a re-delivery). For each it prints every statement SQLAlchemy sends
-(``before_cursor_execute``) with its parameters, and the transaction boundaries.
+the same one again (a re-delivery). The service's engine connects through a small loopback
+proxy that reads PostgreSQL's frontend protocol: each Bind (or simple Query) is one
+statement run, each Sync ends one round trip. That is the truth whichever layer sent the
+statement — the ORM, Core, or the hot path's driver-level statements (``backend/sql.py``) —
+and it shows BEGIN, COMMIT and which statements went as prepared ones.
 
-``--wire`` also shows what PostgreSQL received: the service's engine then connects through
-a small loopback proxy that reads the frontend protocol (a simple Query, or
-Parse/Bind/Execute up to a Sync, is one round trip). That adds what SQLAlchemy does not
-show — BEGIN, COMMIT, the pool's pre-ping — and which statements went as prepared ones.
+For an order creation (``--order``) it prints what SQLAlchemy sends
+(``before_cursor_execute``), and with ``--wire`` the round trips too.
 
-``bench/notify_baseline.sql`` (the pgbench baseline) is written from this list by hand:
-when the path changes, run this, compare, and update the script (its header says which
-statement each line mirrors).
+``bench/notify_baseline.sql`` (the pgbench baseline) is written from this list by
+``bench/baseline_sql.py``: when the path changes, run this, compare, and update the
+template there (it says which statement each line mirrors).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class WireCounter:
     def _frontend(self, src: socket.socket, dst: socket.socket) -> None:
         buf = b""
         started = False
-        pending: list[str] = []
+        prepared: dict[bytes, str] = {}    # this connection's named statements
+        pending: list[str] = []            # statements bound since the last Sync
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
@@ -133,35 +135,49 @@ class WireCounter:
                     if len(buf) < 1 + n:
                         break
                     body, buf = buf[5:1 + n], buf[1 + n:]
-                    self._message(kind, body, pending)
+                    self._message(kind, body, prepared, pending)
         except OSError:
             pass
 
-    def _message(self, kind: bytes, body: bytes, pending: list[str]) -> None:
+    def _message(self, kind: bytes, body: bytes, prepared: dict[bytes, str],
+                 pending: list[str]) -> None:
         if kind == b"Q":
-            self._record("Query " + body.rstrip(b"\0").decode("utf-8", "replace"))
+            self._record([body.rstrip(b"\0").decode("utf-8", "replace")])
         elif kind == b"P":
             name, _, rest = body.partition(b"\0")
             text, _, _ = rest.partition(b"\0")
-            pending.append(f"Parse[{name.decode() or 'unnamed'}] {text.decode('utf-8', 'replace')}")
-        elif kind == b"B":
+            prepared[name] = text.decode("utf-8", "replace")
+            if name:
+                prepared[name] = "[prepared] " + prepared[name]
+        elif kind == b"B":             # one execution of a statement
             _portal, _, rest = body.partition(b"\0")
-            stmt, _, _ = rest.partition(b"\0")
-            if not any(p.startswith("Parse") for p in pending):
-                pending.append(f"Bind[{stmt.decode() or 'unnamed'}] (prepared)")
+            name, _, _ = rest.partition(b"\0")
+            pending.append(prepared.get(name, f"[prepared {name.decode()}]"))
         elif kind == b"S":
-            self._record(" | ".join(pending) or "Sync")
+            self._record(list(pending))
             pending.clear()
 
-    def _record(self, text: str) -> None:
+    def _record(self, statements: list[str]) -> None:
         with self.lock:
             if self.on:
-                self.log.append(" ".join(text.split()))
+                self.log.append([" ".join(text.split()) for text in statements])
+
+
+def _is_statement(text: str) -> bool:
+    """BEGIN, COMMIT and ROLLBACK are the transaction around the statements."""
+    return text.removeprefix("[prepared] ").split(" ", 1)[0].upper() not in (
+        "BEGIN", "COMMIT", "ROLLBACK", "")
+
+
+def _wire_url(wire: WireCounter) -> str:
+    return (f"postgresql://postgres@127.0.0.1:{wire.port}/{DB}?sslmode=disable"
+            "&gssencmode=disable")
 
 
 def count_statements(channel: Channel = Channel.WECHAT) -> tuple[int, int]:
-    """How many statements the notification path runs today: (a new notification, the same
-    one again). Used by notify_load.py to check that notify_baseline.sql still mirrors it."""
+    """How many statements the notification path runs today, as PostgreSQL receives them:
+    (a new notification, the same one again). Used by notify_load.py to check that
+    notify_baseline.sql still mirrors it."""
     from backend.notifications.service import handle
     from backend.runtime import Runtime
 
@@ -171,24 +187,25 @@ def count_statements(channel: Channel = Channel.WECHAT) -> tuple[int, int]:
     try:
         upgrade(url)
         with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
-            settings = sup.bench_settings(url, Path(tmp), 8000, log_level="WARNING")
+            wire = WireCounter()
+            settings = sup.bench_settings(_wire_url(wire), Path(tmp), 8000,
+                                          log_level="WARNING")
             numbers = sup.order_numbers(settings)
             ranges = sup.channel_ranges(PER_CHANNEL * len(Channel), {c: 1.0 for c in Channel})
             sup.seed_pending_orders(url, PER_CHANNEL * len(Channel), ranges, numbers)
             factory = sup.NotificationFactory(settings, numbers, 38_000)
             rt = Runtime(settings)
-            rec = Recorder(rt.engine)
             ids = list(ranges[channel])
             for i in ids[:2]:
                 handle(rt, channel, *factory.build(channel, i)[1:])
             _, headers, body = factory.build(channel, ids[2])
             counts = []
             for _ in range(2):
-                rec.items.clear()
-                rec.on = True
+                wire.log.clear()
+                wire.on = True
                 handle(rt, channel, headers, body)
-                rec.on = False
-                counts.append(len([x for x in rec.items if not x.startswith("--")]))
+                wire.on = False
+                counts.append(sum(_is_statement(x) for trip in wire.log for x in trip))
             return counts[0], counts[1]
     finally:
         if rt is not None:
@@ -216,9 +233,7 @@ def capture_order(channel: str, wire_on: bool, idempotency_key: bool = True) -> 
         upgrade(url)
         with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
             wire = WireCounter() if wire_on else None
-            db_url = url if wire is None else (
-                f"postgresql://postgres@127.0.0.1:{wire.port}/{DB}?sslmode=disable"
-                "&gssencmode=disable")
+            db_url = url if wire is None else _wire_url(wire)
             port = sup.free_port()
             settings = sup.bench_settings(db_url, Path(tmp), port, log_level="WARNING")
             rt = Runtime(settings)
@@ -272,8 +287,8 @@ def capture_order(channel: str, wire_on: bool, idempotency_key: bool = True) -> 
                     print(f"  {k:2d}. {x[:300]}")
             if wire is not None:
                 print(f"--- PostgreSQL received {len(wire.log)} round trips (order + QR):")
-                for k, x in enumerate(wire.log):
-                    print(f"  {k + 1:2d}. {x[:160]}")
+                for k, trip in enumerate(wire.log):
+                    print(f"  {k + 1:2d}. {' | '.join(trip)[:160]}")
     finally:
         if served is not None:
             served.stop()
@@ -286,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--channel", default="all", choices=["all", *[c.value for c in Channel]])
-    p.add_argument("--wire", action="store_true", help="also show what PostgreSQL received")
+    p.add_argument("--wire", action="store_true",
+                   help="with --order: also show what PostgreSQL received")
     p.add_argument("--keep", action="store_true", help="do not drop the database")
     p.add_argument("--order", metavar="CHANNEL",
                    help="instead: one order creation (alipay_qr, wechat_native, …) and its QR")
@@ -305,11 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upgrade(url)
         with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
-            wire = WireCounter() if args.wire else None
-            db_url = url if wire is None else (
-                f"postgresql://postgres@127.0.0.1:{wire.port}/{DB}?sslmode=disable"
-                "&gssencmode=disable")
-            settings = sup.bench_settings(db_url, Path(tmp), 8000, log_level="WARNING")
+            wire = WireCounter()
+            settings = sup.bench_settings(_wire_url(wire), Path(tmp), 8000,
+                                          log_level="WARNING")
             numbers = sup.order_numbers(settings)
             channels = [c for c in Channel if args.channel in ("all", c.value)]
             n = PER_CHANNEL * len(Channel)
@@ -317,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
             sup.seed_pending_orders(url, n, ranges, numbers)
             factory = sup.NotificationFactory(settings, numbers, 38_000)
             rt = Runtime(settings)
-            rec = Recorder(rt.engine)
             for ch in channels:
                 ids = list(ranges[ch])
                 for i in ids[:6]:                          # warm-up: past prepare_threshold
@@ -326,30 +339,19 @@ def main(argv: list[str] | None = None) -> int:
                     assert answer.status in (200, 204), answer
                 _, headers, body = factory.build(ch, ids[6])
                 for label in ("new notification", "the same notification again"):
-                    rec.items.clear()
-                    rec.on = True
-                    if wire is not None:
-                        wire.log.clear()
-                        wire.on = True
+                    wire.log.clear()
+                    wire.on = True
                     answer = handle(rt, ch, headers, body)
-                    rec.on = False
-                    if wire is not None:
-                        wire.on = False
+                    wire.on = False
+                    trips = list(wire.log)
+                    n_stmts = sum(_is_statement(x) for trip in trips for x in trip)
                     print(f"\n=== {ch.value}: {label} → HTTP {answer.status} "
                           f"{answer.body[:40]!r}")
-                    stmts = [s for s in rec.items if not s.startswith("--")]
-                    print(f"--- SQLAlchemy: {len(stmts)} statements")
-                    k = 0
-                    for s in rec.items:
-                        if s.startswith("--"):
-                            print(f"      {s}")
-                        else:
-                            k += 1
-                            print(f"  {k:2d}. {s}")
-                    if wire is not None:
-                        print(f"--- PostgreSQL received {len(wire.log)} round trips:")
-                        for k, s in enumerate(wire.log):
-                            print(f"  {k + 1:2d}. {s[:400]}")
+                    print(f"--- PostgreSQL received {n_stmts} statements in {len(trips)} "
+                          "round trips (a line each):")
+                    for k, trip in enumerate(trips):
+                        for j, x in enumerate(trip):
+                            print(f"  {str(k + 1) + '.' if j == 0 else '':>4} {x[:400]}")
     finally:
         if rt is not None:
             rt.close()

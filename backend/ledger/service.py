@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from backend.db import utcnow
 from backend.ledger.models import (
     AGENT_CASH,
     CHANNEL_CLEARING,
@@ -25,10 +26,10 @@ from backend.ledger.models import (
     DEPARTMENT_RECEIVABLE,
     REFUNDS_PAYABLE,
     TOWN_COLLECTION,
-    JournalEntry,
     LedgerAccount,
     Posting,
 )
+from backend.sql import Statement, Tx
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,16 @@ def remember_accounts(session: Session) -> None:
 event.listen(Session, "after_commit", remember_accounts)
 
 
+_INSERT_ENTRY = Statement(
+    """INSERT INTO journal_entries (kind, reason, business_date, occurred_at, payment_id,
+                                    refund_id, remittance_id, created_at)
+       VALUES (:kind, :reason, :business_date, :occurred_at, :payment_id, :refund_id,
+               :remittance_id, :now)
+       RETURNING id""")
+_POSTING_COLUMNS = ("entry_id", "account_id", "amount_fen", "business_date", "town_code",
+                    "village_code", "channel", "measure")
+
+
 def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
                occurred_at: datetime, legs: Sequence[Leg], payment_id: int | None = None,
                refund_id: int | None = None, remittance_id: int | None = None) -> int:
@@ -121,18 +132,17 @@ def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
     if any(not isinstance(leg.amount_fen, int) or leg.amount_fen == 0 for leg in legs):
         raise UnbalancedEntry(f"{kind}: every posting is a non-zero integer of fen")
     ids = account_ids(session, [leg.account for leg in legs])
-    entry_id = session.execute(insert(JournalEntry).values(
-        kind=kind, reason=reason[:200], business_date=business_date, occurred_at=occurred_at,
-        payment_id=payment_id, refund_id=refund_id, remittance_id=remittance_id,
-    ).returning(col(JournalEntry.id))).scalar_one()
+    tx = Tx(session)
+    row = tx.one(_INSERT_ENTRY, kind=kind, reason=reason[:200], business_date=business_date,
+                 occurred_at=occurred_at, payment_id=payment_id, refund_id=refund_id,
+                 remittance_id=remittance_id, now=utcnow())
+    assert row is not None
+    entry_id = int(row[0])
     # One multi-row INSERT (a single round trip), not an executemany.
-    session.execute(insert(Posting).values([
-        {"entry_id": entry_id, "account_id": ids[leg.account.code],
-         "amount_fen": leg.amount_fen, "business_date": business_date,
-         "town_code": leg.town_code, "village_code": leg.village_code,
-         "channel": leg.channel, "measure": leg.measure} for leg in legs]))
-    assert entry_id is not None
-    return int(entry_id)
+    tx.insert_rows("postings", _POSTING_COLUMNS, [
+        (entry_id, ids[leg.account.code], leg.amount_fen, business_date, leg.town_code,
+         leg.village_code, leg.channel, leg.measure) for leg in legs])
+    return entry_id
 
 
 def balance(session: Session, account: Account, *, business_date: date | None = None) -> int:

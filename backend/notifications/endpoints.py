@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from backend.deps import RuntimeDep
 from backend.notifications.service import handle
@@ -12,7 +12,8 @@ router = APIRouter(prefix="/api/v1/notify", tags=["channel notifications"])
 
 async def _notify(channel: Channel, request: Request, rt: RuntimeDep) -> Response:
     body = await request.body()   # the raw bytes: signatures are over them
-    answer = await run_in_threadpool(handle, rt, channel, request.headers, body)
+    answer = await anyio.to_thread.run_sync(handle, rt, channel, request.headers, body,
+                                            limiter=rt.notify_limiter)
     return Response(content=answer.body, status_code=answer.status,
                     media_type=answer.media_type)
 

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -29,6 +28,7 @@ from backend.orders.payment_flow import (
 )
 from backend.refunds.service import complete_refund
 from backend.runtime import Runtime
+from backend.sql import Statement, Tx
 from payment_adapters.base import Channel, HttpAnswer, Notification, VerificationFailed
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,15 @@ def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
             body=body.decode("utf-8", "replace")))
 
 
+_RECORD_EVENT = Statement(
+    """INSERT INTO notification_inbox (channel, dedupe_key, out_trade_no, verified, outcome,
+                                       detail, headers, body, received_at)
+       VALUES (:channel, :dedupe_key, :out_trade_no, true, :outcome, :detail, :headers, :body,
+               :now)
+       ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+       RETURNING id""")
+
+
 def _record_event(session: Session, channel: Channel, note: Notification,
                   headers: Mapping[str, str], body: bytes, outcome: str, detail: str) -> bool:
     """INSERT … ON CONFLICT DO NOTHING of the event with its outcome; False if seen before.
@@ -63,17 +72,11 @@ def _record_event(session: Session, channel: Channel, note: Notification,
     Written last, in the same transaction as what it records: a repeat of an event that
     was applied finds the payment already there (and changes nothing) before it gets here.
     """
-    ins = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
-           else sqlite.insert)
-    stmt = ins(InboxNotification).values(
-        channel=channel.value, dedupe_key=note.dedupe_key, out_trade_no=note.out_trade_no,
-        verified=True, outcome=outcome, detail=detail[:500],
+    return Tx(session).one(
+        _RECORD_EVENT, channel=channel.value, dedupe_key=note.dedupe_key,
+        out_trade_no=note.out_trade_no, outcome=outcome, detail=detail[:500],
         headers={k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS},
-        body=body.decode("utf-8", "replace"), received_at=utcnow(),
-    ).on_conflict_do_nothing(index_elements=["channel", "dedupe_key"],
-                             index_where=col(InboxNotification.dedupe_key).isnot(None)
-                             ).returning(col(InboxNotification.id))
-    return session.execute(stmt).scalar() is not None
+        body=body.decode("utf-8", "replace"), now=utcnow()) is not None
 
 
 def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str, str]:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -28,10 +27,10 @@ from backend.clock import business_date
 from backend.db import utcnow
 from backend.ledger import service as ledger
 from backend.ledger.models import COLLECTED
-from backend.orders import repository as repo
-from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment, PaymentLine, Refund
-from backend.orders.states import ATTEMPT_TRANSITIONS, ORDER_TRANSITIONS
+from backend.orders.models import Payment, Refund
+from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.outbox.service import enqueue
+from backend.sql import Statement, Tx
 
 # Orders that may have several live attempts at once (a QR any wallet opens; an agent's
 # refreshed code): only these need their other trades closed after a payment.
@@ -86,77 +85,86 @@ class Applied:
     payment_id: int | None = None
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _in(states: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{state}'" for state in states) + ")"
 
 
-# The hot path's statements, built once: building and cache-keying a statement per call
-# costs more Python than running it costs PostgreSQL.
-_LOCK_ATTEMPT = (
-    select(col(Attempt.id), col(Attempt.amount_fen), col(Order.id), col(Order.order_no),
-           col(Order.status), col(Order.year), col(Order.channel), col(Order.payer_role))
-    .join(Order, col(Order.id) == col(Attempt.order_id))
-    .where(col(Attempt.out_trade_no) == bindparam("no"),
-           col(Attempt.channel) == bindparam("ch"))
-    .with_for_update())
-_MARK_LINES_PAID = (
-    update(BillLine)
-    .where(col(BillLine.id) == col(OrderLine.bill_line_id),
-           col(OrderLine.order_id) == bindparam("order_id"), col(BillLine.status) == "unpaid")
-    .values(status="paid", paid_payment_id=bindparam("payment_id"),
-            paid_at=bindparam("paid_at"), paid_tier_yuan=OrderLine.tier_yuan,
-            paid_fen=OrderLine.amount_fen))
-# PostgreSQL returns the joined order line's columns too; SQLite's RETURNING sees only the
-# updated table, so there the lines are read after.
-_MARK_LINES_PAID_PG = _MARK_LINES_PAID.returning(
-    col(BillLine.id), col(OrderLine.insurance), col(OrderLine.amount_fen),
-    col(OrderLine.village_code), col(OrderLine.town_code))
-_MARK_LINES_PAID_SQLITE = _MARK_LINES_PAID.returning(col(BillLine.id))
-_ORDER_LINES = (
-    select(col(OrderLine.bill_line_id), col(OrderLine.insurance), col(OrderLine.amount_fen),
-           col(OrderLine.village_code), col(OrderLine.town_code))
-    .where(col(OrderLine.order_id) == bindparam("order_id"))
-    .order_by(col(OrderLine.bill_line_id)))
-_INSERT_PAYMENT_LINES = insert(PaymentLine)
-_INSERT_PAYMENT: dict[str, Any] = {}
-
-
-def _insert_payment(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _INSERT_PAYMENT:
-        ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        _INSERT_PAYMENT[dialect] = (
-            ins(Payment).values({c: bindparam(c) for c in (
-                "attempt_id", "order_id", "channel", "transaction_id", "amount_fen", "paid_at",
-                "business_date", "source", "refund_queued_fen", "created_at")})
-            .on_conflict_do_nothing(index_elements=["channel", "transaction_id"])
-            .returning(col(Payment.id)))
-    return _INSERT_PAYMENT[dialect]
+# The hot path's statements (see backend/sql.py for why they are text).
+_LOCK_ATTEMPT = Statement(
+    """SELECT attempts.id, attempts.amount_fen, orders.id, orders.order_no, orders.status,
+              orders.year, orders.channel, orders.payer_role
+       FROM attempts JOIN orders ON orders.id = attempts.order_id
+       WHERE attempts.out_trade_no = :no AND attempts.channel = :ch""",
+    postgresql="""SELECT attempts.id, attempts.amount_fen, orders.id, orders.order_no,
+              orders.status, orders.year, orders.channel, orders.payer_role
+       FROM attempts JOIN orders ON orders.id = attempts.order_id
+       WHERE attempts.out_trade_no = :no AND attempts.channel = :ch FOR UPDATE""")
+_INSERT_PAYMENT = Statement(
+    """INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, paid_at,
+                             business_date, source, refund_queued_fen, created_at)
+       VALUES (:attempt_id, :order_id, :channel, :transaction_id, :amount_fen, :paid_at,
+               :business_date, :source, 0, :now)
+       ON CONFLICT (channel, transaction_id) DO NOTHING RETURNING id""")
+_ATTEMPT_PAID = Statement(
+    f"""UPDATE attempts SET status = 'paid', transaction_id = :transaction_id,
+               paid_at = :paid_at, updated_at = :now
+        WHERE id = :id AND status IN {_in(ATTEMPT_TRANSITIONS["paid"])}""")
+_OTHER_LIVE_ATTEMPT = Statement(
+    f"""SELECT id FROM attempts WHERE order_id = :order_id AND id <> :id
+        AND status IN {_in(LIVE_ATTEMPT_STATES)} LIMIT 1""")
+_ORDER_PAID = Statement(
+    f"""UPDATE orders SET status = 'paid', paid_at = :paid_at,
+               channel_transaction_id = :transaction_id, updated_at = :now
+        WHERE id = :id AND status IN {_in(ORDER_TRANSITIONS["paid"])}""")
+# One statement marks every line of the order that is still unpaid. PostgreSQL returns the
+# joined order line's columns too; SQLite's RETURNING sees only the updated table, so there
+# the lines are read after.
+_MARK_LINES_PAID = Statement(
+    """UPDATE bill_lines SET status = 'paid', paid_payment_id = :payment_id, paid_at = :paid_at,
+              paid_tier_yuan = order_lines.tier_yuan, paid_fen = order_lines.amount_fen
+       FROM order_lines
+       WHERE bill_lines.id = order_lines.bill_line_id AND order_lines.order_id = :order_id
+         AND bill_lines.status = 'unpaid'
+       RETURNING bill_lines.id""",
+    postgresql="""UPDATE bill_lines SET status = 'paid', paid_payment_id = :payment_id,
+              paid_at = :paid_at, paid_tier_yuan = order_lines.tier_yuan,
+              paid_fen = order_lines.amount_fen
+       FROM order_lines
+       WHERE bill_lines.id = order_lines.bill_line_id AND order_lines.order_id = :order_id
+         AND bill_lines.status = 'unpaid'
+       RETURNING bill_lines.id, order_lines.insurance, order_lines.amount_fen,
+                 order_lines.village_code, order_lines.town_code""")
+_ORDER_LINES = Statement(
+    """SELECT bill_line_id, insurance, amount_fen, village_code, town_code
+       FROM order_lines WHERE order_id = :order_id ORDER BY bill_line_id""")
+_PAYMENT_LINE_COLUMNS = ("payment_id", "bill_line_id", "amount_fen", "applied")
 
 
 def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied:
+    tx = Tx(session)
     # Locks the attempt and its order together: every confirmation of one trade, and of
     # the other trades of the same order, queues here.
-    row = session.execute(_LOCK_ATTEMPT, {"no": c.out_trade_no, "ch": c.channel}).first()
+    row = tx.one(_LOCK_ATTEMPT, no=c.out_trade_no, ch=c.channel)
     if row is None:
         raise UnknownTrade(c.out_trade_no)
     attempt_id, attempt_fen, order_id, order_no, order_status, year, order_channel, role = row
-    assert attempt_id is not None and order_id is not None
     if c.amount_fen != attempt_fen:
         raise AmountMismatch(f"the channel reports {c.amount_fen} fen, the attempt is for "
                              f"{attempt_fen} fen")
     day = business_date(c.paid_at)
-    payment_id = session.execute(_insert_payment(session), {
-        "attempt_id": attempt_id, "order_id": order_id, "channel": c.channel,
-        "transaction_id": c.transaction_id, "amount_fen": c.amount_fen, "paid_at": c.paid_at,
-        "business_date": day, "source": c.source, "refund_queued_fen": 0,
-        "created_at": utcnow()}).scalar()
-    if payment_id is None:
+    now = utcnow()
+    # The payment's unique (channel, transaction_id) is the repeat check: no look-up first.
+    inserted = tx.one(_INSERT_PAYMENT, attempt_id=attempt_id, order_id=order_id,
+                      channel=c.channel, transaction_id=c.transaction_id,
+                      amount_fen=c.amount_fen, paid_at=c.paid_at, business_date=day,
+                      source=c.source, now=now)
+    if inserted is None:
         return Applied("repeat", order_no)
-    repo.move_attempt(session, attempt_id, ATTEMPT_TRANSITIONS["paid"], "paid",
-                      transaction_id=c.transaction_id, paid_at=c.paid_at)
+    payment_id = int(inserted[0])
+    tx.rowcount(_ATTEMPT_PAID, id=attempt_id, transaction_id=c.transaction_id,
+                paid_at=c.paid_at, now=now)
     if (order_channel in MULTI_ATTEMPT_CHANNELS or role == "agent") and \
-            repo.has_other_live_attempts(session, order_id, attempt_id):
+            tx.one(_OTHER_LIVE_ATTEMPT, order_id=order_id, id=attempt_id) is not None:
         # Two wallets opened one aggregate QR: close the other trade before it, too, is
         # paid (if it already was, closing finds that and the surplus is refunded).
         enqueue(session, "close_siblings", {"order_id": order_id, "paid_attempt": attempt_id})
@@ -169,26 +177,22 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
 def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
                   debit: ledger.Account, entry_kind: str, refundable: bool = True) -> Applied:
     """Mark the order's bill lines paid by ``payment`` and post the ledger entry."""
-    # One statement marks every line that is still unpaid and says what they were; the
-    # partial unique index on applied payment lines is the backstop if anything ever got
-    # past it. Only when some line was paid already are all the lines read.
-    params = {"order_id": order.id, "payment_id": payment.id, "paid_at": payment.paid_at}
-    if session.get_bind().dialect.name == "postgresql":
-        won = session.execute(_MARK_LINES_PAID_PG, params).all()
-        won_ids = {line_id for line_id, *_ in won}
-        complete = sum(fen for _, _, fen, _, _ in won) == payment.amount_fen
-        lines = sorted(won) if complete else []
-    else:
-        won_ids = set(session.execute(_MARK_LINES_PAID_SQLITE, params).scalars())
-        lines = []
+    tx = Tx(session)
+    # The partial unique index on applied payment lines is the backstop if anything ever
+    # got past the UPDATE. Only when some line was paid already are all the lines read.
+    won = tx.all(_MARK_LINES_PAID, order_id=order.id, payment_id=payment.id,
+                 paid_at=payment.paid_at)
+    won_ids = {line_id for line_id, *_ in won}
+    lines: list[tuple[Any, ...]] = []
+    if tx.postgres and sum(row[2] for row in won) == payment.amount_fen:
+        lines = sorted(won)
     if not lines:
-        lines = list(session.execute(_ORDER_LINES, {"order_id": order.id}).all())
+        lines = tx.all(_ORDER_LINES, order_id=order.id)
     duplicate_fen = sum(fen for line_id, _, fen, _, _ in lines if line_id not in won_ids)
     if duplicate_fen and not refundable:
         raise AlreadyPaid(order.order_no)
-    session.execute(_INSERT_PAYMENT_LINES, [
-        {"payment_id": payment.id, "bill_line_id": line_id, "amount_fen": fen,
-         "applied": line_id in won_ids} for line_id, _, fen, _, _ in lines])
+    tx.insert_rows("payment_lines", _PAYMENT_LINE_COLUMNS, [
+        (payment.id, line_id, fen, line_id in won_ids) for line_id, _, fen, _, _ in lines])
     legs: list[ledger.Leg] = []
     for line_id, insurance, fen, village, town in lines:
         where = {"village_code": village, "town_code": town, "channel": payment.channel}
@@ -210,8 +214,10 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
                       business_date=payment.business_date, occurred_at=payment.paid_at,
                       legs=legs, payment_id=payment.id)
     if order.status in ORDER_TRANSITIONS["paid"]:
-        repo.move_order(session, order.id, ORDER_TRANSITIONS["paid"], "paid",
-                        paid_at=payment.paid_at, channel_transaction_id=payment.transaction_id)
+        tx.rowcount(_ORDER_PAID, id=order.id, paid_at=payment.paid_at,
+                    transaction_id=payment.transaction_id, now=utcnow())
+    if session.identity_map:
+        session.expire_all()     # an agent's order object, say: reloaded when next read
     if duplicate_fen == 0:
         outcome = "applied"
     elif duplicate_fen == payment.amount_fen:

@@ -1,0 +1,128 @@
+"""Hot-path SQL: a few statements written once as text, run on the driver's own cursor.
+
+Every notification runs the same handful of statements. Through the ORM or Core, each call
+builds, cache-keys and compiles its statement and processes its result: about ten times the
+CPU that PostgreSQL spends running it (``bench/README.md``, "Notifications"). These
+statements are plain SQL with ``:name`` parameters, run on the DBAPI connection of the
+session's own transaction — so they commit or roll back with everything else the session
+did — prepared on the server by psycopg, and with their parameters converted exactly as the
+columns' SQLAlchemy types would store them (the SQLite storage of ``UTCDateTime``, ``Date``
+and ``JSON``), so rows written here and rows written by the ORM cannot be told apart.
+
+Only the money path uses this; everything else stays with the ORM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from psycopg.types.json import Json
+from sqlalchemy.orm import Session
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_QUOTED = re.compile(r"('(?:[^']|'')*')")
+
+
+def _pyformat(sql: str) -> str:
+    """``:name`` → ``%(name)s`` outside string literals; a literal ``%`` is doubled."""
+    parts = _QUOTED.split(sql)
+    return "".join(part.replace("%", "%%") if k % 2 else _PARAM.sub(r"%(\1)s", part.replace(
+        "%", "%%")) for k, part in enumerate(parts))
+
+
+class Statement:
+    """One statement's text for each dialect; ``:name`` parameters in both."""
+
+    __slots__ = ("sqlite", "postgresql")
+
+    def __init__(self, sql: str, *, postgresql: str | None = None) -> None:
+        self.sqlite = " ".join(sql.split())
+        self.postgresql = _pyformat(" ".join((postgresql or sql).split()))
+
+    def __repr__(self) -> str:
+        return f"Statement({self.sqlite!r})"
+
+
+def _sqlite_value(value: Any) -> Any:
+    # As SQLAlchemy's SQLite types store them: UTCDateTime as naive UTC text with
+    # microseconds, Date as ISO text, JSON as json.dumps text.
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return value
+
+
+def _pg_value(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    if isinstance(value, dict | list):
+        return Json(value)
+    return value
+
+
+class Tx:
+    """The session's transaction, at the driver: ``Tx(session).one(stmt, **params)``.
+
+    The session's ORM objects do not see what is written here: a caller that holds some
+    expires them (``apply_payment`` does).
+    """
+
+    __slots__ = ("postgres", "_dbapi")
+
+    def __init__(self, session: Session) -> None:
+        # What the session holds unwritten goes first: rows here may refer to it.
+        session.flush()
+        connection = session.connection()      # begins the session's transaction if need be
+        self.postgres = connection.dialect.name == "postgresql"
+        self._dbapi: Any = connection.connection.dbapi_connection
+
+    def _run(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
+        cur = self._dbapi.cursor()
+        if self.postgres:
+            cur.execute(stmt.postgresql, {k: _pg_value(v) for k, v in params.items()},
+                        prepare=True)
+        else:
+            cur.execute(stmt.sqlite, {k: _sqlite_value(v) for k, v in params.items()})
+        return cur
+
+    def one(self, stmt: Statement, **params: Any) -> tuple[Any, ...] | None:
+        """The first row, or None."""
+        return self._run(stmt, params).fetchone()  # type: ignore[no-any-return]
+
+    def all(self, stmt: Statement, **params: Any) -> list[tuple[Any, ...]]:
+        return list(self._run(stmt, params).fetchall())
+
+    def rowcount(self, stmt: Statement, **params: Any) -> int:
+        return int(self._run(stmt, params).rowcount)
+
+    def insert_rows(self, table: str, columns: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """One multi-row INSERT (one round trip); its text is made once per row count."""
+        if not rows:
+            return
+        stmt = _multi_insert(table, tuple(columns), len(rows))
+        self._run(stmt, {f"{c}_{i}": v for i, row in enumerate(rows)
+                         for c, v in zip(columns, row, strict=True)})
+
+
+_MULTI: dict[tuple[str, tuple[str, ...], int], Statement] = {}
+
+
+def _multi_insert(table: str, columns: tuple[str, ...], n: int) -> Statement:
+    key = (table, columns, n)
+    stmt = _MULTI.get(key)
+    if stmt is None:
+        values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")"
+                           for i in range(n))
+        stmt = _MULTI[key] = Statement(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}")
+    return stmt
