@@ -98,40 +98,6 @@ def time_channel_calls(runtime: Any) -> None:
         client.create = _timed("channel", client.create)
 
 
-def what_if(runtime: Any) -> None:
-    """Experiments, off unless asked for (nothing in backend/ changes): the engine built
-    with other pool settings — BENCH_POOL="size,overflow", BENCH_NO_PRE_PING=1."""
-    pool = os.environ.get("BENCH_POOL")
-    no_ping = os.environ.get("BENCH_NO_PRE_PING") == "1"
-    if not (pool or no_ping):
-        return
-    from backend.db import make_engine
-
-    kw: dict[str, Any] = {}
-    if pool:
-        size, overflow = pool.split(",")
-        kw.update(pool_size=int(size), max_overflow=int(overflow))
-    if no_ping:
-        kw["pool_pre_ping"] = False
-    runtime.__dict__["engine"] = make_engine(runtime.settings.resolved_database_url, **kw)
-
-
-class ThreadLimit:
-    """BENCH_THREADS=N: the size of the thread pool sync endpoints run in (anyio's default
-    limiter, 40), set on the first request (it belongs to the event loop)."""
-
-    def __init__(self, app: ASGIApp, tokens: int) -> None:
-        self.app, self.tokens, self.done = app, tokens, False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.done:
-            import anyio.to_thread
-
-            anyio.to_thread.current_default_thread_limiter().total_tokens = self.tokens
-            self.done = True
-        await self.app(scope, receive, send)
-
-
 def create() -> ASGIApp:
     import backend
     from backend.app import create_app
@@ -145,12 +111,8 @@ def create() -> ASGIApp:
     settings = get_settings()
     configure_logging(settings.log_level)
     runtime = Runtime(settings)
-    what_if(runtime)
     time_channel_calls(runtime)
-    app: ASGIApp = ServerTiming(create_app(runtime=runtime))
-    if os.environ.get("BENCH_THREADS"):
-        app = ThreadLimit(app, int(os.environ["BENCH_THREADS"]))
-    return app
+    return ServerTiming(create_app(runtime=runtime))
 
 
 def server_timing(header: str | None) -> dict[str, float]:

@@ -23,7 +23,7 @@
    refunds; the ledger (when present): one entry and one "collected" posting per order,
    every entry balanced, totals equal the payments.
 6. The baseline: the orders reset to pending, then ``pgbench -n -M prepared -c C -j 2 -t T
-   -f bench/notify_baseline.sql`` (C×T = 30,000 orders by default) — per order, the same
+   -f bench/notify_baseline.sql`` (C×T = every order by default, as the load pays them) — per order, the same
    statements the notification path runs (see ``bench/baseline_sql.py`` and
    ``bench/capture_sql.py``), 10% re-deliveries.
    The ratio is orders applied per second by the service ÷ pgbench transactions per second.
@@ -522,7 +522,10 @@ def run_pgbench(args: argparse.Namespace, url: str, numbers: sup.OrderNumbers,
     }
     logdir = tmp / f"pgbench-{run_no}"
     logdir.mkdir()
-    per_client = max(1, min(args.orders, args.pgbench_transactions) // args.concurrency)
+    # By default pgbench pays every order, as the load does: the tables grow alike (past
+    # shared_buffers at 100,000), so both sides meet the same database.
+    total = min(args.orders, args.pgbench_transactions or args.orders)
+    per_client = max(1, total // args.concurrency)
     cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(args.concurrency), "-j", "2",
            "-t", str(per_client), "-r", "-l", "--log-prefix", str(logdir / "tx"),
            "-f", str(args.baseline_path)]
@@ -628,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1", help="uvicorn worker processes, e.g. 1,2")
     p.add_argument("--runs", type=int, default=1, help="runs of each (median reported)")
     p.add_argument("--warmup", type=int, default=500, help="orders paid before timing")
-    p.add_argument("--pgbench-transactions", type=int, default=30_000,
+    p.add_argument("--pgbench-transactions", type=int, default=None,
                    help="pgbench transactions per run (at most --orders: each pays one)")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--allow-stale-baseline", action="store_true",
