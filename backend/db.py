@@ -65,7 +65,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
         return engine
     if "poolclass" not in kw:
         kw.setdefault("pool_size", 20)
-        kw.setdefault("max_overflow", 20)
+        # Room for every request thread (anyio's 40, the notification threads, the worker)
+        # to hold one at once; past pool_size they are opened and closed as needed.
+        kw.setdefault("max_overflow", 40)
         # No pre-ping: it costs a round trip on every checkout. Connections are recycled
         # instead, and a dead one fails its transaction, which the caller retries.
         kw.setdefault("pool_recycle", 1800)

@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from psycopg.types.json import Json
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -37,9 +38,11 @@ def _pyformat(sql: str) -> str:
 class Statement:
     """One statement's text for each dialect; ``:name`` parameters in both."""
 
-    __slots__ = ("sqlite", "postgresql")
+    __slots__ = ("sqlite", "postgresql", "prepare")
 
-    def __init__(self, sql: str, *, postgresql: str | None = None) -> None:
+    def __init__(self, sql: str, *, postgresql: str | None = None,
+                 prepare: bool = True) -> None:
+        self.prepare = prepare          # on PostgreSQL: a server-side prepared statement
         self.sqlite = " ".join(sql.split())
         self.postgresql = _pyformat(" ".join((postgresql or sql).split()))
 
@@ -72,26 +75,34 @@ def _pg_value(value: Any) -> Any:
 class Tx:
     """The session's transaction, at the driver: ``Tx(session).one(stmt, **params)``.
 
-    The session's ORM objects do not see what is written here: a caller that holds some
-    expires them (``apply_payment`` does).
+    The session's ORM objects do not see what is written here: code that changes rows a
+    caller may hold keeps the caller's copies in step (``payment_flow._in_step``).
     """
 
-    __slots__ = ("postgres", "_dbapi")
+    __slots__ = ("postgres", "_dbapi", "_dialect")
 
     def __init__(self, session: Session) -> None:
         # What the session holds unwritten goes first: rows here may refer to it.
         session.flush()
         connection = session.connection()      # begins the session's transaction if need be
-        self.postgres = connection.dialect.name == "postgresql"
+        self._dialect = connection.dialect
+        self.postgres = self._dialect.name == "postgresql"
         self._dbapi: Any = connection.connection.dbapi_connection
 
     def _run(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
         cur = self._dbapi.cursor()
-        if self.postgres:
-            cur.execute(stmt.postgresql, {k: _pg_value(v) for k, v in params.items()},
-                        prepare=True)
-        else:
-            cur.execute(stmt.sqlite, {k: _sqlite_value(v) for k, v in params.items()})
+        try:
+            if self.postgres:
+                cur.execute(stmt.postgresql, {k: _pg_value(v) for k, v in params.items()},
+                            prepare=stmt.prepare)
+            else:
+                cur.execute(stmt.sqlite, {k: _sqlite_value(v) for k, v in params.items()})
+        except self._dialect.loaded_dbapi.Error as err:
+            # The driver's error as SQLAlchemy's (IntegrityError, OperationalError, …), so
+            # callers handle it the same whichever layer ran the statement.
+            raise DBAPIError.instance(stmt.sqlite, dict(params), err,
+                                      self._dialect.loaded_dbapi.Error,
+                                      dialect=self._dialect) from err
         return cur
 
     def one(self, stmt: Statement, **params: Any) -> tuple[Any, ...] | None:
@@ -106,14 +117,18 @@ class Tx:
 
     def insert_rows(self, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
-        """One multi-row INSERT (one round trip); its text is made once per row count."""
-        if not rows:
-            return
-        stmt = _multi_insert(table, tuple(columns), len(rows))
-        self._run(stmt, {f"{c}_{i}": v for i, row in enumerate(rows)
-                         for c, v in zip(columns, row, strict=True)})
+        """Multi-row INSERTs: one round trip per ``ROWS_PER_INSERT`` rows."""
+        for k in range(0, len(rows), ROWS_PER_INSERT):
+            part = rows[k:k + ROWS_PER_INSERT]
+            stmt = _multi_insert(table, tuple(columns), len(part))
+            self._run(stmt, {f"{c}_{i}": v for i, row in enumerate(part)
+                             for c, v in zip(columns, row, strict=True)})
 
 
+# Well under both databases' limits on parameters per statement (SQLite 32,766; PostgreSQL
+# 65,535). The statements for a few rows — a payment's lines and postings — are kept.
+ROWS_PER_INSERT = 500
+_KEPT_ROWS = 16
 _MULTI: dict[tuple[str, tuple[str, ...], int], Statement] = {}
 
 
@@ -123,6 +138,8 @@ def _multi_insert(table: str, columns: tuple[str, ...], n: int) -> Statement:
     if stmt is None:
         values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")"
                            for i in range(n))
-        stmt = _MULTI[key] = Statement(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}")
+        stmt = Statement(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}",
+                         prepare=n <= _KEPT_ROWS)
+        if n <= _KEPT_ROWS:
+            _MULTI[key] = stmt
     return stmt

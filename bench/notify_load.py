@@ -23,8 +23,8 @@
    refunds; the ledger (when present): one entry and one "collected" posting per order,
    every entry balanced, totals equal the payments.
 6. The baseline: the orders reset to pending, then ``pgbench -n -M prepared -c C -j 2 -t T
-   -f bench/notify_baseline.sql`` (C×T = every order by default, as the load pays them) — per order, the same
-   statements the notification path runs (see ``bench/baseline_sql.py`` and
+   -f bench/notify_baseline.sql`` (C×T = every order by default, as the load pays them) —
+   per order, the same statements the notification path runs (see ``bench/baseline_sql.py`` and
    ``bench/capture_sql.py``), 10% re-deliveries.
    The ratio is orders applied per second by the service ÷ pgbench transactions per second.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
 from backend.db import unit_of_work
@@ -89,3 +90,17 @@ def test_multi_row_insert_and_rowcount(rt: Runtime) -> None:
         assert sorted(s.scalars(select(col(InboxNotification.dedupe_key))
                                 .where(col(InboxNotification.detail) == "seen"))) == [
             "k0", "k1", "k2"]
+
+
+def test_large_inserts_are_split_and_driver_errors_are_sqlalchemys(rt: Runtime) -> None:
+    at = datetime(2020, 11, 2, 1, 0, tzinfo=UTC)
+    columns = ("channel", "dedupe_key", "verified", "outcome", "headers", "body", "received_at")
+    with unit_of_work(rt.sessions) as s:        # more rows than one statement may carry
+        Tx(s).insert_rows("notification_inbox", columns,
+                          [("wechat", f"bulk{i}", True, "applied", {}, "b", at)
+                           for i in range(1203)])
+    with rt.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(InboxNotification)) == 1203
+    with rt.sessions() as s, pytest.raises(IntegrityError):   # the unique event index
+        Tx(s).insert_rows("notification_inbox", columns,
+                          [("wechat", "bulk7", True, "applied", {}, "b", at)])

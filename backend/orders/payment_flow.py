@@ -21,13 +21,15 @@ from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import col
 
 from backend.clock import business_date
 from backend.db import utcnow
 from backend.ledger import service as ledger
 from backend.ledger.models import COLLECTED
-from backend.orders.models import Payment, Refund
+from backend.orders.models import Attempt, Order, Payment, Refund
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.outbox.service import enqueue
 from backend.sql import Statement, Tx
@@ -140,6 +142,15 @@ _ORDER_LINES = Statement(
 _PAYMENT_LINE_COLUMNS = ("payment_id", "bill_line_id", "amount_fen", "applied")
 
 
+def _in_step(session: Session, model: type[Any], id_: int, **values: Any) -> None:
+    """What an ORM UPDATE's synchronize_session did: a caller's copy of a row changed here
+    shows the new values, without a reload (and still after commit)."""
+    obj = session.identity_map.get(identity_key(model, id_))
+    if obj is not None:
+        for name, value in values.items():
+            set_committed_value(obj, name, value)
+
+
 def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied:
     tx = Tx(session)
     # Locks the attempt and its order together: every confirmation of one trade, and of
@@ -161,8 +172,10 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
     if inserted is None:
         return Applied("repeat", order_no)
     payment_id = int(inserted[0])
-    tx.rowcount(_ATTEMPT_PAID, id=attempt_id, transaction_id=c.transaction_id,
-                paid_at=c.paid_at, now=now)
+    if tx.rowcount(_ATTEMPT_PAID, id=attempt_id, transaction_id=c.transaction_id,
+                   paid_at=c.paid_at, now=now):
+        _in_step(session, Attempt, attempt_id, status="paid", transaction_id=c.transaction_id,
+                 paid_at=c.paid_at, updated_at=now)
     if (order_channel in MULTI_ATTEMPT_CHANNELS or role == "agent") and \
             tx.one(_OTHER_LIVE_ATTEMPT, order_id=order_id, id=attempt_id) is not None:
         # Two wallets opened one aggregate QR: close the other trade before it, too, is
@@ -214,10 +227,11 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
                       business_date=payment.business_date, occurred_at=payment.paid_at,
                       legs=legs, payment_id=payment.id)
     if order.status in ORDER_TRANSITIONS["paid"]:
-        tx.rowcount(_ORDER_PAID, id=order.id, paid_at=payment.paid_at,
-                    transaction_id=payment.transaction_id, now=utcnow())
-    if session.identity_map:
-        session.expire_all()     # an agent's order object, say: reloaded when next read
+        now = utcnow()
+        if tx.rowcount(_ORDER_PAID, id=order.id, paid_at=payment.paid_at,
+                       transaction_id=payment.transaction_id, now=now):
+            _in_step(session, Order, order.id, status="paid", paid_at=payment.paid_at,
+                     channel_transaction_id=payment.transaction_id, updated_at=now)
     if duplicate_fen == 0:
         outcome = "applied"
     elif duplicate_fen == payment.amount_fen:
