@@ -29,6 +29,9 @@ import struct
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,11 +177,29 @@ def _wire_url(wire: WireCounter) -> str:
             "&gssencmode=disable")
 
 
-def count_statements(channel: Channel = Channel.WECHAT) -> tuple[int, int]:
-    """How many statements the notification path runs today, as PostgreSQL receives them:
-    (a new notification, the same one again). Used by notify_load.py to check that
-    notify_baseline.sql still mirrors it."""
-    from backend.notifications.service import handle
+@dataclass
+class Captured:
+    """A runtime whose engine connects through the wire counter, over seeded pending orders."""
+
+    rt: Any
+    wire: WireCounter
+    factory: Any
+    ranges: dict[Channel, range]
+
+    def run(self, channel: Channel, headers: dict[str, str], body: bytes) -> tuple[Any, list[
+            list[str]]]:
+        """One notification through the path: its answer and the round trips it made."""
+        from backend.notifications.service import handle
+
+        self.wire.log.clear()
+        self.wire.on = True
+        answer = handle(self.rt, channel, headers, body)
+        self.wire.on = False
+        return answer, list(self.wire.log)
+
+
+@contextmanager
+def captured(keep: bool = False) -> Iterator[Captured]:
     from backend.runtime import Runtime
 
     url = sup.database_url(DB)
@@ -191,26 +212,38 @@ def count_statements(channel: Channel = Channel.WECHAT) -> tuple[int, int]:
             settings = sup.bench_settings(_wire_url(wire), Path(tmp), 8000,
                                           log_level="WARNING")
             numbers = sup.order_numbers(settings)
-            ranges = sup.channel_ranges(PER_CHANNEL * len(Channel), {c: 1.0 for c in Channel})
-            sup.seed_pending_orders(url, PER_CHANNEL * len(Channel), ranges, numbers)
-            factory = sup.NotificationFactory(settings, numbers, 38_000)
+            n = PER_CHANNEL * len(Channel)
+            ranges = sup.channel_ranges(n, {c: 1.0 for c in Channel})
+            sup.seed_pending_orders(url, n, ranges, numbers)
             rt = Runtime(settings)
-            ids = list(ranges[channel])
-            for i in ids[:2]:
-                handle(rt, channel, *factory.build(channel, i)[1:])
-            _, headers, body = factory.build(channel, ids[2])
-            counts = []
-            for _ in range(2):
-                wire.log.clear()
-                wire.on = True
-                handle(rt, channel, headers, body)
-                wire.on = False
-                counts.append(sum(_is_statement(x) for trip in wire.log for x in trip))
-            return counts[0], counts[1]
+            yield Captured(rt, wire, sup.NotificationFactory(settings, numbers, 38_000), ranges)
     finally:
         if rt is not None:
             rt.close()
-        sup.drop_database(url)
+        if not keep:
+            sup.drop_database(url)
+
+
+def _warm_up(c: Captured, channel: Channel, ids: list[int]) -> None:
+    """Past psycopg's prepare threshold, keys and pool warm."""
+    for i in ids:
+        answer, _ = c.run(channel, *c.factory.build(channel, i)[1:])
+        assert answer.status in (200, 204), answer
+
+
+def count_statements(channel: Channel = Channel.WECHAT) -> tuple[int, int]:
+    """How many statements the notification path runs today, as PostgreSQL receives them:
+    (a new notification, the same one again). Used by notify_load.py to check that
+    notify_baseline.sql still mirrors it."""
+    with captured() as c:
+        ids = list(c.ranges[channel])
+        _warm_up(c, channel, ids[:2])
+        _, headers, body = c.factory.build(channel, ids[2])
+        counts = []
+        for _ in range(2):
+            _, trips = c.run(channel, headers, body)
+            counts.append(sum(_is_statement(x) for trip in trips for x in trip))
+        return counts[0], counts[1]
 
 
 def capture_order(channel: str, wire_on: bool, idempotency_key: bool = True) -> None:
@@ -312,51 +345,21 @@ def main(argv: list[str] | None = None) -> int:
         capture_order(args.order, args.wire, not args.no_idempotency_key)
         return 0
 
-    from backend.notifications.service import handle
-    from backend.runtime import Runtime
-
-    url = sup.database_url(DB)
-    sup.recreate_database(url)
-    rt = None
-    try:
-        upgrade(url)
-        with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
-            wire = WireCounter()
-            settings = sup.bench_settings(_wire_url(wire), Path(tmp), 8000,
-                                          log_level="WARNING")
-            numbers = sup.order_numbers(settings)
-            channels = [c for c in Channel if args.channel in ("all", c.value)]
-            n = PER_CHANNEL * len(Channel)
-            ranges = sup.channel_ranges(n, {c: 1.0 for c in Channel})
-            sup.seed_pending_orders(url, n, ranges, numbers)
-            factory = sup.NotificationFactory(settings, numbers, 38_000)
-            rt = Runtime(settings)
-            for ch in channels:
-                ids = list(ranges[ch])
-                for i in ids[:6]:                          # warm-up: past prepare_threshold
-                    _, headers, body = factory.build(ch, i)
-                    answer = handle(rt, ch, headers, body)
-                    assert answer.status in (200, 204), answer
-                _, headers, body = factory.build(ch, ids[6])
-                for label in ("new notification", "the same notification again"):
-                    wire.log.clear()
-                    wire.on = True
-                    answer = handle(rt, ch, headers, body)
-                    wire.on = False
-                    trips = list(wire.log)
-                    n_stmts = sum(_is_statement(x) for trip in trips for x in trip)
-                    print(f"\n=== {ch.value}: {label} → HTTP {answer.status} "
-                          f"{answer.body[:40]!r}")
-                    print(f"--- PostgreSQL received {n_stmts} statements in {len(trips)} "
-                          "round trips (a line each):")
-                    for k, trip in enumerate(trips):
-                        for j, x in enumerate(trip):
-                            print(f"  {str(k + 1) + '.' if j == 0 else '':>4} {x[:400]}")
-    finally:
-        if rt is not None:
-            rt.close()
-        if not args.keep:
-            sup.drop_database(url)
+    channels = [c for c in Channel if args.channel in ("all", c.value)]
+    with captured(args.keep) as c:
+        for ch in channels:
+            ids = list(c.ranges[ch])
+            _warm_up(c, ch, ids[:6])
+            _, headers, body = c.factory.build(ch, ids[6])
+            for label in ("new notification", "the same notification again"):
+                answer, trips = c.run(ch, headers, body)
+                n_stmts = sum(_is_statement(x) for trip in trips for x in trip)
+                print(f"\n=== {ch.value}: {label} → HTTP {answer.status} {answer.body[:40]!r}")
+                print(f"--- PostgreSQL received {n_stmts} statements in {len(trips)} "
+                      "round trips (a line each):")
+                for k, trip in enumerate(trips):
+                    for j, x in enumerate(trip):
+                        print(f"  {str(k + 1) + '.' if j == 0 else '':>4} {x[:400]}")
     return 0
 
 
