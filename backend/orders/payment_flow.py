@@ -6,10 +6,11 @@ line marked paid at most once, any surplus kept as money received and queued for
 the order moved through its transition table, and one balanced ledger entry — all in the
 caller's single transaction.
 
-This is the hot path of every notification, so it speaks SQL (Core) rather than the ORM
-and keeps round trips few: one statement locks the attempt with its order, the payment is
-inserted with ``ON CONFLICT DO NOTHING`` (a repeat costs no extra look-up), and all bill
-lines of an order are marked paid by one ``UPDATE … FROM order_lines``.
+This is the hot path of every notification, so its statements are SQL text run at the
+driver (``backend/sql.py``) and round trips are few: one statement locks the attempt with
+its order, the payment is inserted with ``ON CONFLICT DO NOTHING`` (a repeat costs no extra
+look-up), and all bill lines of an order are marked paid by one ``UPDATE … FROM
+order_lines``.
 """
 
 from __future__ import annotations
@@ -92,15 +93,12 @@ def _in(states: tuple[str, ...]) -> str:
 
 
 # The hot path's statements (see backend/sql.py for why they are text).
-_LOCK_ATTEMPT = Statement(
-    """SELECT attempts.id, attempts.amount_fen, orders.id, orders.order_no, orders.status,
-              orders.year, orders.channel, orders.payer_role
-       FROM attempts JOIN orders ON orders.id = attempts.order_id
-       WHERE attempts.out_trade_no = :no AND attempts.channel = :ch""",
-    postgresql="""SELECT attempts.id, attempts.amount_fen, orders.id, orders.order_no,
-              orders.status, orders.year, orders.channel, orders.payer_role
-       FROM attempts JOIN orders ON orders.id = attempts.order_id
-       WHERE attempts.out_trade_no = :no AND attempts.channel = :ch FOR UPDATE""")
+_LOCK_SQL = """SELECT attempts.id, attempts.amount_fen, orders.id, orders.order_no,
+                     orders.status, orders.year, orders.channel, orders.payer_role
+              FROM attempts JOIN orders ON orders.id = attempts.order_id
+              WHERE attempts.out_trade_no = :no AND attempts.channel = :ch"""
+# SQLite has no FOR UPDATE: its transactions begin IMMEDIATE, one writer at a time.
+_LOCK_ATTEMPT = Statement(_LOCK_SQL, postgresql=_LOCK_SQL + " FOR UPDATE")
 _INSERT_PAYMENT = Statement(
     """INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, paid_at,
                              business_date, source, refund_queued_fen, created_at)
@@ -121,21 +119,15 @@ _ORDER_PAID = Statement(
 # One statement marks every line of the order that is still unpaid. PostgreSQL returns the
 # joined order line's columns too; SQLite's RETURNING sees only the updated table, so there
 # the lines are read after.
-_MARK_LINES_PAID = Statement(
-    """UPDATE bill_lines SET status = 'paid', paid_payment_id = :payment_id, paid_at = :paid_at,
-              paid_tier_yuan = order_lines.tier_yuan, paid_fen = order_lines.amount_fen
-       FROM order_lines
-       WHERE bill_lines.id = order_lines.bill_line_id AND order_lines.order_id = :order_id
-         AND bill_lines.status = 'unpaid'
-       RETURNING bill_lines.id""",
-    postgresql="""UPDATE bill_lines SET status = 'paid', paid_payment_id = :payment_id,
-              paid_at = :paid_at, paid_tier_yuan = order_lines.tier_yuan,
-              paid_fen = order_lines.amount_fen
-       FROM order_lines
-       WHERE bill_lines.id = order_lines.bill_line_id AND order_lines.order_id = :order_id
-         AND bill_lines.status = 'unpaid'
-       RETURNING bill_lines.id, order_lines.insurance, order_lines.amount_fen,
-                 order_lines.village_code, order_lines.town_code""")
+_MARK_SQL = """UPDATE bill_lines SET status = 'paid', paid_payment_id = :payment_id,
+                     paid_at = :paid_at, paid_tier_yuan = order_lines.tier_yuan,
+                     paid_fen = order_lines.amount_fen
+              FROM order_lines
+              WHERE bill_lines.id = order_lines.bill_line_id
+                AND order_lines.order_id = :order_id AND bill_lines.status = 'unpaid'
+              RETURNING bill_lines.id"""
+_MARK_LINES_PAID = Statement(_MARK_SQL, postgresql=_MARK_SQL + """, order_lines.insurance,
+    order_lines.amount_fen, order_lines.village_code, order_lines.town_code""")
 _ORDER_LINES = Statement(
     """SELECT bill_line_id, insurance, amount_fen, village_code, town_code
        FROM order_lines WHERE order_id = :order_id ORDER BY bill_line_id""")

@@ -105,14 +105,6 @@ def move_order(session: Session, order_id: int, allowed_from: Sequence[str], to:
     return bool(result.rowcount)
 
 
-def has_other_live_attempts(session: Session, order_id: int, attempt_id: int) -> bool:
-    from backend.orders.states import LIVE_ATTEMPT_STATES
-
-    return session.scalar(select(col(Attempt.id)).where(
-        col(Attempt.order_id) == order_id, col(Attempt.id) != attempt_id,
-        col(Attempt.status).in_(LIVE_ATTEMPT_STATES)).limit(1)) is not None
-
-
 def payments_of(session: Session, order_id: int) -> list[Payment]:
     return list(session.scalars(select(Payment).where(col(Payment.order_id) == order_id)))
 
