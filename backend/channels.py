@@ -9,7 +9,7 @@ verifies with their public halves exactly as it would against the real channel.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -21,10 +21,12 @@ from backend.config import Settings
 from payment_adapters.base import (
     AlipayConfig,
     Channel,
+    Clock,
     NotificationVerifier,
     PaymentClient,
     UnionpayConfig,
     WechatConfig,
+    real_clock,
 )
 from payment_adapters.sandbox.core import ChannelSimulator, SandboxState
 
@@ -82,6 +84,9 @@ def _read(path: str) -> str:
 @dataclass
 class Channels:
     settings: Settings
+    # the business clock: the clients date order numbers, bill dates and expiry by it, and
+    # the simulator its payments and refunds
+    clock: Clock = field(default=real_clock)
 
     @property
     def sandbox(self) -> bool:
@@ -167,8 +172,8 @@ class Channels:
         from payment_adapters.wechat import WechatPayClient
 
         return {Channel.WECHAT: WechatPayClient(self.wechat_config),
-                Channel.ALIPAY: AlipayClient(self.alipay_config),
-                Channel.UNIONPAY: UnionpayClient(self.unionpay_config)}
+                Channel.ALIPAY: AlipayClient(self.alipay_config, clock=self.clock),
+                Channel.UNIONPAY: UnionpayClient(self.unionpay_config, clock=self.clock)}
 
     @cached_property
     def verifiers(self) -> dict[Channel, NotificationVerifier]:
@@ -182,7 +187,7 @@ class Channels:
 
     @cached_property
     def sandbox_state(self) -> SandboxState:
-        return SandboxState()
+        return SandboxState(self.clock)
 
     @cached_property
     def simulators(self) -> dict[Channel, ChannelSimulator]:

@@ -60,7 +60,7 @@ class Runtime:
 
     @cached_property
     def channels(self) -> Channels:
-        return Channels(self.settings)
+        return Channels(self.settings, self.clock.now)
 
     @cached_property
     def policy(self) -> Policy:

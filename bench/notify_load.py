@@ -447,9 +447,9 @@ def check_database(url: str, n: int) -> dict[str, Any]:
                 "HAVING sum(amount_fen) <> 0) x"), 0)
             expect("postings sum", one("SELECT coalesce(sum(amount_fen), 0) FROM postings"), 0)
             expect("collected postings", one("SELECT count(*) FROM postings "
-                                             "WHERE measure = 'collected'"), n)
+                                             "WHERE measure IN ('collected', 'duplicate')"), n)
             expect("collected fen", one("SELECT coalesce(sum(amount_fen), 0) FROM postings "
-                                        "WHERE measure = 'collected'"), total)
+                                        "WHERE measure IN ('collected', 'duplicate')"), total)
         else:
             out["ledger"] = "no ledger tables in this schema"
     out["problems"] = problems

@@ -8,11 +8,20 @@ it or to the real channel, except for the base URL and keys they are given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol
+
+# The business clock (an aware "now"). Everything a channel dates — order numbers, bill
+# dates, expiry, the simulator's payment and refund times — reads it; only signature
+# timestamps and their freshness checks read the real clock.
+Clock = Callable[[], datetime]
+
+
+def real_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 class Channel(StrEnum):

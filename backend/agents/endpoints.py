@@ -64,7 +64,8 @@ def qr_status(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> QrS
         content = orders.qr_content_of(rt, order, repo.attempts_of(s, order.id))  # type: ignore[arg-type]
         return QrStatus(order_no=order.order_no, status=order.status,
                         amount_fen=order.amount_fen, expires_at=order.expires_at,
-                        expired=order.status == "pending" and order.expires_at <= utcnow(),
+                        expired=(order.status == "pending"
+                                 and order.expires_at <= rt.clock.now()),
                         paid_at=order.paid_at, qr_content=content,
                         qr_image_url=orders.qr_image_url(rt, order))
 
@@ -77,7 +78,7 @@ def refresh_qr(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> Qr
         if order.status != "pending":
             raise Conflict(f"order {order_no} is {order.status}", code="order_not_payable")
         order.qr_token = secrets.token_urlsafe(24)
-        order.expires_at = utcnow() + orders.AGENT_QR_TTL
+        order.expires_at = rt.clock.now() + orders.AGENT_QR_TTL
         order.updated_at = utcnow()
         attempt = None
         target = orders.API_CHANNELS[order.channel]

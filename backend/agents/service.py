@@ -9,7 +9,7 @@ from sqlmodel import col
 from backend.agents.models import AgentCollection
 from backend.agents.schemas import CollectionIn, CollectionOut, RemittanceIn, RemittanceOut
 from backend.clock import business_date
-from backend.db import unit_of_work, utcnow
+from backend.db import unit_of_work
 from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.ledger import service as ledger
 from backend.ledger.models import REMITTED, LedgerAccount, Remittance
@@ -41,7 +41,7 @@ def record_collection(rt: Runtime, principal: Principal, body: CollectionIn) -> 
             order, lines = orders.write_lines(rt, s, principal, body.year, body.items,
                                               channel=body.method,
                                               village_code=principal.village_code)
-            now = utcnow()
+            now = rt.clock.now()
             payment = Payment(order_id=order.id, channel=body.method,  # type: ignore[arg-type]
                               transaction_id=f"{aid}:{body.receipt_no}",
                               amount_fen=order.amount_fen, paid_at=now,
@@ -85,7 +85,7 @@ def _receipt_taken(receipt_no: str, order_no: str | None) -> Conflict:
 
 def record_remittance(rt: Runtime, principal: Principal, body: RemittanceIn) -> RemittanceOut:
     aid = agent_id(principal)
-    today = business_date(utcnow())
+    today = rt.clock.today()
     if body.business_date > today:
         raise ValidationFailed(f"business_date: {body.business_date} is in the future")
     try:
@@ -116,7 +116,7 @@ def record_remittance(rt: Runtime, principal: Principal, body: RemittanceIn) -> 
                 s, kind="remittance",
                 reason=f"agent {aid} remitted cash of {body.business_date}, bank receipt "
                        f"{body.bank_receipt_no}",
-                business_date=body.business_date, occurred_at=utcnow(),
+                business_date=body.business_date, occurred_at=rt.clock.now(),
                 legs=[ledger.Leg(ledger.town_collection(village.town_code), body.amount_fen,
                                  **where),
                       ledger.Leg(cash, -body.amount_fen, measure=REMITTED, **where)],

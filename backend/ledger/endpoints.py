@@ -5,11 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from backend.clock import business_date
-from backend.db import utcnow
-from backend.deps import CurrentPrincipal, SessionDep
+from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
 from backend.errors import Forbidden
-from backend.ledger.models import COLLECTED, REFUNDED, REMITTED
+from backend.ledger.models import COLLECTED, DUPLICATE, REFUNDED, REMITTED
 from backend.ledger.repository import daily_measures
 from backend.ledger.schemas import DailyLedger, DailyRow, DailyTotals
 from backend.security.tokens import Principal
@@ -36,7 +34,7 @@ def _scope(principal: Principal, town: str | None, village: str | None) -> tuple
 
 
 @router.get("/daily", response_model=DailyLedger)
-def daily(session: SessionDep, principal: CurrentPrincipal,
+def daily(session: SessionDep, rt: RuntimeDep, principal: CurrentPrincipal,
           day: Annotated[date, Query(alias="date")],
           town: Annotated[str | None, Query(pattern=CODE)] = None,
           village: Annotated[str | None, Query(pattern=CODE)] = None) -> DailyLedger:
@@ -46,8 +44,10 @@ def daily(session: SessionDep, principal: CurrentPrincipal,
         row = rows.setdefault((t, v, channel), DailyRow(
             town_code=t, village_code=v, channel=channel, count=0, amount_fen=0,
             refunded_fen=0, remitted_fen=0))
-        if measure == COLLECTED:
+        if measure == COLLECTED:      # items paid: one posting each
             row.count += n
+            row.amount_fen += fen
+        elif measure == DUPLICATE:    # received, to be refunded: money, not an item paid
             row.amount_fen += fen
         elif measure == REFUNDED:
             row.refunded_fen += -fen
@@ -55,7 +55,7 @@ def daily(session: SessionDep, principal: CurrentPrincipal,
             row.remitted_fen += -fen
     # Cash is due at the town account by the end of the next day (日报解).
     overdue_after = day + timedelta(days=1)
-    today = business_date(utcnow())
+    today = rt.clock.today()
     for row in rows.values():
         if row.channel == "cash":
             row.outstanding_fen = row.amount_fen - row.refunded_fen - row.remitted_fen

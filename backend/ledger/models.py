@@ -24,8 +24,10 @@ DEPARTMENT_RECEIVABLE = "department_receivable"
 REFUNDS_PAYABLE = "refunds_payable"        # money received that we owe back
 CONTRIBUTIONS = "contributions"            # per insurance and year: what the fund is owed
 
-# what the daily ledger sums
-COLLECTED, REFUNDED, REMITTED = "collected", "refunded", "remitted"
+# What the daily ledger sums. Money received for an item someone else had paid already is
+# ``duplicate``: in the day's amount (it was received, and will be refunded) but not in its
+# count of items paid.
+COLLECTED, DUPLICATE, REFUNDED, REMITTED = "collected", "duplicate", "refunded", "remitted"
 
 
 class LedgerAccount(SQLModel, table=True):

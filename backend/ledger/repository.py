@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from backend.ledger.models import COLLECTED, REFUNDED, REMITTED, Posting
+from backend.ledger.models import COLLECTED, DUPLICATE, REFUNDED, REMITTED, Posting
 
 
 def daily_measures(session: Session, day: date, town: str | None,
@@ -27,4 +27,4 @@ def daily_measures(session: Session, day: date, town: str | None,
             session.execute(stmt)]
 
 
-MEASURES = (COLLECTED, REFUNDED, REMITTED)
+MEASURES = (COLLECTED, DUPLICATE, REFUNDED, REMITTED)

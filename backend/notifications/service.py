@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -79,7 +80,9 @@ def _record_event(session: Session, channel: Channel, note: Notification,
         body=body.decode("utf-8", "replace"), now=utcnow()) is not None
 
 
-def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str, str]:
+def _apply(session: Session, channel: Channel, note: Notification,
+           now: datetime) -> tuple[str, str]:
+    """``now``: the business clock, for a channel that gives no time of its own."""
     if note.kind == "payment" and note.succeeded:
         if not note.transaction_id:
             raise _Reject("rejected", "a success without a transaction id")
@@ -87,7 +90,7 @@ def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str,
             applied = confirm_channel_payment(session, ChannelConfirmation(
                 channel=channel.value, out_trade_no=note.out_trade_no,
                 transaction_id=note.transaction_id, amount_fen=note.amount_fen,
-                paid_at=note.paid_at or utcnow(), source="notification"))
+                paid_at=note.paid_at or now, source="notification"))
         except UnknownTrade:
             raise _Reject("unknown_order", f"no attempt {note.out_trade_no}") from None
         except AmountMismatch as exc:
@@ -104,7 +107,7 @@ def _apply(session: Session, channel: Channel, note: Notification) -> tuple[str,
             raise _Reject("unknown_order", f"no refund {note.out_refund_no}")
         if note.succeeded:
             complete_refund(session, refund.id, channel_refund_id=note.transaction_id,
-                            refunded_at=note.paid_at or utcnow())
+                            refunded_at=note.paid_at or now)
             return "refund_succeeded", f"refund {note.out_refund_no}"
         # A refund the channel gave up on stays with the worker, which retries and, at the
         # end, leaves it dead in the outbox for staff: never silently dropped.
@@ -126,7 +129,7 @@ def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
         return verifier.failure_answer(str(exc))
     try:
         with unit_of_work(rt.sessions) as s:
-            outcome, detail = _apply(s, channel, note)
+            outcome, detail = _apply(s, channel, note, rt.clock.now())
             if outcome != "repeat":
                 _record_event(s, channel, note, headers, body, outcome, detail)
     except _Reject as exc:

@@ -29,7 +29,7 @@ from sqlmodel import col
 from backend.clock import business_date
 from backend.db import utcnow
 from backend.ledger import service as ledger
-from backend.ledger.models import COLLECTED
+from backend.ledger.models import COLLECTED, DUPLICATE
 from backend.orders.models import Attempt, Order, Payment, Refund
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.outbox.service import enqueue
@@ -201,10 +201,12 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
     legs: list[ledger.Leg] = []
     for line_id, insurance, fen, village, town in lines:
         where = {"village_code": village, "town_code": town, "channel": payment.channel}
-        legs.append(ledger.Leg(debit, fen, measure=COLLECTED, **where))
-        credit = (ledger.contributions(insurance, order.year) if line_id in won_ids
-                  else ledger.REFUNDS)
-        legs.append(ledger.Leg(credit, -fen, **where))
+        if line_id in won_ids:
+            legs += [ledger.Leg(debit, fen, measure=COLLECTED, **where),
+                     ledger.Leg(ledger.contributions(insurance, order.year), -fen, **where)]
+        else:
+            legs += [ledger.Leg(debit, fen, measure=DUPLICATE, **where),
+                     ledger.Leg(ledger.REFUNDS, -fen, **where)]
     reason = f"order {order.order_no} paid by {payment.channel} {payment.transaction_id}"
     if duplicate_fen:
         session.execute(update(Payment).where(col(Payment.id) == payment.id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from backend.db import unit_of_work, utcnow
+from backend.db import unit_of_work
 from backend.errors import NotFound
 from backend.orders import repository as repo
 from backend.orders import service
@@ -68,9 +68,9 @@ def scan(rt: Runtime, token: str, user_agent: str) -> ScanOutcome:
                 "请稍候", "The payment is being prepared; scan again.", 409)
         if order.status == "paid":
             return _page("已缴费", "This order is paid. 缴费成功。")
-        if order.status != "pending" or order.expires_at <= utcnow():
+        now = rt.clock.now()
+        if order.status != "pending" or order.expires_at <= now:
             return _page("二维码已过期", "This QR code has expired; ask for a new one.", 410)
-        now = utcnow()
         reusable = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
                     if a.channel == channel.value and a.status == "pending" and a.qr_content
                     and a.expires_at > now]

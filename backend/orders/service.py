@@ -164,7 +164,7 @@ def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
                 ttl: timedelta = timedelta(0)) -> tuple[Order, list[OrderLine]]:
     """Check the items against the assessment and the bill lines; write order and lines."""
     items = _priced_items(rt, session, principal, year, wanted)
-    now = utcnow()  # expiry is real time: the channel's clock is real
+    now = rt.clock.now()   # the business clock: order numbers and expiry
     lines = repo.bill_lines_for(session, [(i.key[0], year, i.insurance) for i in items])
     for i in items:
         if lines[i.key].status == "paid":
@@ -377,7 +377,7 @@ def sync_attempt(rt: Runtime, attempt: Attempt) -> str:
                     transaction_id=status.transaction_id,
                     amount_fen=status.amount_fen if status.amount_fen is not None
                     else attempt.amount_fen,
-                    paid_at=status.paid_at or utcnow(), source="query"))
+                    paid_at=status.paid_at or rt.clock.now(), source="query"))
         except AmountMismatch as exc:
             record_anomaly(rt, attempt, str(exc), dict(status.raw))
             return "anomaly"

@@ -94,7 +94,7 @@ def execute_refund(rt: Runtime, refund_id: int) -> str:
     if result.state == "success":
         with unit_of_work(rt.sessions) as s:
             complete_refund(s, refund_id, channel_refund_id=result.refund_id,
-                            refunded_at=utcnow())
+                            refunded_at=rt.clock.now())
         return "succeeded"
     if result.state == "failed":
         raise RefundNotDone(f"{channel.value} refused refund {req.out_refund_no}")

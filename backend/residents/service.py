@@ -9,7 +9,6 @@ from typing import cast
 
 from sqlalchemy.orm import Session
 
-from backend.db import utcnow
 from backend.errors import NotFound, RateLimited, ValidationFailed
 from backend.orders.repository import item_states
 from backend.policy import Assessment, Policy, ResidentFacts, assess, policy_for_year
@@ -144,5 +143,5 @@ def lookup(rt: Runtime, session: Session, principal: Principal, client_ip: str, 
         log.info("lookup miss by %s", principal.role)
         raise NotFound("no registered resident with this name and ID number")
     assessment = assess_resident(session, policy, resident, rt.clock.now())
-    states = item_states(session, resident.id, year, utcnow())  # type: ignore[arg-type]
+    states = item_states(session, resident.id, year, rt.clock.now())  # type: ignore[arg-type]
     return render_lookup(rt, principal, resident, assessment, states)

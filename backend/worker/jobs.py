@@ -27,7 +27,7 @@ BATCH = 100
 
 def expire_orders(rt: Runtime) -> int:
     """Close pending orders past their expiry; return how many were looked at."""
-    cutoff = utcnow() - EXPIRY_GRACE
+    cutoff = rt.clock.now() - EXPIRY_GRACE   # expiry is business time
     with unit_of_work(rt.sessions) as s:
         due = list(s.scalars(select(Order).where(col(Order.status) == "pending",
                                                  col(Order.expires_at) < cutoff)

@@ -18,7 +18,7 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,12 +32,14 @@ from payment_adapters.base import (
     Channel,
     ChannelError,
     ChannelTimeout,
+    Clock,
     CreateRequest,
     CreateResult,
     RefundRequest,
     RefundResult,
     TradeState,
     TradeStatus,
+    real_clock,
 )
 
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -86,8 +88,9 @@ class AlipayClient:
 
     channel = Channel.ALIPAY
 
-    def __init__(self, config: AlipayConfig) -> None:
+    def __init__(self, config: AlipayConfig, *, clock: Clock = real_clock) -> None:
         self._config = config
+        self._clock = clock          # order numbers and expiry; request timestamps are real
         self._timeout = config.timeout_s
         self._sdk = AliPay(
             appid=config.appid,
@@ -104,7 +107,7 @@ class AlipayClient:
         if not _BASE.fullmatch(base):
             raise ValueError(f"base must be 1–24 of [0-9A-Za-z], got {base!r}")
         # A fresh number per attempt: after a failed precreate Alipay wants a NEW out_trade_no.
-        stamp = datetime.now(BEIJING).strftime("%y%m%d%H%M%S")
+        stamp = self._clock().astimezone(BEIJING).strftime("%y%m%d%H%M%S")
         return f"{base}_{stamp}{secrets.token_hex(3)}"
 
     def create(self, req: CreateRequest) -> CreateResult:
@@ -115,7 +118,7 @@ class AlipayClient:
             raise ValueError(f"amount_fen out of Alipay's range: {req.amount_fen}")
         if req.expires_at.tzinfo is None:
             raise ValueError("expires_at must be aware")
-        remaining = req.expires_at - datetime.now(UTC)
+        remaining = req.expires_at - self._clock()
         if remaining <= timedelta(0):
             raise ValueError(f"expires_at {req.expires_at.isoformat()} is already past")
         subject = _SUBJECT_FORBIDDEN.sub(" ", req.description).strip()[:256] or req.out_trade_no

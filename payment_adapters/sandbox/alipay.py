@@ -227,7 +227,7 @@ class AlipaySimulator:
             return _biz_error("ACQ.INVALID_PARAMETER", "订单总金额格式错误: total_amount")
         if not isinstance(subject, str) or not subject or len(subject) > 256:
             return _biz_error("ACQ.INVALID_PARAMETER", "参数无效: subject")
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = self._state.now()
         expires_at: datetime | None = None
         if "time_expire" in biz:
             try:
@@ -246,7 +246,7 @@ class AlipaySimulator:
         trade = self._state.put(SimTrade(
             channel=Channel.ALIPAY, out_trade_no=no, amount_fen=amount,
             notify_url=params.get("notify_url", ""), kind="qr", description=subject,
-            expires_at=expires_at, extra={"qr_code": qr},
+            expires_at=expires_at, created_at=now, extra={"qr_code": qr},
         ))
         if trade.amount_fen != amount:
             return _biz_error("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
@@ -288,7 +288,7 @@ class AlipaySimulator:
                                          "只有等待买家付款状态下才能发起交易关闭"))
                 return
             t.state = "closed"
-            t.extra["gmt_close"] = datetime.now(UTC).replace(microsecond=0)
+            t.extra["gmt_close"] = self._state.now()
             result.append(_ok(out_trade_no=t.out_trade_no))
 
         self._state.update(trade, close)
@@ -322,7 +322,7 @@ class AlipaySimulator:
             if t.refunded_fen + amount > total:
                 result.append(_biz_error("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限"))
                 return
-            at = datetime.now(UTC).replace(microsecond=0)
+            at = self._state.now()
             t.refunds.append({"out_request_no": request_no, "refund_fen": amount,
                               "reason": reason, "at": at})
             t.refunded_fen += amount
@@ -359,7 +359,7 @@ class AlipaySimulator:
         if status not in _NOTIFY_EVENTS:
             raise ValueError(f"Alipay notifies {', '.join(_NOTIFY_EVENTS)}, not {status!r}")
         fields = self._trade_fields(trade, status)
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = self._state.now()
         if status == "TRADE_FINISHED":
             self._state.update(trade, lambda t: t.extra.__setitem__("finished", True))
             fields["gmt_close"] = _bj(now)
@@ -381,7 +381,7 @@ class AlipaySimulator:
                 break
         refunded = sum(r["refund_fen"] for r in upto)
         status = "TRADE_CLOSED" if refunded >= total else "TRADE_SUCCESS"
-        at = refund.get("at") or datetime.now(UTC)
+        at = refund.get("at") or self._state.now()
         fields = self._trade_fields(trade, status, extra_id=refund["out_request_no"])
         fields.update(out_biz_no=refund["out_request_no"], refund_fee=_yuan(refunded),
                       gmt_refund=_bj(at))
@@ -390,7 +390,7 @@ class AlipaySimulator:
         return self._note(trade.notify_url, fields, bad_signature=False)
 
     def _trade_fields(self, trade: SimTrade, status: str, extra_id: str = "") -> dict[str, str]:
-        paid_at = trade.paid_at or datetime.now(UTC).replace(microsecond=0)
+        paid_at = trade.paid_at or self._state.now()
         trade_no = trade.transaction_id or f"2020110222001{self._state.next_seq():015d}"
         total = _yuan(trade.paid_fen if trade.paid_fen is not None else trade.amount_fen)
         # The same event always gets the same notify_id: Alipay resends it unchanged.
@@ -402,7 +402,7 @@ class AlipaySimulator:
             "gmt_create": _bj(trade.created_at),
             "charset": "utf-8",
             "gmt_payment": _bj(paid_at),
-            "notify_time": _bj(datetime.now(UTC)),
+            "notify_time": _bj(self._state.now()),
             "subject": trade.description,
             "sign_type": "RSA2",
             **{k: v for k, v in self._buyer(trade).items() if k != "buyer_user_id"},

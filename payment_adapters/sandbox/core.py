@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 import httpx
 from fastapi import APIRouter
 
-from payment_adapters.base import Channel
+from payment_adapters.base import Channel, Clock, real_clock
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,23 @@ class ChannelSimulator(Protocol):
 
 
 class SandboxState:
-    """All simulated trades of this process, thread-safe."""
+    """All simulated trades of this process, thread-safe, and the simulator's clock.
 
-    def __init__(self) -> None:
+    The simulated channels date what they report — payment and refund times, bill dates —
+    by the business clock they are given (``COLLECT_NOW`` in a demo), as the real channels
+    date them by the real one; signature timestamps stay real time.
+    """
+
+    def __init__(self, clock: Clock = real_clock) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._trades: dict[tuple[Channel, str], SimTrade] = {}
         self.faults: dict[Channel, Faults] = {c: Faults() for c in Channel}
         self._seq = 0
+
+    def now(self) -> datetime:
+        """The business clock, to the second (channels report whole seconds)."""
+        return self._clock().astimezone(UTC).replace(microsecond=0)
 
     def next_seq(self) -> int:
         with self._lock:
@@ -139,7 +149,7 @@ class SandboxState:
                 raise ValueError(f"trade {trade.out_trade_no} is {trade.state}, not payable")
             trade.state = "paid"
             trade.transaction_id = transaction_id
-            trade.paid_at = datetime.now(UTC).replace(microsecond=0)
+            trade.paid_at = self.now()
             trade.paid_fen = opts.amount_fen if opts.amount_fen is not None else trade.amount_fen
             return True
 

@@ -222,13 +222,13 @@ class UnionpaySimulator:
                     tzinfo=BEIJING)
             except ValueError:
                 raise _Refused("BAD_REQUEST", "expireTime 格式错误") from None
-        now = _now()
+        now = self._state.now().astimezone(BEIJING)
         qr_code_id = (f"{self._config.msg_src_id}{now:%y%m%d}"
                       f"{self._state.next_seq():016d}")
         trade = self._state.put(SimTrade(
             channel=self.channel, out_trade_no=bill_no, amount_fen=amount,
             notify_url=notify_url, kind="qr", description=str(req.get("billDesc") or ""),
-            expires_at=expires_at,
+            expires_at=expires_at, created_at=now,
             extra={"billDate": bill_date, "qrCodeId": qr_code_id,
                    "billQRCode": QR_URL + qr_code_id, "createTime": now.strftime(_TIME)}))
         if trade.amount_fen != amount or trade.extra["billDate"] != bill_date:
@@ -281,7 +281,7 @@ class UnionpaySimulator:
                 raise _Refused("INVALID_ORDER", "退款金额超过可退金额")
             record = {"refundOrderId": refund_order_id, "refundAmount": amount,
                       "refundTargetOrderId": f"{t.transaction_id}R{len(t.refunds) + 1}",
-                      "refundPayTime": _now().strftime(_TIME),
+                      "refundPayTime": self._state.now().astimezone(BEIJING).strftime(_TIME),
                       "refundDesc": str(req.get("refundDesc") or "")}
             t.refunds.append(record)
             t.refunded_fen += amount
@@ -306,7 +306,7 @@ class UnionpaySimulator:
 
     def _payment(self, trade: SimTrade, status: str) -> dict[str, Any]:
         fen = self._paid_fen(trade)
-        paid_at = (trade.paid_at or datetime.now(BEIJING)).astimezone(BEIJING)
+        paid_at = (trade.paid_at or self._state.now()).astimezone(BEIJING)
         txn = trade.transaction_id or ""
         return {
             "payTime": paid_at.strftime(_TIME), "buyerCashPayAmt": fen,

@@ -21,7 +21,7 @@ import string
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -256,6 +256,7 @@ class WechatSimulator:
         trade = SimTrade(channel=Channel.WECHAT, out_trade_no=no, amount_fen=total,
                          notify_url=notify_url, kind=kind, description=description,
                          payer=openid if kind == "jsapi" else None, expires_at=expires_at,
+                         created_at=self.state.now(),
                          extra={"appid": self.config.appid, "attach": data.get("attach")})
         stored = self.state.put(trade)
         if stored is not trade:
@@ -273,7 +274,7 @@ class WechatSimulator:
                 "code_url", f"weixin://wxpay/bizpayurl/up?pr={seq:x}{secrets.token_hex(3)}"
                             "&groupid=00")
             return 200, {"code_url": code_url}
-        now = datetime.now(CST)
+        now = self.state.now().astimezone(CST)
         prepay_id = f"wx{now:%Y%m%d%H%M%S}{seq:010d}{secrets.token_hex(5)}"
         stored.extra["prepay_id"] = prepay_id
         return 200, {"prepay_id": prepay_id}
@@ -374,7 +375,7 @@ class WechatSimulator:
                     return
             if refund_fen > paid - t.refunded_fen:
                 raise _Refusal(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额")
-            now = datetime.now(UTC).replace(microsecond=0)
+            now = self.state.now()
             record.update({
                 "out_refund_no": out_refund_no,
                 "refund_id": refund_id,
@@ -461,7 +462,7 @@ class WechatSimulator:
         ciphertext = self._aead.encrypt(nonce.encode(), clear, original_type.encode())
         doc = {
             "id": event_id or str(uuid.uuid4()),
-            "create_time": _rfc3339(create_time or datetime.now(UTC)),
+            "create_time": _rfc3339(create_time or self.state.now()),
             "resource_type": "encrypt-resource",
             "event_type": event_type,
             "summary": summary,

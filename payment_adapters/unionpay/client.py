@@ -30,6 +30,7 @@ from payment_adapters.base import (
     Channel,
     ChannelError,
     ChannelTimeout,
+    Clock,
     CreateRequest,
     CreateResult,
     RefundRequest,
@@ -38,6 +39,7 @@ from payment_adapters.base import (
     TradeState,
     TradeStatus,
     UnionpayConfig,
+    real_clock,
 )
 
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -180,14 +182,17 @@ class UnionpayClient:
 
     channel = Channel.UNIONPAY
 
-    def __init__(self, config: UnionpayConfig, *, http: httpx.Client | None = None) -> None:
+    def __init__(self, config: UnionpayConfig, *, http: httpx.Client | None = None,
+                 clock: Clock = real_clock) -> None:
         if len(config.msg_src_id) != 4:
             raise ValueError("msg_src_id must be the 4-character 来源编号")
         self._config = config
         self._http = http
+        self._clock = clock          # bill dates; requestTimestamp stays real time
 
     def new_out_trade_no(self, base: str) -> str:
-        return make_bill_no(self._config.msg_src_id, base, now_beijing().date())
+        return make_bill_no(self._config.msg_src_id, base,
+                            self._clock().astimezone(BEIJING).date())
 
     def create(self, req: CreateRequest) -> CreateResult:
         if req.kind not in ("qr", "native"):

@@ -6,8 +6,6 @@ from datetime import timedelta
 
 import pytest
 
-from backend.clock import business_date
-from backend.db import utcnow
 from tests.conftest import Live
 from tests.orders.helpers import ref, seed, staff_headers
 
@@ -45,7 +43,7 @@ def test_retried_collection_is_recorded_once(live: Live, people: dict[str, str])
     again = collect(live, agent, items, "R-0001", key="phone-retry-1")
     assert first.status_code == again.status_code == 201, first.text  # type: ignore[attr-defined]
     assert first.json() == again.json()  # type: ignore[attr-defined]
-    today = business_date(utcnow()).isoformat()
+    today = live.rt.clock.today().isoformat()
     fin = staff_headers(live, "fin", "finance-pass")
     ledger = daily(live, fin, date=today)
     assert ledger["totals"] == {"count": 1, "amount_fen": 28000, "refunded_fen": 0,  # type: ignore[comparison-overlap]
@@ -79,7 +77,7 @@ def test_remittance_and_outstanding_cash(live: Live, people: dict[str, str]) -> 
               "tier_yuan": 500},
              {"resident_ref": ref(live, agent, "李梅", people["李梅"]), "insurance": "medical"}]
     assert collect(live, agent, items, "R-100").status_code == 201  # type: ignore[attr-defined]
-    today = business_date(utcnow())
+    today = live.rt.clock.today()
     too_much = live.http.post("/api/v1/agent/remittances", headers=agent, json={
         "business_date": today.isoformat(), "amount_fen": 78001, "bank_receipt_no": "B-1"})
     assert too_much.status_code == 409

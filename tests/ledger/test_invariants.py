@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from backend.agents import service as agents
 from backend.agents.schemas import CollectionIn, RemittanceIn
 from backend.auth.service import create_staff_user
-from backend.clock import SHANGHAI, business_date
-from backend.db import unit_of_work, utcnow
+from backend.clock import SHANGHAI
+from backend.db import unit_of_work
 from backend.errors import AppError
 from backend.ledger.models import LedgerAccount, Posting
 from backend.orders import service as orders
@@ -109,7 +109,7 @@ def _run(rt: Runtime, ops: list[tuple[str, int, str, object, int]]) -> None:
                     method=channel, receipt_no=f"R{next(_serial)}",  # type: ignore[arg-type]
                     pos_reference="slip" if channel == "pos" else None))
             elif kind == "remit":
-                today = business_date(utcnow())
+                today = rt.clock.today()
                 with unit_of_work(rt.sessions) as s:
                     from backend.ledger.service import agent_cash, balance
                     aid = int(field.sub.removeprefix("staff:"))
@@ -147,10 +147,12 @@ def _check(rt: Runtime) -> None:
         refunded: dict[date, int] = defaultdict(int)
         for day, measure, fen in s.execute(select(Posting.business_date, Posting.measure,
                                                   Posting.amount_fen)
-                                           .where(Posting.measure.in_(("collected",
+                                           .where(Posting.measure.in_(("collected", "duplicate",
                                                                        "refunded")))):
-            (collected if measure == "collected" else refunded)[day] += (
-                fen if measure == "collected" else -fen)
+            if measure == "refunded":
+                refunded[day] -= fen
+            else:
+                collected[day] += fen
         paid: dict[date, int] = defaultdict(int)
         for day, fen in s.execute(select(Payment.business_date, Payment.amount_fen)):
             paid[day] += fen

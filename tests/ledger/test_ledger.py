@@ -110,12 +110,12 @@ def test_duplicate_is_refunded_through_the_channel_by_the_worker(live: Live) -> 
     trade = live.http.get(f"/sandbox/trades/{o2['payment']['out_trade_no']}").json()
     assert trade["refunded_fen"] == 28000
     fin = _finance(live)
-    from backend.clock import business_date
-    from backend.db import utcnow
-
     body = live.http.get("/api/v1/ledger/daily", headers=fin,
-                         params={"date": business_date(utcnow()).isoformat()}).json()
+                         params={"date": live.rt.clock.today().isoformat()}).json()
     assert body["totals"]["amount_fen"] == 56000 and body["totals"]["refunded_fen"] == 28000
+    # one item was paid (twice): the count says items paid, the amount says money received
+    assert body["totals"]["count"] == 1
+    assert {r["channel"]: r["count"] for r in body["rows"]} == {"wechat": 1, "unionpay": 0}
     assert {r["channel"]: r["refunded_fen"] for r in body["rows"]} == {"wechat": 0,
                                                                        "unionpay": 28000}
 

@@ -136,10 +136,9 @@ def test_two_family_members_pay_the_same_item_by_two_channels(live: Live,
     with unit_of_work(live.rt.sessions) as s:
         from sqlalchemy import update
 
-        from backend.db import utcnow
         from backend.orders.models import Order
         s.execute(update(Order).where(Order.order_no == o1["order_no"])
-                  .values(expires_at=utcnow()))
+                  .values(expires_at=live.rt.clock.now()))
     o2 = order(live, wife, "alipay_qr", item(wife))
     assert o2.status_code == 201, o2.text
     o2 = o2.json()
