@@ -145,6 +145,7 @@ class Notification:
     merchant_id: str | None = None
     out_refund_no: str | None = None
     refund_fen: int | None = None
+    refund_id: str | None = None     # the channel's own refund id (WeChat refund_id, …)
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -165,11 +166,19 @@ class ChannelError(Exception):
         self.retryable = retryable
 
 
-class ChannelTimeout(ChannelError):
+class OutcomeUnknown(ChannelError):
+    """The call may or may not have taken effect at the channel: query (or retry with the
+    same numbers) before assuming anything. Never a final refusal."""
+
+    def __init__(self, message: str, *, code: str = "outcome_unknown") -> None:
+        super().__init__(message, code=code, retryable=True)
+
+
+class ChannelTimeout(OutcomeUnknown):
     """No answer in time: the outcome is unknown; query before assuming anything."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="channel_timeout", retryable=True)
+        super().__init__(message, code="channel_timeout")
 
 
 class VerificationFailed(Exception):
@@ -192,6 +201,11 @@ class PaymentClient(Protocol):
     def query(self, out_trade_no: str) -> TradeStatus: ...
     def close(self, out_trade_no: str) -> None: ...
     def refund(self, req: RefundRequest) -> RefundResult: ...
+
+    def query_refund(self, req: RefundRequest) -> RefundResult:
+        """Where a refund asked for earlier stands, from the channel's refund query — never
+        by sending the refund again. ``processing`` while the channel has no final word."""
+        ...
 
 
 class NotificationVerifier(Protocol):

@@ -38,9 +38,9 @@ from backend.security.tokens import Principal, RefCodec
 from payment_adapters.base import (
     Channel,
     ChannelError,
-    ChannelTimeout,
     CreateRequest,
     CreateResult,
+    OutcomeUnknown,
 )
 
 log = logging.getLogger(__name__)
@@ -236,12 +236,13 @@ def _open_at_channel(rt: Runtime, order: Order, attempt: Attempt, description: s
                         payer_openid=payer_openid)
     try:
         result = rt.channels.clients[channel].create(req)
-    except ChannelTimeout as exc:
+    except OutcomeUnknown as exc:
         with unit_of_work(rt.sessions) as s:
             repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["unknown"], "unknown",  # type: ignore[arg-type]
                               last_error=str(exc)[:500], updated_at=utcnow())
-        raise ChannelTimedOut(f"{channel.value} did not answer in time; the order stays pending "
-                              "and is checked with the channel", order_no=order.order_no) from None
+        raise ChannelTimedOut(f"{channel.value} gave no final answer ({exc.code}); the order "
+                              "stays pending and is checked with the channel",
+                              order_no=order.order_no) from None
     except ChannelError as exc:
         with unit_of_work(rt.sessions) as s:
             repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["failed"], "failed",  # type: ignore[arg-type]
@@ -416,7 +417,7 @@ def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt], *,
         if attempt.status != "creating":
             try:
                 client.close(attempt.out_trade_no)
-            except ChannelTimeout as exc:
+            except OutcomeUnknown as exc:
                 raise ChannelTimedOut(f"{attempt.channel} did not answer the close; try "
                                       "again") from exc
             except ChannelError as exc:
@@ -424,7 +425,7 @@ def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt], *,
                          exc.code)
             try:
                 state = sync_attempt(rt, attempt)
-            except ChannelTimeout as exc:
+            except OutcomeUnknown as exc:
                 raise ChannelTimedOut(f"{attempt.channel} did not answer the query; try "
                                       "again") from exc
             except ChannelError as exc:
@@ -474,7 +475,7 @@ def sync_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
             continue
         try:
             sync_attempt(rt, attempt)
-        except ChannelTimeout:
+        except OutcomeUnknown:
             raise ChannelTimedOut(f"{attempt.channel} did not answer the query; try again",
                                   order_no=order_no) from None
         except ChannelError as exc:

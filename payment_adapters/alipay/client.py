@@ -208,6 +208,9 @@ class AlipayClient:
         # empty or REFUND_SUCCESS means the refund is done.
         return self._confirm_refund(req, resp)
 
+    def query_refund(self, req: RefundRequest) -> RefundResult:
+        raise NotImplementedError("query_refund: being built")  # TODO(channel helpers)
+
     # ------------------------------------------------------------------ internals
     def _confirm_refund(self, req: RefundRequest, refund_resp: Mapping[str, Any]) -> RefundResult:
         method = "alipay.trade.fastpay.refund.query"

@@ -285,6 +285,9 @@ class UnionpayClient:
                             refund_id=target if isinstance(target, str) and target else None,
                             raw=data)
 
+    def query_refund(self, req: RefundRequest) -> RefundResult:
+        raise NotImplementedError("query_refund: being built")  # TODO(channel helpers)
+
     # ----------------------------------------------------------------------- the wire
     def _bill_date(self, bill_no: str) -> date:
         return bill_date_of(bill_no, self._config.msg_src_id)

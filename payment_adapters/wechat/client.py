@@ -339,6 +339,9 @@ class WechatPayClient:
         return RefundResult(out_refund_no=req.out_refund_no, state=state,
                             refund_id=refund_id if isinstance(refund_id, str) else None, raw=data)
 
+    def query_refund(self, req: RefundRequest) -> RefundResult:
+        raise NotImplementedError("query_refund: being built")  # TODO(channel helpers)
+
 
 def _check_out_trade_no(out_trade_no: str) -> None:
     if not OUT_TRADE_NO_RE.fullmatch(out_trade_no):
