@@ -624,8 +624,7 @@ DESCRIPTION = f"{YEAR}年度城乡居民基本医疗保险"
 def paid_trade(channel: Channel, numbers: OrderNumbers, i: int, amount_fen: int,
                notify_url: str, paid_at: datetime, src: str) -> Any:
     """The simulator's record of attempt ``i`` after the payer paid it."""
-    from payment_adapters.sandbox.control import sim_transaction_id
-    from payment_adapters.sandbox.core import SimTrade
+    from payment_adapters.sandbox.core import SimTrade, sim_transaction_id
     from payment_adapters.unionpay.client import bill_date_of
 
     out_trade_no = numbers.out_trade_no(channel, i)
@@ -639,7 +638,7 @@ def paid_trade(channel: Channel, numbers: OrderNumbers, i: int, amount_fen: int,
     return SimTrade(channel=channel, out_trade_no=out_trade_no, amount_fen=amount_fen,
                     notify_url=notify_url, kind=CHANNEL_KIND[channel][1],
                     description=DESCRIPTION, state="paid",
-                    transaction_id=sim_transaction_id(channel, f"{i:010d}"),
+                    transaction_id=sim_transaction_id(channel, i, paid_at),
                     paid_at=paid_at, paid_fen=amount_fen,
                     created_at=paid_at - timedelta(minutes=2), extra=extra)
 

@@ -35,12 +35,24 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(_url(), poolclass=pool.NullPool) if not _url().startswith("sqlite") \
-        else make_engine(_url())
+    sqlite = _url().startswith("sqlite")
+    engine = make_engine(_url()) if sqlite else make_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as conn:
+        # SQLite alters a table by copying it into a new one and dropping the old: with
+        # foreign keys on, dropping a table that other rows refer to fails. The pragma only
+        # works outside a transaction, so it goes to the driver's connection directly (no
+        # BEGIN); the keys are checked again after.
+        raw = conn.connection.dbapi_connection if sqlite else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")
         context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
+        if raw is not None:
+            broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+            raw.execute("PRAGMA foreign_keys=ON")
+            if broken:
+                raise RuntimeError(f"foreign keys broken by the migration: {broken[:5]}")
     engine.dispose()
 
 

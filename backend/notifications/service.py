@@ -2,35 +2,44 @@
 
 The answer to the channel depends only on whether the notification was verified and
 recorded: a repeat of an applied event gets the same success answer; anything that must
-change nothing (bad signature, unknown order, wrong amount) is stored for audit in its own
-transaction and gets the channel's failure answer, so the channel retries — which is what
-turns "the notification came before our order commit was visible" into a success later.
+change nothing (bad signature, unknown order, wrong amount, a field no channel sends, a
+transaction id another trade holds) is stored for audit in its own transaction and gets the
+channel's failure answer, so the channel retries — which is what turns "the notification came
+before our order commit was visible" into a success later. Whatever the bytes, the answer is
+the channel's success or failure answer, never a 500, and the audit row is kept.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.clock import real_now
 from backend.db import unit_of_work, utcnow
 from backend.notifications.models import InboxNotification
-from backend.orders.models import Refund
+from backend.orders.models import Attempt, Refund
 from backend.orders.payment_flow import (
     AmountMismatch,
     ChannelConfirmation,
+    TransactionConflict,
     UnknownTrade,
     confirm_channel_payment,
 )
 from backend.refunds.service import complete_refund
 from backend.runtime import Runtime
 from backend.sql import Statement, Tx
-from payment_adapters.base import Channel, HttpAnswer, Notification, VerificationFailed
+from payment_adapters.base import (
+    Channel,
+    HttpAnswer,
+    Notification,
+    NotificationVerifier,
+    VerificationFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +50,66 @@ KEPT_HEADERS = ("content-type", "user-agent", "wechatpay-serial", "wechatpay-tim
                 "request-id")
 
 
+# What the columns hold, and what the channels send at most (WeChat out_trade_no ≤ 32 and
+# transaction_id 28, Alipay ≤ 64, ChinaUMS billNo ≤ 27; WeChat event ids are 36).
+MAX_TRADE_NO, MAX_EVENT_KEY, MAX_REFUND_NO = 64, 128, 64
+# A payment time outside these years is no channel's: refused before it reaches a date
+# computation (9999-12-31T23:59:59-14:00 is past the last datetime once in UTC).
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
 class _Reject(Exception):
-    def __init__(self, outcome: str, detail: str) -> None:
+    def __init__(self, outcome: str, detail: str, attempt_id: int | None = None) -> None:
         super().__init__(detail)
-        self.outcome, self.detail = outcome, detail
+        self.outcome, self.detail, self.attempt_id = outcome, detail, attempt_id
+
+
+def storable(text: str, limit: int | None = None) -> str:
+    """Text a database column can hold: no NUL (PostgreSQL text cannot), cut to ``limit``."""
+    text = text.replace("\x00", "\\x00")
+    return text[:limit] if limit else text
+
+
+def _body_text(body: bytes) -> str:
+    # Invalid UTF-8 and NUL bytes are kept visibly (\xNN), not dropped: this is the audit copy.
+    return storable(body.decode("utf-8", "backslashreplace"))
+
+
+def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: storable(v, 500) for k, v in headers.items() if k.lower() in KEPT_HEADERS}
 
 
 def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes,
            outcome: str, detail: str, out_trade_no: str | None = None) -> None:
     with unit_of_work(rt.sessions) as s:
         s.add(InboxNotification(
-            channel=channel.value, dedupe_key=None, out_trade_no=out_trade_no, verified=False
-            if outcome == "rejected" else True, outcome=outcome, detail=detail[:500],
-            headers={k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS},
-            body=body.decode("utf-8", "replace")))
+            channel=channel.value, dedupe_key=None,
+            out_trade_no=storable(out_trade_no, MAX_TRADE_NO) if out_trade_no else None,
+            verified=outcome not in ("rejected", "error"), outcome=outcome,
+            detail=storable(detail, 500), headers=_kept_headers(headers),
+            body=_body_text(body)))
+
+
+def _check_fields(note: Notification) -> None:
+    """Refuse what no channel sends, before it reaches a column or a date computation."""
+    for name, value, limit in (("out_trade_no", note.out_trade_no, MAX_TRADE_NO),
+                               ("transaction_id", note.transaction_id, MAX_TRADE_NO),
+                               ("event id", note.dedupe_key, MAX_EVENT_KEY),
+                               ("out_refund_no", note.out_refund_no, MAX_REFUND_NO),
+                               ("refund_id", note.refund_id, MAX_REFUND_NO)):
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise _Reject("malformed", f"{name} is {len(value)} characters, more than {limit}")
+        if not value.isprintable():
+            raise _Reject("malformed", f"{name} has control characters")
+    if note.paid_at is not None:
+        try:
+            inside = EARLIEST <= note.paid_at.astimezone(UTC) < LATEST
+        except (OverflowError, ValueError):
+            inside = False
+        if not inside:
+            raise _Reject("malformed", f"time {note.paid_at.isoformat()} is out of range")
 
 
 _RECORD_EVENT = Statement(
@@ -76,8 +131,7 @@ def _record_event(session: Session, channel: Channel, note: Notification,
     return Tx(session).one(
         _RECORD_EVENT, channel=channel.value, dedupe_key=note.dedupe_key,
         out_trade_no=note.out_trade_no, outcome=outcome, detail=detail[:500],
-        headers={k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS},
-        body=body.decode("utf-8", "replace"), now=utcnow()) is not None
+        headers=_kept_headers(headers), body=_body_text(body), now=utcnow()) is not None
 
 
 def _apply(session: Session, channel: Channel, note: Notification,
@@ -95,6 +149,8 @@ def _apply(session: Session, channel: Channel, note: Notification,
             raise _Reject("unknown_order", f"no attempt {note.out_trade_no}") from None
         except AmountMismatch as exc:
             raise _Reject("amount_mismatch", str(exc)) from None
+        except TransactionConflict as exc:
+            raise _Reject("transaction_conflict", exc.detail, exc.attempt_id) from None
         detail = f"order {applied.order_no}"
         if applied.refund_queued_fen:
             detail += f"; {applied.refund_queued_fen} fen queued for refund"
@@ -106,7 +162,7 @@ def _apply(session: Session, channel: Channel, note: Notification,
         if refund is None or refund.id is None:
             raise _Reject("unknown_order", f"no refund {note.out_refund_no}")
         if note.succeeded:
-            complete_refund(session, refund.id, channel_refund_id=note.transaction_id,
+            complete_refund(session, refund.id, channel_refund_id=note.refund_id,
                             refunded_at=note.paid_at or now)
             return "refund_succeeded", f"refund {note.out_refund_no}"
         # A refund the channel gave up on stays with the worker, which retries and, at the
@@ -118,8 +174,26 @@ def _apply(session: Session, channel: Channel, note: Notification,
 
 
 def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes) -> HttpAnswer:
+    """Every input gets the channel's success or failure answer; never an exception."""
     verifier = rt.channels.verifiers[channel]
+    try:
+        return _handle(rt, channel, verifier, headers, body)
+    except Exception:
+        # A defect of ours, or the database gone: the channel retries; the audit row is
+        # kept if the database still takes it.
+        log.exception("%s notification failed", channel.value)
+        try:
+            _audit(rt, channel, headers, body, "error", "failed while handling; see the log")
+        except Exception:
+            log.exception("%s notification could not be stored for audit", channel.value)
+        return verifier.failure_answer("internal error")
+
+
+def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
+            headers: Mapping[str, str], body: bytes) -> HttpAnswer:
     if len(body) > MAX_NOTIFICATION_BYTES:
+        _audit(rt, channel, headers, body[:4096], "rejected",
+               f"body of {len(body)} bytes is over {MAX_NOTIFICATION_BYTES}")
         return verifier.failure_answer("body too large")
     try:
         note = verifier.verify(headers, body, real_now())
@@ -128,15 +202,27 @@ def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
         _audit(rt, channel, headers, body, "rejected", str(exc))
         return verifier.failure_answer(str(exc))
     try:
+        _check_fields(note)
         with unit_of_work(rt.sessions) as s:
             outcome, detail = _apply(s, channel, note, rt.clock.now())
             if outcome != "repeat":
                 _record_event(s, channel, note, headers, body, outcome, detail)
     except _Reject as exc:
-        log.warning("%s notification for %s not applied: %s", channel.value, note.out_trade_no,
-                    exc.detail)
+        level = logging.ERROR if exc.outcome == "transaction_conflict" else logging.WARNING
+        log.log(level, "%s notification for %s not applied (%s): %s", channel.value,
+                storable(note.out_trade_no, MAX_TRADE_NO), exc.outcome, exc.detail)
         _audit(rt, channel, headers, body, exc.outcome, exc.detail, note.out_trade_no)
+        if exc.attempt_id is not None:
+            _query_soon(rt, exc.attempt_id)
         return verifier.failure_answer(exc.detail)
     log.log(logging.DEBUG if outcome in ("applied", "repeat") else logging.INFO,
             "%s notification for %s: %s", channel.value, note.out_trade_no, outcome)
     return verifier.success_answer()
+
+
+def _query_soon(rt: Runtime, attempt_id: int) -> None:
+    """Have the worker ask the channel about this trade at its next round: what the channel
+    answers about the out_trade_no itself settles it (orders.service.sync_attempt)."""
+    with unit_of_work(rt.sessions) as s:
+        s.execute(update(Attempt).where(col(Attempt.id) == attempt_id)
+                  .values(next_query_at=utcnow(), queries=0))

@@ -93,12 +93,26 @@ class Attempt(SQLModel, table=True):
 
 
 class Payment(SQLModel, table=True):
-    """Money a channel (or, later, an agent or a department) confirms was received."""
+    """Money a channel (or an agent, or a department) confirms was received.
+
+    A channel trade (attempt) is paid at most once: that is what makes a repeated
+    notification, or a notification and a query of the same payment, one payment. The
+    channel's transaction id is not the key: two trades reported under one transaction id
+    are an anomaly for staff, and the money of each trade is still counted.
+    """
 
     __tablename__ = "payments"
-    __table_args__ = (UniqueConstraint("channel", "transaction_id", name="uq_payment_txn"),)
+    __table_args__ = (
+        Index("uq_payment_attempt", "attempt_id", unique=True,
+              postgresql_where=text("attempt_id IS NOT NULL"),
+              sqlite_where=text("attempt_id IS NOT NULL")),
+        Index("uq_payment_txn_without_attempt", "channel", "transaction_id", unique=True,
+              postgresql_where=text("attempt_id IS NULL"),
+              sqlite_where=text("attempt_id IS NULL")),
+        Index("ix_payments_txn", "channel", "transaction_id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
-    attempt_id: int | None = Field(default=None, foreign_key="attempts.id", index=True)
+    attempt_id: int | None = Field(default=None, foreign_key="attempts.id")
     order_id: int = Field(foreign_key="orders.id", index=True)
     channel: str = Field(max_length=16)
     transaction_id: str = Field(max_length=64)

@@ -8,15 +8,15 @@ caller's single transaction.
 
 This is the hot path of every notification, so its statements are SQL text run at the
 driver (``backend/sql.py``) and round trips are few: one statement locks the attempt with
-its order, the payment is inserted with ``ON CONFLICT DO NOTHING`` (a repeat costs no extra
-look-up), and all bill lines of an order are marked paid by one ``UPDATE … FROM
-order_lines``.
+its order, the payment is inserted with ``ON CONFLICT DO NOTHING`` (a first delivery costs
+no extra look-up; only a repeat is looked at, to tell it from an anomaly), and all bill lines
+of an order are marked paid by one ``UPDATE … FROM order_lines``.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -76,6 +76,18 @@ class AmountMismatch(Exception):
     pass
 
 
+class TransactionConflict(Exception):
+    """The channel reports a payment under a transaction id we already hold for another
+    trade, or another transaction id for a trade we hold as paid: not a repeat, an anomaly.
+
+    A notification that says so is refused (the channel retries) and the trade is queried;
+    what the channel answers about this out_trade_no settles it."""
+
+    def __init__(self, detail: str, attempt_id: int) -> None:
+        super().__init__(detail)
+        self.detail, self.attempt_id = detail, attempt_id
+
+
 class AlreadyPaid(Exception):
     """Money an agent is holding in hand for an item someone else paid: refuse, not refund."""
 
@@ -86,6 +98,8 @@ class Applied:
     order_no: str
     refund_queued_fen: int = 0
     payment_id: int | None = None
+    # a queried payment whose transaction id another trade holds too (applied; for staff)
+    shared_transaction: bool = False
 
 
 def _in(states: tuple[str, ...]) -> str:
@@ -99,12 +113,26 @@ _LOCK_SQL = """SELECT attempts.id, attempts.amount_fen, orders.id, orders.order_
               WHERE attempts.out_trade_no = :no AND attempts.channel = :ch"""
 # SQLite has no FOR UPDATE: its transactions begin IMMEDIATE, one writer at a time.
 _LOCK_ATTEMPT = Statement(_LOCK_SQL, postgresql=_LOCK_SQL + " FOR UPDATE")
-_INSERT_PAYMENT = Statement(
-    """INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, paid_at,
-                             business_date, source, refund_queued_fen, created_at)
-       VALUES (:attempt_id, :order_id, :channel, :transaction_id, :amount_fen, :paid_at,
-               :business_date, :source, 0, :now)
-       ON CONFLICT (channel, transaction_id) DO NOTHING RETURNING id""")
+# A trade is paid once (the unique attempt_id). A notification's payment is not written when
+# its transaction id is already another trade's: that is told apart after, from the rows.
+# (The casts give PostgreSQL one type for a parameter used twice.)
+_INSERT_SQL = """INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen,
+                                      paid_at, business_date, source, refund_queued_fen,
+                                      created_at)
+                 SELECT :attempt_id, :order_id, CAST(:channel AS VARCHAR(16)),
+                        CAST(:transaction_id AS VARCHAR(64)), :amount_fen, :paid_at,
+                        :business_date, :source, 0, :now
+                 WHERE {guard}
+                 ON CONFLICT (attempt_id) WHERE attempt_id IS NOT NULL DO NOTHING RETURNING id"""
+_INSERT_PAYMENT = Statement(_INSERT_SQL.format(guard="""NOT EXISTS (
+    SELECT 1 FROM payments WHERE channel = :channel AND transaction_id = :transaction_id
+    AND attempt_id <> :attempt_id)"""))
+# What the channel answers to a query about this out_trade_no is applied even so.
+_INSERT_QUERIED_PAYMENT = Statement(_INSERT_SQL.format(guard="1 = 1"))
+_PAYMENTS_LIKE = Statement(
+    """SELECT attempt_id, transaction_id FROM payments
+       WHERE attempt_id = :attempt_id OR (channel = :channel AND transaction_id = :transaction_id)
+       ORDER BY id""")
 _ATTEMPT_PAID = Statement(
     f"""UPDATE attempts SET status = 'paid', transaction_id = :transaction_id,
                paid_at = :paid_at, updated_at = :now
@@ -156,12 +184,13 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
                              f"{attempt_fen} fen")
     day = business_date(c.paid_at)
     now = utcnow()
-    # The payment's unique (channel, transaction_id) is the repeat check: no look-up first.
-    inserted = tx.one(_INSERT_PAYMENT, attempt_id=attempt_id, order_id=order_id,
-                      channel=c.channel, transaction_id=c.transaction_id,
-                      amount_fen=c.amount_fen, paid_at=c.paid_at, business_date=day,
-                      source=c.source, now=now)
+    # The trade's unique payment is the repeat check: no look-up before the insert.
+    inserted = tx.one(_INSERT_QUERIED_PAYMENT if c.source == "query" else _INSERT_PAYMENT,
+                      attempt_id=attempt_id, order_id=order_id, channel=c.channel,
+                      transaction_id=c.transaction_id, amount_fen=c.amount_fen,
+                      paid_at=c.paid_at, business_date=day, source=c.source, now=now)
     if inserted is None:
+        _repeat_or_conflict(tx, c, attempt_id)
         return Applied("repeat", order_no)
     payment_id = int(inserted[0])
     if tx.rowcount(_ATTEMPT_PAID, id=attempt_id, transaction_id=c.transaction_id,
@@ -173,10 +202,38 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
         # Two wallets opened one aggregate QR: close the other trade before it, too, is
         # paid (if it already was, closing finds that and the surplus is refunded).
         enqueue(session, "close_siblings", {"order_id": order_id, "paid_attempt": attempt_id})
-    return apply_payment(
+    applied = apply_payment(
         session, OrderFacts(order_id, order_no, order_status, year),
         PaymentFacts(payment_id, c.channel, c.transaction_id, c.amount_fen, c.paid_at, day),
         debit=ledger.channel_clearing(c.channel), entry_kind="channel_payment")
+    if c.source == "query" and shared_transaction(session, c.channel, c.transaction_id,
+                                                  attempt_id):
+        return replace(applied, shared_transaction=True)
+    return applied
+
+
+def _repeat_or_conflict(tx: Tx, c: ChannelConfirmation, attempt_id: int) -> None:
+    """Nothing was written: a repeat of this trade's payment, or an anomaly (raised)."""
+    rows = tx.all(_PAYMENTS_LIKE, attempt_id=attempt_id, channel=c.channel,
+                  transaction_id=c.transaction_id)
+    mine = [txn for attempt, txn in rows if attempt == attempt_id]
+    if mine and mine[0] == c.transaction_id:
+        return
+    if mine:
+        raise TransactionConflict(
+            f"{c.channel} reports {c.out_trade_no} paid under transaction {c.transaction_id}, "
+            f"but it was paid under {mine[0]}", attempt_id)
+    raise TransactionConflict(
+        f"{c.channel} transaction {c.transaction_id} is already applied to another trade; "
+        f"{c.out_trade_no} is not a repeat of it", attempt_id)
+
+
+def shared_transaction(session: Session, channel: str, transaction_id: str,
+                       attempt_id: int) -> bool:
+    """Whether another trade holds a payment under this transaction id."""
+    rows = Tx(session).all(_PAYMENTS_LIKE, attempt_id=attempt_id, channel=channel,
+                           transaction_id=transaction_id)
+    return any(attempt != attempt_id for attempt, _ in rows)
 
 
 def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,

@@ -25,6 +25,7 @@ from backend.orders.models import Attempt, Order, OrderLine, Payment
 from backend.orders.payment_flow import (
     AmountMismatch,
     ChannelConfirmation,
+    TransactionConflict,
     confirm_channel_payment,
 )
 from backend.orders.schemas import OrderCreate, OrderItemIn, OrderItemOut, OrderOut, PaymentOut
@@ -373,7 +374,7 @@ def sync_attempt(rt: Runtime, attempt: Attempt) -> str:
     if status.state in ("paid", "refunded") and status.transaction_id:
         try:
             with unit_of_work(rt.sessions) as s:
-                confirm_channel_payment(s, ChannelConfirmation(
+                applied = confirm_channel_payment(s, ChannelConfirmation(
                     channel=channel.value, out_trade_no=attempt.out_trade_no,
                     transaction_id=status.transaction_id,
                     amount_fen=status.amount_fen if status.amount_fen is not None
@@ -382,6 +383,17 @@ def sync_attempt(rt: Runtime, attempt: Attempt) -> str:
         except AmountMismatch as exc:
             record_anomaly(rt, attempt, str(exc), dict(status.raw))
             return "anomaly"
+        except TransactionConflict as exc:
+            # The trade holds a payment under another transaction id: it is paid (counted
+            # once); the channel's second word about it is for staff.
+            record_anomaly(rt, attempt, exc.detail, dict(status.raw),
+                           outcome="transaction_conflict", set_aside=False)
+            return status.state
+        if applied.shared_transaction:
+            record_anomaly(rt, attempt, f"{channel.value} reports {attempt.out_trade_no} paid "
+                           f"under transaction {status.transaction_id}, which another trade "
+                           "holds too; applied as the channel answered for this trade",
+                           dict(status.raw), outcome="shared_transaction", set_aside=False)
     elif status.state == "pending" and attempt.status == "unknown":
         with unit_of_work(rt.sessions) as s:
             repo.move_attempt(s, attempt.id, ("unknown",), "pending", updated_at=utcnow())  # type: ignore[arg-type]
@@ -443,18 +455,22 @@ def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt], *,
                             updated_at=utcnow())
 
 
-def record_anomaly(rt: Runtime, attempt: Attempt, detail: str, raw: dict[str, object]) -> None:
-    """A channel's word that disagrees with ours: kept for staff, the attempt set aside."""
+def record_anomaly(rt: Runtime, attempt: Attempt, detail: str, raw: dict[str, object], *,
+                   outcome: str = "amount_mismatch", set_aside: bool = True) -> None:
+    """A channel's word that disagrees with ours: kept for staff (and alerted); with
+    ``set_aside`` the attempt is taken out of the live ones."""
     import json
 
     with unit_of_work(rt.sessions) as s:
         s.add(InboxNotification(channel=attempt.channel, out_trade_no=attempt.out_trade_no,
-                                verified=True, outcome="amount_mismatch", detail=detail[:500],
+                                verified=True, outcome=outcome, detail=detail[:500],
                                 headers={"source": "query"},
                                 body=json.dumps(raw, ensure_ascii=False, default=str)))
-        repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["anomaly"], "anomaly",  # type: ignore[arg-type]
-                          last_error=f"amount_mismatch: {detail}"[:500], updated_at=utcnow())
-    log.error("anomaly on %s %s: %s", attempt.channel, attempt.out_trade_no, detail)
+        if set_aside:
+            repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["anomaly"], "anomaly",  # type: ignore[arg-type]
+                              last_error=f"{outcome}: {detail}"[:500], updated_at=utcnow())
+    log.error("anomaly (%s) on %s %s: %s", outcome, attempt.channel, attempt.out_trade_no,
+              detail)
 
 
 def may_change(principal: Principal, order: Order) -> bool:

@@ -38,6 +38,7 @@ from payment_adapters.sandbox.core import (
     PayOptions,
     SandboxState,
     SimTrade,
+    sim_transaction_id,
 )
 
 _BEIJING = ZoneInfo("Asia/Shanghai")
@@ -391,7 +392,8 @@ class AlipaySimulator:
 
     def _trade_fields(self, trade: SimTrade, status: str, extra_id: str = "") -> dict[str, str]:
         paid_at = trade.paid_at or self._state.now()
-        trade_no = trade.transaction_id or f"2020110222001{self._state.next_seq():015d}"
+        trade_no = trade.transaction_id or sim_transaction_id(
+            Channel.ALIPAY, self._state.next_seq(), paid_at)
         total = _yuan(trade.paid_fen if trade.paid_fen is not None else trade.amount_fen)
         # The same event always gets the same notify_id: Alipay resends it unchanged.
         digest = hashlib.sha256(f"{trade_no}|{status}|{extra_id}".encode()).hexdigest()

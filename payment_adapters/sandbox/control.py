@@ -20,6 +20,7 @@ from payment_adapters.sandbox.core import (
     SandboxState,
     deliver,
     deliver_later,
+    sim_transaction_id,
 )
 
 
@@ -29,6 +30,10 @@ class PayCommand(BaseModel):
     times: int = Field(default=1, ge=0, le=100, description="send the notification n times")
     delay_s: float = Field(default=0, ge=0, le=600, description="deliver in the background")
     amount_fen: int | None = Field(default=None, ge=1, description="pay a different amount")
+    transaction_id: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="report the payment under this transaction id (a fault: e.g. one the "
+                    "channel already gave another trade)")
     bad_signature: bool = False
     event: str | None = Field(default=None, max_length=32)
     deliver: bool = Field(default=True, description="false: only return the notifications")
@@ -65,9 +70,10 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
         sim = by_channel[trade.channel]
         opts = PayOptions(amount_fen=cmd.amount_fen, bad_signature=cmd.bad_signature,
                           event=cmd.event)
-        txn = f"{trade.channel.value[:2].upper()}{state.next_seq():010d}"
+        txn = cmd.transaction_id or sim_transaction_id(trade.channel, state.next_seq(),
+                                                       state.now())
         try:
-            state.mark_paid(trade, opts, sim_transaction_id(trade.channel, txn))
+            state.mark_paid(trade, opts, txn)
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         notes = [sim.payment_notification(trade, opts) for _ in range(cmd.times)]
@@ -106,13 +112,3 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
     for sim in sims:
         router.include_router(sim.router())
     return router
-
-
-def sim_transaction_id(channel: Channel, seq: str) -> str:
-    """Transaction ids in each channel's own shape."""
-    digits = "".join(ch for ch in seq if ch.isdigit()).rjust(10, "0")
-    if channel is Channel.WECHAT:
-        return "4200001234" + "2020" + digits.rjust(14, "0")      # 28 digits, 42…
-    if channel is Channel.ALIPAY:
-        return "2020110222001" + digits.rjust(15, "0")            # 28 digits
-    return "20201102" + digits.rjust(16, "0")                      # ChinaUMS targetOrderId-ish

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
+from zoneinfo import ZoneInfo
 
 import httpx
 from fastapi import APIRouter
@@ -22,6 +23,7 @@ from payment_adapters.base import Channel, Clock, real_clock
 
 log = logging.getLogger(__name__)
 
+BEIJING = ZoneInfo("Asia/Shanghai")
 SimState = Literal["pending", "paid", "closed", "refunded"]
 
 
@@ -106,8 +108,14 @@ class SandboxState:
         return self._clock().astimezone(UTC).replace(microsecond=0)
 
     def next_seq(self) -> int:
+        """A number no simulator of this machine has handed out before, restarts included.
+
+        The simulator keeps its trades in memory, but the service keeps what it was told in
+        its database: a counter that started again at 1 would hand a new payment the
+        transaction id of an old one. Real microseconds, strictly increasing, never repeat.
+        """
         with self._lock:
-            self._seq += 1
+            self._seq = max(self._seq + 1, time.time_ns() // 1000)
             return self._seq
 
     def put(self, trade: SimTrade) -> SimTrade:
@@ -176,3 +184,14 @@ def deliver_later(note: OutgoingNotification, delay_s: float) -> None:
         deliver(note)
 
     threading.Thread(target=_run, daemon=True, name="sandbox-delivery").start()
+
+
+def sim_transaction_id(channel: Channel, seq: int, when: datetime) -> str:
+    """Transaction ids in each channel's own shape, unique as ``seq`` is (it never repeats,
+    restarts included: ``SandboxState.next_seq``)."""
+    day = when.astimezone(BEIJING).strftime("%Y%m%d")
+    if channel is Channel.WECHAT:
+        return f"42000{seq:023d}"                       # 28 digits, 42…
+    if channel is Channel.ALIPAY:
+        return f"{day}22001{seq % 10**15:015d}"         # 28: date, 22001, 15 digits
+    return f"{day}{seq:016d}"                           # ChinaUMS targetOrderId-ish

@@ -21,9 +21,9 @@ from backend.orders.models import Attempt, BillLine, Payment
 from payment_adapters.base import Channel
 from payment_adapters.sandbox.core import PayOptions, SimTrade
 from tests.conftest import Live
-from tests.orders.helpers import get_order, order, pay, ref, resident_headers, seed
+from tests.notifications.conftest import CHANNELS
+from tests.orders.helpers import get_order, pay
 
-CHANNELS = {"wechat": "wechat_native", "alipay": "alipay_qr", "unionpay": "unionpay_qr"}
 SUCCESS = {"wechat": (204, b""), "alipay": (200, b"success"), "unionpay": (200, b"SUCCESS")}
 
 
@@ -31,18 +31,6 @@ def is_success(channel: str, resp: httpx.Response) -> bool:
     if channel == "wechat":
         return resp.status_code in (200, 204)
     return resp.status_code == 200 and resp.content.strip() == SUCCESS[channel][1]
-
-
-@pytest.fixture
-def pending(live: Live, request: pytest.FixtureRequest) -> dict[str, Any]:
-    """A pending order on the channel under test, and the notification its payment makes."""
-    channel = request.param
-    people = seed(live.rt)
-    h = resident_headers(live)
-    body = order(live, h, CHANNELS[channel], [
-        {"resident_ref": ref(live, h, "张三", people["张三"]), "insurance": "medical"}]).json()
-    return {"channel": channel, "headers": h, "order": body,
-            "out_trade_no": body["payment"]["out_trade_no"]}
 
 
 def notification(live: Live, out_trade_no: str, **kw: Any) -> dict[str, Any]:

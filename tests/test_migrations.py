@@ -1,0 +1,91 @@
+"""Migrations: they build what the models describe, and they carry existing money along."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from backend.migrate import upgrade
+from backend.models import metadata
+from tests.conftest import PG_ADMIN, _unavailable
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.sqlite3'}"
+        return
+    name = f"rc_migrate_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _engine(url: str):  # type: ignore[no-untyped-def]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url)
+
+
+def test_the_migrations_build_what_the_models_describe(empty_db: str) -> None:
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_payments_keep_their_rows_through_the_key_change(empty_db: str) -> None:
+    """0005 moves the payment key from the transaction id to the trade: the money recorded
+    before stays, with every row that refers to it."""
+    upgrade(empty_db, "0004")
+    engine = _engine(empty_db)
+    with engine.begin() as conn:
+        for sql in (
+            "INSERT INTO towns (code, name) VALUES ('t', 'T')",
+            "INSERT INTO villages (code, name, town_code) VALUES ('v', 'V', 't')",
+            "INSERT INTO residents (id, id_hash, id_enc, id_masked, birth_date, name, "
+            "village_code, hukou_type, employee_pension, employee_medical, student, categories, "
+            "created_at, updated_at) VALUES (1, 'h', 'e', 'm', '1970-01-01', 'n', 'v', 'local', "
+            "false, false, false, '', '2020-11-02 01:00:00', '2020-11-02 01:00:00')",
+            "INSERT INTO orders (id, order_no, payer_sub, payer_role, year, channel, status, "
+            "amount_fen, expires_at, created_at, updated_at) VALUES (1, 'O1', 'wx:a', "
+            "'resident', 2021, 'wechat_native', 'paid', 28000, '2020-11-02 01:15:00', "
+            "'2020-11-02 01:00:00', '2020-11-02 01:00:00')",
+            "INSERT INTO attempts (id, order_id, channel, kind, out_trade_no, amount_fen, status, "
+            "expires_at, queries, created_at, updated_at) VALUES (1, 1, 'wechat', 'native', "
+            "'O101', 28000, 'paid', '2020-11-02 01:15:00', 0, '2020-11-02 01:00:00', "
+            "'2020-11-02 01:00:00')",
+            "INSERT INTO payments (id, attempt_id, order_id, channel, transaction_id, amount_fen, "
+            "paid_at, business_date, source, refund_queued_fen, created_at) VALUES (1, 1, 1, "
+            "'wechat', '4200', 28000, '2020-11-02 01:05:00', '2020-11-02', 'notification', 0, "
+            "'2020-11-02 01:05:00')",
+            "INSERT INTO bill_lines (id, resident_id, year, insurance, status, created_at) "
+            "VALUES (1, 1, 2021, 'medical', 'paid', '2020-11-02 01:00:00')",
+            "INSERT INTO payment_lines (payment_id, bill_line_id, amount_fen, applied) "
+            "VALUES (1, 1, 28000, true)",
+        ):
+            conn.execute(text(sql))
+    engine.dispose()
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT attempt_id, transaction_id, amount_fen FROM payments"
+                                 )).all() == [(1, "4200", 28000)]
+        assert conn.execute(text("SELECT payment_id FROM payment_lines")).scalar() == 1
+    engine.dispose()
