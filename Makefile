@@ -28,7 +28,7 @@ run: demo
 	PAYMENT_SANDBOX=1 COLLECT_NOW=$(COLLECT_NOW) $(BIN)/python -m backend serve --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend payment_adapters tests bench migrations miniprogram_contracts
+	$(BIN)/ruff check backend payment_adapters tests bench miniprogram_contracts
 	$(BIN)/mypy backend payment_adapters
 
 test: $(STAMP) lint
