@@ -1,5 +1,5 @@
 # make run  — set up (.venv, install, migrate, demo district) and serve on :8000 with the simulator
-# make test — set up and run the whole suite (SQLite, PostgreSQL and Redis)
+# make test — set up, lint (ruff, mypy, hadolint) and run the whole suite (SQLite, PostgreSQL, Redis)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,6 +30,7 @@ run: demo
 lint: $(STAMP)
 	$(BIN)/ruff check backend payment_adapters tests bench miniprogram_contracts
 	$(BIN)/mypy backend payment_adapters
+	$(BIN)/hadolint Dockerfile
 
 test: $(STAMP) lint
 	$(BIN)/pytest
