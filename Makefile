@@ -1,5 +1,5 @@
 # make run  — set up (.venv, install, migrate, demo district) and serve on :8000 with the simulator
-# make test — set up and run the whole suite (SQLite, PostgreSQL and Redis)
+# make test — set up, lint (ruff, mypy, hadolint) and run the whole suite (SQLite, PostgreSQL, Redis)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,8 +28,9 @@ run: demo
 	PAYMENT_SANDBOX=1 COLLECT_NOW=$(COLLECT_NOW) $(BIN)/python -m backend serve --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend payment_adapters tests bench migrations miniprogram_contracts
+	$(BIN)/ruff check backend payment_adapters tests bench miniprogram_contracts
 	$(BIN)/mypy backend payment_adapters
+	$(BIN)/hadolint Dockerfile
 
 test: $(STAMP) lint
 	$(BIN)/pytest

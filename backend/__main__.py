@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from backend.config import get_settings
+from backend.config import ConfigError, Settings, get_settings
 from backend.errors import AppError
 
 
@@ -16,6 +17,18 @@ def _runtime():  # type: ignore[no-untyped-def]
     return Runtime(get_settings())
 
 
+def uvicorn_options(settings: Settings, *, host: str, port: int,
+                    workers: int) -> dict[str, Any]:
+    """How `serve` runs uvicorn. Everything uvicorn would otherwise take from the environment
+    (WEB_CONCURRENCY, FORWARDED_ALLOW_IPS) is given here, from Settings."""
+    trusted = settings.trusted_proxy_list
+    return {"host": host, "port": port, "workers": workers, "log_config": None,
+            "server_header": False,
+            # X-Forwarded-For names the client only when a trusted proxy sent it; otherwise
+            # anyone could pick the address the per-IP limits count.
+            "proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -23,18 +36,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from backend.logs import configure_logging
 
     settings = get_settings()
+    workers = args.workers if args.workers is not None else settings.web_concurrency
+    if workers > 1 and settings.sandbox:
+        print(f"error: {workers} server processes asked for (--workers or WEB_CONCURRENCY), "
+              "but the channel simulator keeps its trades in one process: serve the sandbox "
+              "(PAYMENT_SANDBOX) with one", file=sys.stderr)
+        return 2
+    settings.check_live_mode()
     configure_logging(settings.log_level)
-    if args.workers > 1:
-        if settings.sandbox:
-            print("error: the channel simulator keeps its trades in one process; serve the "
-                  "sandbox with one worker", file=sys.stderr)
-            return 2
-        uvicorn.run("backend.app:create_app", factory=True, workers=args.workers,
-                    host=args.host, port=args.port, log_config=None, proxy_headers=True,
-                    server_header=False)
-        return 0
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None,
-                proxy_headers=True, server_header=False)
+    options = uvicorn_options(settings, host=args.host, port=args.port, workers=workers)
+    if workers > 1:
+        # each process builds its own app (and Runtime) from the same Settings
+        uvicorn.run("backend.app:create_app", factory=True, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
     return 0
 
 
@@ -85,7 +100,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from backend.logs import configure_logging
     from backend.worker.runner import run_forever
 
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    settings.check_live_mode()
+    configure_logging(settings.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -110,6 +127,12 @@ def cmd_sandbox_pay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 up, got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the API")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1,
-                   help="server processes (not with the simulator); one per core is usual")
+    s.add_argument("--workers", type=_positive, default=None,
+                   help="server processes (not with the simulator); one per core is usual "
+                        "(default: WEB_CONCURRENCY, else 1)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("worker", help="run the outbox relay and scheduled jobs")
@@ -168,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except AppError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

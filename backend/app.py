@@ -89,6 +89,7 @@ def _field(loc: tuple[object, ...]) -> str:
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or Runtime(settings or get_settings())
+    runtime.settings.check_live_mode()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

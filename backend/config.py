@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import secrets
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path("data")
+
+
+class ConfigError(ValueError):
+    """A setting that keeps the service from starting; the message names the setting."""
 
 
 class Settings(BaseSettings):
@@ -30,6 +36,13 @@ class Settings(BaseSettings):
     # Run the worker's jobs inside `serve`: the embedded default does, a deployment with
     # DATABASE_URL runs `python -m backend worker` instead unless this says otherwise.
     run_worker_in_serve: bool | None = None
+    # Server processes `serve` starts unless --workers says otherwise. uvicorn would read
+    # WEB_CONCURRENCY itself; here it is read once, with the rest, and passed on explicitly.
+    web_concurrency: int = Field(default=1, ge=1, le=64)
+    # Reverse proxies whose X-Forwarded-For (the client's address, which the per-IP limits
+    # count) and X-Forwarded-Proto are believed: comma-separated addresses or networks
+    # (CIDR). None by default: the headers are ignored and the client is the peer.
+    trusted_proxies: str = ""
 
     # WeChat mini-program and WeChat Pay APIv3 (public-key mode)
     wechat_appid: str = ""
@@ -82,6 +95,43 @@ class Settings(BaseSettings):
             raise ValueError("COLLECT_NOW must carry a UTC offset, e.g. 2020-11-02T09:00:00+08:00")
         return v
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        for item in _split(v):
+            if item == "*":
+                raise ValueError("TRUSTED_PROXIES: '*' would let anyone claim any address; "
+                                 "list the proxies' addresses or networks")
+            try:
+                ipaddress.ip_network(item)
+            except ValueError as exc:
+                raise ValueError(f"TRUSTED_PROXIES: {item!r} is not an IP address or network "
+                                 f"({exc})") from None
+        return v
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [str(ipaddress.ip_network(item)) for item in _split(self.trusted_proxies)]
+
+    def live_mode_problems(self) -> list[str]:
+        """What keeps this configuration from taking real money; empty in sandbox mode."""
+        if self.sandbox:
+            return []
+        problems = []
+        url = urlsplit(self.public_base_url)
+        if url.scheme != "https" or not url.hostname or url.query or url.fragment:
+            problems.append(
+                "PUBLIC_BASE_URL must be https:// with a host and no query string or fragment "
+                "(the channels POST payment notifications to it, and payers open its QR "
+                f"links): got {self.public_base_url!r}")
+        return problems
+
+    def check_live_mode(self) -> None:
+        problems = self.live_mode_problems()
+        if problems:
+            raise ConfigError("live mode (PAYMENT_SANDBOX off) refuses to start: "
+                              + "; ".join(problems))
+
     @property
     def sandbox(self) -> bool:
         """The simulator only when asked for, or when no live channel is configured at all.
@@ -96,7 +146,7 @@ class Settings(BaseSettings):
         if all(live):
             return False
         if any(live):
-            raise ValueError("live keys are set for some payment channels but not all "
+            raise ConfigError("live keys are set for some payment channels but not all "
                              "(WECHAT_MCHID, ALIPAY_APPID, UNIONPAY_MID): set them all, or "
                              "PAYMENT_SANDBOX=1 explicitly")
         return True
@@ -139,6 +189,10 @@ class Settings(BaseSettings):
         if len(key) != 32:
             raise ValueError("PII_KEY must be base64 of exactly 32 bytes")
         return key
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @lru_cache

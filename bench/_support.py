@@ -38,7 +38,7 @@ if sys.path[0] != str(CODE_ROOT):
 from backend.config import Settings  # noqa: E402
 from payment_adapters.base import Channel  # noqa: E402
 
-CODE_DIRS = ("backend", "payment_adapters", "migrations")
+CODE_DIRS = ("backend", "payment_adapters")
 
 
 def describe_code(root: Path) -> str:
@@ -67,8 +67,8 @@ def run_on_code_snapshot() -> str:
 
     Others edit the service while a benchmark may run for an hour, and each run starts a new
     server process that would import whatever is on disk then. The first call copies
-    backend/, payment_adapters/ and migrations/ to a temporary folder and runs this same
-    command again with that copy first on the path (BENCH_CODE_ROOT), then exits with its
+    backend/ (migrations included) and payment_adapters/ to a temporary folder and runs this
+    same command again with that copy first on the path (BENCH_CODE_ROOT), then exits with its
     status; in that second process it returns the code's description. BENCH_NO_SNAPSHOT=1
     runs on the working tree as it is.
     """

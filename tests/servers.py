@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -17,13 +18,19 @@ def free_port() -> int:
 
 
 class ServedApp:
-    """A FastAPI app served by uvicorn in a thread on 127.0.0.1 (loopback only)."""
+    """A FastAPI app served by uvicorn in a thread on 127.0.0.1 (loopback only).
 
-    def __init__(self, app: FastAPI, port: int | None = None) -> None:
+    ``options`` are uvicorn options over the test defaults: pass
+    ``backend.__main__.uvicorn_options(...)`` to serve the app as ``serve`` does.
+    """
+
+    def __init__(self, app: FastAPI, port: int | None = None,
+                 options: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", limit_concurrency=200)
+        config = uvicorn.Config(app, **{
+            "log_level": "warning", "lifespan": "off", "limit_concurrency": 200,
+            **(options or {}), "host": "127.0.0.1", "port": self.port})
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
