@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("error: the channel simulator keeps its trades in one process; serve the "
                   "sandbox with one worker", file=sys.stderr)
             return 2
-        uvicorn.run("backend.app:create_app", factory=True, workers=args.workers,
+        uvicorn.run("backend.app:create_logged_app", factory=True, workers=args.workers,
                     host=args.host, port=args.port, log_config=None, proxy_headers=True,
                     server_header=False)
         return 0
