@@ -70,6 +70,16 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_set_active(args: argparse.Namespace) -> int:
+    from backend.auth.service import set_staff_active
+
+    active = args.action == "activate"
+    user = set_staff_active(_runtime(), args.username, active)
+    print(f"{'activated' if active else 'deactivated'} {user.username}"
+          + ("" if active else "; the tokens it held no longer work"))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo.generator import load_demo
 
@@ -153,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--village")
     s.add_argument("--department")
     s.set_defaults(func=cmd_users_create)
+    for action, what in (("deactivate", "deactivate a staff account and revoke its tokens"),
+                         ("activate", "reactivate a staff account (its old tokens stay dead)")):
+        s = users.add_parser(action, help=what)
+        s.add_argument("--username", required=True)
+        s.set_defaults(func=cmd_users_set_active)
 
     s = sub.add_parser("demo", help="load a generated demo district")
     s.add_argument("--residents", type=int, default=20_000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
@@ -12,7 +13,8 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.auth.models import STAFF_ROLES, StaffUser
-from backend.errors import Conflict, RateLimited, Unauthorized, ValidationFailed
+from backend.db import unit_of_work
+from backend.errors import Conflict, NotFound, RateLimited, Unauthorized, ValidationFailed
 from backend.policy import DEPARTMENTS
 from backend.residents.models import Town, Village
 from backend.runtime import Runtime
@@ -23,6 +25,8 @@ _hasher = PasswordHasher()
 # Verifying against this keeps an unknown username as slow as a wrong password.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 _OPENID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# How long a process may go on trusting an account's active flag and token_version it read.
+STAFF_STATE_TTL_S = 30
 
 
 def create_staff_user(session: Session, *, username: str, password: str, role: str,
@@ -61,7 +65,69 @@ def create_staff_user(session: Session, *, username: str, password: str, role: s
 
 def staff_principal(user: StaffUser) -> Principal:
     return Principal(sub=f"staff:{user.id}", role=user.role, town_code=user.town_code,
-                     village_code=user.village_code, department=user.department)
+                     village_code=user.village_code, department=user.department,
+                     token_version=user.token_version)
+
+
+def _state_key(staff_id: int) -> str:
+    return f"staff:state:{staff_id}"
+
+
+def _staff_state(rt: Runtime, staff_id: int) -> tuple[bool, int]:
+    """(active, token_version) of an account: kept in Redis for STAFF_STATE_TTL_S, so a
+    change made by another process without a shared Redis shows within that time."""
+    key = _state_key(staff_id)
+    try:
+        cached = rt.redis.get(key)
+    except redis.RedisError as exc:
+        log.warning("redis unavailable, reading the staff account's state: %s", exc)
+        cached = None
+    if cached is not None:
+        text = cached.decode() if isinstance(cached, bytes) else str(cached)
+        active, _, version = text.partition(":")
+        return active == "1", int(version)
+    with rt.engine.connect() as conn:
+        row = conn.execute(select(col(StaffUser.active), col(StaffUser.token_version))
+                           .where(col(StaffUser.id) == staff_id)).first()
+    state = (bool(row[0]), int(row[1])) if row is not None else (False, -1)
+    try:
+        rt.redis.set(key, f"{int(state[0])}:{state[1]}", ex=STAFF_STATE_TTL_S)
+    except redis.RedisError:
+        pass   # said above; the next request reads the database again
+    return state
+
+
+def check_staff_token(rt: Runtime, principal: Principal) -> None:
+    """A staff token is good while its account is active and nothing revoked it since."""
+    staff_id = principal.sub.removeprefix("staff:")
+    if not staff_id.isdigit():
+        raise Unauthorized("the access token is not valid")
+    active, version = _staff_state(rt, int(staff_id))
+    if not active or version != principal.token_version:
+        raise Unauthorized("the access token has been revoked; log in again")
+
+
+def set_staff_active(rt: Runtime, username: str, active: bool) -> StaffUser:
+    """Deactivate (revoking every token the account holds) or reactivate a staff account.
+
+    Reactivation does not revive the old tokens: deactivation moved ``token_version`` on.
+    """
+    with unit_of_work(rt.sessions) as s:
+        user = s.scalar(select(StaffUser).where(col(StaffUser.username) == username)
+                        .with_for_update())
+        if user is None:
+            raise NotFound(f"no staff account {username!r}")
+        if user.active and not active:
+            user.token_version += 1
+        user.active = active
+    assert user.id is not None
+    try:
+        rt.redis.delete(_state_key(user.id))
+    except redis.RedisError as exc:
+        log.warning("redis unavailable; the account's cached state lapses within %d s: %s",
+                    STAFF_STATE_TTL_S, exc)
+    log.info("staff account %s %s", username, "activated" if active else "deactivated")
+    return user
 
 
 def login_staff(rt: Runtime, session: Session, username: str, password: str,
