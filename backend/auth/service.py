@@ -130,14 +130,40 @@ def set_staff_active(rt: Runtime, username: str, active: bool) -> StaffUser:
     return user
 
 
+def slowdown_s(failures: int, cap_s: float) -> float:
+    """The wait before checking a password, by the account's recent failures from anywhere:
+    0.25 s after the first, doubling, never over ``cap_s``."""
+    if failures <= 0:
+        return 0.0
+    return float(min(cap_s, 0.25 * 2 ** min(failures - 1, 32)))
+
+
+def _login_keys(username: str, client_ip: str) -> tuple[str, str, str]:
+    name = username.lower()
+    return f"login:pair:{client_ip}:{name}", f"login:ip:{client_ip}", f"login:user:{name}"
+
+
+def login_throttle(rt: Runtime, username: str, client_ip: str) -> float:
+    """Refuse (429) an address that failed too often, for this account or across accounts;
+    else the seconds to wait before trying the password.
+
+    Failures lock only the (account, address) pair: anyone can type a username, so
+    failures from elsewhere slow the account's logins down instead of locking the owner out.
+    """
+    s = rt.settings
+    pair, ip, account = _login_keys(username, client_ip)
+    if (rt.limiter.count(pair) >= s.login_failure_limit
+            or rt.limiter.count(ip) >= 4 * s.login_failure_limit):
+        raise RateLimited("too many failed logins; wait a few minutes and try again")
+    return slowdown_s(rt.limiter.count(account), s.login_slowdown_max_s)
+
+
 def login_staff(rt: Runtime, session: Session, username: str, password: str,
                 client_ip: str) -> tuple[str, StaffUser]:
+    """Check the password (the caller has waited ``login_throttle``'s time first)."""
     s = rt.settings
-    keys = [f"login:user:{username.lower()}", f"login:ip:{client_ip}"]
-    # An account locks after a few failures; an address after more (many accounts).
-    if (rt.limiter.count(keys[0]) >= s.login_failure_limit
-            or rt.limiter.count(keys[1]) >= 4 * s.login_failure_limit):
-        raise RateLimited("too many failed logins; wait a few minutes and try again")
+    keys = _login_keys(username, client_ip)
+    login_throttle(rt, username, client_ip)
     user = session.scalar(select(StaffUser).where(col(StaffUser.username) == username))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
@@ -151,7 +177,7 @@ def login_staff(rt: Runtime, session: Session, username: str, password: str,
         raise Unauthorized("wrong username or password")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    rt.limiter.reset(keys[0])
+    rt.limiter.reset(keys[0])   # the pair only: others' failures still slow this account
     return issue_token(rt.app_secret, staff_principal(user), s.access_token_ttl_s), user
 
 
