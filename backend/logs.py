@@ -43,3 +43,4 @@ def configure_logging(level: str = "INFO") -> None:
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+        lg.setLevel(logging.NOTSET)   # the root's level, whatever uvicorn set before
