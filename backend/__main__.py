@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = uvicorn_options(settings, host=args.host, port=args.port, workers=workers)
     if workers > 1:
         # each process builds its own app (and Runtime) from the same Settings
-        uvicorn.run("backend.app:create_app", factory=True, **options)
+        uvicorn.run("backend.app:create_logged_app", factory=True, **options)
     else:
         uvicorn.run(create_app(settings), **options)
     return 0
@@ -82,6 +82,16 @@ def cmd_users_create(args: argparse.Namespace) -> int:
                                  role=args.role, town_code=args.town,
                                  village_code=args.village, department=args.department)
         print(f"created {user.role} {user.username}")
+    return 0
+
+
+def cmd_users_set_active(args: argparse.Namespace) -> int:
+    from backend.auth.service import set_staff_active
+
+    active = args.action == "activate"
+    user = set_staff_active(_runtime(), args.username, active)
+    print(f"{'activated' if active else 'deactivated'} {user.username}"
+          + ("" if active else "; the tokens it held no longer work"))
     return 0
 
 
@@ -177,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--village")
     s.add_argument("--department")
     s.set_defaults(func=cmd_users_create)
+    for action, what in (("deactivate", "deactivate a staff account and revoke its tokens"),
+                         ("activate", "reactivate a staff account (its old tokens stay dead)")):
+        s = users.add_parser(action, help=what)
+        s.add_argument("--username", required=True)
+        s.set_defaults(func=cmd_users_set_active)
 
     s = sub.add_parser("demo", help="load a generated demo district")
     s.add_argument("--residents", type=int, default=20_000)

@@ -154,3 +154,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.include_router(runtime.channels.sandbox_router())
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app
+
+
+def create_logged_app() -> FastAPI:
+    """``create_app()`` for the server processes ``serve --workers N`` starts: each sets up
+    its own (redacting) logging first, as ``serve`` does for itself."""
+    from backend.logs import configure_logging
+
+    configure_logging(get_settings().log_level)
+    return create_app()

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     lookup_miss_window_s: int = 600
     login_failure_limit: int = 5
     login_failure_window_s: int = 900
+    # failures from any address slow an account's logins down, by up to this much
+    login_slowdown_max_s: float = Field(default=3.0, ge=0, le=30)
     access_token_ttl_s: int = 8 * 3600
 
     @field_validator("collect_now")

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from backend.auth.service import check_staff_token
 from backend.db import unit_of_work
 from backend.errors import Forbidden, Unauthorized
 from backend.runtime import Runtime
@@ -39,7 +40,10 @@ def get_principal(
 ) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("log in first: send Authorization: Bearer <token>")
-    return read_token(rt.app_secret, creds.credentials)
+    principal = read_token(rt.app_secret, creds.credentials)
+    if principal.is_staff:
+        check_staff_token(rt, principal)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

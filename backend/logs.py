@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+from types import TracebackType
 
 # 18-character citizen ID numbers and 11-digit mainland mobile numbers, not inside longer
 # digit runs (order numbers, timestamps).
 _ID = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[\dXx])(?![0-9A-Za-z])")
 _PHONE = re.compile(r"(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | \
+    tuple[None, None, None]
 
 
 def redact(text: str) -> str:
@@ -16,23 +20,27 @@ def redact(text: str) -> str:
     return _PHONE.sub(lambda m: f"{m.group(1)}****{m.group(2)}", text)
 
 
-class RedactingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
+class RedactingFormatter(logging.Formatter):
+    """Masks the whole rendered record: the message and its arguments, and also exception
+    text and stack, where a database error's SQL parameters carry full ID numbers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+    def formatException(self, ei: _ExcInfo) -> str:  # noqa: N802  (logging's name)
+        # The record caches this text (record.exc_text) for any other handler: cache it masked.
+        return redact(super().formatException(ei))
 
 
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # uvicorn's own loggers (errors, access lines with their URLs) go through the same handler.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+        lg.setLevel(logging.NOTSET)   # the root's level, whatever uvicorn set before

@@ -97,7 +97,7 @@ def settings(backend_name: str, request: pytest.FixtureRequest, tmp_path: Path) 
         db, cache = request.getfixturevalue("sqlite_url"), ""
     return Settings(database_url=db, redis_url=cache, data_dir=tmp_path, pii_key=TEST_PII_KEY,
                     app_secret="test-secret-" + "x" * 32, collect_now=IN_WINDOW,
-                    payment_sandbox=True)
+                    payment_sandbox=True, login_slowdown_max_s=0.05)
 
 
 def _wipe(rt: Runtime) -> None:

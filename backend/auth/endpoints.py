@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from backend.auth import service
 from backend.auth.schemas import StaffLogin, StaffToken, WechatLogin, WechatToken
@@ -16,6 +18,12 @@ def login_wechat(body: WechatLogin, rt: RuntimeDep) -> WechatToken:
 
 
 @router.post("/staff", response_model=StaffToken)
-def login_staff(body: StaffLogin, rt: RuntimeDep, session: SessionDep, ip: ClientIp) -> StaffToken:
-    token, user = service.login_staff(rt, session, body.username, body.password, ip)
+async def login_staff(body: StaffLogin, rt: RuntimeDep, session: SessionDep,
+                      ip: ClientIp) -> StaffToken:
+    delay = await run_in_threadpool(service.login_throttle, rt, body.username, ip)
+    if delay:
+        # waited here, not in a worker thread: a flood of logins ties up no threads
+        await anyio.sleep(delay)
+    token, user = await run_in_threadpool(service.login_staff, rt, session, body.username,
+                                          body.password, ip)
     return StaffToken(access_token=token, role=user.role)

@@ -22,4 +22,6 @@ class StaffUser(SQLModel, table=True):
     village_code: str | None = Field(default=None, foreign_key="villages.code", max_length=32)
     department: str | None = Field(default=None, max_length=32)
     active: bool = True
+    # carried in each token; deactivation moves it on, revoking every token issued before
+    token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

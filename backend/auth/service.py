@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
@@ -12,7 +13,8 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.auth.models import STAFF_ROLES, StaffUser
-from backend.errors import Conflict, RateLimited, Unauthorized, ValidationFailed
+from backend.db import unit_of_work
+from backend.errors import Conflict, NotFound, RateLimited, Unauthorized, ValidationFailed
 from backend.policy import DEPARTMENTS
 from backend.residents.models import Town, Village
 from backend.runtime import Runtime
@@ -23,6 +25,8 @@ _hasher = PasswordHasher()
 # Verifying against this keeps an unknown username as slow as a wrong password.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 _OPENID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# How long a process may go on trusting an account's active flag and token_version it read.
+STAFF_STATE_TTL_S = 30
 
 
 def create_staff_user(session: Session, *, username: str, password: str, role: str,
@@ -61,17 +65,105 @@ def create_staff_user(session: Session, *, username: str, password: str, role: s
 
 def staff_principal(user: StaffUser) -> Principal:
     return Principal(sub=f"staff:{user.id}", role=user.role, town_code=user.town_code,
-                     village_code=user.village_code, department=user.department)
+                     village_code=user.village_code, department=user.department,
+                     token_version=user.token_version)
+
+
+def _state_key(staff_id: int) -> str:
+    return f"staff:state:{staff_id}"
+
+
+def _staff_state(rt: Runtime, staff_id: int) -> tuple[bool, int]:
+    """(active, token_version) of an account: kept in Redis for STAFF_STATE_TTL_S, so a
+    change made by another process without a shared Redis shows within that time."""
+    key = _state_key(staff_id)
+    try:
+        cached = rt.redis.get(key)
+    except redis.RedisError as exc:
+        log.warning("redis unavailable, reading the staff account's state: %s", exc)
+        cached = None
+    if cached is not None:
+        text = cached.decode() if isinstance(cached, bytes) else str(cached)
+        active, _, version = text.partition(":")
+        return active == "1", int(version)
+    with rt.engine.connect() as conn:
+        row = conn.execute(select(col(StaffUser.active), col(StaffUser.token_version))
+                           .where(col(StaffUser.id) == staff_id)).first()
+    state = (bool(row[0]), int(row[1])) if row is not None else (False, -1)
+    try:
+        rt.redis.set(key, f"{int(state[0])}:{state[1]}", ex=STAFF_STATE_TTL_S)
+    except redis.RedisError:
+        pass   # said above; the next request reads the database again
+    return state
+
+
+def check_staff_token(rt: Runtime, principal: Principal) -> None:
+    """A staff token is good while its account is active and nothing revoked it since."""
+    staff_id = principal.sub.removeprefix("staff:")
+    if not staff_id.isdigit():
+        raise Unauthorized("the access token is not valid")
+    active, version = _staff_state(rt, int(staff_id))
+    if not active or version != principal.token_version:
+        raise Unauthorized("the access token has been revoked; log in again")
+
+
+def set_staff_active(rt: Runtime, username: str, active: bool) -> StaffUser:
+    """Deactivate (revoking every token the account holds) or reactivate a staff account.
+
+    Reactivation does not revive the old tokens: deactivation moved ``token_version`` on.
+    """
+    with unit_of_work(rt.sessions) as s:
+        user = s.scalar(select(StaffUser).where(col(StaffUser.username) == username)
+                        .with_for_update())
+        if user is None:
+            raise NotFound(f"no staff account {username!r}")
+        if user.active and not active:
+            user.token_version += 1
+        user.active = active
+    assert user.id is not None
+    try:
+        rt.redis.delete(_state_key(user.id))
+    except redis.RedisError as exc:
+        log.warning("redis unavailable; the account's cached state lapses within %d s: %s",
+                    STAFF_STATE_TTL_S, exc)
+    log.info("staff account %s %s", username, "activated" if active else "deactivated")
+    return user
+
+
+def slowdown_s(failures: int, cap_s: float) -> float:
+    """The wait before checking a password, by the account's recent failures from anywhere:
+    0.25 s after the first, doubling, never over ``cap_s``."""
+    if failures <= 0:
+        return 0.0
+    return float(min(cap_s, 0.25 * 2 ** min(failures - 1, 32)))
+
+
+def _login_keys(username: str, client_ip: str) -> tuple[str, str, str]:
+    name = username.lower()
+    return f"login:pair:{client_ip}:{name}", f"login:ip:{client_ip}", f"login:user:{name}"
+
+
+def login_throttle(rt: Runtime, username: str, client_ip: str) -> float:
+    """Refuse (429) an address that failed too often, for this account or across accounts;
+    else the seconds to wait before trying the password.
+
+    Failures lock only the (account, address) pair: anyone can type a username, so
+    failures from elsewhere slow the account's logins down instead of locking the owner out.
+    """
+    s = rt.settings
+    pair, ip, account = _login_keys(username, client_ip)
+    if (rt.limiter.count(pair) >= s.login_failure_limit
+            or rt.limiter.count(ip) >= 4 * s.login_failure_limit):
+        raise RateLimited("too many failed logins; wait a few minutes and try again")
+    return slowdown_s(rt.limiter.count(account), s.login_slowdown_max_s)
 
 
 def login_staff(rt: Runtime, session: Session, username: str, password: str,
                 client_ip: str) -> tuple[str, StaffUser]:
+    """Check the password (the caller has waited ``login_throttle``'s time first)."""
     s = rt.settings
-    keys = [f"login:user:{username.lower()}", f"login:ip:{client_ip}"]
-    # An account locks after a few failures; an address after more (many accounts).
-    if (rt.limiter.count(keys[0]) >= s.login_failure_limit
-            or rt.limiter.count(keys[1]) >= 4 * s.login_failure_limit):
-        raise RateLimited("too many failed logins; wait a few minutes and try again")
+    keys = _login_keys(username, client_ip)
+    login_throttle(rt, username, client_ip)
     user = session.scalar(select(StaffUser).where(col(StaffUser.username) == username))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
@@ -85,7 +177,7 @@ def login_staff(rt: Runtime, session: Session, username: str, password: str,
         raise Unauthorized("wrong username or password")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    rt.limiter.reset(keys[0])
+    rt.limiter.reset(keys[0])   # the pair only: others' failures still slow this account
     return issue_token(rt.app_secret, staff_principal(user), s.access_token_ttl_s), user
 
 

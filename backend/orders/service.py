@@ -402,11 +402,7 @@ def sync_attempt(rt: Runtime, attempt: Attempt) -> str:
 
 def close_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
     with unit_of_work(rt.sessions) as s:
-        order = repo.order_by_no(s, order_no)
-        if order is None or not _visible(s, principal, order):
-            raise NotFound(f"no order {order_no} for this caller")
-        if not may_change(principal, order):
-            raise Forbidden("only the payer or finance staff may close an order")
+        order = _order_to_change(s, principal, order_no, "close")
         attempts = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
                     if a.status in LIVE_ATTEMPT_STATES]
     if order.status != "pending":
@@ -414,11 +410,11 @@ def close_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
                        code="order_not_payable")
     close_attempts(rt, order, attempts)
     with unit_of_work(rt.sessions) as s:
-        order = repo.order_by_no(s, order_no)
-        assert order is not None   # it was there above; orders are never deleted
-        if order.status == "paid":
+        now = repo.order_by_no(s, order_no)
+        assert now is not None   # it was there above; orders are never deleted
+        if now.status == "paid":
             raise Conflict(f"order {order_no} was paid meanwhile", code="order_not_payable")
-        return render(rt, s, principal, order)
+        return render(rt, s, principal, now)
 
 
 def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt], *,
@@ -478,12 +474,23 @@ def may_change(principal: Principal, order: Order) -> bool:
     return order.payer_sub == principal.sub or principal.role in ("finance", "admin")
 
 
+def _order_to_change(session: Session, principal: Principal, order_no: str,
+                     action: str) -> Order:
+    """The order a caller means to close or sync, or why not: one rule for both, checked
+    before anything is asked of a channel (a sync can settle the order and post to the
+    ledger)."""
+    order = repo.order_by_no(session, order_no)
+    if order is None or not _visible(session, principal, order):
+        raise NotFound(f"no order {order_no} for this caller")
+    if not may_change(principal, order):
+        raise Forbidden(f"only the payer or finance staff may {action} an order")
+    return order
+
+
 def sync_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
     """Query the channel for each live attempt of an order and apply what it reports."""
     with unit_of_work(rt.sessions) as s:
-        order = repo.order_by_no(s, order_no)
-        if order is None or not _visible(s, principal, order):
-            raise NotFound(f"no order {order_no} for this caller")
+        order = _order_to_change(s, principal, order_no, "sync")
         attempts = [a for a in repo.attempts_of(s, order.id)  # type: ignore[arg-type]
                     if a.status in LIVE_ATTEMPT_STATES or a.status == "closed"]
     for attempt in attempts:

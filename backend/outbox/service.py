@@ -53,11 +53,12 @@ def claim(rt: Any, limit: int = BATCH) -> list[OutboxJob]:
                               .order_by(col(OutboxJob.run_at)).limit(limit)
                               .with_for_update(skip_locked=True)))
         if jobs:
+            # One count per try, in SQL; "evaluate" carries the new values onto the jobs
+            # loaded above (adding one in memory too would count every try twice).
             s.execute(update(OutboxJob).where(col(OutboxJob.id).in_([j.id for j in jobs]))
                       .values(run_at=now + LEASE, tries=col(OutboxJob.tries) + 1,
-                              updated_at=now))
-        for j in jobs:
-            j.tries += 1
+                              updated_at=now)
+                      .execution_options(synchronize_session="evaluate"))
         return jobs
 
 

@@ -24,6 +24,9 @@ class Principal:
     town_code: str | None = None
     village_code: str | None = None
     department: str | None = None
+    # staff only: the account's token_version when the token was issued; deactivating the
+    # account moves it on, so every earlier token stops working
+    token_version: int = 0
 
     @property
     def is_staff(self) -> bool:
@@ -39,6 +42,8 @@ def issue_token(secret: str, principal: Principal, ttl_s: int) -> str:
     for key in ("town_code", "village_code", "department"):
         if getattr(principal, key):
             claims[key] = getattr(principal, key)
+    if principal.is_staff:
+        claims["ver"] = principal.token_version
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -50,9 +55,12 @@ def read_token(secret: str, token: str) -> Principal:
         raise Unauthorized("the access token has expired; log in again") from None
     except jwt.PyJWTError:
         raise Unauthorized("the access token is not valid") from None
+    version = claims.get("ver", 0)
+    if not isinstance(version, int):
+        raise Unauthorized("the access token is not valid")
     return Principal(sub=claims["sub"], role=claims["role"], town_code=claims.get("town_code"),
                      village_code=claims.get("village_code"),
-                     department=claims.get("department"))
+                     department=claims.get("department"), token_version=version)
 
 
 class RefCodec:

@@ -1,0 +1,91 @@
+"""Nothing a log line renders carries a full ID number or phone number."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from backend.logs import configure_logging
+
+ID_NUMBER, ID_MASKED = "370406196903151231", "370406********1231"
+PHONE, PHONE_MASKED = "13812345678", "138****5678"
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """configure_logging's handlers, writing to a buffer; the previous set-up restored after."""
+    saved = {name: (lg.handlers[:], lg.propagate, lg.level) for name, lg in
+             ((n, logging.getLogger(n)) for n in ("", "uvicorn", "uvicorn.error",
+                                                   "uvicorn.access"))}
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", out)
+    configure_logging("INFO")
+    yield out
+    for name, (handlers, propagate, level) in saved.items():
+        lg = logging.getLogger(name)
+        lg.handlers[:], lg.propagate, lg.level = handlers, propagate, level
+
+
+def _fail(id_number: str, phone: str) -> None:
+    raise ValueError(f"duplicate key: (id_number)=({id_number}), phone {phone}")
+
+
+@pytest.mark.parametrize("logger", ["backend.somewhere", "uvicorn.error"])
+def test_exception_text_and_stack_are_redacted(logged: io.StringIO, logger: str) -> None:
+    log = logging.getLogger(logger)
+    try:
+        _fail(ID_NUMBER, PHONE)
+    except ValueError:
+        log.exception("import of %s failed", ID_NUMBER)
+    # the stack shows this source line, the number written out in it
+    log.warning("caller %s", "13812345678", stack_info=True)
+    text = logged.getvalue()
+    assert "ValueError: duplicate key" in text and "Stack (most recent call last)" in text
+    assert ID_NUMBER not in text and PHONE not in text
+    # ID: the message, the exception; phone: the exception, the message, the stack
+    assert text.count(ID_MASKED) == 2 and text.count(PHONE_MASKED) == 3
+
+
+def test_sqlalchemy_error_parameters_are_redacted(logged: io.StringIO) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine("sqlite://")
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE r (id_number TEXT UNIQUE, phone TEXT)"))
+        conn.execute(text("INSERT INTO r VALUES (:i, :p)"), {"i": ID_NUMBER, "p": PHONE})
+        try:
+            conn.execute(text("INSERT INTO r VALUES (:i, :p)"), {"i": ID_NUMBER, "p": PHONE})
+        except Exception:
+            logging.getLogger("backend.imports").exception("insert failed")
+    out = logged.getvalue()
+    assert "IntegrityError" in out and ID_MASKED in out and PHONE_MASKED in out
+    assert ID_NUMBER not in out and PHONE not in out
+
+
+def test_uvicorn_access_lines_are_redacted(logged: io.StringIO) -> None:
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "10.0.0.1", "GET",
+                                             f"/x?id={ID_NUMBER}&tel={PHONE}", "1.1", 200)
+    out = logged.getvalue()
+    assert f"/x?id={ID_MASKED}&tel={PHONE_MASKED}" in out and ID_NUMBER not in out
+
+
+def test_each_server_process_sets_up_redacting_logging(logged: io.StringIO,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --workers N``: uvicorn's worker processes build the app with this factory."""
+    from backend import app as app_module
+
+    made = object()
+    monkeypatch.setattr(app_module, "create_app", lambda: made)
+    logging.getLogger().handlers[:] = []          # a fresh process has no handlers
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", out)
+    assert app_module.create_logged_app() is made  # type: ignore[comparison-overlap]
+    try:
+        _fail(ID_NUMBER, PHONE)
+    except ValueError:
+        logging.getLogger("uvicorn.error").exception("request failed")
+    text = out.getvalue()
+    assert ID_MASKED in text and PHONE_MASKED in text and ID_NUMBER not in text
