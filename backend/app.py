@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,7 +103,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             stop.set()
         runtime.close()
 
-    app = FastAPI(title="Resident insurance collection", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from this package, not from a CDN: a
+    # district's intranet has no internet.
+    app = FastAPIOffline(title="Resident insurance collection", version="0.1.0",
+                         lifespan=lifespan)
     app.state.runtime = runtime
 
     @app.exception_handler(AppError)
