@@ -5,17 +5,19 @@ from fastapi import APIRouter
 from backend.auth import service
 from backend.auth.schemas import StaffLogin, StaffToken, WechatLogin, WechatToken
 from backend.deps import ClientIp, RuntimeDep, SessionDep
+from backend.errors import JSON_BODY, errors
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
-@router.post("/wechat", response_model=WechatToken)
+@router.post("/wechat", response_model=WechatToken, responses=errors(*JSON_BODY, "unauthorized"))
 def login_wechat(body: WechatLogin, rt: RuntimeDep) -> WechatToken:
     token, openid = service.login_wechat(rt, body.code)
     return WechatToken(access_token=token, openid=openid)
 
 
-@router.post("/staff", response_model=StaffToken)
+@router.post("/staff", response_model=StaffToken,
+             responses=errors(*JSON_BODY, "unauthorized", "rate_limited"))
 def login_staff(body: StaffLogin, rt: RuntimeDep, session: SessionDep, ip: ClientIp) -> StaffToken:
     token, user = service.login_staff(rt, session, body.username, body.password, ip)
     return StaffToken(access_token=token, role=user.role)
