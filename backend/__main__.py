@@ -1,4 +1,16 @@
-"""The command line: ``python -m backend serve|migrate|import|users|demo``."""
+"""The command line of the resident insurance collection backend.
+
+commands:
+  serve     run the API (without DATABASE_URL it runs the worker's jobs too)
+  worker    run the outbox relay and scheduled jobs
+  migrate   apply database migrations
+  import    import regions, residents, department lists or deaths (CSV or XLSX)
+  users     staff accounts (users create …)
+  demo      load a generated demo district
+  sandbox   drive the channel simulator of a running serve (sandbox pay …)
+
+Each command tells more with --help, e.g. python -m backend import --help
+"""
 
 from __future__ import annotations
 
@@ -143,8 +155,26 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _import_columns() -> str:
+    """The columns and allowed values of each import kind, tiers from the configured policy."""
+    from backend.imports.columns import describe
+    from backend.policy import Policy, load_policy
+
+    policy: Policy | None
+    try:
+        policy = load_policy(get_settings().policy)
+    except Exception:  # a broken POLICY or environment must not break --help
+        policy = None
+    return describe(policy)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    from backend.auth.models import STAFF_ROLES
+    from backend.imports.columns import KINDS
+    from backend.policy import DEPARTMENTS
+
+    p = argparse.ArgumentParser(prog="python -m backend", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the API")
@@ -169,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("migrate", help="apply database migrations")
     s.set_defaults(func=cmd_migrate)
 
-    s = sub.add_parser("import", help="import a CSV or XLSX file")
-    s.add_argument("kind", choices=["regions", "residents", "departments", "deaths"])
+    s = sub.add_parser("import", help="import a CSV or XLSX file",
+                       description=_import_columns(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("kind", choices=KINDS)
     s.add_argument("file")
     s.add_argument("--skip-bad-rows", action="store_true",
                    help="import the good rows even if some are bad")
@@ -182,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = users.add_parser("create", help="create a staff account")
     s.add_argument("--username", required=True)
     s.add_argument("--password", required=True)
-    s.add_argument("--role", required=True)
-    s.add_argument("--town")
-    s.add_argument("--village")
-    s.add_argument("--department")
+    s.add_argument("--role", required=True, choices=STAFF_ROLES)
+    s.add_argument("--town", help="the town's code (role town_staff)")
+    s.add_argument("--village", help="the village's code (role agent)")
+    s.add_argument("--department", choices=DEPARTMENTS, help="(role department)")
     s.set_defaults(func=cmd_users_create)
     for action, what in (("deactivate", "deactivate a staff account and revoke its tokens"),
                          ("activate", "reactivate a staff account (its old tokens stay dead)")):

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.agents.endpoints import router as agents_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
-from backend.errors import AppError
+from backend.errors import AppError, document_errors
 from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import router as notify_router
 from backend.orders.endpoints import router as orders_router
@@ -103,8 +105,19 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             stop.set()
         runtime.close()
 
-    app = FastAPI(title="Resident insurance collection", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from this package, not from a CDN: a
+    # district's intranet has no internet.
+    app = FastAPIOffline(title="Resident insurance collection", version="0.1.0",
+                         lifespan=lifespan)
     app.state.runtime = runtime
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:

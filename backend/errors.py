@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class AppError(Exception):
@@ -51,3 +55,148 @@ class RateLimited(AppError):
 
 class Conflict(AppError):
     status, code = 409, "conflict"
+
+
+# --------------------------------------------------------------------------- the contract
+# Every error answer is ``{"error": {"code", "message", ...}}``: one model, documented per
+# operation with the codes it can answer (``errors(...)`` in each route's ``responses``).
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    # The optional keys are left out of an answer, never sent as null.
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", ...) is None:
+            del prop["default"]
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: ``code`` for the program, ``message`` for a person."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_absent_not_null)
+
+    code: str = Field(description="Stable and machine-readable: one of the codes that the "
+                                  "operation lists for this HTTP status.")
+    message: str = Field(description="One sentence for a person, naming what was wrong. Its "
+                                     "wording may change: branch on `code`, never on this.")
+    fields: list[str] | SkipJsonSchema[None] = Field(
+        None, description="`validation_error` of the request's shape: the fields that failed, "
+                          "e.g. `items.0.tier_yuan`, `date`, or `body` for invalid JSON.")
+    order_no: str | SkipJsonSchema[None] = Field(
+        None, description="`channel_error`, `channel_timeout` after the order was written: "
+                          "the order, to be read or synced later.")
+    resident_ref: str | SkipJsonSchema[None] = Field(
+        None, description="`item_already_paid`, `item_in_pending_order`: whose item.")
+    insurance: Literal["pension", "medical"] | SkipJsonSchema[None] = Field(
+        None, description="`item_already_paid`, `item_in_pending_order`: which item.")
+    reason: str | SkipJsonSchema[None] = Field(
+        None, description="`not_eligible`: why, e.g. `deceased`, `employee_pension`, "
+                          "`employee_medical`, `under_16`, `over_59`, `student`, `not_born`, "
+                          "`government_paid`, `tier_not_allowed`.")
+    on_hand_fen: int | SkipJsonSchema[None] = Field(
+        None, description="`remittance_exceeds_cash`: the cash of that day not yet remitted.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer of the API (the channel notification endpoints
+    answer in each channel's own format instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    status: int
+    meaning: str
+
+
+#: Every code the API answers, its HTTP status and what it means for the caller.
+ERROR_CODES: dict[str, ErrorCode] = {
+    "validation_error": ErrorCode(422, "the request is malformed or names something that "
+                                       "does not fit (a field, the year, a tier, a "
+                                       "resident_ref, the Idempotency-Key); `message` says what"),
+    "invalid_id_number": ErrorCode(422, "the ID number is not a valid 18-character resident "
+                                        "ID: length, characters, checksum or birth date"),
+    "unauthorized": ErrorCode(401, "no access token, an expired or invalid one, or a failed "
+                                   "login: log in (again)"),
+    "forbidden": ErrorCode(403, "the caller's role or scope does not allow this"),
+    "not_found": ErrorCode(404, "nothing of this kind that this caller may see"),
+    "payload_too_large": ErrorCode(413, "the request body is over the size limit"),
+    "rate_limited": ErrorCode(429, "too many failed lookups or logins: wait a few minutes"),
+    "not_eligible": ErrorCode(409, "an item the resident can not pay (`reason` says why)"),
+    "window_closed": ErrorCode(409, "the collection window is not open; back-payments (补缴) "
+                                    "are made by staff"),
+    "item_already_paid": ErrorCode(409, "an item is paid already (`resident_ref`, "
+                                        "`insurance`)"),
+    "item_in_pending_order": ErrorCode(409, "an item is in another payer's unpaid order "
+                                            "(`resident_ref`, `insurance`); free again when "
+                                            "that order expires"),
+    "idempotency_conflict": ErrorCode(409, "the Idempotency-Key was used with another body, "
+                                           "or its first request is still running: retry "
+                                           "the same request shortly"),
+    "order_not_payable": ErrorCode(409, "the order is not pending (paid, closed or "
+                                        "refunded)"),
+    "receipt_no_taken": ErrorCode(409, "this agent already recorded that receipt number"),
+    "remittance_exceeds_cash": ErrorCode(409, "more than the cash of that day not yet "
+                                              "remitted (`on_hand_fen`)"),
+    "bank_receipt_taken": ErrorCode(409, "that bank receipt number is already recorded"),
+    "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
+                                    "the order when one was written"),
+    "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),
+    "channel_timeout": ErrorCode(504, "the payment channel did not answer in time; the order "
+                                      "(`order_no`) stays pending and is checked with the "
+                                      "channel: read or sync it, do not pay twice"),
+}
+
+ERROR_SCHEMA_REF = "#/components/schemas/ErrorResponse"
+
+#: Codes that many operations share.
+LOGGED_IN = ("unauthorized",)
+JSON_BODY = ("validation_error", "payload_too_large")
+
+
+def errors(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route: each status it can answer, with its codes.
+
+    Each status is documented as ``ErrorResponse`` with ``error.code`` narrowed to the codes
+    listed, so the generated TypeScript types know them.
+    """
+    by_status: dict[int, list[str]] = {}
+    for code in dict.fromkeys(codes):
+        by_status.setdefault(ERROR_CODES[code].status, []).append(code)
+    return {status: error_response(found) for status, found in sorted(by_status.items())}
+
+
+def error_response(codes: list[str], description: str | None = None) -> dict[str, Any]:
+    lines = [f"- `{c}`: {ERROR_CODES[c].meaning}" for c in codes]
+    return {
+        "description": description or "\n".join(lines),
+        "content": {"application/json": {"schema": {
+            "allOf": [{"$ref": ERROR_SCHEMA_REF}],
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["code"],
+                                     "properties": {"code": {"type": "string", "enum": codes}}}},
+        }}},
+    }
+
+
+def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Finish FastAPI's description: ``ErrorResponse`` in the components, FastAPI's own 422
+    (``HTTPValidationError``, a shape this API never answers) gone from every operation."""
+    from pydantic.json_schema import models_json_schema
+
+    _, top = models_json_schema([(ErrorResponse, "validation")],
+                                ref_template="#/components/schemas/{model}")
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(top["$defs"])
+    fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+    for path in openapi.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            for status, response in list(responses.items()):
+                if response.get("content", {}).get("application/json", {}).get(
+                        "schema") == fastapi_422:
+                    del responses[status]
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    return openapi

@@ -1,7 +1,8 @@
 """Write openapi.json (the contract FastAPI describes) beside this file.
 
     .venv/bin/python miniprogram_contracts/generate.py
-    npx openapi-typescript miniprogram_contracts/openapi.json -o miniprogram_contracts/api.d.ts
+    npx --yes openapi-typescript@7 miniprogram_contracts/openapi.json \
+        -o miniprogram_contracts/api.d.ts
 
 A test fails when openapi.json is stale.
 """

@@ -25,6 +25,7 @@ from backend.config import Settings
 from backend.migrate import upgrade
 from backend.models import metadata
 from backend.runtime import Runtime
+from tests.contract_check import check_response
 from tests.servers import ServedApp, free_port
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -137,7 +138,8 @@ class Live:
     def __init__(self, rt: Runtime, served: ServedApp) -> None:
         self.rt, self.served = rt, served
         self.base_url = served.base_url
-        self.http = httpx.Client(base_url=served.base_url, timeout=30)
+        self.http = httpx.Client(base_url=served.base_url, timeout=30,
+                                 event_hooks={"response": [check_response]})
 
 
 @pytest.fixture
@@ -165,4 +167,5 @@ def client(rt: Runtime) -> Iterator[TestClient]:
 
     app = create_app(runtime=rt)
     with TestClient(app) as c:
+        c.event_hooks["response"].append(check_response)
         yield c

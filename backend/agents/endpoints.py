@@ -13,16 +13,24 @@ from backend.agents import service as agents
 from backend.agents.schemas import CollectionIn, CollectionOut, RemittanceIn, RemittanceOut
 from backend.db import unit_of_work, utcnow
 from backend.deps import CurrentPrincipal, RuntimeDep, require_roles
-from backend.errors import Conflict, NotFound
+from backend.errors import JSON_BODY, LOGGED_IN, Conflict, NotFound, errors
 from backend.orders import repository as repo
 from backend.orders import service as orders
-from backend.orders.endpoints import IdempotencyKeyHeader, idempotent_json
+from backend.orders.endpoints import (
+    CHANNEL_CALL_ERRORS,
+    ORDER_CREATE_ERRORS,
+    IdempotencyKeyHeader,
+    idempotent_json,
+)
 from backend.orders.models import Order
 from backend.orders.schemas import AgentQrCreate, OrderCreate, OrderOut
 from backend.security.tokens import Principal
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agents"])
 AgentOnly = require_roles("agent")
+AGENT = (*LOGGED_IN, "forbidden")
+COLLECTION_ERRORS = ("receipt_no_taken", "not_eligible", "window_closed", "item_already_paid",
+                     "item_in_pending_order", "idempotency_conflict")
 
 
 class QrStatus(BaseModel):
@@ -43,7 +51,8 @@ def _own(session, principal: Principal, order_no: str) -> Order:  # type: ignore
     return order
 
 
-@router.post("/qr-codes", status_code=201, response_model=OrderOut, dependencies=[AgentOnly])
+@router.post("/qr-codes", status_code=201, response_model=OrderOut, dependencies=[AgentOnly],
+             responses=errors(*AGENT, *JSON_BODY, *ORDER_CREATE_ERRORS))
 def create_qr(body: AgentQrCreate, request: Request, rt: RuntimeDep,
               principal: CurrentPrincipal,
               idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:
@@ -56,7 +65,8 @@ def create_qr(body: AgentQrCreate, request: Request, rt: RuntimeDep,
                             village_code=principal.village_code)))
 
 
-@router.get("/qr-codes/{order_no}", response_model=QrStatus, dependencies=[AgentOnly])
+@router.get("/qr-codes/{order_no}", response_model=QrStatus, dependencies=[AgentOnly],
+            responses=errors(*AGENT, "not_found"))
 def qr_status(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> QrStatus:
     """Polled by the agent's screen: paid yet? expired?"""
     with unit_of_work(rt.sessions) as s:
@@ -70,7 +80,8 @@ def qr_status(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> QrS
                         qr_image_url=orders.qr_image_url(rt, order))
 
 
-@router.post("/qr-codes/{order_no}/refresh", response_model=QrStatus, dependencies=[AgentOnly])
+@router.post("/qr-codes/{order_no}/refresh", response_model=QrStatus, dependencies=[AgentOnly],
+             responses=errors(*AGENT, "not_found", "order_not_payable", *CHANNEL_CALL_ERRORS))
 def refresh_qr(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> QrStatus:
     """A new short-lived code for the same order; the old image and link stop working."""
     with unit_of_work(rt.sessions) as s:
@@ -91,7 +102,7 @@ def refresh_qr(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> Qr
 
 
 @router.post("/collections", status_code=201, response_model=CollectionOut,
-             dependencies=[AgentOnly])
+             dependencies=[AgentOnly], responses=errors(*AGENT, *JSON_BODY, *COLLECTION_ERRORS))
 def record_collection(body: CollectionIn, request: Request, rt: RuntimeDep,
                       principal: CurrentPrincipal,
                       idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:
@@ -101,7 +112,9 @@ def record_collection(body: CollectionIn, request: Request, rt: RuntimeDep,
 
 
 @router.post("/remittances", status_code=201, response_model=RemittanceOut,
-             dependencies=[AgentOnly])
+             dependencies=[AgentOnly], responses=errors(
+                 *AGENT, *JSON_BODY, "remittance_exceeds_cash", "bank_receipt_taken",
+                 "idempotency_conflict"))
 def record_remittance(body: RemittanceIn, request: Request, rt: RuntimeDep,
                       principal: CurrentPrincipal,
                       idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:

@@ -7,17 +7,19 @@ from starlette.concurrency import run_in_threadpool
 from backend.auth import service
 from backend.auth.schemas import StaffLogin, StaffToken, WechatLogin, WechatToken
 from backend.deps import ClientIp, RuntimeDep, SessionDep
+from backend.errors import JSON_BODY, errors
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
-@router.post("/wechat", response_model=WechatToken)
+@router.post("/wechat", response_model=WechatToken, responses=errors(*JSON_BODY, "unauthorized"))
 def login_wechat(body: WechatLogin, rt: RuntimeDep) -> WechatToken:
     token, openid = service.login_wechat(rt, body.code)
     return WechatToken(access_token=token, openid=openid)
 
 
-@router.post("/staff", response_model=StaffToken)
+@router.post("/staff", response_model=StaffToken,
+             responses=errors(*JSON_BODY, "unauthorized", "rate_limited"))
 async def login_staff(body: StaffLogin, rt: RuntimeDep, session: SessionDep,
                       ip: ClientIp) -> StaffToken:
     delay = await run_in_threadpool(service.login_throttle, rt, body.username, ip)

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from backend.db import unit_of_work
+from backend.imports.columns import plural
 from backend.imports.service import COLUMNS, ImportReport, run_import
 from backend.policy import Policy
 from backend.residents.idnumber import make_id_number
@@ -399,7 +400,8 @@ def load_demo(rt: Runtime, residents: int = 20_000, seed: int = 2021,
 
 
 def _counts(r: ImportReport) -> str:
-    return f"{r.rows:,} rows: {r.inserted:,} new, {r.updated:,} updated, {r.unchanged:,} unchanged"
+    return (f"{plural(r.rows, 'row')}: {r.inserted:,} new, {r.updated:,} updated, "
+            f"{r.unchanged:,} unchanged")
 
 
 def _summary(policy: Policy, seed: int, reports: dict[str, ImportReport],
@@ -407,7 +409,8 @@ def _summary(policy: Policy, seed: int, reports: dict[str, ImportReport],
     lines = [
         f"Demo district {policy.district_name} loaded (seed {seed}, coverage year "
         f"{policy.coverage_year}); all people are fictional.",
-        f"  regions:          {len(TOWNS)} towns, {_counts(reports['regions'])} (villages)",
+        f"  regions:          {plural(len(TOWNS), 'town')}, "
+        f"{_counts(reports['regions'])} (villages)",
         f"  residents:        {_counts(reports['residents'])}",
         f"  department lists: {_counts(reports['departments'])}",
         f"  deaths:           {_counts(reports['deaths'])}",

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from backend.errors import ValidationFailed
+from backend.imports.columns import plural
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_ROWS = 1_000_000
@@ -33,7 +34,9 @@ class ImportFileError(ValidationFailed):
 class Row:
     line: int
     values: dict[str, str]
-    problem: str | None = None  # the row's shape is wrong (too many cells)
+    # (column, reason) when a cell or the row's shape is wrong before any column's checks:
+    # a long number an XLSX stores as a number, or more cells than the header.
+    problem: tuple[str, str] | None = None
 
 
 def check_header(found: Sequence[str], required: Sequence[str]) -> None:
@@ -191,19 +194,20 @@ class Table:
                 continue  # blank lines (Excel leaves them at the end) are not rows
             count += 1
             if count > self.max_rows:
-                raise ImportFileError(f"{self.path.name} has more than {self.max_rows:,} rows; "
-                                      "split the file")
+                raise ImportFileError(f"{self.path.name} has more than "
+                                      f"{plural(self.max_rows, 'row')}; split the file")
             problem = None
             for name, value in zip(header, cells, strict=False):
                 if isinstance(value, int | float) and not isinstance(value, bool) \
                         and abs(value) >= 1e15:
                     # Excel keeps 15 significant digits: an 18-digit ID typed as a number
                     # has already lost its last ones.
-                    problem = (f"{name}: the spreadsheet stores this cell as a number, which "
+                    problem = (name, "the spreadsheet stores this cell as a number, which "
                                "loses digits; format the column as text and type it again")
             if len(texts) > width:
                 if any(texts[width:]):
-                    problem = problem or f"the row has {len(texts)} cells, the header {width}"
+                    problem = problem or ("row", f"the row has {plural(len(texts), 'cell')}, "
+                                                 f"the header {width}")
                 texts = texts[:width]
             elif len(texts) < width:
                 texts.extend([""] * (width - len(texts)))

@@ -28,6 +28,16 @@ from tqdm import tqdm
 from backend.db import unit_of_work, utcnow
 from backend.departments.models import DepartmentListing
 from backend.errors import InvalidIdNumber, ValidationFailed
+from backend.imports.columns import (
+    CATEGORY_SEPARATOR,
+    COLUMNS,
+    FLAG_VALUES,
+    KINDS,
+    MAX_CODE,
+    MAX_NAME,
+    RESIDENT_FLAGS,
+    plural,
+)
 from backend.imports.reader import Row, open_table
 from backend.policy import CATEGORIES, DEPARTMENTS, HUKOU_TYPES, INSURANCES
 from backend.residents.idnumber import CitizenId, parse_id_number
@@ -37,23 +47,12 @@ from backend.security.pii import PiiVault, mask_id_number, mask_phone
 
 log = logging.getLogger(__name__)
 
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "regions": ("town_code", "town_name", "village_code", "village_name"),
-    "residents": ("id_number", "name", "village_code", "hukou_type", "employee_pension",
-                  "employee_medical", "categories", "phone", "last_pension_tier_yuan",
-                  "student"),
-    "departments": ("department", "id_number", "name", "insurance", "year"),
-    "deaths": ("id_number", "name", "died_on"),
-}
-KINDS = tuple(COLUMNS)
 
 # Rows per statement (on SQLite, SQLAlchemy splits a batch further into pages that fit its
 # 32,766 bound parameters); small enough to keep each round trip short.
 BATCH_ROWS = 2000
 # Keys per `IN (…)` lookup on SQLite (PostgreSQL takes them as one array).
 LOOKUP_ROWS = 1000
-MAX_NAME = 64
-MAX_CODE = 32
 
 PHONE_RE = re.compile(r"1\d{10}")
 CODE_RE = re.compile(r"\d{1,32}")
@@ -87,19 +86,20 @@ class ImportReport:
 
     def summary(self) -> str:
         lines = [f"line {e.line}: {e.column}: {e.reason}" for e in self.errors]
-        head = f"import {self.kind}: {self.rows:,} rows"
+        head = f"import {self.kind}: {plural(self.rows, 'row')}"
         if self.committed:
             head += (f": {self.inserted:,} inserted, {self.updated:,} updated, "
                      f"{self.unchanged:,} unchanged")
             if self.skipped:
-                head += f", {self.skipped:,} bad rows skipped"
+                head += f", {plural(self.skipped, 'bad row')} skipped"
             lines.insert(0, head)
             lines.extend(self.notes)
         else:
-            lines.insert(0, head + f", {self.bad_rows:,} bad rows:")
+            lines.insert(0, head + f", {plural(self.bad_rows, 'bad row')}:")
             lines.append(
-                f"nothing was imported: {self.bad_rows:,} bad rows. Correct them, or import "
-                "the good rows with --skip-bad-rows"
+                f"nothing was imported: {plural(self.bad_rows, 'bad row')}. Correct "
+                f"{'it' if self.bad_rows == 1 else 'them'}, or import the good rows with "
+                "--skip-bad-rows"
             )
         return "\n".join(lines)
 
@@ -158,9 +158,9 @@ class _Checker:
         return raw
 
     def flag(self, raw: str, column: str) -> bool:
-        if raw not in ("0", "1"):
-            self.bad(column, f"{column} must be 0 or 1, got {shown(raw)}")
-        return raw == "1"
+        if raw not in FLAG_VALUES:
+            self.bad(column, f"{column} must be {' or '.join(FLAG_VALUES)}, got {shown(raw)}")
+        return raw == FLAG_VALUES[1]
 
     def one_of(self, raw: str, column: str, allowed: Collection[str]) -> str:
         if raw not in allowed:
@@ -205,7 +205,7 @@ def run_import(rt: Runtime, kind: str, path: Path | str, *, skip_bad_rows: bool 
         for row in rows:
             report.rows += 1
             if row.problem:
-                errors.append(RowError(row.line, "row", row.problem))
+                errors.append(RowError(row.line, *row.problem))
                 continue
             checked = importer.check(row)
             if isinstance(checked, list):
@@ -419,9 +419,9 @@ class _Residents(_Kind[ResidentRecord]):
         """The sorted, ';'-joined categories, or the unknown ones; cached per spelling."""
         cached = self.category_sets.get(raw)
         if cached is None:
-            parts = {p.strip() for p in raw.split(";") if p.strip()}
+            parts = {p.strip() for p in raw.split(CATEGORY_SEPARATOR) if p.strip()}
             unknown = sorted(parts - CATEGORIES)
-            cached = unknown if unknown else ";".join(sorted(parts))
+            cached = unknown if unknown else CATEGORY_SEPARATOR.join(sorted(parts))
             self.category_sets[raw] = cached
         return cached
 
@@ -439,9 +439,7 @@ class _Residents(_Kind[ResidentRecord]):
             c.bad("village_code", f"unknown village {shown(v['village_code'], code=True)}: "
                                   "import it with the regions first")
         hukou = c.one_of(v["hukou_type"], "hukou_type", HUKOU_TYPES)
-        pension = c.flag(v["employee_pension"], "employee_pension")
-        medical = c.flag(v["employee_medical"], "employee_medical")
-        student = c.flag(v["student"], "student")
+        pension, medical, student = (c.flag(v[name], name) for name in RESIDENT_FLAGS)
         categories = self._categories(v["categories"])
         if isinstance(categories, list):
             c.bad("categories", "unknown category " + ", ".join(shown(u) for u in categories)

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
-from backend.errors import Forbidden
+from backend.errors import LOGGED_IN, Forbidden, errors
 from backend.ledger.models import COLLECTED, DUPLICATE, REFUNDED, REMITTED
 from backend.ledger.repository import daily_measures
 from backend.ledger.schemas import DailyLedger, DailyRow, DailyTotals
@@ -33,7 +33,8 @@ def _scope(principal: Principal, town: str | None, village: str | None) -> tuple
     raise Forbidden("the daily ledger is for agents, town staff, finance and auditors")
 
 
-@router.get("/daily", response_model=DailyLedger)
+@router.get("/daily", response_model=DailyLedger,
+            responses=errors(*LOGGED_IN, "validation_error", "forbidden"))
 def daily(session: SessionDep, rt: RuntimeDep, principal: CurrentPrincipal,
           day: Annotated[date, Query(alias="date")],
           town: Annotated[str | None, Query(pattern=CODE)] = None,

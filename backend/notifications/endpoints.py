@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 
 from backend.deps import RuntimeDep
+from backend.errors import errors
 from backend.notifications.service import handle
 from payment_adapters.base import Channel
 
 router = APIRouter(prefix="/api/v1/notify", tags=["channel notifications"])
+# Each channel reads its own answer; a failure answer makes it send the notification again.
+WECHAT_FAILURE = {"type": "object", "required": ["code", "message"],
+                  "properties": {"code": {"const": "FAIL"}, "message": {"type": "string"}}}
 
 
 async def _notify(channel: Channel, request: Request, rt: RuntimeDep) -> Response:
@@ -18,16 +23,27 @@ async def _notify(channel: Channel, request: Request, rt: RuntimeDep) -> Respons
                     media_type=answer.media_type)
 
 
-@router.post("/wechat")
+@router.post("/wechat", status_code=204, responses={
+    204: {"description": "verified and recorded (a repeat too)"},
+    400: {"description": "not verified, or names an order it does not match: WeChat Pay "
+                         "sends it again",
+          "content": {"application/json": {"schema": WECHAT_FAILURE}}},
+    **errors("payload_too_large")})
 async def notify_wechat(request: Request, rt: RuntimeDep) -> Response:
     return await _notify(Channel.WECHAT, request, rt)
 
 
-@router.post("/alipay")
+@router.post("/alipay", response_class=PlainTextResponse, responses={
+    200: {"description": "`success` when verified and recorded (a repeat too); `fail` "
+                         "otherwise, and Alipay sends it again"},
+    **errors("payload_too_large")})
 async def notify_alipay(request: Request, rt: RuntimeDep) -> Response:
     return await _notify(Channel.ALIPAY, request, rt)
 
 
-@router.post("/unionpay")
+@router.post("/unionpay", response_class=PlainTextResponse, responses={
+    200: {"description": "`SUCCESS` when verified and recorded (a repeat too); `FAILED` "
+                         "otherwise, and ChinaUMS sends it again"},
+    **errors("payload_too_large")})
 async def notify_unionpay(request: Request, rt: RuntimeDep) -> Response:
     return await _notify(Channel.UNIONPAY, request, rt)

@@ -7,13 +7,27 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
-from backend.errors import NotFound
+from backend.errors import JSON_BODY, LOGGED_IN, NotFound, error_response, errors
 from backend.idempotency.service import Replay, request_hash, run_idempotent
 from backend.orders import qr, scan, service
 from backend.orders.schemas import OrderCreate, OrderOut
 
 router = APIRouter(tags=["orders"])
+#: What making an order can answer besides a malformed body (agents' QR codes too).
+ORDER_CREATE_ERRORS = ("forbidden", "not_eligible", "window_closed", "item_already_paid",
+                       "item_in_pending_order", "idempotency_conflict", "channel_error",
+                       "channel_timeout")
+CHANNEL_CALL_ERRORS = ("channel_error", "channel_timeout")
 IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def _page(description: str, json_error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A landing-page answer: HTML for the wallet's browser (and maybe a JSON error)."""
+    content: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
+    if json_error is not None:
+        content.update(json_error["content"])
+        description += "; or as JSON:\n" + json_error["description"]
+    return {"description": description, "content": content}
 
 
 def idempotent_json(rt: Any, principal: Any, key: str | None, request: Request, body: Any,
@@ -30,7 +44,8 @@ def idempotent_json(rt: Any, principal: Any, key: str | None, request: Request, 
     return JSONResponse(status_code=code, content=payload)
 
 
-@router.post("/api/v1/orders", status_code=201, response_model=OrderOut)
+@router.post("/api/v1/orders", status_code=201, response_model=OrderOut,
+             responses=errors(*LOGGED_IN, *JSON_BODY, *ORDER_CREATE_ERRORS))
 def create_order(body: OrderCreate, request: Request, rt: RuntimeDep,
                  principal: CurrentPrincipal,
                  idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:
@@ -38,24 +53,29 @@ def create_order(body: OrderCreate, request: Request, rt: RuntimeDep,
                            lambda: service.create_order(rt, principal, body))
 
 
-@router.get("/api/v1/orders/{order_no}", response_model=OrderOut)
+@router.get("/api/v1/orders/{order_no}", response_model=OrderOut,
+            responses=errors(*LOGGED_IN, "not_found"))
 def get_order(order_no: str, rt: RuntimeDep, session: SessionDep,
               principal: CurrentPrincipal) -> OrderOut:
     return service.get_order(rt, session, principal, order_no)
 
 
-@router.post("/api/v1/orders/{order_no}/close", response_model=OrderOut)
+@router.post("/api/v1/orders/{order_no}/close", response_model=OrderOut, responses=errors(
+    *LOGGED_IN, "not_found", "forbidden", "order_not_payable", *CHANNEL_CALL_ERRORS))
 def close_order(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> OrderOut:
     return service.close_order(rt, principal, order_no)
 
 
-@router.post("/api/v1/orders/{order_no}/sync", response_model=OrderOut)
+@router.post("/api/v1/orders/{order_no}/sync", response_model=OrderOut,
+             responses=errors(*LOGGED_IN, "not_found", "forbidden", *CHANNEL_CALL_ERRORS))
 def sync_order(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> OrderOut:
     """Ask the channel now (the mini-program calls this when wx.requestPayment returns)."""
     return service.sync_order(rt, principal, order_no)
 
 
-@router.get("/api/v1/qr/{token}.{fmt}", tags=["qr codes"])
+@router.get("/api/v1/qr/{token}.{fmt}", tags=["qr codes"], response_class=Response, responses={
+    200: {"description": "the QR code image", "content": {"image/png": {}, "image/svg+xml": {}}},
+    **errors("not_found")})
 async def qr_image(token: str, fmt: str, rt: RuntimeDep) -> Response:
     if fmt not in ("png", "svg"):
         raise NotFound("QR images are .png or .svg")
@@ -65,7 +85,15 @@ async def qr_image(token: str, fmt: str, rt: RuntimeDep) -> Response:
                     headers={"Cache-Control": "private, max-age=60"})
 
 
-@router.get("/pay/{token}", tags=["qr codes"], include_in_schema=True)
+@router.get("/pay/{token}", tags=["qr codes"], response_class=HTMLResponse, responses={
+    200: {"description": "a page: the order is paid"},
+    302: {"description": "on to the wallet's trade for this order"},
+    404: _page("no QR code with this token (replaced by a newer one, or never made)"),
+    409: _page("the payment is still being prepared: scan again"),
+    410: _page("the QR code has expired: ask for a new one"),
+    502: _page("the payment channel gave no QR content: scan again",
+               error_response(["channel_error"])),
+    504: error_response(["channel_timeout"])})
 def landing(token: str, request: Request, rt: RuntimeDep) -> Response:
     """The aggregate QR's landing page (聚合码): the scanning app decides the channel."""
     outcome = scan.scan(rt, token, request.headers.get("user-agent", ""))

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from backend.deps import SessionDep, require_roles
+from backend.errors import LOGGED_IN, errors
 from backend.outbox.models import OutboxJob
 
 router = APIRouter(prefix="/api/v1/admin", tags=["operations"])
@@ -26,7 +27,8 @@ class JobOut(BaseModel):
 
 
 @router.get("/outbox", response_model=list[JobOut],
-            dependencies=[require_roles("finance", "admin", "auditor")])
+            dependencies=[require_roles("finance", "admin", "auditor")],
+            responses=errors(*LOGGED_IN, "validation_error", "forbidden"))
 def list_jobs(session: SessionDep,
               status: Annotated[Literal["pending", "done", "dead"], Query()] = "dead",
               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[JobOut]:

@@ -359,6 +359,7 @@ def test_reader_skips_blank_lines_and_flags_extra_cells(tmp_path: Path) -> None:
     assert rows[1].values == {"town_code": "3", "town_name": "c", "village_code": "4",
                               "village_name": "d"}
     assert rows[1].problem is None and rows[2].problem is not None
+    assert rows[2].problem[0] == "row"
 
 
 def test_row_limit(tmp_path: Path) -> None:
@@ -413,8 +414,30 @@ def test_xlsx_id_typed_as_a_number_gets_a_hint(rt: Runtime, regions: None,
     row[0] = int(str(row[0])[:17] + "0")   # Excel turned it into a number (and rounded it)
     report = imported(rt, "residents", write_xlsx(tmp_path / "n.xlsx", "residents", [row]))
     assert not report.committed
-    assert any("format the column as text" in e.reason for e in report.errors), report.summary()
+    assert [(e.line, e.column) for e in report.errors] == [(2, "id_number")], report.summary()
+    assert "format the column as text" in report.errors[0].reason
+    assert "line 2: id_number: the spreadsheet stores this cell as a number" in report.summary()
     assert str(row[0]) not in report.summary()
+
+
+def test_counts_are_pluralised(rt: Runtime, regions: None, tmp_path: Path) -> None:
+    bad = list(RESIDENTS[0])
+    bad[3] = "martian"
+    one_bad = imported(rt, "residents", write_csv(tmp_path / "b.csv", "residents", [bad]))
+    assert one_bad.summary().splitlines()[0] == "import residents: 1 row, 1 bad row:"
+    assert "nothing was imported: 1 bad row. Correct it," in one_bad.summary()
+    one = imported(rt, "residents", write_csv(tmp_path / "r.csv", "residents",
+                                              [RESIDENTS[0], bad]), skip_bad_rows=True)
+    assert one.summary().splitlines()[0] == (
+        "import residents: 2 rows: 1 inserted, 0 updated, 0 unchanged, 1 bad row skipped")
+    with open_table(write_csv(tmp_path / "g.csv", "regions", REGIONS), COLUMNS["regions"],
+                    max_rows=1) as table, pytest.raises(ImportFileError,
+                                                        match=r"more than 1 row;"):
+        list(table)
+    extra = tmp_path / "x.csv"
+    extra.write_text("town_code,town_name,village_code,village_name\n1,a,2,b,c\n")
+    with open_table(extra, COLUMNS["regions"]) as table:
+        assert list(table)[0].problem == ("row", "the row has 5 cells, the header 4")
 
 
 def test_csv_lines_count_cells_that_span_lines(rt: Runtime, regions: None,
