@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 # The demo lives inside the 2021 collection window (2020-10-01 .. 2020-12-20, Beijing time).
 COLLECT_NOW ?= 2020-11-02T09:00:00+08:00
 PORT ?= 8000
+# what QR codes, notify URLs and the simulator's clients use: the port make run serves on
+PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 
 .PHONY: run test lint install migrate demo serve clean
 
@@ -25,7 +27,8 @@ demo: migrate
 	COLLECT_NOW=$(COLLECT_NOW) $(BIN)/python -m backend demo
 
 run: demo
-	PAYMENT_SANDBOX=1 COLLECT_NOW=$(COLLECT_NOW) $(BIN)/python -m backend serve --port $(PORT)
+	PAYMENT_SANDBOX=1 COLLECT_NOW=$(COLLECT_NOW) PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) \
+		$(BIN)/python -m backend serve --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check backend payment_adapters tests bench miniprogram_contracts

@@ -132,21 +132,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# What each channel's notify endpoint answers when it took the notification.
+_TAKEN = {"wechat": lambda status, text: status in (200, 204),
+          "alipay": lambda status, text: status == 200 and text.strip() == "success",
+          "unionpay": lambda status, text: status == 200 and text.strip() == "SUCCESS"}
+
+
 def cmd_sandbox_pay(args: argparse.Namespace) -> int:
     import httpx
 
-    url = get_settings().public_base_url.rstrip("/") + "/sandbox/pay"
-    body = {"out_trade_no": args.out_trade_no, "times": args.times}
+    base = (args.url or get_settings().public_base_url).rstrip("/")
+    body: dict[str, object] = {"out_trade_no": args.out_trade_no, "times": args.times}
     if args.amount_fen:
         body["amount_fen"] = args.amount_fen
-    resp = httpx.post(url, json=body, timeout=30)
+    try:
+        resp = httpx.post(base + "/sandbox/pay", json=body, timeout=30)
+    except httpx.HTTPError as exc:
+        print(f"error: no simulator answers at {base} ({type(exc).__name__}: {exc}). Is the "
+              "service serving there in sandbox mode? Give its address with --url "
+              "(make run PORT=8123 serves at http://127.0.0.1:8123)", file=sys.stderr)
+        return 1
+    if resp.status_code == 404:
+        print(f"error: the simulator at {base} has no trade {args.out_trade_no}: it forgets its "
+              "trades when the service restarts, so make a new order", file=sys.stderr)
+        return 1
     if resp.status_code != 200:
-        print(f"error: the simulator answered {resp.status_code}: {resp.text}", file=sys.stderr)
+        print(f"error: the simulator at {base} answered {resp.status_code}: {resp.text[:300]}",
+              file=sys.stderr)
         return 1
     data = resp.json()
-    print(f"{data['trade']['channel']} trade {args.out_trade_no} paid; our notify endpoint "
-          f"answered: {[d['status'] for d in data['deliveries']]}")
-    return 0
+    channel = data["trade"]["channel"]
+    print(f"{channel} trade {args.out_trade_no} paid at the simulator")
+    refused = 0
+    for n, d in enumerate(data["deliveries"], 1):
+        taken = _TAKEN[channel](d["status"], d["body"])
+        refused += not taken
+        answer = f"{d['status']} {d['body'][:200]}".strip()
+        print(f"notification {n}: our notify endpoint answered {answer} — "
+              + ("taken" if taken else "refused: the service did not apply it (its log and "
+                 "notification inbox say why)"))
+    return 1 if refused else 0
 
 
 def _positive(value: str) -> int:
@@ -194,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out_trade_no")
     s.add_argument("--times", type=int, default=1, help="send the notification n times")
     s.add_argument("--amount-fen", type=int, help="pay a different amount (a fault)")
+    s.add_argument("--url", help="the service's address (default: PUBLIC_BASE_URL, "
+                                 "http://127.0.0.1:8000)")
     s.set_defaults(func=cmd_sandbox_pay)
 
     s = sub.add_parser("migrate", help="apply database migrations")

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
                 "PUBLIC_BASE_URL must be https:// with a host and no query string or fragment "
                 "(the channels POST payment notifications to it, and payers open its QR "
                 f"links): got {self.public_base_url!r}")
+        if self.collect_now is not None:
+            problems.append(
+                "COLLECT_NOW must be unset: it moves the business clock for demos and "
+                "rehearsals, while the real channels date trades, expiry and bills by the real "
+                f"one (got {self.collect_now.isoformat()})")
         return problems
 
     def check_live_mode(self) -> None:

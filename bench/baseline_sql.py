@@ -95,9 +95,13 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
             "orders.payer_role FROM attempts JOIN orders ON orders.id = attempts.order_id "
             f"WHERE attempts.out_trade_no = {otn} AND attempts.channel = {c} FOR UPDATE;")
     payment = ("INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, "
-               "paid_at, business_date, source, refund_queued_fen, created_at) VALUES "
-               f"(:n, :n, {c}, {txn}, :amount, now(), current_date, 'notification', 0, now()) "
-               "ON CONFLICT (channel, transaction_id) DO NOTHING RETURNING payments.id")
+               "paid_at, business_date, source, created_at) "
+               f"SELECT :n, :n, CAST({c} AS VARCHAR(16)), CAST({txn} AS VARCHAR(64)), :amount, "
+               "now(), current_date, 'notification', now() "
+               "WHERE NOT EXISTS (SELECT 1 FROM payments "
+               f"WHERE channel = {c} AND transaction_id = {txn} AND attempt_id <> :n) "
+               "ON CONFLICT (attempt_id) WHERE attempt_id IS NOT NULL DO NOTHING "
+               "RETURNING payments.id")
     statements = [
         # payment_flow.confirm_channel_payment: attempt and order locked together
         lock,

@@ -669,6 +669,11 @@ export interface components {
              * @default 0
              */
             refund_queued_fen: number;
+            /**
+             * Refunded Fen
+             * @default 0
+             */
+            refunded_fen: number;
             /** Status */
             status: string;
             /** Year */

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import httpx
@@ -238,6 +238,16 @@ def test_live_mode_names_an_unsafe_public_base_url(url: str) -> None:
                                  "https://collection.example.org:8443/district/"])
 def test_live_mode_takes_an_https_public_base_url(url: str) -> None:
     assert _live(url).live_mode_problems() == []
+
+
+def test_live_mode_refuses_a_business_clock_of_its_own() -> None:
+    """COLLECT_NOW is for demos and rehearsals: the real channels date trades by real time."""
+    settings = _live("https://collection.example.org").model_copy(
+        update={"collect_now": datetime.fromisoformat("2020-11-02T09:00:00+08:00")})
+    (problem,) = settings.live_mode_problems()
+    assert problem.startswith("COLLECT_NOW must be unset")
+    with pytest.raises(ConfigError, match="COLLECT_NOW"):
+        create_app(settings)
 
 
 def test_sandbox_mode_has_no_live_mode_problems() -> None:

@@ -120,7 +120,6 @@ class Payment(SQLModel, table=True):
     paid_at: datetime = Field(sa_type=UTCDateTime)
     business_date: date
     source: str = Field(max_length=16)            # notification | query | statement
-    refund_queued_fen: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -30,7 +30,7 @@ from backend.clock import business_date
 from backend.db import utcnow
 from backend.ledger import service as ledger
 from backend.ledger.models import COLLECTED, DUPLICATE
-from backend.orders.models import Attempt, Order, Payment, Refund
+from backend.orders.models import Attempt, Order, Refund
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.outbox.service import enqueue
 from backend.sql import Statement, Tx
@@ -117,11 +117,10 @@ _LOCK_ATTEMPT = Statement(_LOCK_SQL, postgresql=_LOCK_SQL + " FOR UPDATE")
 # its transaction id is already another trade's: that is told apart after, from the rows.
 # (The casts give PostgreSQL one type for a parameter used twice.)
 _INSERT_SQL = """INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen,
-                                      paid_at, business_date, source, refund_queued_fen,
-                                      created_at)
+                                      paid_at, business_date, source, created_at)
                  SELECT :attempt_id, :order_id, CAST(:channel AS VARCHAR(16)),
                         CAST(:transaction_id AS VARCHAR(64)), :amount_fen, :paid_at,
-                        :business_date, :source, 0, :now
+                        :business_date, :source, :now
                  WHERE {guard}
                  ON CONFLICT (attempt_id) WHERE attempt_id IS NOT NULL DO NOTHING RETURNING id"""
 _INSERT_PAYMENT = Statement(_INSERT_SQL.format(guard="""NOT EXISTS (
@@ -266,8 +265,6 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
                      ledger.Leg(ledger.REFUNDS, -fen, **where)]
     reason = f"order {order.order_no} paid by {payment.channel} {payment.transaction_id}"
     if duplicate_fen:
-        session.execute(update(Payment).where(col(Payment.id) == payment.id)
-                        .values(refund_queued_fen=duplicate_fen))
         refund_id = session.execute(insert(Refund).values(
             payment_id=payment.id, amount_fen=duplicate_fen, reason="duplicate",
             out_refund_no=new_refund_no(), status="queued", created_at=utcnow(),

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.db import utcnow
-from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment
+from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment, Refund
 
 
 def _insert(session: Session):  # type: ignore[no-untyped-def]
@@ -105,8 +105,11 @@ def move_order(session: Session, order_id: int, allowed_from: Sequence[str], to:
     return bool(result.rowcount)
 
 
-def payments_of(session: Session, order_id: int) -> list[Payment]:
-    return list(session.scalars(select(Payment).where(col(Payment.order_id) == order_id)))
+def refunds_of(session: Session, order_id: int) -> list[Refund]:
+    """The refunds of the money paid on an order (duplicates, and those finance approves)."""
+    return list(session.scalars(
+        select(Refund).join(Payment, col(Payment.id) == col(Refund.payment_id))
+        .where(col(Payment.order_id) == order_id).order_by(col(Refund.id))))
 
 
 def item_states(session: Session, resident_id: int, year: int, now: datetime) -> dict[str, str]:

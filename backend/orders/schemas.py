@@ -52,4 +52,7 @@ class OrderOut(BaseModel):
     payment: PaymentOut
     paid_at: datetime | None = None
     channel_transaction_id: str | None = None
+    # money received on this order that is queued for refund (a duplicate payment), and what
+    # has been refunded already
     refund_queued_fen: int = 0
+    refunded_fen: int = 0

@@ -21,7 +21,7 @@ from backend.db import unit_of_work, utcnow
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
 from backend.notifications.models import InboxNotification
 from backend.orders import repository as repo
-from backend.orders.models import Attempt, Order, OrderLine, Payment
+from backend.orders.models import Attempt, Order, OrderLine, Refund
 from backend.orders.payment_flow import (
     AmountMismatch,
     ChannelConfirmation,
@@ -287,7 +287,7 @@ def create_order(rt: Runtime, principal: Principal, body: OrderCreate, *,
         _open_at_channel(rt, order, attempt, description, openid)
     # Everything the answer holds was just written: no need to read it back.
     return render(rt, None, principal, order, lines=lines,
-                  attempts=[attempt] if attempt else [], payments=[])
+                  attempts=[attempt] if attempt else [], refunds=[])
 
 
 # --------------------------------------------------------------------------- reading
@@ -316,14 +316,14 @@ def qr_content_of(rt: Runtime, order: Order, attempts: list[Attempt]) -> str | N
 
 def render(rt: Runtime, session: Session | None, principal: Principal, order: Order, *,
            lines: list[OrderLine] | None = None, attempts: list[Attempt] | None = None,
-           payments: list[Payment] | None = None) -> OrderOut:
+           refunds: list[Refund] | None = None) -> OrderOut:
     refs = RefCodec(rt.pii.ref_key)
     assert order.id is not None
     if session is not None:
         lines = repo.order_lines(session, order.id) if lines is None else lines
         attempts = repo.attempts_of(session, order.id) if attempts is None else attempts
-        payments = repo.payments_of(session, order.id) if payments is None else payments
-    assert lines is not None and attempts is not None and payments is not None
+        refunds = repo.refunds_of(session, order.id) if refunds is None else refunds
+    assert lines is not None and attempts is not None and refunds is not None
     paid = [a for a in attempts if a.status == "paid"]
     current = paid[0] if paid else current_attempt(attempts)
     return OrderOut(
@@ -343,7 +343,9 @@ def render(rt: Runtime, session: Session | None, principal: Principal, order: Or
             qr_image_url=None if order.channel == "wechat_jsapi" else qr_image_url(rt, order),
         ),
         paid_at=order.paid_at, channel_transaction_id=order.channel_transaction_id,
-        refund_queued_fen=sum(p.refund_queued_fen for p in payments),
+        refund_queued_fen=sum(r.amount_fen for r in refunds
+                              if r.status in ("queued", "processing")),
+        refunded_fen=sum(r.amount_fen for r in refunds if r.status == "succeeded"),
     )
 
 

@@ -95,6 +95,15 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
     assert resident.id is not None
     p, m = a.pension, a.medical
     default = p.tier(p.default_tier_yuan) if p.default_tier_yuan is not None else None
+
+    def payable(insurance: str, assessed: bool, reason: str | None) -> tuple[bool, str | None]:
+        # What the policy allows, and not paid already: a paid item is ordered no more.
+        if states.get(insurance) == "paid":
+            return False, "already_paid"
+        return assessed, reason
+
+    pension_payable, pension_reason = payable("pension", p.payable, p.not_payable_reason)
+    medical_payable, medical_reason = payable("medical", m.payable, m.not_payable_reason)
     pension = PensionItem(
         status=_status(p.eligible, default.amount_due_fen if default else 1,
                        default.government_pays_fen if default else 0, states.get("pension")),
@@ -103,7 +112,7 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
                        government_pays_fen=t.government_pays_fen, subsidy_fen=t.subsidy_fen)
                for t in p.tiers],
         default_tier_yuan=p.default_tier_yuan, paying_department=p.paying_department,
-        payable=p.payable, not_payable_reason=p.not_payable_reason,
+        payable=pension_payable, not_payable_reason=pension_reason,
     )
     medical = MedicalItem(
         status=_status(m.eligible, m.amount_due_fen, m.government_pays_fen,
@@ -111,7 +120,7 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
         eligible=m.eligible, reason=m.reason, amount_due_fen=m.amount_due_fen,
         government_pays_fen=m.government_pays_fen, paying_department=m.paying_department,
         subsidy_fen=m.subsidy_fen, benefit_start=m.benefit_start, late=m.late,
-        newborn=m.newborn, payable=m.payable, not_payable_reason=m.not_payable_reason,
+        newborn=m.newborn, payable=medical_payable, not_payable_reason=medical_reason,
     )
     refs = RefCodec(rt.pii.ref_key)
     return LookupResponse(
