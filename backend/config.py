@@ -45,9 +45,10 @@ class Settings(BaseSettings):
     alipay_app_private_key: str = ""
     alipay_public_key: str = ""
     alipay_seller_id: str = ""
-    # ChinaUMS bills QR (银联商务)
+    # ChinaUMS bills QR (银联商务); msgSrc, msgSrcId and the key are assigned per merchant
     unionpay_mid: str = ""
     unionpay_tid: str = ""
+    unionpay_msg_src: str = ""
     unionpay_msg_src_id: str = ""
     unionpay_key: str = ""
     # the simulator's private halves
@@ -91,15 +92,28 @@ class Settings(BaseSettings):
         anyone "pay" through ``/sandbox/pay``.
         """
         if self.payment_sandbox is not None:
-            return self.payment_sandbox
-        live = [bool(self.wechat_mchid), bool(self.alipay_appid), bool(self.unionpay_mid)]
-        if all(live):
-            return False
-        if any(live):
-            raise ValueError("live keys are set for some payment channels but not all "
-                             "(WECHAT_MCHID, ALIPAY_APPID, UNIONPAY_MID): set them all, or "
-                             "PAYMENT_SANDBOX=1 explicitly")
-        return True
+            sandbox = self.payment_sandbox
+        else:
+            live = [bool(self.wechat_mchid), bool(self.alipay_appid), bool(self.unionpay_mid)]
+            if any(live) and not all(live):
+                raise ValueError("live keys are set for some payment channels but not all "
+                                 "(WECHAT_MCHID, ALIPAY_APPID, UNIONPAY_MID): set them all, or "
+                                 "PAYMENT_SANDBOX=1 explicitly")
+            sandbox = not any(live)
+        if not sandbox:
+            self._check_live_unionpay()
+        return sandbox
+
+    def _check_live_unionpay(self) -> None:
+        # ChinaUMS issues these per merchant; the public test set's values (msgSrc
+        # WWW.TEST.COM, msgSrcId 3194) are only ever the simulator's.
+        missing = [name.upper() for name in ("unionpay_mid", "unionpay_tid", "unionpay_msg_src",
+                                             "unionpay_msg_src_id", "unionpay_key")
+                   if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"live mode (PAYMENT_SANDBOX off) needs the ChinaUMS merchant's "
+                             f"own {', '.join(missing)}: msgSrc (消息来源), msgSrcId and the "
+                             "key are assigned by ChinaUMS with the merchant number")
 
     @property
     def worker_in_serve(self) -> bool:
