@@ -138,7 +138,8 @@ class AlipaySimulator:
 
     def refuses_payment(self, trade: SimTrade) -> str | None:
         """Why Alipay would not take this payment: a code past its time_expire."""
-        if trade.expires_at is not None and self._state.now() >= trade.expires_at:
+        if (trade.state == "pending" and trade.expires_at is not None
+                and self._state.now() >= trade.expires_at):
             return f"trade {trade.out_trade_no} expired at {_bj(trade.expires_at)}"
         return None
 

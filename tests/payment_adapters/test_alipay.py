@@ -63,8 +63,9 @@ def alipay_sign(fields: dict[str, str], *, key_name: str = "alipay-platform",
 
 
 class Env:
-    def __init__(self, serve: Callable[[FastAPI], ServedApp]) -> None:
-        self.state = SandboxState()
+    def __init__(self, serve: Callable[[FastAPI], ServedApp],
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.state = SandboxState(clock) if clock else SandboxState()
         self.sim = AlipaySimulator(self.state, make_config(), rsa_pem_pair("alipay-platform")[0])
         self.received: list[tuple[dict[str, str], bytes]] = []
         app = FastAPI()
@@ -267,9 +268,9 @@ def test_refund_partial_repeat_and_full(env: Env) -> None:
 
 
 def test_a_precreated_code_is_no_trade_until_scanned_yet_payable_until_it_expires(
-        env: Env) -> None:
+        serve: Callable[[FastAPI], ServedApp]) -> None:
     clock = {"now": datetime.now(UTC)}
-    env.state._clock = lambda: clock["now"]        # the business clock, moved by the test
+    env = Env(serve, clock=lambda: clock["now"])    # the business clock, moved by the test
     env.create("SB1_unscanned", minutes=30)
     # Before the scan Alipay knows no trade: query and close say so…
     assert env.client.query("SB1_unscanned").state == "not_found"
@@ -287,6 +288,9 @@ def test_a_precreated_code_is_no_trade_until_scanned_yet_payable_until_it_expire
     assert late.status_code == 409 and "expired" in late.text
     assert env.scan("SB1_expiring").status_code == 409
     assert env.client.query("SB1_expiring").state == "not_found"
+    # a paid trade's notification can still be sent again after the expiry
+    assert httpx.post(f"{env.base}/sandbox/pay", json={"out_trade_no": "SB1_unscanned"},
+                      timeout=10).status_code == 200
 
 
 def test_query_refund_needs_refund_success(env: Env) -> None:

@@ -245,6 +245,17 @@ def test_close_then_query_says_closed_and_the_bill_cannot_be_paid(env: Env) -> N
     assert resp.status_code == 409
 
 
+def test_a_bill_past_its_expire_time_can_not_be_paid(env: Env) -> None:
+    client = env.client()
+    bill_no = env.create(client, "SBEXPIRED")
+    trade = env.state.get(Channel.UNIONPAY, bill_no)
+    assert trade is not None and trade.expires_at is not None
+    trade.expires_at = env.state.now() - timedelta(seconds=1)     # its expireTime passed
+    resp = httpx.post(env.base_url + "/sandbox/pay", json={"out_trade_no": bill_no}, timeout=10)
+    assert resp.status_code == 409 and "expired" in resp.text
+    assert client.query(bill_no).state == "pending"
+
+
 def test_close_of_a_paid_bill_is_refused(env: Env) -> None:
     client = env.client()
     bill_no = env.create(client, "SBCLOSEPAID")
