@@ -48,6 +48,8 @@ SANDBOX_IDS = {
     "alipay_seller_id": "2088102177000001",
     "unionpay_mid": "898340149000005",
     "unionpay_tid": "88880001",
+    # ChinaUMS's public test set: the simulator's only, never a live fallback
+    "unionpay_msg_src": "WWW.TEST.COM",
     "unionpay_msg_src_id": "3194",
 }
 
@@ -152,7 +154,8 @@ class Channels:
         s = self.settings
         return UnionpayConfig(
             mid=self._v("unionpay_mid"), tid=self._v("unionpay_tid"),
-            msg_src_id=self._v("unionpay_msg_src_id"), timeout_s=s.channel_timeout_s,
+            msg_src=self._v("unionpay_msg_src"), msg_src_id=self._v("unionpay_msg_src_id"),
+            timeout_s=s.channel_timeout_s,
             key=s.unionpay_key or (_secret(self._keys_dir / "unionpay_key", 48)
                                    if self.sandbox else ""),
             **({"base_url": self.sandbox_base("unionpay") + "/netpay-route-server/api/"}

@@ -58,9 +58,10 @@ class Settings(BaseSettings):
     alipay_app_private_key: str = ""
     alipay_public_key: str = ""
     alipay_seller_id: str = ""
-    # ChinaUMS bills QR (银联商务)
+    # ChinaUMS bills QR (银联商务); msgSrc, msgSrcId and the key are assigned per merchant
     unionpay_mid: str = ""
     unionpay_tid: str = ""
+    unionpay_msg_src: str = ""
     unionpay_msg_src_id: str = ""
     unionpay_key: str = ""
     # the simulator's private halves
@@ -126,6 +127,15 @@ class Settings(BaseSettings):
                 "PUBLIC_BASE_URL must be https:// with a host and no query string or fragment "
                 "(the channels POST payment notifications to it, and payers open its QR "
                 f"links): got {self.public_base_url!r}")
+        # ChinaUMS issues these per merchant; the public test set's values (msgSrc
+        # WWW.TEST.COM, msgSrcId 3194) are only ever the simulator's.
+        missing = [name.upper() for name in ("unionpay_mid", "unionpay_tid", "unionpay_msg_src",
+                                             "unionpay_msg_src_id", "unionpay_key")
+                   if not getattr(self, name)]
+        if missing:
+            problems.append(f"the ChinaUMS merchant's own {', '.join(missing)} must be set: "
+                            "msgSrc (消息来源), msgSrcId and the key are assigned by ChinaUMS "
+                            "with the merchant number")
         if self.collect_now is not None:
             problems.append(
                 "COLLECT_NOW must be unset: it moves the business clock for demos and "

@@ -60,7 +60,7 @@ class UnionpayConfig:
     tid: str
     msg_src_id: str              # 4-character source id, the prefix of every billNo
     key: str                     # 通讯密钥
-    msg_src: str = "WWW.TEST.COM"
+    msg_src: str                 # 消息来源, assigned per merchant (WWW.TEST.COM is the test set's)
     base_url: str = "https://qr.chinaums.com/netpay-route-server/api/"
     timeout_s: float = 10.0
 
@@ -104,7 +104,9 @@ class TradeStatus:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
-RefundState = Literal["processing", "success", "failed"]
+# not_found (from query_refund only): the channel has no refund under this number — it never
+# arrived, or the channel dropped it — so sending it again with the same number is safe.
+RefundState = Literal["processing", "success", "failed", "not_found"]
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ class PaymentClient(Protocol):
         """The channel's order number for an attempt, from ``base`` (≤ 24 of [0-9A-Za-z]).
 
         WeChat: 6–32 of [0-9A-Za-z_-|*]; Alipay: ≤ 64 letters, digits, _; ChinaUMS: billNo
-        starting with the 4-character source id.
+        of 7–27 characters starting with the 4-character source id.
         """
         ...
 
@@ -204,7 +206,8 @@ class PaymentClient(Protocol):
 
     def query_refund(self, req: RefundRequest) -> RefundResult:
         """Where a refund asked for earlier stands, from the channel's refund query — never
-        by sending the refund again. ``processing`` while the channel has no final word."""
+        by sending the refund again. ``processing`` while the channel has no final word;
+        ``not_found`` when it has no refund under ``out_refund_no`` at all."""
         ...
 
 

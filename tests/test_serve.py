@@ -61,7 +61,8 @@ def live_channels(sandbox_keys: dict[str, object],
         "ALIPAY_APP_PRIVATE_KEY": str(sandbox_keys["alipay_app_private_key"]),
         "ALIPAY_PUBLIC_KEY": publics["alipay"], "ALIPAY_SELLER_ID": "2088000000000001",
         "UNIONPAY_MID": "898340149000005", "UNIONPAY_TID": "88880001",
-        "UNIONPAY_MSG_SRC_ID": "3194", "UNIONPAY_KEY": str(sandbox_keys["unionpay_key"]),
+        "UNIONPAY_MSG_SRC": "WWW.DISTRICT.GOV.CN", "UNIONPAY_MSG_SRC_ID": "3194",
+        "UNIONPAY_KEY": str(sandbox_keys["unionpay_key"]),
     }
 
 
@@ -220,7 +221,8 @@ def test_trusted_proxies_setting_is_checked() -> None:
 
 def _live(url: str) -> Settings:
     return Settings(payment_sandbox=False, wechat_mchid="1", alipay_appid="2",
-                    unionpay_mid="3", public_base_url=url)
+                    unionpay_mid="3", unionpay_tid="4", unionpay_msg_src="WWW.DISTRICT.GOV.CN",
+                    unionpay_msg_src_id="3194", unionpay_key="k" * 32, public_base_url=url)
 
 
 @pytest.mark.parametrize("url", [

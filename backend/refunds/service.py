@@ -69,13 +69,19 @@ def complete_refund(session: Session, refund_id: int, *, channel_refund_id: str 
 
 
 def execute_refund(rt: Runtime, refund_id: int) -> str:
-    """Ask the payment's channel to refund; record the outcome. Raises to retry later."""
+    """Ask the payment's channel to refund; record the outcome. Raises to retry later.
+
+    A refund already sent once (``processing``) may have been done even though no answer
+    came back: the channel's refund query is asked first, and the refund is sent again (with
+    the same number) only when the channel has none under that number.
+    """
     with unit_of_work(rt.sessions) as s:
         refund = s.get(Refund, refund_id)
         if refund is None:
             raise LookupError(f"no refund {refund_id}")
         if refund.status in ("succeeded", "failed"):
             return refund.status
+        sent_before = refund.status == "processing"
         payment = s.get(Payment, refund.payment_id)
         attempt = s.get(Attempt, payment.attempt_id) if payment and payment.attempt_id else None
         if payment is None or attempt is None:
@@ -90,7 +96,10 @@ def execute_refund(rt: Runtime, refund_id: int) -> str:
                                     else refund.reason),
                             notify_url=rt.channels.notify_url(Channel(payment.channel)))
         channel = Channel(payment.channel)
-    result = rt.channels.clients[channel].refund(req)
+    client = rt.channels.clients[channel]
+    result = client.query_refund(req) if sent_before else None
+    if result is None or result.state == "not_found":
+        result = client.refund(req)
     if result.state == "success":
         with unit_of_work(rt.sessions) as s:
             complete_refund(s, refund_id, channel_refund_id=result.refund_id,

@@ -203,34 +203,42 @@ class AlipayClient:
         self._check_echo(method, resp, req.out_trade_no, required=False)
         if resp.get("fund_change") == "Y":
             return RefundResult(out_refund_no=req.out_refund_no, state="success", raw=resp)
-        # fund_change=N: no money moved by THIS call — typically a repeat of a refund that
-        # already succeeded. Alipay's rule: ask the refund query; data with refund_status
-        # empty or REFUND_SUCCESS means the refund is done.
-        return self._confirm_refund(req, resp)
+        # fund_change=N: no money moved by THIS call — a repeat of a refund done earlier, or
+        # one Alipay has taken and not done yet. Only the refund query can tell.
+        found = self.query_refund(req)
+        raw = {"refund": dict(resp), "refund_query": dict(found.raw)}
+        # Sent just now, so "no refund there" is a refund not done yet, not a lost request.
+        state = "processing" if found.state == "not_found" else found.state
+        return RefundResult(out_refund_no=req.out_refund_no, state=state, raw=raw)
 
     def query_refund(self, req: RefundRequest) -> RefundResult:
-        raise NotImplementedError("query_refund: being built")  # TODO(channel helpers)
-
-    # ------------------------------------------------------------------ internals
-    def _confirm_refund(self, req: RefundRequest, refund_resp: Mapping[str, Any]) -> RefundResult:
+        """``alipay.trade.fastpay.refund.query``: only ``refund_status = REFUND_SUCCESS`` is a
+        refund done. Without it the refund "was not received, or failed" (Alipay's words), or
+        is not done yet: ``not_found``, to be sent again with the same ``out_request_no``."""
+        _check_out_trade_no(req.out_trade_no)
         method = "alipay.trade.fastpay.refund.query"
         resp = self._call(method, {"out_trade_no": req.out_trade_no,
                                    "out_request_no": req.out_refund_no})
+        if resp.get("code") == "40004" and resp.get("sub_code") == "ACQ.TRADE_NOT_EXIST":
+            return RefundResult(out_refund_no=req.out_refund_no, state="not_found", raw=resp)
         self._raise_unless_ok(method, resp)
-        raw = {"refund": dict(refund_resp), "refund_query": resp}
-        found = resp.get("out_request_no") == req.out_refund_no and "refund_amount" in resp
-        if found and resp.get("refund_status") in (None, "", "REFUND_SUCCESS"):
-            try:
-                amount = yuan_to_fen(resp["refund_amount"])
-            except (ValueError, TypeError):
-                raise _garbage(method, f"bad refund_amount in {resp!r}") from None
-            if amount != req.refund_fen:
-                raise ChannelError(
-                    f"alipay refund {req.out_refund_no}: Alipay holds {amount} fen under this "
-                    f"out_request_no, not {req.refund_fen}", code="refund_amount_mismatch")
-            return RefundResult(out_refund_no=req.out_refund_no, state="success", raw=raw)
-        # Not (yet) visible: unknown, not failed — retry later with the same out_refund_no.
-        return RefundResult(out_refund_no=req.out_refund_no, state="processing", raw=raw)
+        self._check_echo(method, resp, req.out_trade_no, required=False)
+        if resp.get("refund_status") != "REFUND_SUCCESS":
+            return RefundResult(out_refund_no=req.out_refund_no, state="not_found", raw=resp)
+        if resp.get("out_request_no") != req.out_refund_no:
+            raise _garbage(method, f"answer is about refund {resp.get('out_request_no')!r}, "
+                                   f"not {req.out_refund_no!r}")
+        try:
+            amount = yuan_to_fen(resp["refund_amount"])
+        except (KeyError, ValueError, TypeError):
+            raise _garbage(method, f"bad refund_amount in {resp!r}") from None
+        if amount != req.refund_fen:
+            raise ChannelError(
+                f"alipay refund {req.out_refund_no}: Alipay holds {amount} fen under this "
+                f"out_request_no, not {req.refund_fen}", code="refund_amount_mismatch")
+        return RefundResult(out_refund_no=req.out_refund_no, state="success", raw=resp)
+
+    # ------------------------------------------------------------------ internals
 
     def _call(self, method: str, biz: dict[str, Any], *,
               notify_url: str | None = None) -> dict[str, Any]:

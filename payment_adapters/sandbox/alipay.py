@@ -7,9 +7,13 @@ of the configured app key, and answers ``{"<method>_response": {...}, "sign": ".
 over the exact inner JSON text with the "Alipay" private key — so python-alipay-sdk pointed
 at it verifies the answers as it would Alipay's. Notifications are the form POSTs Alipay sends.
 
-Simplification: a precreated trade answers queries as ``WAIT_BUYER_PAY`` at once, as if the
-resident had already scanned (real Alipay only knows the trade after the scan and answers
-``ACQ.TRADE_NOT_EXIST`` before; flip ``query_not_found`` to get that answer).
+As at Alipay, a precreated trade exists only once its code is scanned: before that
+``alipay.trade.query``, ``close``, ``refund`` and the refund query answer ``ACQ.TRADE_NOT_EXIST``,
+while the code stays payable until its ``time_expire`` (by the business clock). Paying
+through ``POST /sandbox/pay`` is a scan and a payment; ``POST /sandbox/alipay/scan`` is a scan
+alone (the trade then waits for the buyer, ``WAIT_BUYER_PAY``). With ``refunds_pending`` set,
+refunds are taken but not yet done (``fund_change`` N, and a refund query without
+``refund_status``) until :meth:`AlipaySimulator.finish_refunds`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +34,7 @@ from zoneinfo import ZoneInfo
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from payment_adapters.base import AlipayConfig, Channel
@@ -101,6 +106,9 @@ class AlipaySimulator:
         self._alipay_key = _rsa_private(alipay_private_key_pem)
         self._app_public = _rsa_private(config.app_private_key_pem).public_key()
         self._forger: rsa.RSAPrivateKey | None = None
+        self.refunds_pending = False       # refunds are taken, and done by finish_refunds()
+        self._pending: set[str] = set()    # out_trade_no of trades with refunds not done
+        self.calls: Counter[str] = Counter()   # method -> requests that passed the checks
 
     # ------------------------------------------------------------------ HTTP API
     def router(self) -> APIRouter:
@@ -115,7 +123,42 @@ class AlipaySimulator:
             ctype = request.headers.get("content-type", "")
             return self._gateway(request.url.query, body, ctype)
 
+        @router.post("/scan")
+        def scan(cmd: dict[str, Any]) -> dict[str, Any]:
+            no = cmd.get("out_trade_no")
+            trade = self._state.get(Channel.ALIPAY, no) if isinstance(no, str) else None
+            if trade is None:
+                raise HTTPException(404, f"the simulator has no Alipay trade {no}")
+            refusal = self.refuses_payment(trade)
+            if refusal:
+                raise HTTPException(409, refusal)
+            self._state.update(trade, lambda t: t.extra.__setitem__("scanned", True))
+            return {"out_trade_no": trade.out_trade_no, "state": trade.state}
+
         return router
+
+    def refuses_payment(self, trade: SimTrade) -> str | None:
+        """Why Alipay would not take this payment: a code past its time_expire."""
+        if (trade.state == "pending" and trade.expires_at is not None
+                and self._state.now() >= trade.expires_at):
+            return f"trade {trade.out_trade_no} expired at {_bj(trade.expires_at)}"
+        return None
+
+    def finish_refunds(self) -> None:
+        """Do the refunds taken while ``refunds_pending`` was set."""
+        while self._pending:
+            trade = self._state.get(Channel.ALIPAY, self._pending.pop())
+            if trade is not None:
+                self._state.update(trade, self._finish_refunds)
+
+    def _finish_refunds(self, t: SimTrade) -> None:
+        total = t.paid_fen if t.paid_fen is not None else t.amount_fen
+        for r in t.refunds:
+            if not r["done"]:
+                r["done"], r["at"] = True, self._state.now()
+                t.refunded_fen += r["refund_fen"]
+        if t.refunded_fen == total:
+            t.state = "refunded"
 
     def _gateway(self, query: str, body: bytes, ctype: str) -> Response:
         if self._state.faults[Channel.ALIPAY].garbage:
@@ -128,6 +171,7 @@ class AlipaySimulator:
             if method in _METHODS:
                 response_type = method.replace(".", "_") + "_response"
             self._check_request(params)
+            self.calls[method] += 1
             try:
                 biz = json.loads(params.get("biz_content", "{}"))
             except ValueError:
@@ -212,10 +256,13 @@ class AlipaySimulator:
         return handlers[method](biz, params)
 
     def _trade(self, biz: dict[str, Any]) -> SimTrade | None:
+        """The trade Alipay knows: a precreated code is a trade only once scanned."""
         # Only out_trade_no is looked up: the simulator does not index trade_no.
         no = biz.get("out_trade_no")
         trade = self._state.get(Channel.ALIPAY, no) if isinstance(no, str) else None
         if trade is not None and biz.get("trade_no") not in (None, trade.transaction_id):
+            return None
+        if trade is not None and trade.transaction_id is None and not trade.extra.get("scanned"):
             return None
         return trade
 
@@ -247,7 +294,7 @@ class AlipaySimulator:
         trade = self._state.put(SimTrade(
             channel=Channel.ALIPAY, out_trade_no=no, amount_fen=amount,
             notify_url=params.get("notify_url", ""), kind="qr", description=subject,
-            expires_at=expires_at, created_at=now, extra={"qr_code": qr},
+            expires_at=expires_at, created_at=now, extra={"qr_code": qr, "scanned": False},
         ))
         if trade.amount_fen != amount:
             return _biz_error("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
@@ -320,15 +367,18 @@ class AlipaySimulator:
             if t.state not in ("paid", "refunded") or t.extra.get("finished"):
                 result.append(_biz_error("ACQ.TRADE_STATUS_ERROR", "交易状态不合法"))
                 return
-            if t.refunded_fen + amount > total:
+            asked = sum(r["refund_fen"] for r in t.refunds)
+            if asked + amount > total:
                 result.append(_biz_error("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限"))
                 return
             at = self._state.now()
             t.refunds.append({"out_request_no": request_no, "refund_fen": amount,
-                              "reason": reason, "at": at})
-            t.refunded_fen += amount
-            if t.refunded_fen == total:
-                t.state = "refunded"
+                              "reason": reason, "at": at, "done": False})
+            if self.refunds_pending:         # taken, not done: no money moved yet
+                self._pending.add(t.out_trade_no)
+                result.append(self._refund_answer(t, "N", at))
+                return
+            self._finish_refunds(t)
             result.append(self._refund_answer(t, "Y", at))
 
         self._state.update(trade, refund)
@@ -348,10 +398,12 @@ class AlipaySimulator:
         if found is None:                    # Alipay answers success with no refund data
             return _ok(out_trade_no=trade.out_trade_no)
         total = trade.paid_fen if trade.paid_fen is not None else trade.amount_fen
-        return _ok(trade_no=trade.transaction_id or "", out_trade_no=trade.out_trade_no,
-                   out_request_no=request_no, total_amount=_yuan(total),
-                   refund_amount=_yuan(found["refund_fen"]), refund_status="REFUND_SUCCESS",
-                   gmt_refund_pay=_bj(found["at"]))
+        answer = _ok(trade_no=trade.transaction_id or "", out_trade_no=trade.out_trade_no,
+                     out_request_no=request_no, total_amount=_yuan(total),
+                     refund_amount=_yuan(found["refund_fen"]))
+        if not found["done"]:                # taken, not done: no refund_status
+            return answer
+        return {**answer, "refund_status": "REFUND_SUCCESS", "gmt_refund_pay": _bj(found["at"])}
 
     # ------------------------------------------------------------------ notifications
     def payment_notification(self, trade: SimTrade, opts: PayOptions) -> OutgoingNotification:

@@ -45,6 +45,9 @@ class FaultCommand(BaseModel):
     query_not_found: bool | None = None
     garbage: bool | None = None
     hang_s: float | None = Field(default=None, ge=0, le=60)
+    answer_error: str | None = Field(default=None, max_length=64,
+                                     description="an error code to answer; empty: none")
+    error_after_effect: bool | None = None
 
 
 def _trade_json(trade: Any) -> dict[str, Any]:
@@ -68,6 +71,11 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
         if trade is None:
             raise HTTPException(404, f"the simulator has no trade {cmd.out_trade_no}")
         sim = by_channel[trade.channel]
+        # A channel's own rule against this payment (e.g. a code past its expiry time).
+        refuses = getattr(sim, "refuses_payment", None)
+        refusal = refuses(trade) if refuses is not None else None
+        if refusal:
+            raise HTTPException(409, refusal)
         opts = PayOptions(amount_fen=cmd.amount_fen, bad_signature=cmd.bad_signature,
                           event=cmd.event)
         txn = cmd.transaction_id or sim_transaction_id(trade.channel, state.next_seq(),
@@ -95,12 +103,15 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
     @router.post("/faults")
     def faults(cmd: FaultCommand) -> dict[str, Any]:
         f = state.faults[cmd.channel]
-        for name in ("timeout", "query_not_found", "garbage", "hang_s"):
+        for name in ("timeout", "query_not_found", "garbage", "hang_s", "error_after_effect"):
             value = getattr(cmd, name)
             if value is not None:
                 setattr(f, name, value)
+        if cmd.answer_error is not None:
+            f.answer_error = cmd.answer_error or None
         return {"channel": cmd.channel, "timeout": f.timeout,
-                "query_not_found": f.query_not_found, "garbage": f.garbage, "hang_s": f.hang_s}
+                "query_not_found": f.query_not_found, "garbage": f.garbage, "hang_s": f.hang_s,
+                "answer_error": f.answer_error, "error_after_effect": f.error_after_effect}
 
     @router.get("/trades/{out_trade_no}")
     def trade(out_trade_no: str) -> dict[str, Any]:

@@ -55,6 +55,11 @@ class Faults:
     query_not_found: bool = False    # query answers "no such trade" whatever the truth
     garbage: bool = False            # API calls answer a 200 with a body that is not the format
     hang_s: float = 3.0
+    # API calls answer this error code of the channel (ChinaUMS: SYSTEM_BUSY, TIMEOUT, …),
+    # without doing what was asked — or after doing it, with error_after_effect (only the
+    # answer is lost). Honoured by the simulators that know such codes.
+    answer_error: str | None = None
+    error_after_effect: bool = False
 
 
 @dataclass(frozen=True)

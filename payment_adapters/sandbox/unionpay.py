@@ -7,8 +7,14 @@ tid, msgSrc, instMid, the billNo's 来源编号 prefix); every answer is signed.
 form POSTs signed over all fields, a random two-letter field included, like the real ones.
 
 The signing here is written again on purpose, apart from the client's, so that one
-misreading of the rule does not pass on both sides. errCodes other than SUCCESS are the
-simulator's choice (the notes list none): BAD_REQUEST, NO_ORDER, INVALID_ORDER.
+misreading of the rule does not pass on both sides. errCodes come from ChinaUMS's published
+list for the product (BAD_SIGN, INVALID_MSGSRC, NO_MERCHANT, NO_BILL, NO_ORDER, DUP_ORDER,
+OPERATION_NOT_ALLOWED, BAD_REQUEST); which one the real gateway picks for a given mistake is
+the simulator's reading. billNo and refundOrderId must be 7–27 characters starting with the
+来源编号; a refundOrderId sent twice answers DUP_ORDER; ``bills.query`` with a
+``refundOrderId`` answers the refund record (``refundBillPayment``) once there is one; a bill
+past its ``expireTime`` (business clock) can not be paid. The ``answer_error`` fault switch
+answers an error code such as SYSTEM_BUSY, before or after doing what was asked.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 import secrets
 import string
 import threading
+from collections import Counter
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -41,9 +48,17 @@ INST_MID = "QRPAYDEFAULT"
 QR_URL = "https://qr.chinaums.com/bills/qrCode.do?id="
 MER_NAME = "某区社会保险事业管理中心"
 _TIME = "%Y-%m-%d %H:%M:%S"
-_BILL_NO_RE = re.compile(r"[0-9A-Za-z]{6,31}")
+_BILL_NO_RE = re.compile(r"[0-9A-Za-z]{7,27}")       # "总长度需大于6位，小于28位"
 _STATUS: dict[SimState, str] = {
     "pending": "UNPAID", "paid": "PAID", "closed": "CLOSED", "refunded": "REFUND",
+}
+
+
+_ERROR_MESSAGES = {
+    "NO_ORDER": "找不到请求的原始订单", "NO_BILL": "无法找到指定的账单",
+    "DUP_ORDER": "重复的订单请求", "TIMEOUT": "处理超时", "SYSTEM_BUSY": "系统繁忙，请稍候再试",
+    "ORDER_PROCESSING": "订单正在处理中，不允许并发操作", "NET_ERROR": "通讯问题",
+    "INTERNAL_ERROR": "内部错误",
 }
 
 
@@ -100,6 +115,7 @@ class UnionpaySimulator:
         self._config = config
         self._lock = threading.Lock()
         self._qr_codes: dict[str, str] = {}      # qrCodeId -> billNo
+        self.calls: Counter[str] = Counter()     # msgType -> requests that passed the checks
 
     # ----------------------------------------------------------------------- HTTP
     def router(self) -> APIRouter:
@@ -135,6 +151,16 @@ class UnionpaySimulator:
                 raise _Refused("BAD_REQUEST", "signType 不支持")
             sign_type = declared
             self._check_request(req, sign_type)
+            with self._lock:
+                self.calls[str(req.get("msgType"))] += 1
+            faults = self._state.faults[self.channel]
+            if faults.answer_error:
+                if faults.error_after_effect:
+                    try:
+                        self._dispatch(req)
+                    except _Refused:
+                        pass
+                raise _Refused(faults.answer_error, _ERROR_MESSAGES.get(faults.answer_error, ""))
             fields = self._dispatch(req)
             return self._answer(req, sign_type, "SUCCESS", "", fields)
         except _Refused as exc:
@@ -159,9 +185,12 @@ class UnionpaySimulator:
         cfg = self._config
         sign = req.get("sign")
         if not isinstance(sign, str) or sign.upper() != _ums_sign(req, cfg.key, sign_type):
-            raise _Refused("BAD_REQUEST", "签名验证失败")
-        for name, expected in (("msgSrc", cfg.msg_src), ("mid", cfg.mid), ("tid", cfg.tid),
-                               ("instMid", INST_MID)):
+            raise _Refused("BAD_SIGN", "签名错误")
+        if req.get("msgSrc") != cfg.msg_src:
+            raise _Refused("INVALID_MSGSRC", "商户来源错误")
+        if req.get("mid") != cfg.mid:
+            raise _Refused("NO_MERCHANT", "找不到请求指定的商户 mid")
+        for name, expected in (("tid", cfg.tid), ("instMid", INST_MID)):
             if req.get(name) != expected:
                 raise _Refused("BAD_REQUEST", f"{name} 不正确")
         if not isinstance(req.get("requestTimestamp"), str):
@@ -196,14 +225,14 @@ class UnionpaySimulator:
         except ValueError:
             return ""
 
-    def _trade(self, req: dict[str, Any]) -> SimTrade:
+    def _trade(self, req: dict[str, Any], missing: str) -> SimTrade:
         bill_no = self._bill_no(req)
         bill_date = self._bill_date(req)
         if not bill_date:
             raise _Refused("BAD_REQUEST", "billDate 格式错误")
         trade = self._state.get(self.channel, bill_no)
         if trade is None or trade.extra.get("billDate") != bill_date:
-            raise _Refused("NO_ORDER", "账单不存在")
+            raise _Refused(missing, _ERROR_MESSAGES[missing])
         return trade
 
     def _get_qr_code(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -240,8 +269,16 @@ class UnionpaySimulator:
 
     def _query(self, req: dict[str, Any]) -> dict[str, Any]:
         if self._state.faults[self.channel].query_not_found:
-            raise _Refused("NO_ORDER", "账单不存在")
-        return self._bill_fields(self._trade(req))
+            raise _Refused("NO_ORDER", _ERROR_MESSAGES["NO_ORDER"])
+        refund_order_id = (self._bill_no(req, "refundOrderId") if "refundOrderId" in req
+                           else None)
+        trade = self._trade(req, "NO_BILL")
+        fields = self._bill_fields(trade)
+        record = next((r for r in trade.refunds if r["refundOrderId"] == refund_order_id), None)
+        if record is not None:
+            # only for a refund done, and only when its refundOrderId was asked about
+            fields["refundBillPayment"] = self._refund_record(trade, record)
+        return fields
 
     def _close(self, req: dict[str, Any]) -> dict[str, Any]:
         qr_code_id = req.get("qrCodeId")
@@ -249,36 +286,33 @@ class UnionpaySimulator:
             bill_no = self._qr_codes.get(qr_code_id) if isinstance(qr_code_id, str) else None
         trade = self._state.get(self.channel, bill_no) if bill_no else None
         if trade is None:
-            raise _Refused("NO_ORDER", "二维码不存在")
+            raise _Refused("NO_BILL", "二维码不存在")
 
         def close(t: SimTrade) -> None:
             if t.state == "pending":
                 t.state = "closed"
             elif t.state != "closed":
-                raise _Refused("INVALID_ORDER", "账单已支付，不能关闭")
+                raise _Refused("OPERATION_NOT_ALLOWED", "账单已支付，不能关闭")
 
         self._state.update(trade, close)
         return {"qrCodeId": qr_code_id, "billNo": trade.out_trade_no,
                 "billStatus": _STATUS[trade.state]}
 
     def _refund(self, req: dict[str, Any]) -> dict[str, Any]:
-        trade = self._trade(req)
+        trade = self._trade(req, "NO_ORDER")
         refund_order_id = self._bill_no(req, "refundOrderId")
         amount = _fen(req.get("refundAmount"), "refundAmount")
         found: list[dict[str, Any]] = []
 
         def refund(t: SimTrade) -> None:
-            for done in t.refunds:
-                if done["refundOrderId"] == refund_order_id:
-                    if done["refundAmount"] != amount:
-                        raise _Refused("BAD_REQUEST", "退款订单号重复")
-                    found.append(done)
-                    return
+            if any(done["refundOrderId"] == refund_order_id for done in t.refunds):
+                # a refundOrderId is used once; where that refund stands, bills.query says
+                raise _Refused("DUP_ORDER", _ERROR_MESSAGES["DUP_ORDER"])
             if t.state not in ("paid", "refunded"):
-                raise _Refused("INVALID_ORDER", "账单未支付，不能退款")
+                raise _Refused("OPERATION_NOT_ALLOWED", "账单未支付，不能退款")
             paid = t.paid_fen if t.paid_fen is not None else t.amount_fen
             if amount > paid - t.refunded_fen:
-                raise _Refused("INVALID_ORDER", "退款金额超过可退金额")
+                raise _Refused("OPERATION_NOT_ALLOWED", "退款金额超过可退金额")
             record = {"refundOrderId": refund_order_id, "refundAmount": amount,
                       "refundTargetOrderId": f"{t.transaction_id}R{len(t.refunds) + 1}",
                       "refundPayTime": self._state.now().astimezone(BEIJING).strftime(_TIME),
@@ -299,7 +333,26 @@ class UnionpaySimulator:
                 "merOrderId": trade.out_trade_no + "0", "targetSys": "UAC",
                 "totalAmount": self._paid_fen(trade)}
 
+    def refuses_payment(self, trade: SimTrade) -> str | None:
+        """Why ChinaUMS would not take this payment: a bill past its expireTime."""
+        if (trade.state == "pending" and trade.expires_at is not None
+                and self._state.now() >= trade.expires_at):
+            return f"bill {trade.out_trade_no} expired at {trade.expires_at.isoformat()}"
+        return None
+
     # ----------------------------------------------------------------------- shapes
+    def _refund_record(self, trade: SimTrade, record: dict[str, Any]) -> dict[str, Any]:
+        fen = record["refundAmount"]
+        at = str(record["refundPayTime"])
+        return {
+            "merOrderId": record["refundOrderId"], "billBizType": "bills",
+            "paySeqId": str(record["refundTargetOrderId"])[-11:] + "N", "totalAmount": fen,
+            "buyerPayAmount": fen, "invoiceAmount": fen, "discountAmount": 0,
+            "buyerId": trade.payer or "sandbox-buyer", "payTime": at, "settleDate": at[:10],
+            "status": "TRADE_SUCCESS", "targetOrderId": record["refundTargetOrderId"],
+            "targetSys": "UAC",
+        }
+
     @staticmethod
     def _paid_fen(trade: SimTrade) -> int:
         return trade.paid_fen if trade.paid_fen is not None else trade.amount_fen

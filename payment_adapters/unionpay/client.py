@@ -5,9 +5,21 @@ dispatches on ``msgType``: ``bills.getQRCode``, ``bills.query``, ``bills.closeQR
 ``bills.refund``. Requests and answers carry ``sign`` = UPPER(HEX(SHA256 or MD5 of the sorted
 non-empty ``k=v&…`` fields with the 通讯密钥 appended)). Amounts are integer fen on the wire.
 
-``bills.query`` and ``bills.refund`` need the ``billDate`` the bill was created with, but the
-client is only given the ``billNo``; so the billNo carries its own bill date:
-``msgSrcId(4) + base36(days since 2000-01-01, 3 chars) + base(≤ 24)``, at most 31 characters.
+ChinaUMS wants every billNo and refundOrderId to start with the merchant's 4-character
+``msgSrcId`` and to be "总长度需大于6位，小于28位": 7–27 characters. ``bills.query`` and
+``bills.refund`` need the ``billDate`` the bill was created with, but the client is only given
+the ``billNo``; so the billNo carries its own bill date:
+``msgSrcId(4) + base36(days since 2000-01-01, 3 chars) + the base's last 20 characters``.
+The service's bases are the order number (``YYYYMMDDHHMMSS`` + 7 random) and a 2-digit
+attempt number, 23 characters: the 3 dropped are the order's century and decade, so two
+billNos can only meet for attempts made on the same day for orders ten years apart.
+
+Error codes follow ChinaUMS's published list for the bills QR product. ``NO_BILL`` and
+``NO_ORDER`` (signed) mean "no such bill"; ``TIMEOUT``, ``SYSTEM_BUSY``, ``ORDER_PROCESSING``,
+``NET_ERROR`` and ``INTERNAL_ERROR`` mean the gateway stopped before it could say what happened:
+they raise :class:`~payment_adapters.base.OutcomeUnknown`, never a final refusal. A refund's
+state is read with ``bills.query`` and its ``refundOrderId`` (the answer's
+``refundBillPayment``), never by sending ``bills.refund`` again, which may answer ``DUP_ORDER``.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from payment_adapters.base import (
     Clock,
     CreateRequest,
     CreateResult,
+    OutcomeUnknown,
     RefundRequest,
     RefundResult,
     RefundState,
@@ -45,20 +58,28 @@ from payment_adapters.base import (
 BEIJING = ZoneInfo("Asia/Shanghai")
 INST_MID = "QRPAYDEFAULT"
 SUCCESS = "SUCCESS"
-# The notes name no errCode for "no such bill". NO_ORDER is our best reading of ChinaUMS's
-# error list, unconfirmed: an unknown code only ever becomes a ChannelError, never not_found.
-NOT_FOUND_ERR_CODES = frozenset({"NO_ORDER"})
-BILL_NO_MAX = 31                     # 6–31 characters (notes B.1)
+# 找不到请求的原始订单 / 无法找到指定的账单: only a signed one is "not found".
+NOT_FOUND_ERR_CODES = frozenset({"NO_ORDER", "NO_BILL"})
+# 处理超时, 系统繁忙, 订单正在处理中 (locked by an operation still running), 通讯问题, 内部错误:
+# the call may or may not have taken effect.
+UNKNOWN_OUTCOME_ERR_CODES = frozenset({
+    "TIMEOUT", "SYSTEM_BUSY", "ORDER_PROCESSING", "NET_ERROR", "INTERNAL_ERROR"})
+BILL_NO_MIN, BILL_NO_MAX = 7, 27     # "总长度需大于6位，小于28位", refundOrderId alike
 GARBAGE = "channel_garbage"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _BASE_RE = re.compile(r"[0-9A-Za-z]{1,24}")
+_ID_RE = re.compile(rf"[0-9A-Za-z]{{{BILL_NO_MIN},{BILL_NO_MAX}}}")
+_DATE_CODE_LEN = 3
 _DATE_EPOCH = date(2000, 1, 1)
 _DIGITS36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _BILL_STATES: dict[str, TradeState] = {
     "PAID": "paid", "UNPAID": "pending", "CLOSED": "closed", "REFUND": "refunded",
 }
 _REFUND_STATES: dict[str, RefundState] = {"SUCCESS": "success", "FAIL": "failed"}
+# refundBillPayment.status of a refund record: the refund trade's own status
+_REFUND_RECORD_STATES: dict[str, RefundState] = {
+    "TRADE_SUCCESS": "success", "TRADE_CLOSED": "failed"}
 
 
 # --------------------------------------------------------------------------- signing
@@ -118,22 +139,34 @@ def _base36(n: int, width: int) -> str:
 
 
 def make_bill_no(msg_src_id: str, base: str, bill_date: date) -> str:
-    """``msgSrcId + date code + base``: the billNo for an attempt created on ``bill_date``."""
+    """``msgSrcId + date code + the base's last characters``: the billNo (≤ 27) for an
+    attempt created on ``bill_date``."""
     if not _BASE_RE.fullmatch(base):
         raise ValueError(f"base must be 1-24 of [0-9A-Za-z], got {base!r}")
     days = (bill_date - _DATE_EPOCH).days
-    if not 0 <= days < 36**3:
+    if not 0 <= days < 36**_DATE_CODE_LEN:
         raise ValueError(f"bill date {bill_date} out of range")
-    return msg_src_id + _base36(days, 3) + base
+    room = BILL_NO_MAX - len(msg_src_id) - _DATE_CODE_LEN
+    return msg_src_id + _base36(days, _DATE_CODE_LEN) + base[-room:]
 
 
 def bill_date_of(bill_no: str, msg_src_id: str) -> date:
     """The billDate a billNo made by :func:`make_bill_no` was created for."""
-    code = bill_no[len(msg_src_id):len(msg_src_id) + 3]
-    if (not bill_no.startswith(msg_src_id) or len(bill_no) <= len(msg_src_id) + 3
-            or len(bill_no) > BILL_NO_MAX or not all(c in _DIGITS36 for c in code)):
+    start = len(msg_src_id)
+    code = bill_no[start:start + _DATE_CODE_LEN]
+    if (not bill_no.startswith(msg_src_id) or len(bill_no) <= start + _DATE_CODE_LEN
+            or not _ID_RE.fullmatch(bill_no) or not all(c in _DIGITS36 for c in code)):
         raise ValueError(f"{bill_no!r} is not a billNo of source {msg_src_id}")
     return _DATE_EPOCH + timedelta(days=int(code, 36))
+
+
+def refund_order_id(msg_src_id: str, out_refund_no: str) -> str:
+    """The refundOrderId of a refund: like a billNo, 7–27 characters after the source id."""
+    rid = out_refund_no if out_refund_no.startswith(msg_src_id) else msg_src_id + out_refund_no
+    if not _ID_RE.fullmatch(rid):
+        raise ValueError(f"refundOrderId {rid!r} (from out_refund_no {out_refund_no!r}) must be "
+                         f"{BILL_NO_MIN}-{BILL_NO_MAX} of [0-9A-Za-z]")
+    return rid
 
 
 # --------------------------------------------------------------------------- field parsing
@@ -264,29 +297,65 @@ class UnionpayClient:
         if not 0 < req.refund_fen <= req.total_fen:
             raise ValueError("refund_fen must be positive and at most total_fen")
         bill_date = self._bill_date(req.out_trade_no)
-        src = self._config.msg_src_id
-        # refundOrderId follows the billNo rule: it starts with the 来源编号
-        refund_order_id = (req.out_refund_no if req.out_refund_no.startswith(src)
-                           else src + req.out_refund_no)
-        data = self._call("bills.refund", {
-            "billNo": req.out_trade_no,
-            "billDate": bill_date.isoformat(),
-            "refundOrderId": refund_order_id,
-            "refundAmount": str(req.refund_fen),
-            "refundDesc": req.reason[:255],
-        })
+        refund_id = refund_order_id(self._config.msg_src_id, req.out_refund_no)
+        try:
+            data = self._call("bills.refund", {
+                "billNo": req.out_trade_no,
+                "billDate": bill_date.isoformat(),
+                "refundOrderId": refund_id,
+                "refundAmount": str(req.refund_fen),
+                "refundDesc": req.reason[:255],
+            })
+        except ChannelError as exc:
+            if exc.code != "DUP_ORDER":
+                raise
+            # This refundOrderId was sent before: where it stands is the query's to say.
+            known = self.query_refund(req)
+            if known.state == "not_found":
+                raise ChannelError(f"ChinaUMS bills.refund answered DUP_ORDER for {refund_id}, "
+                                   "yet bills.query knows no such refund", code="DUP_ORDER",
+                                   retryable=True) from exc
+            return known
         self._expect_echo(data, "billNo", req.out_trade_no)
-        self._expect_echo(data, "refundOrderId", refund_order_id)
+        self._expect_echo(data, "refundOrderId", refund_id)
         status = data.get("refundStatus")
+        # PROCESSING and UNKNOWN (异常) are no final word: bills.query will tell
         state: RefundState = (_REFUND_STATES.get(status, "processing")
                               if isinstance(status, str) else "processing")
+        if state == "success" and "refundAmount" in data:
+            self._expect_amount("bills.refund", data["refundAmount"], req)
         target = data.get("refundTargetOrderId")
         return RefundResult(out_refund_no=req.out_refund_no, state=state,
                             refund_id=target if isinstance(target, str) and target else None,
                             raw=data)
 
     def query_refund(self, req: RefundRequest) -> RefundResult:
-        raise NotImplementedError("query_refund: being built")  # TODO(channel helpers)
+        """``bills.query`` with the ``refundOrderId``: its ``refundBillPayment`` is the refund
+        record, present only once ChinaUMS has the refund."""
+        bill_date = self._bill_date(req.out_trade_no)
+        refund_id = refund_order_id(self._config.msg_src_id, req.out_refund_no)
+        data = self._call("bills.query", {"billNo": req.out_trade_no,
+                                          "billDate": bill_date.isoformat(),
+                                          "refundOrderId": refund_id}, not_found_ok=True)
+        if data["errCode"] in NOT_FOUND_ERR_CODES:
+            return RefundResult(out_refund_no=req.out_refund_no, state="not_found", raw=data)
+        self._expect_echo(data, "billNo", req.out_trade_no)
+        try:
+            record = bill_payment(data.get("refundBillPayment"))
+        except ValueError as exc:
+            raise ChannelError(f"ChinaUMS bills.query: refundBillPayment: {exc}",
+                               code=GARBAGE) from exc
+        if not record:
+            return RefundResult(out_refund_no=req.out_refund_no, state="not_found", raw=data)
+        status = record.get("status")
+        state = (_REFUND_RECORD_STATES.get(status, "processing") if isinstance(status, str)
+                 else "processing")
+        if state == "success" and "totalAmount" in record:
+            self._expect_amount("bills.query", record["totalAmount"], req)
+        target = record.get("targetOrderId")
+        return RefundResult(out_refund_no=req.out_refund_no, state=state,
+                            refund_id=target if isinstance(target, str) and target else None,
+                            raw=data)
 
     # ----------------------------------------------------------------------- the wire
     def _bill_date(self, bill_no: str) -> date:
@@ -316,13 +385,18 @@ class UnionpayClient:
             else:
                 resp = httpx.post(cfg.base_url, content=content, headers=headers,
                                   timeout=cfg.timeout_s)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
+                httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            # No connection, or no request on it: nothing reached ChinaUMS.
+            raise ChannelError(f"ChinaUMS {msg_type}: not sent ({type(exc).__name__}: {exc})",
+                               code="channel_unreachable", retryable=True) from exc
         except httpx.TimeoutException as exc:
             raise ChannelTimeout(
                 f"ChinaUMS {msg_type}: no answer within {cfg.timeout_s}s") from exc
         except httpx.HTTPError as exc:
-            raise ChannelError(f"ChinaUMS {msg_type}: {type(exc).__name__}: {exc}; "
-                               "the outcome is unknown", code="channel_unreachable",
-                               retryable=True) from exc
+            # Sent, or partly sent, and then the connection failed: it may have arrived.
+            raise OutcomeUnknown(f"ChinaUMS {msg_type}: {type(exc).__name__}: {exc}; the "
+                                 "outcome is unknown", code="channel_connection_lost") from exc
         return self._answer(msg_type, resp, not_found_ok=not_found_ok)
 
     def _answer(self, msg_type: str, resp: httpx.Response, *,
@@ -331,6 +405,11 @@ class UnionpayClient:
             return ChannelError(f"ChinaUMS {msg_type}: {why}", code=GARBAGE,
                                 retryable=resp.status_code >= 500)
 
+        if resp.status_code >= 500:
+            # Something in front of ChinaUMS answered: the request may have been processed.
+            raise OutcomeUnknown(f"ChinaUMS {msg_type}: HTTP {resp.status_code}: "
+                                 f"{resp.text[:200]!r}; the outcome is unknown",
+                                 code="channel_http_error")
         if resp.status_code != 200:
             raise garbage(f"HTTP {resp.status_code}: {resp.text[:200]!r}")
         try:
@@ -357,8 +436,22 @@ class UnionpayClient:
             return data
         message = data.get("errMsg") or data.get("errInfo") or ""
         note = "" if signed else " (unsigned answer)"
+        if err in UNKNOWN_OUTCOME_ERR_CODES:
+            raise OutcomeUnknown(f"ChinaUMS {msg_type}: {err} {message}{note}; the outcome "
+                                 "is unknown: query before assuming anything", code=err)
         raise ChannelError(f"ChinaUMS {msg_type} refused: {err} {message}{note}".rstrip(),
                            code=err)
+
+    @staticmethod
+    def _expect_amount(msg_type: str, value: Any, req: RefundRequest) -> None:
+        try:
+            amount = parse_fen(value)
+        except ValueError as exc:
+            raise ChannelError(f"ChinaUMS {msg_type}: {exc}", code=GARBAGE) from exc
+        if amount != req.refund_fen:
+            raise ChannelError(f"ChinaUMS {msg_type}: refund {req.out_refund_no} is for {amount} "
+                               f"fen there, not {req.refund_fen}",
+                               code="refund_amount_mismatch")
 
     def _expect_echo(self, data: Mapping[str, Any], name: str, expected: str) -> None:
         if name in data and data[name] != expected:

@@ -63,8 +63,9 @@ def alipay_sign(fields: dict[str, str], *, key_name: str = "alipay-platform",
 
 
 class Env:
-    def __init__(self, serve: Callable[[FastAPI], ServedApp]) -> None:
-        self.state = SandboxState()
+    def __init__(self, serve: Callable[[FastAPI], ServedApp],
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.state = SandboxState(clock) if clock else SandboxState()
         self.sim = AlipaySimulator(self.state, make_config(), rsa_pem_pair("alipay-platform")[0])
         self.received: list[tuple[dict[str, str], bytes]] = []
         app = FastAPI()
@@ -98,6 +99,11 @@ class Env:
         resp = httpx.post(f"{self.base}/sandbox/faults",
                           json={"channel": "alipay", **switches}, timeout=10)
         assert resp.status_code == 200, resp.text
+
+    def scan(self, no: str) -> httpx.Response:
+        """The resident scans the code (and has not paid yet): the trade now exists."""
+        return httpx.post(f"{self.base}/sandbox/alipay/scan", json={"out_trade_no": no},
+                          timeout=10)
 
 
 @pytest.fixture
@@ -179,6 +185,7 @@ def test_create_with_changed_amount_is_refused(env: Env) -> None:
 
 def test_query_pending_then_pay_then_paid(env: Env) -> None:
     env.create("SB1_pay", 38000)
+    assert env.scan("SB1_pay").status_code == 200
     pending = env.client.query("SB1_pay")
     assert (pending.state, pending.amount_fen, pending.paid_at) == ("pending", 38000, None)
 
@@ -207,8 +214,12 @@ def test_query_pending_then_pay_then_paid(env: Env) -> None:
 
 def test_close_pending_and_close_errors(env: Env) -> None:
     env.create("SB1_close")
+    env.scan("SB1_close")
     env.client.close("SB1_close")
     assert env.client.query("SB1_close").state == "closed"
+    # a closed trade can not be paid
+    assert httpx.post(f"{env.base}/sandbox/pay", json={"out_trade_no": "SB1_close"},
+                      timeout=10).status_code == 409
     with pytest.raises(ChannelError) as again:
         env.client.close("SB1_close")
     assert again.value.code == "ACQ.TRADE_STATUS_ERROR"
@@ -254,6 +265,58 @@ def test_refund_partial_repeat_and_full(env: Env) -> None:
     assert refund("SB1_R2", 30000).state == "success"
     after = env.client.query("SB1_refund")
     assert (after.state, after.amount_fen) == ("refunded", 38000)   # TRADE_CLOSED after payment
+
+
+def test_a_precreated_code_is_no_trade_until_scanned_yet_payable_until_it_expires(
+        serve: Callable[[FastAPI], ServedApp]) -> None:
+    clock = {"now": datetime.now(UTC)}
+    env = Env(serve, clock=lambda: clock["now"])    # the business clock, moved by the test
+    env.create("SB1_unscanned", minutes=30)
+    # Before the scan Alipay knows no trade: query and close say so…
+    assert env.client.query("SB1_unscanned").state == "not_found"
+    with pytest.raises(ChannelError) as err:
+        env.client.close("SB1_unscanned")
+    assert err.value.code == "ACQ.TRADE_NOT_EXIST"
+    # …and the code stays payable: closing did nothing at Alipay.
+    env.pay("SB1_unscanned")
+    assert env.client.query("SB1_unscanned").state == "paid"
+
+    env.create("SB1_expiring", minutes=30)
+    clock["now"] += timedelta(minutes=31)
+    late = httpx.post(f"{env.base}/sandbox/pay", json={"out_trade_no": "SB1_expiring"},
+                      timeout=10)
+    assert late.status_code == 409 and "expired" in late.text
+    assert env.scan("SB1_expiring").status_code == 409
+    assert env.client.query("SB1_expiring").state == "not_found"
+    # a paid trade's notification can still be sent again after the expiry
+    assert httpx.post(f"{env.base}/sandbox/pay", json={"out_trade_no": "SB1_unscanned"},
+                      timeout=10).status_code == 200
+
+
+def test_query_refund_needs_refund_success(env: Env) -> None:
+    paid_trade(env, "SB1_rq", 38000)
+    req = RefundRequest(out_trade_no="SB1_rq", out_refund_no="SB1_rq_R1", total_fen=38000,
+                        refund_fen=8000, reason="重复缴费")
+    assert env.client.query_refund(req).state == "not_found"       # never asked for
+    env.sim.refunds_pending = True
+    taken = env.client.refund(req)
+    # Alipay has the request but has not refunded: its query answers without refund_status
+    assert taken.state == "processing"
+    assert taken.raw["refund_query"]["refund_amount"] == "80.00"
+    assert "refund_status" not in taken.raw["refund_query"]
+    queried = env.client.query_refund(req)
+    assert queried.state == "not_found" and "refund_status" not in queried.raw
+    trade = env.state.get(Channel.ALIPAY, "SB1_rq")
+    assert trade is not None and trade.refunded_fen == 0
+    env.sim.finish_refunds()
+    done = env.client.query_refund(req)
+    assert done.state == "success" and done.raw["refund_status"] == "REFUND_SUCCESS"
+    assert trade.refunded_fen == 8000
+    with pytest.raises(ChannelError) as err:
+        env.client.query_refund(dataclasses.replace(req, refund_fen=7000))
+    assert err.value.code == "refund_amount_mismatch"
+    unknown = env.client.query_refund(dataclasses.replace(req, out_trade_no="SB1_never"))
+    assert unknown.state == "not_found"
 
 
 def test_refund_of_unknown_trade_raises_with_code(env: Env) -> None:
@@ -331,6 +394,7 @@ def test_simulator_rejects_a_non_beijing_timestamp(env: Env) -> None:
 
 def test_real_sdk_server_api_against_the_simulator(env: Env) -> None:
     env.create("SB1_sdk")
+    env.scan("SB1_sdk")
     sdk = AliPay(appid=APPID, app_private_key_string=env.config.app_private_key_pem,
                  alipay_public_key_string=env.config.alipay_public_key_pem)
     sdk._gateway = env.config.gateway

@@ -20,6 +20,7 @@ from payment_adapters.base import (
     ChannelError,
     ChannelTimeout,
     CreateRequest,
+    OutcomeUnknown,
     RefundRequest,
     UnionpayConfig,
     VerificationFailed,
@@ -32,6 +33,7 @@ from payment_adapters.unionpay import (
     UnionpayNotificationVerifier,
     bill_date_of,
     make_bill_no,
+    refund_order_id,
 )
 from payment_adapters.unionpay.client import BEIJING
 from tests.payment_adapters.conftest import ServedApp
@@ -119,7 +121,7 @@ def env(serve: Callable[[FastAPI], ServedApp]) -> Iterator[Env]:
 def test_bill_no_starts_with_source_id_and_carries_its_bill_date() -> None:
     bill_no = make_bill_no("3194", "A" * 24, date(2026, 9, 1))
     assert bill_no.startswith("3194")
-    assert len(bill_no) == 31
+    assert len(bill_no) == 27
     assert bill_date_of(bill_no, "3194") == date(2026, 9, 1)
     assert bill_date_of(make_bill_no("3194", "x1", date(2000, 1, 1)), "3194") == date(2000, 1, 1)
     client = UnionpayClient(CONFIG)
@@ -130,6 +132,35 @@ def test_bill_no_starts_with_source_id_and_carries_its_bill_date() -> None:
         make_bill_no("3194", "has-dash", date(2026, 9, 1))
     with pytest.raises(ValueError):
         bill_date_of("9999ABCDEF", "3194")
+    with pytest.raises(ValueError):
+        bill_date_of(bill_no + "0", "3194")          # 28: longer than ChinaUMS takes
+
+
+def test_bill_and_refund_numbers_fit_chinaums_27_characters_and_stay_unique() -> None:
+    from backend.orders.payment_flow import new_refund_no
+    from backend.orders.service import new_order_no
+
+    now = datetime(2020, 11, 2, 9, 0, tzinfo=BEIJING)
+    # the service's bases: the order number (21) and a 2-digit attempt number
+    bases = {new_order_no(now) + f"{n:02d}" for _ in range(200) for n in (1, 2)}
+    bills = {make_bill_no("3194", base, now.date()) for base in bases}
+    assert len(bills) == len(bases) == 400
+    for bill_no in bills:
+        assert 7 <= len(bill_no) <= 27 and bill_no.startswith("3194")
+        assert bill_date_of(bill_no, "3194") == now.date()
+    # the same base on another day is another bill
+    base = next(iter(bases))
+    assert make_bill_no("3194", base, now.date()) != make_bill_no("3194", base, date(2020, 11, 3))
+    refund_nos = {new_refund_no() for _ in range(1000)}
+    assert len(refund_nos) == 1000
+    for no in refund_nos:
+        rid = refund_order_id("3194", no)
+        assert rid == "3194" + no and len(rid) <= 27
+    assert refund_order_id("3194", "3194RF0123") == "3194RF0123"
+    with pytest.raises(ValueError, match="7-27"):
+        refund_order_id("3194", "RF" + "0" * 24)       # 30 with the source id
+    with pytest.raises(ValueError):
+        refund_order_id("3194", "RF")                  # 6: too short
 
 
 # --------------------------------------------------------------------------- client ↔ simulator
@@ -214,6 +245,17 @@ def test_close_then_query_says_closed_and_the_bill_cannot_be_paid(env: Env) -> N
     assert resp.status_code == 409
 
 
+def test_a_bill_past_its_expire_time_can_not_be_paid(env: Env) -> None:
+    client = env.client()
+    bill_no = env.create(client, "SBEXPIRED")
+    trade = env.state.get(Channel.UNIONPAY, bill_no)
+    assert trade is not None and trade.expires_at is not None
+    trade.expires_at = env.state.now() - timedelta(seconds=1)     # its expireTime passed
+    resp = httpx.post(env.base_url + "/sandbox/pay", json={"out_trade_no": bill_no}, timeout=10)
+    assert resp.status_code == 409 and "expired" in resp.text
+    assert client.query(bill_no).state == "pending"
+
+
 def test_close_of_a_paid_bill_is_refused(env: Env) -> None:
     client = env.client()
     bill_no = env.create(client, "SBCLOSEPAID")
@@ -224,41 +266,90 @@ def test_close_of_a_paid_bill_is_refused(env: Env) -> None:
     assert client.query(bill_no).state == "paid"
 
 
+def _refund_req(bill_no: str, no: str, fen: int, total: int = 38000) -> RefundRequest:
+    return RefundRequest(out_trade_no=bill_no, out_refund_no=no, total_fen=total,
+                         refund_fen=fen, reason="重复缴费")
+
+
 def test_refund_part_then_the_rest(env: Env) -> None:
     client = env.client()
     bill_no = env.create(client, "SBREFUND", 38000)
     env.pay(bill_no)
-    first = client.refund(RefundRequest(out_trade_no=bill_no, out_refund_no="R1",
-                                        total_fen=38000, refund_fen=10000, reason="重复缴费"))
-    assert first.state == "success" and first.out_refund_no == "R1"
-    assert first.refund_id and first.raw["refundOrderId"] == "3194R1"
+    first = client.refund(_refund_req(bill_no, "RF0000001", 10000))
+    assert first.state == "success" and first.out_refund_no == "RF0000001"
+    assert first.refund_id and first.raw["refundOrderId"] == "3194RF0000001"
     assert first.raw["refundAmount"] == 10000
     assert client.query(bill_no).state == "paid"
 
-    again = client.refund(RefundRequest(out_trade_no=bill_no, out_refund_no="R1",
-                                        total_fen=38000, refund_fen=10000, reason="重复缴费"))
-    assert again.refund_id == first.refund_id
-    with pytest.raises(ChannelError) as err:
-        client.refund(RefundRequest(out_trade_no=bill_no, out_refund_no="R2",
-                                    total_fen=38000, refund_fen=28001, reason="too much"))
-    assert err.value.code == "INVALID_ORDER"
+    # Sent again, the refundOrderId answers DUP_ORDER; the client asks bills.query instead.
+    again = client.refund(_refund_req(bill_no, "RF0000001", 10000))
+    assert (again.state, again.refund_id) == ("success", first.refund_id)
+    assert env.sim.calls["bills.refund"] == 2
+    trade = env.state.get(Channel.UNIONPAY, bill_no)
+    assert trade is not None and trade.refunded_fen == 10000     # no second money movement
 
-    rest = client.refund(RefundRequest(out_trade_no=bill_no, out_refund_no="R3",
-                                       total_fen=38000, refund_fen=28000, reason="退费"))
+    with pytest.raises(ChannelError) as err:
+        client.refund(_refund_req(bill_no, "RF0000002", 28001))
+    assert err.value.code == "OPERATION_NOT_ALLOWED"
+
+    rest = client.refund(_refund_req(bill_no, "RF0000003", 28000))
     assert rest.state == "success"
     status = client.query(bill_no)
     assert status.state == "refunded" and status.amount_fen == 38000
-    trade = env.state.get(Channel.UNIONPAY, bill_no)
-    assert trade is not None and trade.refunded_fen == 38000
+    assert trade.refunded_fen == 38000
+
+
+def test_query_refund_reads_the_refund_record_of_bills_query(env: Env) -> None:
+    client = env.client()
+    bill_no = env.create(client, "SBRFQUERY", 38000)
+    env.pay(bill_no)
+    req = _refund_req(bill_no, "RF0000011", 8000)
+    assert client.query_refund(req).state == "not_found"         # not sent yet
+    done = client.refund(req)
+    calls = env.sim.calls["bills.refund"]
+    found = client.query_refund(req)
+    assert (found.state, found.refund_id) == ("success", done.refund_id)
+    record = found.raw["refundBillPayment"]
+    assert record["status"] == "TRADE_SUCCESS" and record["totalAmount"] == 8000
+    assert found.raw["sign"] == recipe_sign(
+        {k: (json.dumps(v, ensure_ascii=False, separators=(",", ":")) if isinstance(v, dict)
+             else str(v)) for k, v in found.raw.items()}, KEY, "SHA256")
+    assert env.sim.calls["bills.refund"] == calls                # asked, never sent again
+    # another refund number of the same bill is not this one
+    assert client.query_refund(_refund_req(bill_no, "RF0000012", 8000)).state == "not_found"
+    # a record for another amount than ours is not taken for ours
+    with pytest.raises(ChannelError) as err:
+        client.query_refund(_refund_req(bill_no, "RF0000011", 7000))
+    assert err.value.code == "refund_amount_mismatch"
+
+
+def test_refund_record_states_and_a_missing_bill() -> None:
+    bill_no = make_bill_no("3194", "MOCK", date(2026, 9, 1))
+    req = _refund_req(bill_no, "RF0000021", 100, total=100)
+    base = {"msgType": "bills.query", "billNo": bill_no, "billStatus": "PAID",
+            "totalAmount": "100"}
+
+    def record(status: str) -> dict[str, Any]:
+        return _signed_answer(**base, refundBillPayment=json.dumps(
+            {"merOrderId": "3194RF0000021", "status": status, "totalAmount": 100,
+             "targetOrderId": "T1"}, separators=(",", ":")))
+
+    assert _mock_client(record("TRADE_SUCCESS")).query_refund(req).state == "success"
+    assert _mock_client(record("TRADE_CLOSED")).query_refund(req).state == "failed"
+    assert _mock_client(record("UNKNOWN")).query_refund(req).state == "processing"
+    assert _mock_client(record("NEW_ORDER")).query_refund(req).state == "processing"
+    assert _mock_client(_signed_answer(**base)).query_refund(req).state == "not_found"
+    for code in ("NO_BILL", "NO_ORDER"):
+        missing = _signed_answer(errCode=code, errMsg="无法找到指定的账单")
+        assert _mock_client(missing).query_refund(req).state == "not_found"
 
 
 def test_refund_of_an_unpaid_bill_is_refused(env: Env) -> None:
     client = env.client()
     bill_no = env.create(client, "SBREFUNPAID")
     with pytest.raises(ChannelError) as err:
-        client.refund(RefundRequest(out_trade_no=bill_no, out_refund_no="R1", total_fen=38000,
-                                    refund_fen=100, reason="x"))
-    assert err.value.code == "INVALID_ORDER"
+        client.refund(_refund_req(bill_no, "RF0000031", 100))
+    assert err.value.code == "OPERATION_NOT_ALLOWED"
     assert "账单未支付" in str(err.value)
 
 
@@ -290,7 +381,126 @@ def test_query_not_found_switch_and_an_unknown_bill_say_not_found(env: Env) -> N
     assert status.state == "not_found" and status.raw["errCode"] == "NO_ORDER"
     env.faults(query_not_found=False)
     assert client.query(bill_no).state == "pending"
-    assert client.query(client.new_out_trade_no("NEVERMADE")).state == "not_found"
+    never = client.query(client.new_out_trade_no("NEVERMADE"))
+    assert never.state == "not_found" and never.raw["errCode"] == "NO_BILL"
+
+
+@pytest.mark.parametrize("code", ["NO_BILL", "NO_ORDER"])
+def test_both_no_such_bill_codes_are_not_found(code: str) -> None:
+    bill_no = make_bill_no("3194", "MOCK", date(2026, 9, 1))
+    answer = _signed_answer(errCode=code, errMsg="无法找到指定的账单")
+    assert _mock_client(answer).query(bill_no).state == "not_found"
+
+
+@pytest.mark.parametrize("code", ["TIMEOUT", "SYSTEM_BUSY", "ORDER_PROCESSING", "NET_ERROR",
+                                  "INTERNAL_ERROR"])
+def test_unknown_outcome_codes_raise_outcome_unknown(env: Env, code: str) -> None:
+    client = env.client()
+    bill_no = env.create(client, "SBBUSY")
+    env.pay(bill_no)
+    env.faults(answer_error=code)
+    for call in (lambda: client.query(bill_no),
+                 lambda: client.refund(_refund_req(bill_no, "RF0000041", 100)),
+                 lambda: env.create(client, "SBBUSY2")):
+        with pytest.raises(OutcomeUnknown) as err:
+            call()
+        assert err.value.code == code and err.value.retryable
+    trade = env.state.get(Channel.UNIONPAY, bill_no)
+    assert trade is not None and trade.refunded_fen == 0          # the fault did nothing
+    # a refusal is still a refusal, not "unknown"
+    env.faults(answer_error="OPERATION_NOT_ALLOWED")
+    with pytest.raises(ChannelError) as refused:
+        client.query(bill_no)
+    assert not isinstance(refused.value, OutcomeUnknown)
+
+
+def test_an_answer_lost_after_the_refund_was_done(env: Env) -> None:
+    client = env.client()
+    bill_no = env.create(client, "SBLOST")
+    env.pay(bill_no)
+    req = _refund_req(bill_no, "RF0000051", 500)
+    env.faults(answer_error="TIMEOUT", error_after_effect=True)
+    with pytest.raises(OutcomeUnknown):
+        client.refund(req)
+    env.faults(answer_error="")
+    assert client.query_refund(req).state == "success"
+    trade = env.state.get(Channel.UNIONPAY, bill_no)
+    assert trade is not None and trade.refunded_fen == 500
+
+
+class _Dropper:
+    """A server that reads the request and closes the connection without an answer."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/api/"
+        self.requests = 0
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                conn.recv(65536)
+                self.requests += 1
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+
+def test_a_refused_connection_is_definite_a_dropped_one_unknown() -> None:
+    from tests.servers import free_port
+
+    bill_no = make_bill_no("3194", "MOCK", date(2026, 9, 1))
+    nobody = UnionpayClient(dataclasses.replace(
+        CONFIG, base_url=f"http://127.0.0.1:{free_port()}/api/", timeout_s=2))
+    with pytest.raises(ChannelError) as refused:
+        nobody.query(bill_no)
+    assert not isinstance(refused.value, OutcomeUnknown)
+    assert refused.value.code == "channel_unreachable" and "not sent" in str(refused.value)
+
+    dropper = _Dropper()
+    try:
+        dropped = UnionpayClient(dataclasses.replace(CONFIG, base_url=dropper.url, timeout_s=2))
+        with pytest.raises(OutcomeUnknown) as lost:
+            dropped.refund(_refund_req(bill_no, "RF0000061", 100))
+        assert lost.value.code == "channel_connection_lost" and dropper.requests >= 1
+    finally:
+        dropper.sock.close()
+
+
+@pytest.mark.parametrize("exc,unknown", [
+    (httpx.ConnectError("refused"), False),
+    (httpx.ConnectTimeout("no connection"), False),
+    (httpx.PoolTimeout("no free connection"), False),
+    (httpx.ReadTimeout("no answer"), True),
+    (httpx.WriteTimeout("half sent"), True),
+    (httpx.ReadError("reset"), True),
+    (httpx.RemoteProtocolError("disconnected"), True),
+])
+def test_transport_errors_before_and_after_sending(exc: Exception, unknown: bool) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    client = UnionpayClient(CONFIG, http=httpx.Client(transport=httpx.MockTransport(handler)))
+    with pytest.raises(ChannelError) as err:
+        client.query(make_bill_no("3194", "MOCK", date(2026, 9, 1)))
+    assert isinstance(err.value, OutcomeUnknown) is unknown
+
+
+@pytest.mark.parametrize("status,unknown", [(502, True), (504, True), (500, True), (404, False)])
+def test_http_errors_in_front_of_the_gateway(status: int, unknown: bool) -> None:
+    client = UnionpayClient(CONFIG, http=httpx.Client(transport=httpx.MockTransport(
+        lambda request: httpx.Response(status, text="<html>gateway</html>"))))
+    with pytest.raises(ChannelError) as err:
+        client.query(make_bill_no("3194", "MOCK", date(2026, 9, 1)))
+    assert isinstance(err.value, OutcomeUnknown) is unknown
 
 
 def test_a_wrong_key_or_merchant_is_refused(env: Env) -> None:
@@ -300,7 +510,11 @@ def test_a_wrong_key_or_merchant_is_refused(env: Env) -> None:
     assert err.value.code == "channel_garbage"
     with pytest.raises(ChannelError) as err:
         env.create(env.client(mid="898000000000999"), "SBWRONGMID")
-    assert err.value.code == "BAD_REQUEST" and "mid" in str(err.value)
+    assert err.value.code == "NO_MERCHANT" and "mid" in str(err.value)
+    # msgSrc is the merchant's own: the test set's value is no fallback
+    with pytest.raises(ChannelError) as err:
+        env.create(env.client(msg_src="WWW.OTHER.COM"), "SBWRONGSRC")
+    assert err.value.code == "INVALID_MSGSRC"
 
 
 def _signed_request(**fields: str) -> dict[str, str]:
@@ -319,7 +533,7 @@ def test_the_simulator_checks_sign_and_bill_no_prefix_like_chinaums(env: Env) ->
     bad_sign = _signed_request(billNo="3194ABCDEF2")
     bad_sign["totalAmount"] = "1"
     answer = httpx.post(url, json=bad_sign, timeout=10).json()
-    assert answer["errCode"] == "BAD_REQUEST" and answer["errMsg"] == "签名验证失败"
+    assert answer["errCode"] == "BAD_SIGN" and answer["errMsg"] == "签名错误"
     assert answer["sign"] == recipe_sign(answer, KEY, "SHA256")
     foreign = httpx.post(url, json=_signed_request(billNo="9999ABCDEF3"), timeout=10).json()
     assert foreign["errCode"] == "BAD_REQUEST"
@@ -328,6 +542,22 @@ def test_the_simulator_checks_sign_and_bill_no_prefix_like_chinaums(env: Env) ->
     short = httpx.post(env.base_url + "/sandbox/unionpay/",
                        json=_signed_request(billNo="3194ABCDEF4"), timeout=10).json()
     assert short["errCode"] == "SUCCESS"
+    # "总长度需大于6位，小于28位": 27 is taken, 28 and 6 are not
+    for bill_no, err in (("3194" + "A" * 23, "SUCCESS"), ("3194" + "B" * 24, "BAD_REQUEST"),
+                         ("3194AB", "BAD_REQUEST")):
+        got = httpx.post(url, json=_signed_request(billNo=bill_no), timeout=10).json()
+        assert got["errCode"] == err, bill_no
+    paid = "3194" + "A" * 23
+    trade = env.state.get(Channel.UNIONPAY, paid)
+    assert trade is not None
+    env.pay(paid)
+    refund = _signed_request(msgType="bills.refund", billNo=paid, refundAmount="1",
+                             refundOrderId="3194" + "R" * 24)
+    refund.pop("notifyUrl")
+    refund["sign"] = recipe_sign(refund, KEY)
+    got = httpx.post(url, json=refund, timeout=10).json()
+    assert got["errCode"] == "BAD_REQUEST" and "refundOrderId" in got["errMsg"]
+    assert trade.refunded_fen == 0
 
 
 # --------------------------------------------------------------------------- answers not trusted
@@ -449,7 +679,7 @@ def test_verifier_rejects_a_tampered_body(change: str) -> None:
 
 
 def test_verifier_rejects_a_wrong_key_and_the_bad_signature_option() -> None:
-    other = UnionpayConfig(mid=CONFIG.mid, tid=CONFIG.tid, msg_src_id="3194", key=KEY + "x")
+    other = dataclasses.replace(CONFIG, key=KEY + "x")
     with pytest.raises(VerificationFailed, match="signature"):
         UnionpayNotificationVerifier(other).verify({}, _note(_paid_trade()), NOW)
     with pytest.raises(VerificationFailed, match="signature"):
