@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     wechat_mch_serial: str = ""
     wechat_public_key: str = ""
     wechat_public_key_id: str = ""
+    # The WeChat (not WeChat Pay) API the mini-program login calls (jscode2session).
+    wechat_api_base_url: str = "https://api.weixin.qq.com"
+    wechat_login_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # Alipay
     alipay_appid: str = ""
     alipay_app_private_key: str = ""

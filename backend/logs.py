@@ -1,4 +1,4 @@
-"""Logging that never prints a full ID number or phone number."""
+"""Logging that never prints a full ID number or phone number, nor a secret in a URL."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import re
 # digit runs (order numbers, timestamps).
 _ID = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[\dXx])(?![0-9A-Za-z])")
 _PHONE = re.compile(r"(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
+# Query parameters that carry secrets (WeChat's jscode2session takes the AppSecret in its URL).
+_SECRET_PARAM = re.compile(r"(?i)\b(secret|js_code|session_key|access_token)=[^&\s\"']+")
 
 
 def redact(text: str) -> str:
     text = _ID.sub(lambda m: f"{m.group(1)}********{m.group(2)}", text)
+    text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
     return _PHONE.sub(lambda m: f"{m.group(1)}****{m.group(2)}", text)
 
 
@@ -25,7 +28,15 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def redact_library_urls() -> None:
+    """httpx logs every URL it fetches (INFO): redact at the logger, before any handler."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+
+
 def configure_logging(level: str = "INFO") -> None:
+    redact_library_urls()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
