@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path("data")
@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     # DATABASE_URL runs `python -m backend worker` instead unless this says otherwise.
     run_worker_in_serve: bool | None = None
 
-    # WeChat mini-program and WeChat Pay APIv3 (public-key mode)
+    # WeChat mini-program and WeChat Pay APIv3. WeChat Pay's signatures are verified with the
+    # WeChat Pay public key (PEM path + PUB_KEY_ID_…), the platform certificates in a folder,
+    # or both while a merchant migrates from certificates to the public key.
     wechat_appid: str = ""
     wechat_app_secret: str = ""
     wechat_mchid: str = ""
@@ -40,6 +42,7 @@ class Settings(BaseSettings):
     wechat_mch_serial: str = ""
     wechat_public_key: str = ""
     wechat_public_key_id: str = ""
+    wechat_platform_certs_dir: str = ""
     # The WeChat (not WeChat Pay) API the mini-program login calls (jscode2session).
     wechat_api_base_url: str = "https://api.weixin.qq.com"
     wechat_login_timeout_s: float = Field(default=5.0, gt=0, le=60)
@@ -55,6 +58,7 @@ class Settings(BaseSettings):
     unionpay_key: str = ""
     # the simulator's private halves
     sandbox_wechat_private_key: str = ""
+    sandbox_wechat_platform_cert_key: str = ""
     sandbox_alipay_private_key: str = ""
 
     # every outgoing channel call gives up after this long
@@ -84,6 +88,23 @@ class Settings(BaseSettings):
         if v is not None and v.tzinfo is None:
             raise ValueError("COLLECT_NOW must carry a UTC offset, e.g. 2020-11-02T09:00:00+08:00")
         return v
+
+    @model_validator(mode="after")
+    def _wechat_pay_verification(self) -> Settings:
+        """A live deployment must be able to verify WeChat Pay: refuse to start otherwise."""
+        live = self.payment_sandbox is False or (
+            self.payment_sandbox is None
+            and all((self.wechat_mchid, self.alipay_appid, self.unionpay_mid)))
+        if not live:
+            return self
+        if bool(self.wechat_public_key) != bool(self.wechat_public_key_id):
+            raise ValueError("WECHAT_PUBLIC_KEY and WECHAT_PUBLIC_KEY_ID go together: set both "
+                             "or neither")
+        if not self.wechat_public_key and not self.wechat_platform_certs_dir:
+            raise ValueError("live mode needs a way to verify WeChat Pay: WECHAT_PUBLIC_KEY + "
+                             "WECHAT_PUBLIC_KEY_ID (public-key mode), WECHAT_PLATFORM_CERTS_DIR "
+                             "(platform certificates), or both")
+        return self
 
     @property
     def sandbox(self) -> bool:

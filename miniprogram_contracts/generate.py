@@ -19,7 +19,8 @@ def openapi_document() -> str:
     from backend.config import Settings
 
     app = create_app(Settings(payment_sandbox=False, wechat_mchid="x", alipay_appid="x",
-                              unionpay_mid="x", app_secret="x" * 32,
+                              unionpay_mid="x", wechat_platform_certs_dir="x",
+                              app_secret="x" * 32,
                               pii_key="a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="))
     return json.dumps(app.openapi(), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 

@@ -27,7 +27,8 @@ def test_half_configured_live_channels_refuse_to_start() -> None:
     with pytest.raises(ValueError, match="PAYMENT_SANDBOX"):
         _ = Settings(wechat_mchid="1900000109").sandbox
     assert Settings().sandbox is True
-    assert Settings(wechat_mchid="1", alipay_appid="2", unionpay_mid="3").sandbox is False
+    assert Settings(wechat_mchid="1", alipay_appid="2", unionpay_mid="3",
+                    wechat_platform_certs_dir="/etc/wechatpay/certs").sandbox is False
     assert Settings(wechat_mchid="1", payment_sandbox=True).sandbox is True
 
 
