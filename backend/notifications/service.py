@@ -106,7 +106,7 @@ def _apply(session: Session, channel: Channel, note: Notification,
         if refund is None or refund.id is None:
             raise _Reject("unknown_order", f"no refund {note.out_refund_no}")
         if note.succeeded:
-            complete_refund(session, refund.id, channel_refund_id=note.transaction_id,
+            complete_refund(session, refund.id, channel_refund_id=note.refund_id,
                             refunded_at=note.paid_at or now)
             return "refund_succeeded", f"refund {note.out_refund_no}"
         # A refund the channel gave up on stays with the worker, which retries and, at the
