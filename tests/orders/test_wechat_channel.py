@@ -4,6 +4,7 @@ what becomes of the order."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -88,3 +89,15 @@ def test_the_sandbox_signs_as_a_certificate_or_a_public_key_merchants_platform(
         assert paid["notifications"][0]["headers"]["Wechatpay-Serial"] == serial
         assert [d["status"] for d in paid["deliveries"]] == [204]
         assert get_order(live, h, r.json()["order_no"])["status"] == "paid"
+
+
+def test_the_sandbox_certificate_is_made_once_and_kept(tmp_path: Path,
+                                                       sandbox_keys: dict[str, object]) -> None:
+    from backend.channels import Channels
+    from backend.config import Settings
+
+    settings = Settings(data_dir=tmp_path, payment_sandbox=True, **sandbox_keys)  # type: ignore[arg-type]
+    first = Channels(settings).sandbox_wechat_certificate
+    again = Channels(settings).sandbox_wechat_certificate       # a restart
+    assert first == again
+    assert len(list((tmp_path / "sandbox" / "wechat_platform_certs").glob("*.pem"))) == 1
