@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter
@@ -122,17 +124,64 @@ class Channels:
         return self._pem(self.settings.sandbox_alipay_private_key, "alipay_platform_key.pem")
 
     @cached_property
+    def sandbox_wechat_certificate(self) -> tuple[str, str]:
+        """The simulator's platform certificate and its private key (PEM, PEM): a valid
+        certificate over ``SANDBOX_WECHAT_PLATFORM_CERT_KEY`` (generated when unset) found in the
+        certificates folder, else a new self-signed one written there as ``<serial>.pem``."""
+        from payment_adapters.sandbox.wechat import certificate_serial, make_platform_certificate
+
+        key_pem = self._pem(self.settings.sandbox_wechat_platform_cert_key,
+                            "wechat_platform_cert_key.pem")
+        folder = self._wechat_certs_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        public = serialization.load_pem_private_key(key_pem.encode(), password=None).public_key()
+        now = datetime.now(UTC)     # certificates are valid in real time, not business time
+        for path in sorted(folder.glob("*.pem")):
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except ValueError:
+                continue
+            if (cert.public_key() == public
+                    and cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
+                return path.read_text(), key_pem
+        cert_pem = make_platform_certificate(key_pem, not_before=now - timedelta(hours=1),
+                                             not_after=now + timedelta(days=5 * 365))
+        serial = certificate_serial(x509.load_pem_x509_certificate(cert_pem.encode()))
+        (folder / f"{serial}.pem").write_text(cert_pem)
+        return cert_pem, key_pem
+
+    @cached_property
+    def _wechat_certs_dir(self) -> Path:
+        configured = self.settings.wechat_platform_certs_dir
+        return Path(configured) if configured else self._keys_dir / "wechat_platform_certs"
+
+    @cached_property
     def wechat_config(self) -> WechatConfig:
         s = self.settings
-        public = (_read(s.wechat_public_key) if s.wechat_public_key
-                  else public_pem_of(self.sandbox_wechat_private_key))
+        if self.sandbox:
+            # Our side holds both the public key and the platform certificate, as a merchant
+            # migrating between them: the simulator may sign with either.
+            public = (_read(s.wechat_public_key) if s.wechat_public_key
+                      else public_pem_of(self.sandbox_wechat_private_key))
+            public_key_id = self._v("wechat_public_key_id")
+            _ = self.sandbox_wechat_certificate    # makes sure the folder holds it
+            certs_dir = str(self._wechat_certs_dir)
+        else:
+            public = _read(s.wechat_public_key) if s.wechat_public_key else ""
+            public_key_id = s.wechat_public_key_id
+            certs_dir = s.wechat_platform_certs_dir
+            if not (public and public_key_id) and not certs_dir:
+                raise RuntimeError("WeChat Pay needs WECHAT_PUBLIC_KEY + WECHAT_PUBLIC_KEY_ID, "
+                                   "WECHAT_PLATFORM_CERTS_DIR, or both when PAYMENT_SANDBOX "
+                                   "is off")
         return WechatConfig(
             appid=self._v("wechat_appid"), mchid=self._v("wechat_mchid"),
             apiv3_key=s.wechat_apiv3_key or (_secret(self._keys_dir / "wechat_apiv3_key", 32)
                                             if self.sandbox else ""),
             mch_private_key_pem=self._pem(s.wechat_mch_private_key, "wechat_merchant_key.pem"),
             mch_serial=self._v("wechat_mch_serial"), public_key_pem=public,
-            public_key_id=self._v("wechat_public_key_id"), timeout_s=s.channel_timeout_s,
+            public_key_id=public_key_id, platform_certs_dir=certs_dir,
+            timeout_s=s.channel_timeout_s,
             **({"base_url": self.sandbox_base("wechat")} if self.sandbox else {}),
         )
 
@@ -201,7 +250,8 @@ class Channels:
         state = self.sandbox_state
         return {
             Channel.WECHAT: WechatSimulator(state, self.wechat_config,
-                                            self.sandbox_wechat_private_key),
+                                            self.sandbox_wechat_private_key,
+                                            certificate=self.sandbox_wechat_certificate),
             Channel.ALIPAY: AlipaySimulator(state, self.alipay_config,
                                             self.sandbox_alipay_private_key),
             Channel.UNIONPAY: UnionpaySimulator(state, self.unionpay_config),

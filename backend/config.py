@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     # (CIDR). None by default: the headers are ignored and the client is the peer.
     trusted_proxies: str = ""
 
-    # WeChat mini-program and WeChat Pay APIv3 (public-key mode)
+    # WeChat mini-program and WeChat Pay APIv3. WeChat Pay's signatures are verified with the
+    # WeChat Pay public key (PEM path + PUB_KEY_ID_…), the platform certificates in a folder,
+    # or both while a merchant migrates from certificates to the public key.
     wechat_appid: str = ""
     wechat_app_secret: str = ""
     wechat_mchid: str = ""
@@ -53,6 +55,10 @@ class Settings(BaseSettings):
     wechat_mch_serial: str = ""
     wechat_public_key: str = ""
     wechat_public_key_id: str = ""
+    wechat_platform_certs_dir: str = ""
+    # The WeChat (not WeChat Pay) API the mini-program login calls (jscode2session).
+    wechat_api_base_url: str = "https://api.weixin.qq.com"
+    wechat_login_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # Alipay
     alipay_appid: str = ""
     alipay_app_private_key: str = ""
@@ -66,6 +72,7 @@ class Settings(BaseSettings):
     unionpay_key: str = ""
     # the simulator's private halves
     sandbox_wechat_private_key: str = ""
+    sandbox_wechat_platform_cert_key: str = ""
     sandbox_alipay_private_key: str = ""
 
     # every outgoing channel call gives up after this long
@@ -136,6 +143,13 @@ class Settings(BaseSettings):
             problems.append(f"the ChinaUMS merchant's own {', '.join(missing)} must be set: "
                             "msgSrc (消息来源), msgSrcId and the key are assigned by ChinaUMS "
                             "with the merchant number")
+        if bool(self.wechat_public_key) != bool(self.wechat_public_key_id):
+            problems.append("WECHAT_PUBLIC_KEY and WECHAT_PUBLIC_KEY_ID go together: set both "
+                            "or neither")
+        if not self.wechat_public_key and not self.wechat_platform_certs_dir:
+            problems.append("WeChat Pay must be verifiable: WECHAT_PUBLIC_KEY + "
+                            "WECHAT_PUBLIC_KEY_ID (public-key mode), WECHAT_PLATFORM_CERTS_DIR "
+                            "(platform certificates), or both")
         if self.collect_now is not None:
             problems.append(
                 "COLLECT_NOW must be unset: it moves the business clock for demos and "

@@ -1,4 +1,4 @@
-"""Logging that never prints a full ID number or phone number."""
+"""Logging that never prints a full ID number or phone number, nor a secret in a URL."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from types import TracebackType
 # digit runs (order numbers, timestamps).
 _ID = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[\dXx])(?![0-9A-Za-z])")
 _PHONE = re.compile(r"(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
+# Query parameters that carry secrets (WeChat's jscode2session takes the AppSecret in its URL).
+_SECRET_PARAM = re.compile(r"(?i)\b(secret|js_code|session_key|access_token)=[^&\s\"']+")
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | \
     tuple[None, None, None]
@@ -17,6 +19,7 @@ _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | \
 
 def redact(text: str) -> str:
     text = _ID.sub(lambda m: f"{m.group(1)}********{m.group(2)}", text)
+    text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
     return _PHONE.sub(lambda m: f"{m.group(1)}****{m.group(2)}", text)
 
 
@@ -32,7 +35,27 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().formatException(ei))
 
 
+class RedactingFilter(logging.Filter):
+    """Masks a record's message where it is logged, before any handler (pytest's, a
+    library's) sees it; the formatter above still masks what the message does not hold."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def redact_library_urls() -> None:
+    """httpx logs every URL it fetches (INFO): redact at the logger, before any handler."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+
+
 def configure_logging(level: str = "INFO") -> None:
+    redact_library_urls()
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

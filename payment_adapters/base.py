@@ -38,8 +38,11 @@ class WechatConfig:
     apiv3_key: str               # 32 characters
     mch_private_key_pem: str     # signs requests and paySign
     mch_serial: str              # merchant API certificate serial
-    public_key_pem: str          # WeChat Pay public key (公钥模式): verifies its answers
-    public_key_id: str           # PUB_KEY_ID_…
+    # What verifies WeChat Pay's answers and notifications: the WeChat Pay public key
+    # (公钥模式), the platform certificates (平台证书), or both while migrating.
+    public_key_pem: str = ""     # WeChat Pay public key
+    public_key_id: str = ""      # PUB_KEY_ID_…
+    platform_certs_dir: str = "" # a folder of platform certificates (PEM)
     base_url: str = "https://api.mch.weixin.qq.com"
     timeout_s: float = 10.0
 

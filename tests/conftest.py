@@ -124,6 +124,7 @@ def sandbox_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
     d = tmp_path_factory.mktemp("keys")
     files = {"wechat_mch_private_key": "mch.pem", "sandbox_wechat_private_key": "wx_pay.pem",
+             "sandbox_wechat_platform_cert_key": "wx_cert.pem",
              "alipay_app_private_key": "ali_app.pem", "sandbox_alipay_private_key": "ali.pem"}
     for name in files.values():
         _private_pem(d / name)

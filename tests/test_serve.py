@@ -222,7 +222,8 @@ def test_trusted_proxies_setting_is_checked() -> None:
 def _live(url: str) -> Settings:
     return Settings(payment_sandbox=False, wechat_mchid="1", alipay_appid="2",
                     unionpay_mid="3", unionpay_tid="4", unionpay_msg_src="WWW.DISTRICT.GOV.CN",
-                    unionpay_msg_src_id="3194", unionpay_key="k" * 32, public_base_url=url)
+                    unionpay_msg_src_id="3194", unionpay_key="k" * 32,
+                    wechat_platform_certs_dir="/etc/wechatpay/certs", public_base_url=url)
 
 
 @pytest.mark.parametrize("url", [

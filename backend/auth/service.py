@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+import httpx
 import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -14,13 +15,23 @@ from sqlmodel import col
 
 from backend.auth.models import STAFF_ROLES, StaffUser
 from backend.db import unit_of_work
-from backend.errors import Conflict, NotFound, RateLimited, Unauthorized, ValidationFailed
+from backend.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
+from backend.logs import redact_library_urls
 from backend.policy import DEPARTMENTS
 from backend.residents.models import Town, Village
 from backend.runtime import Runtime
 from backend.security.tokens import Principal, issue_token
 
 log = logging.getLogger(__name__)
+redact_library_urls()     # the jscode2session URL carries the AppSecret
 _hasher = PasswordHasher()
 # Verifying against this keeps an unknown username as slow as a wrong password.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
@@ -181,30 +192,69 @@ def login_staff(rt: Runtime, session: Session, username: str, password: str,
     return issue_token(rt.app_secret, staff_principal(user), s.access_token_ttl_s), user
 
 
+class WechatUnavailable(AppError):
+    """WeChat could not say who this is right now (busy, rate-limited, unreachable)."""
+
+    status, code = 503, "wechat_unavailable"
+
+
+# jscode2session errcodes that mean "this code will never work" (40029 invalid, 40163 used).
+_BAD_CODE = {40029: "is not valid or has expired", 40163: "has already been used"}
+
+
 def code_to_openid(rt: Runtime, code: str) -> str:
-    """wx.login code → openid: WeChat's code2session, or the simulator's ``sandbox:<openid>``."""
-    if rt.settings.sandbox:
+    """wx.login code → openid: WeChat's code2session, or the simulator's ``sandbox:<openid>``.
+
+    One ``GET /sns/jscode2session`` per login, with a timeout; no access_token is involved
+    (fetching one per login would spend the daily quota of /cgi-bin/token and invalidate the
+    token the previous fetch got). The session_key in the answer is never kept, logged or
+    returned: nothing here decrypts mini-program data.
+    """
+    s = rt.settings
+    if s.sandbox:
         openid = code.removeprefix("sandbox:") if code.startswith("sandbox:") else ""
         if not _OPENID.fullmatch(openid):
             raise Unauthorized("the login code is not valid (the simulator takes "
                                "'sandbox:<openid>')")
         return openid
-    from wechatpy import WeChatClient
-    from wechatpy.exceptions import WeChatClientException
-
-    client = WeChatClient(rt.settings.wechat_appid, rt.settings.wechat_app_secret, timeout=5)
+    url = s.wechat_api_base_url.rstrip("/") + "/sns/jscode2session"
+    params = {"appid": s.wechat_appid, "secret": s.wechat_app_secret, "js_code": code,
+              "grant_type": "authorization_code"}
     try:
-        session_info = client.wxa.code_to_session(code)
-    except WeChatClientException as exc:
-        log.info("code2session refused: errcode=%s", exc.errcode)
-        raise Unauthorized("the login code is not valid or has expired") from None
-    except Exception as exc:  # network errors, garbage answers
+        response = httpx.get(url, params=params, timeout=s.wechat_login_timeout_s)
+        answer = response.json()
+    except httpx.HTTPError as exc:
         log.warning("code2session failed: %s", type(exc).__name__)
-        raise Unauthorized("WeChat login is unavailable; try again") from None
-    wx_openid = session_info.get("openid") if isinstance(session_info, dict) else None
-    if not wx_openid:
-        raise Unauthorized("WeChat returned no openid")
-    return str(wx_openid)
+        raise WechatUnavailable("WeChat login is unavailable; try again") from None
+    except ValueError:
+        log.warning("code2session answered HTTP %s with a body that is not JSON",
+                    response.status_code)
+        raise WechatUnavailable("WeChat login is unavailable; try again") from None
+    if not isinstance(answer, dict):
+        log.warning("code2session answered a JSON %s", type(answer).__name__)
+        raise WechatUnavailable("WeChat login is unavailable; try again")
+    errcode = answer.get("errcode") or 0
+    if not isinstance(errcode, int):
+        log.warning("code2session answered an errcode that is not a number")
+        raise WechatUnavailable("WeChat login is unavailable; try again")
+    if errcode in _BAD_CODE:
+        log.info("code2session refused the code: errcode=%s", errcode)
+        raise Unauthorized(f"the login code {_BAD_CODE[errcode]}; call wx.login again")
+    if errcode == 40226:
+        log.info("code2session blocked a high-risk user: errcode=40226")
+        raise Forbidden("WeChat blocked this login (a high-risk account)",
+                        code="wechat_login_blocked")
+    if errcode:
+        # -1 busy, 45011 rate limit; anything else (a wrong appid/secret) is ours to fix.
+        level = logging.WARNING if errcode in (-1, 45011) else logging.ERROR
+        log.log(level, "code2session failed: errcode=%s errmsg=%s", errcode,
+                str(answer.get("errmsg", ""))[:200])
+        raise WechatUnavailable("WeChat login is unavailable; try again")
+    wx_openid = answer.get("openid")
+    if not isinstance(wx_openid, str) or not _OPENID.fullmatch(wx_openid):
+        log.warning("code2session answered without a usable openid")
+        raise WechatUnavailable("WeChat login is unavailable; try again")
+    return wx_openid
 
 
 def login_wechat(rt: Runtime, code: str) -> tuple[str, str]:

@@ -1,22 +1,36 @@
-"""WeChat Pay APIv3 client (微信支付 APIv3, 微信支付公钥模式): mini-program JSAPI and Native orders.
+"""WeChat Pay APIv3 client (微信支付 APIv3): mini-program JSAPI and Native orders, refunds.
 
-Built on ``wechatpayv3.WeChatPay``, which signs every request (``Authorization``) and verifies
-the signature of every 2xx answer with the WeChat Pay public key. It returns ``(status, text)``
-and raises nothing on 4xx/5xx, so every answer is classified here.
+The HTTP is httpx; every request is signed (``Authorization: WECHATPAY2-SHA256-RSA2048 …``,
+SHA256withRSA by the merchant key over the exact bytes sent) and every 2xx answer is verified
+by :class:`~payment_adapters.wechat.keys.WechatPayKeys` — the WeChat Pay public key or a
+platform certificate, chosen by the answer's ``Wechatpay-Serial``. Signing and verifying are
+``cryptography``'s RSA PKCS#1 v1.5 with SHA-256.
+
+What a failure means for the trade:
+
+* nothing was sent (connection refused, no connection in time): ``ChannelError``, a definite
+  failure;
+* the request may have reached WeChat (no answer in time, the connection broke after sending,
+  a 2xx answer whose signature does not verify — WeChat sends a few on purpose):
+  ``OutcomeUnknown``, to be settled by a query;
+* WeChat answered and refused: ``ChannelError`` with WeChat's code.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
-import requests
-from wechatpayv3 import WeChatPay, WeChatPayType
+import httpx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from payment_adapters.base import (
     Channel,
@@ -24,19 +38,24 @@ from payment_adapters.base import (
     ChannelTimeout,
     CreateRequest,
     CreateResult,
+    OutcomeUnknown,
     RefundRequest,
     RefundResult,
     RefundState,
     TradeState,
     TradeStatus,
+    VerificationFailed,
     WechatConfig,
 )
+from payment_adapters.wechat.keys import SIGNATURE_TYPE, WechatPayKeys
 
 CST = timezone(timedelta(hours=8))     # WeChat writes every time as RFC3339 in +08:00
 
 _BASE_RE = re.compile(r"[0-9A-Za-z]{1,24}")
 OUT_TRADE_NO_RE = re.compile(r"[0-9A-Za-z_\-|*]{6,32}")
 OUT_REFUND_NO_RE = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
+REFUND_REASON_MAX_BYTES = 80           # 退款原因: "不可超过80个字节"
+USER_AGENT = "resident-insurance-collection (httpx)"
 
 TRADE_STATES: dict[str, TradeState] = {
     "SUCCESS": "paid",
@@ -121,33 +140,25 @@ def _error_code(text: str | bytes) -> str | None:
 
 
 class WechatPayClient:
-    """``PaymentClient`` for WeChat Pay APIv3 in public-key mode."""
+    """``PaymentClient`` for WeChat Pay APIv3 (public-key or platform-certificate mode)."""
 
     channel = Channel.WECHAT
 
-    def __init__(self, config: WechatConfig) -> None:
+    def __init__(self, config: WechatConfig, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.config = config
-        self._wx = WeChatPay(
-            wechatpay_type=WeChatPayType.MINIPROG,
-            mchid=config.mchid,
-            private_key=config.mch_private_key_pem,
-            cert_serial_no=config.mch_serial,
-            appid=config.appid,
-            apiv3_key=config.apiv3_key,
-            timeout=config.timeout_s,       # wechatpayv3's default is no timeout at all
-            public_key=config.public_key_pem,
-            public_key_id=config.public_key_id,
-        )
-        core = self._wx._core
-        # wechatpayv3 hardcodes https://api.mch.weixin.qq.com in Core._gate_way and offers no
-        # parameter for it: setting the attribute is the only way to honour config.base_url
-        # (the sandbox, or the backup host api2.mch.weixin.qq.com).
-        core._gate_way = config.base_url.rstrip("/")
-        # In public-key mode an answer signed under any other Wechatpay-Serial is not WeChat's.
-        # Unpatched, wechatpayv3 would then GET /v3/certificates (a network call the answer's
-        # sender can trigger) and parse the serial as hex; with this the answer simply fails
-        # verification ("failed to verify the signature").
-        core._update_certificates = lambda: None
+        key = serialization.load_pem_private_key(config.mch_private_key_pem.encode(),
+                                                 password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("the merchant API key (apiclient_key.pem) must be RSA")
+        self._merchant_key = key
+        self.keys = WechatPayKeys.from_config(config)
+        self._base = httpx.URL(config.base_url.rstrip("/"))
+        # The gateway's own path (the simulator's /sandbox/wechat) is not part of what WeChat
+        # sees as the request path, so it is not signed.
+        self._base_path = self._base.raw_path.rstrip(b"/")
+        self._http = httpx.Client(timeout=config.timeout_s, transport=transport,
+                                  follow_redirects=False)
 
     # ------------------------------------------------------------------ order numbers
     def new_out_trade_no(self, base: str) -> str:
@@ -157,31 +168,70 @@ class WechatPayClient:
             raise ValueError(f"order number base must be 1-24 of [0-9A-Za-z], got {base!r}")
         return base.ljust(6, "_")
 
-    # ------------------------------------------------------------------ calls
-    def _call(self, op: str, fn: Callable[..., tuple[int, str | bytes]],
-              **kwargs: Any) -> tuple[int, str | bytes]:
+    # ------------------------------------------------------------------ HTTP
+    def _sign(self, message: bytes) -> str:
+        return base64.b64encode(
+            self._merchant_key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+    def _request(self, op: str, method: str, path: str, *,
+                 query: Mapping[str, str] | None = None,
+                 body: Mapping[str, Any] | None = None) -> httpx.Response:
+        url = self._base.copy_with(raw_path=self._base_path + path.encode("ascii"))
+        if query:
+            url = url.copy_merge_params(dict(query))
+        content = (b"" if body is None
+                   else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+        # Signed: METHOD\nPATH?QUERY\nTIMESTAMP\nNONCE\nBODY\n over exactly what is sent.
+        signed_path = url.raw_path[len(self._base_path):].decode("ascii")
+        timestamp, nonce = str(int(time.time())), secrets.token_hex(16).upper()
+        signature = self._sign(f"{method}\n{signed_path}\n{timestamp}\n{nonce}\n".encode()
+                               + content + b"\n")
+        headers = {
+            "Authorization": (f'{SIGNATURE_TYPE} mchid="{self.config.mchid}",'
+                              f'nonce_str="{nonce}",signature="{signature}",'
+                              f'timestamp="{timestamp}",serial_no="{self.config.mch_serial}"'),
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        accept = self.keys.accept_serial(datetime.now(UTC))
+        if accept:
+            headers["Wechatpay-Serial"] = accept
         try:
-            return fn(**kwargs)
-        except requests.Timeout as exc:
+            response = self._http.request(method, url, content=content or None,
+                                          headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            # No connection was made (refused, unreachable, TLS failed, none in time): nothing
+            # reached WeChat, so nothing happened there.
+            raise ChannelError(
+                f"wechat {op}: could not reach WeChat Pay at {self._base} "
+                f"({type(exc).__name__}: {exc}); nothing was sent",
+                code="channel_error", retryable=True) from exc
+        except httpx.TimeoutException as exc:
             raise ChannelTimeout(
                 f"wechat {op}: no answer within {self.config.timeout_s}s "
                 f"({type(exc).__name__}); the outcome is unknown") from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            # The request may have reached WeChat before the connection broke.
-            raise ChannelTimeout(
-                f"wechat {op}: connection failed ({type(exc).__name__}: {exc}); "
-                "the outcome is unknown") from exc
-        except requests.RequestException as exc:
-            raise ChannelError(f"wechat {op}: HTTP request failed: {exc}",
-                               code="channel_error") from exc
-        except Exception as exc:
-            # wechatpayv3 raises a bare Exception when a 2xx answer's signature does not verify
-            # ("failed to verify the signature") or its Wechatpay-* headers are missing.
-            raise ChannelError(
-                f"wechat {op}: the answer's WeChat Pay signature does not verify ({exc})",
-                code="channel_garbage") from exc
+        except httpx.TransportError as exc:
+            raise OutcomeUnknown(
+                f"wechat {op}: the connection failed after the request was sent "
+                f"({type(exc).__name__}: {exc}); the outcome is unknown",
+                code="connection_lost") from exc
+        if 200 <= response.status_code < 300:
+            # As the official SDKs: 2xx answers are verified, error answers are not.
+            try:
+                self.keys.verify(response.headers, response.content, datetime.now(UTC))
+            except VerificationFailed as exc:
+                raise OutcomeUnknown(
+                    f"wechat {op}: the HTTP {response.status_code} answer is not verifiably "
+                    f"WeChat Pay's ({exc}; Request-ID {_request_id(response)}); the call may "
+                    "have taken effect: query before assuming anything",
+                    code="unverified_answer") from exc
+        return response
 
-    def _refusal(self, op: str, status: int, text: str | bytes) -> ChannelError:
+    def _refusal(self, op: str, response: httpx.Response) -> ChannelError:
+        status, text = response.status_code, response.content
         if 200 <= status < 300:
             return _garbage(op, f"unexpected HTTP {status}, body {_snippet(text)}")
         data = _json_object(text)
@@ -194,13 +244,14 @@ class WechatPayClient:
         detail = data.get("detail")
         text_detail = f" {json.dumps(detail, ensure_ascii=False)}" if detail else ""
         return ChannelError(
-            f"wechat {op} refused: HTTP {status} {code}: {message}{text_detail}",
+            f"wechat {op} refused: HTTP {status} {code}: {message}{text_detail} "
+            f"(Request-ID {_request_id(response)})",
             code=code, retryable=status >= 500 or code in _RETRYABLE_CODES)
 
-    def _answer(self, op: str, text: str | bytes) -> dict[str, Any]:
-        data = _json_object(text)
+    def _answer(self, op: str, response: httpx.Response) -> dict[str, Any]:
+        data = _json_object(response.content)
         if data is None:
-            raise _garbage(op, f"not a JSON object: {_snippet(text)}")
+            raise _garbage(op, f"not a JSON object: {_snippet(response.content)}")
         return data
 
     # ------------------------------------------------------------------ create
@@ -212,28 +263,25 @@ class WechatPayClient:
             raise ValueError("description is required")
         if not req.notify_url:
             raise ValueError("notify_url is required")
+        body: dict[str, Any] = {
+            "appid": self.config.appid, "mchid": self.config.mchid,
+            "description": req.description, "out_trade_no": req.out_trade_no,
+            "time_expire": rfc3339_cst(req.expires_at), "notify_url": req.notify_url,
+            "amount": {"total": req.amount_fen, "currency": "CNY"},
+        }
         if req.kind == "jsapi":
             if not req.payer_openid:
                 raise ValueError("a JSAPI order needs payer_openid")
-            pay_type, payer = WeChatPayType.MINIPROG, {"openid": req.payer_openid}
-        elif req.kind == "native":
-            pay_type, payer = WeChatPayType.NATIVE, None
-        else:
+            body["payer"] = {"openid": req.payer_openid}
+        elif req.kind != "native":
             raise ValueError(f"WeChat has no {req.kind!r} orders; use 'jsapi' or 'native'")
 
-        status, text = self._call(
-            "create", self._wx.pay,
-            description=req.description,
-            out_trade_no=req.out_trade_no,
-            amount={"total": req.amount_fen, "currency": "CNY"},
-            payer=payer,
-            time_expire=rfc3339_cst(req.expires_at),
-            notify_url=req.notify_url,
-            pay_type=pay_type,
-        )
-        if status != 200:
-            raise self._refusal("create", status, text)
-        data = self._answer("create", text)
+        # The mini-program's orders and JSAPI share one endpoint.
+        response = self._request("create", "POST", f"/v3/pay/transactions/{req.kind}",
+                                 body=body)
+        if response.status_code != 200:
+            raise self._refusal("create", response)
+        data = self._answer("create", response)
         if req.kind == "jsapi":
             prepay_id = data.get("prepay_id")
             if not isinstance(prepay_id, str) or not prepay_id:
@@ -251,21 +299,24 @@ class WechatPayClient:
         timestamp = str(int(time.time()))
         nonce = secrets.token_hex(16)
         package = f"prepay_id={prepay_id}"
-        pay_sign = self._wx.sign([self.config.appid, timestamp, nonce, package])
+        pay_sign = self._sign(f"{self.config.appid}\n{timestamp}\n{nonce}\n{package}\n".encode())
         return {"timeStamp": timestamp, "nonceStr": nonce, "package": package,
                 "signType": "RSA", "paySign": pay_sign}
 
     # ------------------------------------------------------------------ query
     def query(self, out_trade_no: str) -> TradeStatus:
         _check_out_trade_no(out_trade_no)
-        status, text = self._call("query", self._wx.query, out_trade_no=out_trade_no)
-        if status != 200:
+        response = self._request(
+            "query", "GET", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}",
+            query={"mchid": self.config.mchid})
+        if response.status_code != 200:
             # Only WeChat's explicit "no such order" is not_found; any other failure raises.
-            if 400 <= status < 500 and _error_code(text) == "ORDER_NOT_EXIST":
+            if (400 <= response.status_code < 500
+                    and _error_code(response.content) == "ORDER_NOT_EXIST"):
                 return TradeStatus(out_trade_no=out_trade_no, state="not_found",
-                                   raw=_json_object(text) or {})
-            raise self._refusal("query", status, text)
-        data = self._answer("query", text)
+                                   raw=_json_object(response.content) or {})
+            raise self._refusal("query", response)
+        data = self._answer("query", response)
         if data.get("out_trade_no") != out_trade_no:
             raise _garbage("query", f"answer is about out_trade_no {data.get('out_trade_no')!r}")
         self._check_owner("query", data)
@@ -296,51 +347,85 @@ class WechatPayClient:
     # ------------------------------------------------------------------ close
     def close(self, out_trade_no: str) -> None:
         _check_out_trade_no(out_trade_no)
-        status, text = self._call("close", self._wx.close, out_trade_no=out_trade_no)
-        if status == 204:
+        response = self._request(
+            "close", "POST",
+            f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close",
+            body={"mchid": self.config.mchid})
+        if response.status_code == 204:
             return
         # Closing is idempotent for us: an order WeChat already closed cannot be paid either.
-        if 400 <= status < 500 and _error_code(text) == "ORDER_CLOSED":
+        if (400 <= response.status_code < 500
+                and _error_code(response.content) == "ORDER_CLOSED"):
             return
-        raise self._refusal("close", status, text)
+        raise self._refusal("close", response)
 
     # ------------------------------------------------------------------ refund
     def refund(self, req: RefundRequest) -> RefundResult:
-        _check_out_trade_no(req.out_trade_no)
-        if not OUT_REFUND_NO_RE.fullmatch(req.out_refund_no):
-            raise ValueError(f"bad out_refund_no {req.out_refund_no!r}")
-        if _fen(req.total_fen) is None or _fen(req.refund_fen) is None:
-            raise ValueError("total_fen and refund_fen must be non-negative ints")
-        if not 0 < req.refund_fen <= req.total_fen:
-            raise ValueError(f"refund_fen {req.refund_fen} not in 1..{req.total_fen}")
-        status, text = self._call(
-            "refund", self._wx.refund,
-            out_refund_no=req.out_refund_no,
-            amount={"refund": req.refund_fen, "total": req.total_fen, "currency": "CNY"},
-            out_trade_no=req.out_trade_no,
-            reason=req.reason or None,
-            notify_url=req.notify_url or None,
-        )
-        if status != 200:
-            raise self._refusal("refund", status, text)
-        data = self._answer("refund", text)
+        _check_refund_request(req)
+        body: dict[str, Any] = {
+            "out_trade_no": req.out_trade_no, "out_refund_no": req.out_refund_no,
+            "amount": {"refund": req.refund_fen, "total": req.total_fen, "currency": "CNY"},
+        }
+        if req.reason:
+            # Shown to the payer; WeChat takes at most 80 bytes.
+            body["reason"] = _clip_utf8(req.reason, REFUND_REASON_MAX_BYTES)
+        if req.notify_url:
+            body["notify_url"] = req.notify_url
+        response = self._request("refund", "POST", "/v3/refund/domestic/refunds", body=body)
+        if response.status_code != 200:
+            raise self._refusal("refund", response)
+        return self._refund_result("refund", req, self._answer("refund", response))
+
+    def query_refund(self, req: RefundRequest) -> RefundResult:
+        """查询单笔退款: where the refund ``req.out_refund_no`` stands. WeChat's "no such
+        refund" (RESOURCE_NOT_EXISTS) raises ChannelError with that code: the refund was never
+        accepted, and asking for it again with the same out_refund_no is safe."""
+        _check_refund_request(req)
+        response = self._request(
+            "query_refund", "GET",
+            f"/v3/refund/domestic/refunds/{quote(req.out_refund_no, safe='')}")
+        if response.status_code != 200:
+            raise self._refusal("query_refund", response)
+        return self._refund_result("query_refund", req, self._answer("query_refund", response))
+
+    def _refund_result(self, op: str, req: RefundRequest,
+                       data: dict[str, Any]) -> RefundResult:
         if data.get("out_refund_no") != req.out_refund_no:
-            raise _garbage("refund", f"answer is about out_refund_no "
-                                     f"{data.get('out_refund_no')!r}")
+            raise _garbage(op, f"answer is about out_refund_no {data.get('out_refund_no')!r}")
+        if data.get("out_trade_no", req.out_trade_no) != req.out_trade_no:
+            raise _garbage(op, f"answer is about out_trade_no {data.get('out_trade_no')!r}")
         word = data.get("status")
         state = REFUND_STATES.get(word) if isinstance(word, str) else None
         if state is None:
-            raise _garbage("refund", f"unknown refund status {word!r}")
+            raise _garbage(op, f"unknown refund status {word!r}")
         amount = data.get("amount")
-        refunded = amount.get("refund", req.refund_fen) if isinstance(amount, Mapping) else None
+        refunded = amount.get("refund") if isinstance(amount, Mapping) else None
         if refunded != req.refund_fen:
-            raise _garbage("refund", f"WeChat refunds {refunded!r} fen, we asked {req.refund_fen}")
+            raise _garbage(op, f"WeChat refunds {refunded!r} fen, we asked {req.refund_fen}")
         refund_id = data.get("refund_id")
-        return RefundResult(out_refund_no=req.out_refund_no, state=state,
-                            refund_id=refund_id if isinstance(refund_id, str) else None, raw=data)
+        if not isinstance(refund_id, str) or not refund_id:
+            raise _garbage(op, "no refund_id")
+        return RefundResult(out_refund_no=req.out_refund_no, state=state, refund_id=refund_id,
+                            raw=data)
 
-    def query_refund(self, req: RefundRequest) -> RefundResult:
-        raise NotImplementedError("query_refund: being built")  # TODO(channel helpers)
+
+def _request_id(response: httpx.Response) -> str:
+    return response.headers.get("Request-ID", "-")[:64]
+
+
+def _clip_utf8(text: str, limit: int) -> str:
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+def _check_refund_request(req: RefundRequest) -> None:
+    _check_out_trade_no(req.out_trade_no)
+    if not OUT_REFUND_NO_RE.fullmatch(req.out_refund_no):
+        raise ValueError(f"not a WeChat out_refund_no (1-64 of [0-9A-Za-z_-|*@]): "
+                         f"{req.out_refund_no!r}")
+    if _fen(req.total_fen) is None or _fen(req.refund_fen) is None:
+        raise ValueError("total_fen and refund_fen must be non-negative ints")
+    if not 0 < req.refund_fen <= req.total_fen:
+        raise ValueError(f"refund_fen {req.refund_fen} not in 1..{req.total_fen}")
 
 
 def _check_out_trade_no(out_trade_no: str) -> None:

@@ -1,8 +1,10 @@
-"""WeChat Pay APIv3 notifications (支付/退款结果回调通知), verified in public-key mode.
+"""WeChat Pay APIv3 notifications (支付/退款结果回调通知).
 
-Verified here with ``cryptography`` rather than ``wechatpayv3.callback``: the library has no
-timestamp window, raises on a missing Wechatpay-Signature-Type and goes to the network for an
-unknown Wechatpay-Serial. The tests also run the real library on the simulator's output.
+Verified with ``cryptography`` through :class:`~payment_adapters.wechat.keys.WechatPayKeys`
+(the key chosen by ``Wechatpay-Serial``, as for API answers) rather than
+``wechatpayv3.callback``: the library has no timestamp window, raises on a missing
+Wechatpay-Signature-Type and goes to the network for an unknown Wechatpay-Serial. The tests
+also run the real library on the simulator's output.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from payment_adapters.base import (
@@ -28,10 +28,8 @@ from payment_adapters.base import (
     WechatConfig,
 )
 from payment_adapters.wechat.client import parse_rfc3339
+from payment_adapters.wechat.keys import WechatPayKeys
 
-SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
-SIGNTEST_PREFIX = "WECHATPAY/SIGNTEST/"       # 签名探测: WeChat checks that we really verify
-MAX_SKEW_S = 300
 REFUND_EVENTS = frozenset({"REFUND.SUCCESS", "REFUND.ABNORMAL", "REFUND.CLOSED"})
 REFUND_STATUSES = frozenset({"SUCCESS", "ABNORMAL", "CLOSED", "CLOSE"})   # both spellings seen
 
@@ -50,55 +48,22 @@ def _text(doc: Mapping[str, Any], field: str) -> str:
 
 
 class WechatNotificationVerifier:
-    """``NotificationVerifier`` for WeChat Pay APIv3 (public key ``config.public_key_id``)."""
+    """``NotificationVerifier`` for WeChat Pay APIv3 (public key and/or platform certificates)."""
 
     channel = Channel.WECHAT
 
     def __init__(self, config: WechatConfig) -> None:
-        key = serialization.load_pem_public_key(config.public_key_pem.encode())
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise ValueError("the WeChat Pay public key must be RSA")
         apiv3_key = config.apiv3_key.encode("utf-8")
         if len(apiv3_key) != 32:
             raise ValueError("the APIv3 key must be 32 bytes")
         self.config = config
-        self._public_key = key
+        self.keys = WechatPayKeys.from_config(config)
         self._aead = AESGCM(apiv3_key)
 
     # ------------------------------------------------------------------ verify
     def verify(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
-        if now.utcoffset() is None:
-            raise ValueError("now must be an aware datetime")
-        h = {k.lower(): v for k, v in headers.items()}
-        serial = h.get("wechatpay-serial", "")
-        signature = h.get("wechatpay-signature", "")
-        timestamp = h.get("wechatpay-timestamp", "")
-        nonce = h.get("wechatpay-nonce", "")
-        if not (serial and signature and timestamp and nonce):
-            raise VerificationFailed("missing Wechatpay-Serial/Signature/Timestamp/Nonce header")
-        # Checked before anything else: an unknown serial must not reach code that would fetch
-        # certificates over the network.
-        if serial != self.config.public_key_id:
-            raise VerificationFailed(f"Wechatpay-Serial {serial[:64]!r} is not our WeChat Pay "
-                                     "public key id")
-        if signature.startswith(SIGNTEST_PREFIX):
-            raise VerificationFailed("signature probe (WECHATPAY/SIGNTEST/)")
-        # A missing type means RSA, as in the official Go SDK.
-        if h.get("wechatpay-signature-type", SIGNATURE_TYPE) != SIGNATURE_TYPE:
-            raise VerificationFailed("unsupported Wechatpay-Signature-Type")
-        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
-            raise VerificationFailed("Wechatpay-Timestamp is not Unix seconds")
-        if abs(now.timestamp() - int(timestamp)) >= MAX_SKEW_S:
-            raise VerificationFailed("Wechatpay-Timestamp is 5 minutes or more away from now")
-        try:
-            raw_signature = base64.b64decode(signature, validate=True)
-            self._public_key.verify(
-                raw_signature,
-                timestamp.encode() + b"\n" + nonce.encode() + b"\n" + body + b"\n",
-                padding.PKCS1v15(), hashes.SHA256())
-        except (InvalidSignature, binascii.Error, ValueError) as exc:
-            raise VerificationFailed("signature does not verify") from exc
-
+        """``now`` is real time: the timestamp window and certificate validity use it."""
+        self.keys.verify(headers, body, now)
         event = self._parse_event(body)
         plain = self._decrypt(event["resource"])
         event_id = event.get("id")
@@ -173,6 +138,8 @@ class WechatNotificationVerifier:
         self._check_merchant(plain, appid_required=False)
         out_trade_no = _text(plain, "out_trade_no")
         out_refund_no = _text(plain, "out_refund_no")
+        # WeChat's refund id (微信退款单号): what its bills show, so what reconciliation matches.
+        refund_id = _text(plain, "refund_id")
         status = _text(plain, "refund_status")
         if status not in REFUND_STATUSES:
             raise VerificationFailed(f"unknown refund_status {status!r}")
@@ -191,7 +158,8 @@ class WechatNotificationVerifier:
             amount_fen=total,
             transaction_id=transaction_id if isinstance(transaction_id, str) else None,
             paid_at=parse_rfc3339(plain.get("success_time")), app_id=plain.get("appid"),
-            merchant_id=plain["mchid"], out_refund_no=out_refund_no, refund_fen=refund, raw=raw)
+            merchant_id=plain["mchid"], out_refund_no=out_refund_no, refund_fen=refund,
+            refund_id=refund_id, raw=raw)
 
     def _other(self, event_id: str, plain: dict[str, Any], raw: dict[str, Any]) -> Notification:
         """A genuine event of a type we do not act on: acknowledged, changes nothing."""

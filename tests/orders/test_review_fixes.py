@@ -28,8 +28,8 @@ def test_half_configured_live_channels_refuse_to_start() -> None:
         _ = Settings(wechat_mchid="1900000109").sandbox
     assert Settings().sandbox is True
     assert Settings(wechat_mchid="1", alipay_appid="2", unionpay_mid="3", unionpay_tid="4",
-                    unionpay_msg_src="5", unionpay_msg_src_id="6", unionpay_key="7"
-                    ).sandbox is False
+                    unionpay_msg_src="5", unionpay_msg_src_id="6", unionpay_key="7",
+                    wechat_platform_certs_dir="/etc/wechatpay/certs").sandbox is False
     assert Settings(wechat_mchid="1", payment_sandbox=True).sandbox is True
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import wechatpayv3.core
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI, Request, Response
@@ -21,9 +24,11 @@ from payment_adapters.base import (
     Channel,
     ChannelError,
     ChannelTimeout,
+    Clock,
     CreateRequest,
     Notification,
     NotificationVerifier,
+    OutcomeUnknown,
     PaymentClient,
     RefundRequest,
     VerificationFailed,
@@ -37,8 +42,14 @@ from payment_adapters.sandbox.core import (
     SandboxState,
     SimTrade,
 )
-from payment_adapters.sandbox.wechat import WechatSimulator
+from payment_adapters.sandbox.wechat import (
+    WechatSimulator,
+    certificate_serial,
+    make_platform_certificate,
+)
 from payment_adapters.wechat import WechatNotificationVerifier, WechatPayClient
+from payment_adapters.wechat.client import rfc3339_cst
+from payment_adapters.wechat.keys import WechatPayKeys
 from tests.payment_adapters.conftest import rsa_pem_pair
 from tests.servers import ServedApp, free_port
 
@@ -58,6 +69,21 @@ def make_config(**overrides: Any) -> WechatConfig:
     return replace(config, **overrides)
 
 
+def platform_certificate(folder: Path, *, key_name: str = "wechat-cert",
+                         valid_from: timedelta = timedelta(days=-1),
+                         valid_to: timedelta = timedelta(days=365),
+                         serial: int | None = None) -> tuple[str, str]:
+    """A platform certificate (valid in real time from now+valid_from to now+valid_to) over
+    the named key, written into ``folder`` as <serial>.pem; returns (cert PEM, serial)."""
+    now = datetime.now(UTC)
+    pem = make_platform_certificate(rsa_pem_pair(key_name)[0], not_before=now + valid_from,
+                                    not_after=now + valid_to, serial=serial)
+    number = certificate_serial(x509.load_pem_x509_certificate(pem.encode()))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{number}.pem").write_text(pem)
+    return pem, number
+
+
 @dataclass
 class Env:
     state: SandboxState
@@ -67,6 +93,7 @@ class Env:
     notify_url: str             # our recording notify endpoint
     client: WechatPayClient
     received: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)    # paths the simulator was asked
 
     def client_with(self, **overrides: Any) -> WechatPayClient:
         return WechatPayClient(replace(self.client.config, **overrides))
@@ -74,6 +101,12 @@ class Env:
     def faults(self, **switches: Any) -> None:
         r = httpx.post(f"{self.base}/sandbox/faults", json={"channel": "wechat", **switches})
         assert r.status_code == 200
+
+    def switches(self, **switches: Any) -> dict[str, Any]:
+        r = httpx.post(f"{self.base}/sandbox/wechat/switches", json=switches)
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
 
     def pay(self, out_trade_no: str, **extra: Any) -> dict[str, Any]:
         r = httpx.post(f"{self.base}/sandbox/pay",
@@ -83,43 +116,82 @@ class Env:
         return result
 
 
+Mode = str   # "public_key" | "certificate" | "both": what the merchant's side holds
+
+
 @pytest.fixture
-def env(serve: Callable[[FastAPI], ServedApp]) -> Env:
-    state = SandboxState()
-    config = make_config()
-    sim = WechatSimulator(state, config, rsa_pem_pair("wechat-platform")[0])
-    channel_app = FastAPI()
-    channel_app.include_router(control_router(state, [sim]))
-    channel = serve(channel_app)
+def make_env(serve: Callable[[FastAPI], ServedApp],
+             tmp_path: Path) -> Callable[..., Env]:
+    """An Env whose merchant verifies WeChat Pay in ``mode``. The simulator (WeChat) holds
+    both the WeChat Pay public key and a platform certificate for the merchant and signs with
+    the one the merchant has (the public key when both)."""
+    def _make(mode: Mode = "public_key", clock: Clock | None = None) -> Env:
+        state = SandboxState(clock) if clock is not None else SandboxState()
+        certs = tmp_path / f"certs-{mode}"
+        cert_pem, _ = platform_certificate(certs)
+        config = make_config()
+        if mode == "certificate":
+            config = replace(config, public_key_pem="", public_key_id="",
+                             platform_certs_dir=str(certs))
+        elif mode == "both":
+            config = replace(config, platform_certs_dir=str(certs))
+        sim = WechatSimulator(state, config, rsa_pem_pair("wechat-platform")[0],
+                              certificate=(cert_pem, rsa_pem_pair("wechat-cert")[0]),
+                              public_key_id=PUB_KEY_ID,
+                              signing="certificate" if mode == "certificate" else "public_key")
+        channel_app = FastAPI()
+        channel_app.include_router(control_router(state, [sim]))
+        asked: list[str] = []
 
-    verifier = WechatNotificationVerifier(config)
-    received: list[tuple[dict[str, str], bytes, int]] = []
-    ours = FastAPI()
+        @channel_app.middleware("http")
+        async def count(request: Request, call_next: Any) -> Any:
+            asked.append(request.url.path)
+            return await call_next(request)
 
-    @ours.post("/api/v1/notify/wechat")
-    async def notify(request: Request) -> Response:
-        body = await request.body()
-        try:
-            verifier.verify(request.headers, body, datetime.now(UTC))
-            answer = verifier.success_answer()
-        except VerificationFailed as exc:
-            answer = verifier.failure_answer(str(exc))
-        received.append((dict(request.headers), body, answer.status))
-        return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
+        channel = serve(channel_app)
 
-    receiver = serve(ours)
-    client = WechatPayClient(replace(config, base_url=channel.base_url + "/sandbox/wechat",
-                                     timeout_s=5.0))
-    return Env(state=state, sim=sim, config=config, base=channel.base_url,
-               notify_url=receiver.base_url + "/api/v1/notify/wechat", client=client,
-               received=received)
+        verifier = WechatNotificationVerifier(config)
+        received: list[tuple[dict[str, str], bytes, int]] = []
+        ours = FastAPI()
+
+        @ours.post("/api/v1/notify/wechat")
+        async def notify(request: Request) -> Response:
+            body = await request.body()
+            try:
+                verifier.verify(request.headers, body, datetime.now(UTC))
+                answer = verifier.success_answer()
+            except VerificationFailed as exc:
+                answer = verifier.failure_answer(str(exc))
+            received.append((dict(request.headers), body, answer.status))
+            return Response(answer.body, status_code=answer.status,
+                            media_type=answer.media_type)
+
+        receiver = serve(ours)
+        client = WechatPayClient(replace(config, base_url=channel.base_url + "/sandbox/wechat",
+                                         timeout_s=5.0))
+        return Env(state=state, sim=sim, config=config, base=channel.base_url,
+                   notify_url=receiver.base_url + "/api/v1/notify/wechat", client=client,
+                   received=received, requests=asked)
+
+    return _make
+
+
+@pytest.fixture
+def env(make_env: Callable[..., Env]) -> Env:
+    return make_env("public_key")
+
+
+# Two hours ahead (real time: the simulator of these tests runs on the real clock), with a
+# fraction of a second that must not reach WeChat.
+def expiry() -> datetime:
+    return datetime.now(UTC).replace(microsecond=678000) + timedelta(hours=2)
 
 
 def order(env: Env, no: str, *, kind: str = "native", amount_fen: int = 38000,
-          openid: str | None = None) -> CreateRequest:
+          openid: str | None = None, expires_at: datetime | None = None) -> CreateRequest:
     return CreateRequest(
         out_trade_no=no, amount_fen=amount_fen, description="城乡居民基本养老保险2021年度",
-        expires_at=datetime(2031, 1, 2, 3, 4, 5, 678000, tzinfo=UTC), notify_url=env.notify_url,
+        expires_at=expires_at or expiry(), notify_url=env.notify_url,
         kind=kind,  # type: ignore[arg-type]
         payer_openid=openid if openid is not None else (OPENID if kind == "jsapi" else None))
 
@@ -160,8 +232,9 @@ def test_create_jsapi_answers_request_payment_whose_pay_sign_verifies(env: Env) 
     assert (trade.amount_fen, trade.kind, trade.payer, trade.notify_url, trade.state) == (
         38000, "jsapi", OPENID, env.notify_url, "pending")
     # time_expire went out as RFC3339 in +08:00, whole seconds
-    assert trade.expires_at is not None
-    assert trade.expires_at.isoformat() == "2031-01-02T11:04:05+08:00"
+    sent = trade.extra["time_expire"]
+    assert sent is not None and sent.utcoffset() == timedelta(hours=8)
+    assert sent.microsecond == 0 and trade.expires_at == sent
 
 
 def test_create_native_answers_code_url_as_qr_content(env: Env) -> None:
@@ -306,31 +379,25 @@ def test_garbage_switch_raises_channel_garbage(env: Env) -> None:
         assert caught.value.code == "channel_garbage"
 
 
-def test_answer_signed_by_another_key_is_garbage(env: Env) -> None:
+def test_answer_signed_by_another_key_is_an_unknown_outcome(env: Env) -> None:
     env.client.create(order(env, "BS2021000001"))
     wrong = env.client_with(public_key_pem=rsa_pem_pair("wechat-stranger")[1])
-    with pytest.raises(ChannelError) as caught:
+    with pytest.raises(OutcomeUnknown) as caught:
         wrong.query("BS2021000001")
-    assert caught.value.code == "channel_garbage"
-    assert "signature" in str(caught.value)
+    assert caught.value.code == "unverified_answer" and caught.value.retryable
+    assert "signature does not verify" in str(caught.value)
 
 
-def test_answer_under_another_serial_fails_without_fetching_certificates(
-        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_answer_under_another_serial_fails_without_fetching_certificates(env: Env) -> None:
     env.client.create(order(env, "BS2021000002"))
-    fetched: list[str] = []
-    real_get = wechatpayv3.core.requests.get
-
-    def spy_get(url: str, **kwargs: Any) -> Any:
-        fetched.append(url)
-        return real_get(url, **kwargs)
-
-    monkeypatch.setattr(wechatpayv3.core.requests, "get", spy_get)
     other = env.client_with(public_key_id="PUB_KEY_ID_0000000000000000000000000000000000")
-    with pytest.raises(ChannelError) as caught:
+    env.requests.clear()
+    with pytest.raises(OutcomeUnknown) as caught:
         other.query("BS2021000002")
-    assert caught.value.code == "channel_garbage"
-    assert [u for u in fetched if "/v3/certificates" in u] == []
+    assert caught.value.code == "unverified_answer"
+    assert "Wechatpay-Serial" in str(caught.value)
+    # one request, the query: nothing went to fetch certificates
+    assert env.requests == ["/sandbox/wechat/v3/pay/transactions/out-trade-no/BS2021000002"]
 
 
 @pytest.mark.parametrize("change", [
@@ -353,11 +420,42 @@ def test_signed_answer_with_bad_fields_is_garbage(
     assert caught.value.code == "channel_garbage"
 
 
-def test_unreachable_channel_is_an_unknown_outcome(env: Env) -> None:
+def test_refused_connection_is_a_definite_failure(env: Env) -> None:
+    # Nothing listens on the port: the request never left, so nothing happened at WeChat.
     nowhere = env.client_with(base_url=f"http://127.0.0.1:{free_port()}/sandbox/wechat")
-    with pytest.raises(ChannelTimeout, match="connection failed"):
-        nowhere.refund(RefundRequest(out_trade_no="UR2021000001", out_refund_no="UR1",
-                                     total_fen=100, refund_fen=100, reason=""))
+    for call in (lambda: nowhere.create(order(env, "UR2021000001")),
+                 lambda: nowhere.refund(RefundRequest(out_trade_no="UR2021000001",
+                                                      out_refund_no="UR1", total_fen=100,
+                                                      refund_fen=100, reason=""))):
+        with pytest.raises(ChannelError) as caught:
+            call()
+        assert not isinstance(caught.value, OutcomeUnknown)
+        assert caught.value.code == "channel_error" and "nothing was sent" in str(caught.value)
+
+
+def test_connection_lost_after_sending_is_an_unknown_outcome(env: Env) -> None:
+    # A server that reads the request and hangs up without answering: it may have acted.
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        rude = env.client_with(base_url=f"http://127.0.0.1:{port}/sandbox/wechat")
+        with pytest.raises(OutcomeUnknown) as caught:
+            rude.create(order(env, "CL2021000009"))
+        assert caught.value.code == "connection_lost"
+    finally:
+        listener.close()
 
 
 def test_simulator_rejects_a_request_signed_by_another_merchant_key(env: Env) -> None:
@@ -392,10 +490,15 @@ def verify(config: WechatConfig, note: OutgoingNotification, *, body: bytes | No
 
 
 def real_library(config: WechatConfig) -> WeChatPay:
+    """wechatpayv3 as the merchant of ``config``: public-key mode, else certificate mode with
+    the same folder (its cert_dir)."""
+    keys: dict[str, Any] = (
+        {"public_key": config.public_key_pem, "public_key_id": config.public_key_id}
+        if config.public_key_pem else {"cert_dir": config.platform_certs_dir})
     return WeChatPay(wechatpay_type=WeChatPayType.MINIPROG, mchid=config.mchid,
                      private_key=config.mch_private_key_pem, cert_serial_no=config.mch_serial,
                      appid=config.appid, apiv3_key=config.apiv3_key,
-                     public_key=config.public_key_pem, public_key_id=config.public_key_id)
+                     notify_url="https://pay.example.com/notify", timeout=5, **keys)
 
 
 def test_simulator_notification_verifies_here_and_in_wechatpayv3(
@@ -489,13 +592,25 @@ def test_other_app_or_merchant_fails(env: Env, paid_trade: SimTrade) -> None:
         verify(env.config, forged)
 
 
-def test_unknown_serial_fails_before_any_library_call(
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(httpx.Client, "send", refuse)
+
+
+def test_unknown_serial_fails_offline(
         env: Env, paid_trade: SimTrade, monkeypatch: pytest.MonkeyPatch) -> None:
     note = env.sim.payment_notification(paid_trade, PayOptions())
-    monkeypatch.setattr(wechatpayv3.core.requests, "get", None)   # any use would blow up
-    headers = dict(note.headers, **{"Wechatpay-Serial": "5157F09EFDC096DE15EBE81A47057A72"})
-    with pytest.raises(VerificationFailed, match="Serial"):
-        verify(env.config, note, headers=headers)
+    no_network(monkeypatch)
+    for serial in ("5157F09EFDC096DE15EBE81A47057A72", "PUB_KEY_ID_0000000000000000000000",
+                   "not hex at all", "F" * 41):
+        headers = dict(note.headers, **{"Wechatpay-Serial": serial})
+        with pytest.raises(VerificationFailed, match="Serial"):
+            verify(env.config, note, headers=headers)
 
 
 def test_signtest_probe_fails(env: Env, paid_trade: SimTrade) -> None:
@@ -587,3 +702,403 @@ def test_answers() -> None:
 def test_simulator_refuses_a_platform_key_that_does_not_match_the_config() -> None:
     with pytest.raises(ValueError):
         WechatSimulator(SandboxState(), make_config(), rsa_pem_pair("wechat-stranger")[0])
+
+
+# ====================================================================== which key verifies
+def serial_of(env: Env, signing: str) -> str:
+    if signing == "public_key":
+        return PUB_KEY_ID
+    return certificate_serial(x509.load_pem_x509_certificate(
+        next(Path(env.config.platform_certs_dir).glob("*.pem")).read_bytes()))
+
+
+@pytest.mark.parametrize("mode", ["public_key", "certificate", "both"])
+def test_answers_and_notifications_verify_in_each_mode(make_env: Callable[..., Env],
+                                                       mode: str) -> None:
+    env = make_env(mode)
+    signings = ["public_key", "certificate"] if mode == "both" else [mode]
+    for n, signing in enumerate(signings):
+        env.switches(signing=signing)
+        no = f"MD{n}2021000001"
+        assert env.client.create(order(env, no, kind="jsapi")).prepay_id
+        assert env.client.query(no).state == "pending"
+        paid = env.pay(no)
+        assert paid["notifications"][0]["headers"]["Wechatpay-Serial"] == serial_of(env, signing)
+        assert [d["status"] for d in paid["deliveries"]] == [204]
+        assert env.client.query(no).state == "paid"
+        refund = env.client.refund(RefundRequest(out_trade_no=no, out_refund_no=f"RF{no}",
+                                                 total_fen=38000, refund_fen=38000, reason=""))
+        assert refund.state == "success"
+        trade = env.state.get(Channel.WECHAT, no)
+        assert trade is not None
+        note = env.sim.refund_notification(
+            trade, dict(trade.refunds[0], notify_url=env.notify_url))
+        assert note is not None and note.headers["Wechatpay-Serial"] == serial_of(env, signing)
+        assert verify(env.config, note).refund_id == refund.refund_id
+        # the real library, as the same merchant, accepts them too (it holds one kind of key
+        # at a time: with a public key it would download certificates for another serial)
+        holder = (replace(env.config, public_key_pem="", public_key_id="")
+                  if signing == "certificate" else env.config)
+        assert real_library(holder).callback(dict(note.headers), note.body) is not None
+
+
+@pytest.mark.parametrize("mode, foreign", [("public_key", "certificate"),
+                                           ("certificate", "public_key")])
+def test_a_key_the_merchant_does_not_hold_fails(make_env: Callable[..., Env], mode: str,
+                                                foreign: str) -> None:
+    env = make_env(mode)
+    env.client.create(order(env, "FK2021000001"))
+    env.switches(signing=foreign)
+    with pytest.raises(OutcomeUnknown, match="Wechatpay-Serial"):
+        env.client.query("FK2021000001")
+    answer = env.pay("FK2021000001")
+    assert answer["deliveries"][0]["status"] == 400
+    assert "Wechatpay-Serial" in json.loads(answer["deliveries"][0]["body"])["message"]
+
+
+@pytest.mark.parametrize("window", [(timedelta(days=-400), timedelta(days=-1)),
+                                    (timedelta(days=1), timedelta(days=400))],
+                         ids=["expired", "not-yet-valid"])
+def test_a_certificate_outside_its_validity_is_refused_offline(
+        make_env: Callable[..., Env], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        window: tuple[timedelta, timedelta]) -> None:
+    env = make_env("certificate")
+    folder = Path(env.config.platform_certs_dir)
+    old_pem, old_serial = platform_certificate(folder, key_name="wechat-cert-old",
+                                               valid_from=window[0], valid_to=window[1])
+    sim = WechatSimulator(env.state, env.config,
+                          certificate=(old_pem, rsa_pem_pair("wechat-cert-old")[0]))
+    env.client.create(order(env, "EX2021000001"))
+    env.pay("EX2021000001")
+    trade = env.state.get(Channel.WECHAT, "EX2021000001")
+    assert trade is not None
+    note = sim.payment_notification(trade, PayOptions())
+    assert note.headers["Wechatpay-Serial"] == old_serial
+    verifier = WechatNotificationVerifier(env.config)
+    no_network(monkeypatch)
+    with pytest.raises(VerificationFailed, match="not valid now"):
+        verifier.verify(dict(note.headers), note.body, datetime.now(UTC))
+
+
+def test_a_rotated_certificate_put_in_the_folder_is_used_without_a_restart(
+        make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch) -> None:
+    env = make_env("certificate")
+    verifier = WechatNotificationVerifier(env.config)     # built before the new certificate
+    env.client.create(order(env, "RO2021000001"))
+    env.pay("RO2021000001")
+    trade = env.state.get(Channel.WECHAT, "RO2021000001")
+    assert trade is not None
+    new_pem, new_serial = platform_certificate(Path(env.config.platform_certs_dir),
+                                               key_name="wechat-cert-new")
+    sim = WechatSimulator(env.state, env.config,
+                          certificate=(new_pem, rsa_pem_pair("wechat-cert-new")[0]))
+    note = sim.payment_notification(trade, PayOptions())
+    no_network(monkeypatch)
+    assert note.headers["Wechatpay-Serial"] == new_serial
+    assert verifier.verify(dict(note.headers), note.body, datetime.now(UTC)).succeeded
+
+
+def test_the_keys_refuse_configurations_that_cannot_verify(tmp_path: Path) -> None:
+    public = rsa_pem_pair("wechat-platform")[1]
+    cases: list[tuple[dict[str, str], str]] = [
+        ({}, "no key to verify"),
+        ({"public_key_pem": public}, "go together"),
+        ({"public_key_id": PUB_KEY_ID}, "go together"),
+        ({"public_key_pem": public, "public_key_id": "0123ABCD"}, "PUB_KEY_ID_"),
+        ({"platform_certs_dir": str(tmp_path / "missing")}, "not a folder"),
+        ({"platform_certs_dir": str(tmp_path)}, "no platform certificate"),
+    ]
+    for fields, words in cases:
+        with pytest.raises(ValueError, match=words):
+            WechatPayKeys(**fields)
+
+
+def test_requests_name_the_key_we_verify_with(make_env: Callable[..., Env]) -> None:
+    now = datetime.now(UTC)
+    assert make_env("both").client.keys.accept_serial(now) == PUB_KEY_ID
+    cert_only = make_env("certificate")
+    assert cert_only.client.keys.accept_serial(now) == serial_of(cert_only, "certificate")
+
+
+def test_live_mode_refuses_to_start_without_a_way_to_verify_wechat_pay() -> None:
+    from backend.config import ConfigError, Settings
+
+    live: dict[str, Any] = {"wechat_mchid": "1900000109", "alipay_appid": "2021000117600001",
+                            "unionpay_mid": "898340149000005", "unionpay_tid": "88880001",
+                            "unionpay_msg_src": "WWW.DISTRICT.GOV.CN",
+                            "unionpay_msg_src_id": "3194", "unionpay_key": "k" * 32,
+                            "public_base_url": "https://collection.example.org"}
+    with pytest.raises(ConfigError, match="WECHAT_PLATFORM_CERTS_DIR"):
+        Settings(**live).check_live_mode()
+    with pytest.raises(ConfigError, match="go together"):
+        Settings(**live, wechat_public_key_id=PUB_KEY_ID).check_live_mode()
+    for works in (Settings(**live, wechat_platform_certs_dir="/etc/wechatpay"),
+                  Settings(**live, wechat_public_key="/etc/wechatpay/pub_key.pem",
+                           wechat_public_key_id=PUB_KEY_ID)):
+        assert works.sandbox is False and works.live_mode_problems() == []
+
+
+# ====================================================================== answers signed badly
+def test_an_answer_signed_badly_is_an_unknown_outcome_not_a_failure(env: Env) -> None:
+    env.switches(bad_answer_signature=True)
+    with pytest.raises(OutcomeUnknown) as caught:
+        env.client.create(order(env, "PR2021000001"))
+    assert caught.value.code == "unverified_answer" and "probe" in str(caught.value)
+    # WeChat did take the order
+    assert env.state.get(Channel.WECHAT, "PR2021000001") is not None
+    with pytest.raises(OutcomeUnknown):
+        env.client.query("PR2021000001")
+    env.switches(bad_answer_signature=False)
+    assert env.client.query("PR2021000001").state == "pending"
+
+
+# ====================================================================== no wechatpayv3 internals
+def test_the_adapters_do_not_use_wechatpayv3() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, payment_adapters.wechat, payment_adapters.sandbox.wechat, "
+            "backend.channels, backend.auth.service; "
+            "sys.exit('wechatpayv3' in sys.modules or 'wechatpy' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["public_key", "certificate"])
+def test_the_real_wechatpayv3_library_works_against_the_simulator(
+        make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """wechatpayv3 signs its requests, and checks the signature of every 2xx answer (raising
+    if it does not verify): driving the simulator with it checks both sides."""
+    import requests
+
+    env = make_env(mode)
+    gateway = env.base + "/sandbox/wechat"
+    real = {name: getattr(requests, name) for name in ("get", "post")}
+
+    def redirect(name: str) -> Callable[..., Any]:
+        def call(url: str, **kwargs: Any) -> Any:
+            assert "/v3/certificates" not in url
+            return real[name](url.replace("https://api.mch.weixin.qq.com", gateway), **kwargs)
+        return call
+
+    for name in real:
+        monkeypatch.setattr(wechatpayv3.core.requests, name, redirect(name))
+    wx = real_library(env.config)
+    code, text = wx.pay(description="城乡居民基本医疗保险2021年度", out_trade_no="WX2021000001",
+                        amount={"total": 28000}, time_expire=rfc3339_cst(expiry()),
+                        notify_url=env.notify_url, pay_type=WeChatPayType.NATIVE)
+    assert code == 200 and json.loads(text)["code_url"].startswith("weixin://")
+    code, text = wx.query(out_trade_no="WX2021000001")
+    assert code == 200 and json.loads(text)["trade_state"] == "NOTPAY"
+    env.pay("WX2021000001")
+    code, text = wx.refund(out_refund_no="WXRF1", amount={"refund": 28000, "total": 28000,
+                                                          "currency": "CNY"},
+                           out_trade_no="WX2021000001", reason="重复缴费退款")
+    assert code == 200 and json.loads(text)["status"] == "SUCCESS"
+    code, text = wx.query_refund(out_refund_no="WXRF1")
+    assert code == 200 and json.loads(text)["refund_id"].startswith("5030")
+    assert wx.close(out_trade_no="WX2021000001")[0] == 400      # paid: ORDERPAID
+
+
+# ====================================================================== refunds: query, notify
+def test_query_refund_follows_a_processing_refund_to_its_end(env: Env) -> None:
+    no = "QR2021000001"
+    env.client.create(order(env, no))
+    env.pay(no)
+    env.switches(refunds_processing=True)
+    req = RefundRequest(out_trade_no=no, out_refund_no="QRRF1", total_fen=38000,
+                        refund_fen=28000, reason="重复缴费退款", notify_url=env.notify_url)
+    asked = env.client.refund(req)
+    assert asked.state == "processing" and asked.refund_id is not None
+    assert env.client.query_refund(req).state == "processing"
+    settled = httpx.post(f"{env.base}/sandbox/wechat/refunds/QRRF1/settle",
+                         json={"status": "SUCCESS"})
+    assert settled.status_code == 200, settled.text
+    assert [d["status"] for d in settled.json()["deliveries"]] == [204]
+    headers, body, _ = env.received[-1]
+    note = verify(env.config, OutgoingNotification("", headers, body))
+    assert (note.kind, note.succeeded, note.out_refund_no) == ("refund", True, "QRRF1")
+    assert note.refund_id == asked.refund_id          # WeChat's refund id, not a payment's
+    assert note.refund_id != note.transaction_id
+    done = env.client.query_refund(req)
+    assert (done.state, done.refund_id) == ("success", asked.refund_id)
+    # a refund WeChat closes is a failure
+    env.client.refund(replace(req, out_refund_no="QRRF2", refund_fen=1))
+    httpx.post(f"{env.base}/sandbox/wechat/refunds/QRRF2/settle",
+               json={"status": "CLOSED", "deliver": False})
+    assert env.client.query_refund(replace(req, out_refund_no="QRRF2",
+                                           refund_fen=1)).state == "failed"
+
+
+def test_query_of_an_unknown_refund_says_so(env: Env) -> None:
+    env.client.create(order(env, "QR2021000002"))
+    with pytest.raises(ChannelError) as caught:
+        env.client.query_refund(RefundRequest(out_trade_no="QR2021000002",
+                                              out_refund_no="NOSUCH", total_fen=38000,
+                                              refund_fen=38000, reason=""))
+    assert caught.value.code == "RESOURCE_NOT_EXISTS"
+
+
+# ====================================================================== what WeChat refuses
+def signed_request(env: Env, method: str, path: str,
+                   body: dict[str, Any] | None = None) -> httpx.Response:
+    """A request signed here, independently of the client, so that anything can be sent."""
+    import secrets
+    import time
+
+    content = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
+    ts, nonce = str(int(time.time())), secrets.token_hex(16)
+    key = serialization.load_pem_private_key(rsa_pem_pair("wechat-merchant")[0].encode(),
+                                             password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    signature = base64.b64encode(key.sign(
+        f"{method}\n{path}\n{ts}\n{nonce}\n".encode() + content + b"\n",
+        padding.PKCS1v15(), hashes.SHA256())).decode()
+    auth = (f'WECHATPAY2-SHA256-RSA2048 mchid="{MCHID}",nonce_str="{nonce}",'
+            f'signature="{signature}",timestamp="{ts}",serial_no="{MCH_SERIAL}"')
+    return httpx.request(method, f"{env.base}/sandbox/wechat{path}", content=content or None,
+                         headers={"Authorization": auth, "Content-Type": "application/json"})
+
+
+BUSINESS_NOW = datetime.fromisoformat("2020-11-02T09:00:00+08:00")
+
+
+def order_body(no: str, **changes: Any) -> dict[str, Any]:
+    body = {"appid": APPID, "mchid": MCHID, "description": "城乡居民基本医疗保险2021年度",
+            "out_trade_no": no, "time_expire": "2020-11-02T09:15:00+08:00",
+            "notify_url": "https://pay.example.com/api/v1/notify/wechat",
+            "amount": {"total": 28000, "currency": "CNY"}, "payer": {"openid": OPENID}}
+    return body | changes
+
+
+def test_the_simulator_refuses_what_wechat_refuses(make_env: Callable[..., Env]) -> None:
+    # The business clock is the simulator's now: 2020-11-02 09:00 Beijing time.
+    env = make_env("public_key", clock=lambda: BUSINESS_NOW)
+    refused = {
+        "out_trade_no": ["A1234", "A" * 33, "AB CD12"],
+        "description": ["", "养" * 128],
+        "attach": ["x" * 129],
+        "notify_url": ["http://pay.example.com/notify", "https://pay.example.com/n?x=1",
+                       "https://pay.example.com/n#x", "pay.example.com/notify",
+                       "ftp://pay.example.com/notify",
+                       "https://pay.example.com/" + "n" * 232],
+        "time_expire": ["2020-11-02T08:59:59+08:00", "2020-11-02T00:59:59Z",
+                        "2020-11-02 10:00:00+08:00", "2020-11-02T10:00:00", "20201102100000"],
+        "payer": [{"openid": "o" * 129}, {}],
+    }
+    n = 0
+    for field_name, values in refused.items():
+        for value in values:
+            n += 1
+            no = value if field_name == "out_trade_no" else f"RS2020{n:06d}"
+            r = signed_request(env, "POST", "/v3/pay/transactions/jsapi",
+                               order_body(no, **{field_name: value}))
+            assert r.status_code == 400, (field_name, value, r.text)
+            assert r.json()["code"] == "PARAM_ERROR", (field_name, value)
+            assert env.state.get(Channel.WECHAT, no) is None
+    accepted: dict[str, Any] = {
+        "description": "养" * 127, "attach": "x" * 128,
+        "notify_url": ["https://pay.example.com/" + "n" * 231, "http://127.0.0.1:8000/notify",
+                       "http://localhost/notify", "http://[::1]:8000/notify"],
+        # in the real past, in the business future: the business clock decides
+        "time_expire": "2020-11-02T01:00:01Z",
+    }
+    for field_name, value in accepted.items():
+        ones: list[Any] = value if isinstance(value, list) else [value]
+        for one in ones:
+            n += 1
+            r = signed_request(env, "POST", "/v3/pay/transactions/jsapi",
+                               order_body(f"RS2020{n:06d}", **{field_name: one}))
+            assert r.status_code == 200, (field_name, one, r.text)
+
+
+def test_a_time_expire_already_past_by_the_business_clock_is_refused(
+        make_env: Callable[..., Env]) -> None:
+    env = make_env("public_key", clock=lambda: BUSINESS_NOW)
+    for no, past in (("TP2020000001", "2020-11-02T08:59:59+08:00"),
+                     ("TP2020000002", "2020-11-02T09:00:00+08:00")):
+        r = signed_request(env, "POST", "/v3/pay/transactions/native",
+                           order_body(no, time_expire=past))
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "PARAM_ERROR" and "time_expire" in r.json()["message"]
+        assert env.state.get(Channel.WECHAT, no) is None
+    # through the client, the same
+    with pytest.raises(ChannelError) as caught:
+        env.client.create(order(env, "TP2020000003",
+                                expires_at=BUSINESS_NOW - timedelta(minutes=5)))
+    assert caught.value.code == "PARAM_ERROR"
+
+
+def test_time_expire_is_bounded_and_fixed_at_the_first_order(
+        make_env: Callable[..., Env]) -> None:
+    env = make_env("public_key", clock=lambda: BUSINESS_NOW)
+    soon = signed_request(env, "POST", "/v3/pay/transactions/native",
+                          order_body("TE2020000001", time_expire="2020-11-02T09:00:30+08:00"))
+    assert soon.status_code == 200, soon.text
+    trade = env.state.get(Channel.WECHAT, "TE2020000001")
+    assert trade is not None and trade.expires_at == BUSINESS_NOW + timedelta(minutes=1)
+    far = signed_request(env, "POST", "/v3/pay/transactions/native",
+                         order_body("TE2020000002", time_expire="2021-11-02T09:00:00+08:00"))
+    assert far.status_code == 200
+    trade = env.state.get(Channel.WECHAT, "TE2020000002")
+    assert trade is not None and trade.expires_at == BUSINESS_NOW + timedelta(days=90)
+    # the same order again is fine; another time_expire for it is not
+    again = signed_request(env, "POST", "/v3/pay/transactions/native",
+                           order_body("TE2020000002", time_expire="2021-11-02T09:00:00+08:00"))
+    assert again.status_code == 200
+    moved = signed_request(env, "POST", "/v3/pay/transactions/native",
+                           order_body("TE2020000002", time_expire="2020-11-02T10:00:00+08:00"))
+    assert moved.status_code == 400 and "time_expire" in moved.json()["message"]
+
+
+def test_the_simulator_refuses_refunds_wechat_refuses(env: Env) -> None:
+    no = "RR2021000001"
+    env.client.create(order(env, no))
+    env.pay(no)
+    refund = {"out_trade_no": no, "out_refund_no": "RR1",
+              "amount": {"refund": 100, "total": 38000, "currency": "CNY"}}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"reason": "退" * 27}, "PARAM_ERROR"),                  # 81 bytes
+        ({"notify_url": "http://pay.example.com/notify"}, "PARAM_ERROR"),
+        ({"notify_url": "https://pay.example.com/" + "n" * 233}, "PARAM_ERROR"),
+        ({"out_refund_no": "R" * 65}, "PARAM_ERROR"),
+    ]
+    for change, code in cases:
+        r = signed_request(env, "POST", "/v3/refund/domestic/refunds", refund | change)
+        assert r.status_code == 400 and r.json()["code"] == code, (change, r.text)
+    ok = signed_request(env, "POST", "/v3/refund/domestic/refunds",
+                        refund | {"reason": "退款" + "x" * 74})               # 80 bytes
+    assert ok.status_code == 200, ok.text
+    # an out_refund_no is the merchant's, once: not again for another trade
+    env.client.create(order(env, "RR2021000002"))
+    env.pay("RR2021000002")
+    other = signed_request(env, "POST", "/v3/refund/domestic/refunds",
+                           refund | {"out_trade_no": "RR2021000002"})
+    assert other.status_code == 400 and other.json()["code"] == "INVALID_REQUEST"
+    # a year after the payment, no more refunds
+    trade = env.state.get(Channel.WECHAT, "RR2021000002")
+    assert trade is not None and trade.paid_at is not None
+    paid_at = trade.paid_at
+    env.state.update(trade, lambda t: setattr(t, "paid_at", paid_at - timedelta(days=366)))
+    late = signed_request(env, "POST", "/v3/refund/domestic/refunds",
+                          refund | {"out_trade_no": "RR2021000002", "out_refund_no": "RR3"})
+    assert late.status_code == 400 and "一年" in late.json()["message"]
+
+
+def test_the_client_clips_a_long_refund_reason_to_what_wechat_takes(env: Env) -> None:
+    no = "RC2021000001"
+    env.client.create(order(env, no))
+    env.pay(no)
+    env.client.refund(RefundRequest(out_trade_no=no, out_refund_no="RC1", total_fen=38000,
+                                    refund_fen=100, reason="重复缴费" * 10))
+    trade = env.state.get(Channel.WECHAT, no)
+    assert trade is not None
+    # 80 bytes at most, in whole characters: 26 of 3 bytes each
+    assert trade.refunds[0]["reason"] == "重复缴费" * 6 + "重复"
+
+
+def test_odd_characters_of_an_out_trade_no_are_signed_as_sent(env: Env) -> None:
+    no = "AB|*12-_x"
+    env.client.create(order(env, no))
+    assert env.client.query(no).state == "pending"
+    env.client.close(no)
+    assert env.client.query(no).state == "closed"
