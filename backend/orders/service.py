@@ -428,16 +428,16 @@ def close_attempts(rt: Runtime, order: Order, attempts: list[Attempt], *,
             try:
                 client.close(attempt.out_trade_no)
             except OutcomeUnknown as exc:
-                raise ChannelTimedOut(f"{attempt.channel} did not answer the close; try "
-                                      "again") from exc
+                raise ChannelTimedOut(f"{attempt.channel} gave no final answer to the close "
+                                      f"({exc.code}); try again") from exc
             except ChannelError as exc:
                 log.info("close of %s at %s: %s", attempt.out_trade_no, attempt.channel,
                          exc.code)
             try:
                 state = sync_attempt(rt, attempt)
             except OutcomeUnknown as exc:
-                raise ChannelTimedOut(f"{attempt.channel} did not answer the query; try "
-                                      "again") from exc
+                raise ChannelTimedOut(f"{attempt.channel} gave no final answer to the query "
+                                      f"({exc.code}); try again") from exc
             except ChannelError as exc:
                 raise ChannelUnavailable(f"{attempt.channel} query failed: {exc}") from exc
             if state in ("paid", "refunded") and close_order:
@@ -500,9 +500,9 @@ def sync_order(rt: Runtime, principal: Principal, order_no: str) -> OrderOut:
             continue
         try:
             sync_attempt(rt, attempt)
-        except OutcomeUnknown:
-            raise ChannelTimedOut(f"{attempt.channel} did not answer the query; try again",
-                                  order_no=order_no) from None
+        except OutcomeUnknown as exc:
+            raise ChannelTimedOut(f"{attempt.channel} gave no final answer to the query "
+                                  f"({exc.code}); try again", order_no=order_no) from None
         except ChannelError as exc:
             raise ChannelUnavailable(f"{attempt.channel} query failed: {exc}",
                                      order_no=order_no) from None

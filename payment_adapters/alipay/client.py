@@ -35,6 +35,7 @@ from payment_adapters.base import (
     Clock,
     CreateRequest,
     CreateResult,
+    OutcomeUnknown,
     RefundRequest,
     RefundResult,
     TradeState,
@@ -100,7 +101,6 @@ class AlipayClient:
             sign_type="RSA2",
             config=AliPayConfig(timeout=config.timeout_s),
         )
-        self._sdk._gateway = config.gateway     # the SDK only knows production / its sandbox
 
     # ------------------------------------------------------------------ PaymentClient
     def new_out_trade_no(self, base: str) -> str:
@@ -249,7 +249,7 @@ class AlipayClient:
             public["notify_url"] = notify_url      # a public parameter, not in biz_content
         # The SDK stamps a naive local datetime.now(); Alipay wants Beijing time, so pass it.
         data = self._sdk.build_body(method, biz, **public)
-        url = f"{self._sdk._gateway}?{self._sdk.sign_data(data)}"
+        url = f"{self._config.gateway}?{self._sdk.sign_data(data)}"
         return self._verified(method, self._fetch(method, url))
 
     def _fetch(self, method: str, url: str) -> str:
@@ -296,11 +296,11 @@ class AlipayClient:
             # unsigned answer proves nothing, so it can only ever be a failure.
             if inner.get("code") == "10000":
                 raise _garbage(method, "unsigned success answer")
-            raise ChannelError(_describe(method, inner) + " (unsigned answer)",
-                               code=_code_of(inner), retryable=_retryable(inner))
+            raise _refusal(_describe(method, inner) + " (unsigned answer)", inner)
         try:
             # The SDK cuts the exact text of the inner object out of the answer, verifies
             # Alipay's RSA2 signature over it and parses THAT text (not the outer document).
+            # It is the SDK's own (private) step for this: pyproject pins the tested range.
             verified = self._sdk._verify_and_return_sync_response(text, response_type)
         except AliPayValidationError:
             raise _garbage(method, "the answer's signature does not verify") from None
@@ -313,8 +313,7 @@ class AlipayClient:
     @staticmethod
     def _raise_unless_ok(method: str, resp: Mapping[str, Any]) -> None:
         if resp.get("code") != "10000":
-            raise ChannelError(_describe(method, resp), code=_code_of(resp),
-                               retryable=_retryable(resp))
+            raise _refusal(_describe(method, resp), resp)
 
     @staticmethod
     def _check_echo(method: str, resp: Mapping[str, Any], out_trade_no: str, *,
@@ -338,8 +337,12 @@ def _code_of(resp: Mapping[str, Any]) -> str:
     return str(sub_code or code or "channel_error")
 
 
-def _retryable(resp: Mapping[str, Any]) -> bool:
-    return bool({str(resp.get("code")), str(resp.get("sub_code"))} & _UNKNOWN_OUTCOME)
+def _refusal(message: str, resp: Mapping[str, Any]) -> ChannelError:
+    """A refusal; or, for the codes Alipay uses when it does not know how the call ended,
+    an unknown outcome (query, or retry with the same numbers)."""
+    if {str(resp.get("code")), str(resp.get("sub_code"))} & _UNKNOWN_OUTCOME:
+        return OutcomeUnknown(message, code=_code_of(resp))
+    return ChannelError(message, code=_code_of(resp))
 
 
 def _describe(method: str, resp: Mapping[str, Any]) -> str:
@@ -348,5 +351,6 @@ def _describe(method: str, resp: Mapping[str, Any]) -> str:
 
 
 def _garbage(method: str, why: str) -> ChannelError:
-    return ChannelError(f"alipay {method}: not an Alipay answer: {why}",
-                        code="channel_garbage", retryable=True)
+    # Whatever answered, the request may have reached Alipay: how it ended is not known.
+    return OutcomeUnknown(f"alipay {method}: not an Alipay answer: {why}",
+                          code="channel_garbage")

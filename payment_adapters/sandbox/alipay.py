@@ -116,7 +116,7 @@ class AlipaySimulator:
         # served at /sandbox/alipay/gateway.do.
         router = APIRouter(prefix="/alipay", tags=["sandbox-alipay"])
 
-        @router.api_route("/gateway.do", methods=["GET", "POST"])
+        @router.api_route("/gateway.do", methods=["GET", "POST"], include_in_schema=False)
         async def gateway(request: Request) -> Response:
             await run_in_threadpool(self._state.before_call, Channel.ALIPAY)
             body = await request.body() if request.method == "POST" else b""

@@ -378,14 +378,19 @@ class WechatPayClient:
 
     def query_refund(self, req: RefundRequest) -> RefundResult:
         """查询单笔退款: where the refund ``req.out_refund_no`` stands. WeChat's "no such
-        refund" (RESOURCE_NOT_EXISTS) raises ChannelError with that code: the refund was never
-        accepted, and asking for it again with the same out_refund_no is safe."""
+        refund" (RESOURCE_NOT_EXISTS) is ``not_found``: the refund was never accepted, and
+        asking for it again with the same out_refund_no is safe (WeChat refunds one
+        out_refund_no once)."""
         _check_refund_request(req)
         response = self._request(
             "query_refund", "GET",
             f"/v3/refund/domestic/refunds/{quote(req.out_refund_no, safe='')}")
         if response.status_code != 200:
-            raise self._refusal("query_refund", response)
+            refusal = self._refusal("query_refund", response)
+            if response.status_code == 404 and refusal.code == "RESOURCE_NOT_EXISTS":
+                return RefundResult(out_refund_no=req.out_refund_no, state="not_found",
+                                    raw=_json_object(response.content) or {})
+            raise refusal
         return self._refund_result("query_refund", req, self._answer("query_refund", response))
 
     def _refund_result(self, op: str, req: RefundRequest,

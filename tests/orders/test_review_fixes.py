@@ -33,14 +33,17 @@ def test_half_configured_live_channels_refuse_to_start() -> None:
     assert Settings(wechat_mchid="1", payment_sandbox=True).sandbox is True
 
 
-def test_close_when_the_channel_answers_garbage_is_a_clear_502(live: Live,
+def test_close_when_the_channel_answers_garbage_is_a_clear_504(live: Live,
                                                                people: dict[str, str]) -> None:
+    """Garbage may come from anything between us and the channel after the request reached
+    it: how the close ended is unknown, so the order stays pending and the caller retries."""
     h = resident_headers(live)
     body = order(live, h, "alipay_qr", [{"resident_ref": ref(live, h, "张三", people["张三"]),
                                          "insurance": "medical"}]).json()
     live.http.post("/sandbox/faults", json={"channel": "alipay", "garbage": True})
     r = live.http.post(f"/api/v1/orders/{body['order_no']}/close", headers=h)
-    assert r.status_code == 502 and r.json()["error"]["code"] == "channel_error"
+    assert r.status_code == 504 and r.json()["error"]["code"] == "channel_timeout"
+    assert "channel_garbage" in r.json()["error"]["message"]
     assert get_order(live, h, body["order_no"])["status"] == "pending"
 
 

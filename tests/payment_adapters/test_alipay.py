@@ -27,6 +27,7 @@ from payment_adapters.base import (
     ChannelError,
     ChannelTimeout,
     CreateRequest,
+    OutcomeUnknown,
     RefundRequest,
     VerificationFailed,
 )
@@ -647,3 +648,17 @@ def test_odd_gateway_answers(serve: Callable[[FastAPI], ServedApp], status: int,
     with pytest.raises(ChannelError) as err:
         client.query("SB1")
     assert (err.value.code, err.value.retryable) == (code, retryable)
+    # what may have reached Alipay without a final word is an unknown outcome, never a refusal
+    assert isinstance(err.value, OutcomeUnknown) == retryable
+
+
+def test_the_sdk_step_the_client_relies_on_is_there() -> None:
+    """The client verifies Alipay's sync answers with python-alipay-sdk's own private step;
+    pyproject pins the range it is tested with, and this fails first if that moves."""
+    from importlib.metadata import version
+
+    from alipay import AliPay
+
+    assert version("python-alipay-sdk").startswith("3.4.")
+    assert callable(getattr(AliPay, "_verify_and_return_sync_response", None))
+
