@@ -13,7 +13,14 @@ from backend.ledger.models import JournalEntry, Posting
 from backend.ledger.service import REFUNDS, Leg, UnbalancedEntry, channel_clearing, post_entry
 from backend.orders.payment_flow import ChannelConfirmation, confirm_channel_payment
 from tests.conftest import Live
-from tests.orders.helpers import order, ref, resident_headers, seed, staff_headers
+from tests.orders.helpers import (
+    order,
+    ref,
+    resident_headers,
+    seed,
+    staff_headers,
+    two_orders_for_one_item,
+)
 
 
 def _finance(live: Live) -> dict[str, str]:
@@ -92,14 +99,7 @@ def test_duplicate_is_refunded_through_the_channel_by_the_worker(live: Live) -> 
     from backend.outbox.service import run_due
 
     people = seed(live.rt)
-    h1, h2 = resident_headers(live, "a"), resident_headers(live, "b")
-    item = lambda h: [{"resident_ref": ref(live, h, "张三", people["张三"]),  # noqa: E731
-                       "insurance": "medical"}]
-    o1 = order(live, h1, "wechat_native", item(h1)).json()
-    with unit_of_work(live.rt.sessions) as s:
-        s.execute(text("UPDATE orders SET expires_at = :t WHERE order_no = :n"),
-                  {"t": datetime.fromisoformat("2020-01-01T00:00:00+00:00"), "n": o1["order_no"]})
-    o2 = order(live, h2, "unionpay_qr", item(h2)).json()
+    _, o1, _, o2 = two_orders_for_one_item(live, people, "wechat_native", "unionpay_qr")
     for o in (o1, o2):
         r = live.http.post("/sandbox/pay", json={"out_trade_no": o["payment"]["out_trade_no"]})
         assert r.status_code == 200

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from backend.db import unit_of_work
 from backend.orders.models import Payment, Refund
 from backend.outbox.service import run_due
 from tests.conftest import Live
-from tests.orders.helpers import order, ref, resident_headers, seed
+from tests.orders.helpers import seed, two_orders_for_one_item
 
 
 def test_a_refund_notification_records_wechats_refund_id(live: Live) -> None:
     people = seed(live.rt)
-    h1, h2 = resident_headers(live, "a"), resident_headers(live, "b")
-    item = lambda h: [{"resident_ref": ref(live, h, "张三", people["张三"]),  # noqa: E731
-                       "insurance": "medical"}]
-    o1 = order(live, h1, "unionpay_qr", item(h1)).json()
-    with unit_of_work(live.rt.sessions) as s:
-        s.execute(text("UPDATE orders SET expires_at = :t WHERE order_no = :n"),
-                  {"t": datetime.fromisoformat("2020-01-01T00:00:00+00:00"), "n": o1["order_no"]})
-    o2 = order(live, h2, "wechat_native", item(h2)).json()
+    _, o1, _, o2 = two_orders_for_one_item(live, people, "unionpay_qr", "wechat_native")
     for o in (o1, o2):      # the second payment is a duplicate, refunded through WeChat
         r = live.http.post("/sandbox/pay", json={"out_trade_no": o["payment"]["out_trade_no"]})
         assert r.status_code == 200, r.text

@@ -63,3 +63,24 @@ def get_order(live: Live, headers: dict[str, str], order_no: str) -> dict[str, A
     r = live.http.get(f"/api/v1/orders/{order_no}", headers=headers)
     assert r.status_code == 200, r.text
     return dict(r.json())
+
+
+def two_orders_for_one_item(live: Live, people: dict[str, str], first: str, second: str,
+                            name: str = "张三", insurance: str = "medical"
+                            ) -> tuple[dict[str, str], dict[str, Any], dict[str, str],
+                                       dict[str, Any]]:
+    """Two payers' orders for one item: the first payer's order expired on our side while
+    their wallet still had it open, then the second payer ordered. Both can still be paid:
+    the second payment to come in is a duplicate. (headers and order, for each payer)"""
+    from sqlalchemy import text
+
+    h1, h2 = resident_headers(live, "a"), resident_headers(live, "b")
+    o1 = order(live, h1, first, [{"resident_ref": ref(live, h1, name, people[name]),
+                                  "insurance": insurance}]).json()
+    with unit_of_work(live.rt.sessions) as s:
+        s.execute(text("UPDATE orders SET expires_at = :t WHERE order_no = :n"),
+                  {"t": live.rt.clock.now(), "n": o1["order_no"]})
+    o2 = order(live, h2, second, [{"resident_ref": ref(live, h2, name, people[name]),
+                                   "insurance": insurance}]).json()
+    return h1, o1, h2, o2
+

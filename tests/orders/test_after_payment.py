@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
-
-from backend.db import unit_of_work
 from backend.outbox.service import run_due
 from tests.conftest import Live
-from tests.orders.helpers import get_order, order, pay, ref, resident_headers, seed
+from tests.orders.helpers import (
+    get_order,
+    order,
+    pay,
+    ref,
+    resident_headers,
+    seed,
+    two_orders_for_one_item,
+)
 
 
 def test_a_paid_item_is_no_longer_payable_in_the_lookup(live: Live) -> None:
@@ -29,14 +34,7 @@ def test_a_paid_item_is_no_longer_payable_in_the_lookup(live: Live) -> None:
 
 def test_the_order_shows_a_duplicate_queued_then_refunded(live: Live) -> None:
     people = seed(live.rt)
-    h1, h2 = resident_headers(live, "a"), resident_headers(live, "b")
-    item = lambda h: [{"resident_ref": ref(live, h, "张三", people["张三"]),  # noqa: E731
-                       "insurance": "medical"}]
-    o1 = order(live, h1, "wechat_native", item(h1)).json()
-    with unit_of_work(live.rt.sessions) as s:
-        s.execute(text("UPDATE orders SET expires_at = :t WHERE order_no = :n"),
-                  {"t": live.rt.clock.now(), "n": o1["order_no"]})
-    o2 = order(live, h2, "alipay_qr", item(h2)).json()
+    h1, o1, h2, o2 = two_orders_for_one_item(live, people, "wechat_native", "alipay_qr")
     pay(live, o1["payment"]["out_trade_no"])
     pay(live, o2["payment"]["out_trade_no"])
     second = get_order(live, h2, o2["order_no"])

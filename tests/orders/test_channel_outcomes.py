@@ -4,11 +4,10 @@ Alipay code that stays payable after we closed its order."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from backend.channels import Channels
 from backend.config import ConfigError, Settings
@@ -19,7 +18,15 @@ from payment_adapters.base import Channel, OutcomeUnknown
 from payment_adapters.sandbox.alipay import AlipaySimulator
 from payment_adapters.sandbox.unionpay import UnionpaySimulator
 from tests.conftest import Live
-from tests.orders.helpers import get_order, order, pay, ref, resident_headers, seed
+from tests.orders.helpers import (
+    get_order,
+    order,
+    pay,
+    ref,
+    resident_headers,
+    seed,
+    two_orders_for_one_item,
+)
 
 LIVE_KEYS = {"wechat_mchid": "1900000109", "alipay_appid": "2021000117600001",
              "unionpay_mid": "898340149000005", "unionpay_tid": "88880001",
@@ -51,15 +58,7 @@ def _alipay_sim(live: Live) -> AlipaySimulator:
 def _duplicate_refund(live: Live, people: dict[str, str], channel: str) -> tuple[int, str]:
     """张三's medical paid by WeChat and again by ``channel``: the second is queued for
     refund. (The refund id, the second trade's number.)"""
-    h1, h2 = resident_headers(live, "a"), resident_headers(live, "b")
-    item = lambda h: [{"resident_ref": ref(live, h, "张三", people["张三"]),  # noqa: E731
-                       "insurance": "medical"}]
-    first = order(live, h1, "wechat_native", item(h1)).json()
-    with unit_of_work(live.rt.sessions) as s:
-        s.execute(text("UPDATE orders SET expires_at = :t WHERE order_no = :n"),
-                  {"t": datetime.fromisoformat("2020-01-01T00:00:00+00:00"),
-                   "n": first["order_no"]})
-    second = order(live, h2, channel, item(h2)).json()
+    _, first, _, second = two_orders_for_one_item(live, people, "wechat_native", channel)
     for o in (first, second):
         pay(live, o["payment"]["out_trade_no"])
     with unit_of_work(live.rt.sessions) as s:
