@@ -114,11 +114,14 @@ def test_real_error_answers_validate_against_the_documented_responses(live: Live
     answers[409, "idempotency_conflict"] = raw.post(
         "/api/v1/orders", headers={**h, "Idempotency-Key": "k-1"},
         json={"year": 2021, "channel": "unionpay_qr", "items": medical})
-    live.http.post("/sandbox/faults", json={"channel": "alipay", "garbage": True})
-    answers[502, "channel_error"] = raw.post(f"/api/v1/orders/{first.json()['order_no']}/close",
-                                             headers=h)
-    live.http.post("/sandbox/faults", json={"channel": "alipay", "garbage": False,
-                                            "timeout": True, "hang_s": 3})
+    # ChinaUMS refuses the trade outright: a 502, and the order is closed
+    live.http.post("/sandbox/faults", json={"channel": "unionpay",
+                                            "answer_error": "OPERATION_NOT_ALLOWED"})
+    answers[502, "channel_error"] = raw.post("/api/v1/orders", headers=h, json={
+        "year": 2021, "channel": "unionpay_qr",
+        "items": [{"resident_ref": zhang, "insurance": "pension", "tier_yuan": 300}]})
+    live.http.post("/sandbox/faults", json={"channel": "unionpay", "answer_error": ""})
+    live.http.post("/sandbox/faults", json={"channel": "alipay", "timeout": True, "hang_s": 3})
     answers[504, "channel_timeout"] = raw.post("/api/v1/orders", headers=h, json={
         "year": 2021, "channel": "alipay_qr",
         "items": [{"resident_ref": zhang, "insurance": "pension", "tier_yuan": 300}]})
