@@ -48,6 +48,7 @@ class FaultCommand(BaseModel):
     answer_error: str | None = Field(default=None, max_length=64,
                                      description="an error code to answer; empty: none")
     error_after_effect: bool | None = None
+    other_refund_record: bool | None = None
 
 
 def _trade_json(trade: Any) -> dict[str, Any]:
@@ -103,7 +104,8 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
     @router.post("/faults")
     def faults(cmd: FaultCommand) -> dict[str, Any]:
         f = state.faults[cmd.channel]
-        for name in ("timeout", "query_not_found", "garbage", "hang_s", "error_after_effect"):
+        for name in ("timeout", "query_not_found", "garbage", "hang_s", "error_after_effect",
+                     "other_refund_record"):
             value = getattr(cmd, name)
             if value is not None:
                 setattr(f, name, value)
@@ -111,7 +113,8 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
             f.answer_error = cmd.answer_error or None
         return {"channel": cmd.channel, "timeout": f.timeout,
                 "query_not_found": f.query_not_found, "garbage": f.garbage, "hang_s": f.hang_s,
-                "answer_error": f.answer_error, "error_after_effect": f.error_after_effect}
+                "answer_error": f.answer_error, "error_after_effect": f.error_after_effect,
+                "other_refund_record": f.other_refund_record}
 
     @router.get("/trades/{out_trade_no}")
     def trade(out_trade_no: str) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class Faults:
     # answer is lost). Honoured by the simulators that know such codes.
     answer_error: str | None = None
     error_after_effect: bool = False
+    # a refund query answers the bill's latest refund record, whichever refund was asked about
+    other_refund_record: bool = False
 
 
 @dataclass(frozen=True)

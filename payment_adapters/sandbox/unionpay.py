@@ -275,6 +275,9 @@ class UnionpaySimulator:
         trade = self._trade(req, "NO_BILL")
         fields = self._bill_fields(trade)
         record = next((r for r in trade.refunds if r["refundOrderId"] == refund_order_id), None)
+        if (refund_order_id and trade.refunds
+                and self._state.faults[self.channel].other_refund_record):
+            record = trade.refunds[-1]
         if record is not None:
             # only for a refund done, and only when its refundOrderId was asked about
             fields["refundBillPayment"] = self._refund_record(trade, record)

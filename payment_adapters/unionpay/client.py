@@ -347,11 +347,16 @@ class UnionpayClient:
                                code=GARBAGE) from exc
         if not record:
             return RefundResult(out_refund_no=req.out_refund_no, state="not_found", raw=data)
+        if record.get("merOrderId") != refund_id:
+            # Another refund's record (the bill's latest?) says nothing of ours: ask again.
+            raise OutcomeUnknown(f"ChinaUMS bills.query answered the refund record of "
+                                 f"{record.get('merOrderId')!r}, not of {refund_id}",
+                                 code=GARBAGE)
         status = record.get("status")
         state = (_REFUND_RECORD_STATES.get(status, "processing") if isinstance(status, str)
                  else "processing")
-        if state == "success" and "totalAmount" in record:
-            self._expect_amount("bills.query", record["totalAmount"], req)
+        if state == "success":
+            self._expect_amount("bills.query", record.get("totalAmount"), req)
         target = record.get("targetOrderId")
         return RefundResult(out_refund_no=req.out_refund_no, state=state,
                             refund_id=target if isinstance(target, str) and target else None,

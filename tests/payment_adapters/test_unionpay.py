@@ -323,6 +323,20 @@ def test_query_refund_reads_the_refund_record_of_bills_query(env: Env) -> None:
     assert err.value.code == "refund_amount_mismatch"
 
 
+def test_another_refunds_record_is_never_taken_for_ours(env: Env) -> None:
+    """Should ChinaUMS answer the bill's latest refund record whatever refund was asked
+    about, a refund never sent must not be recorded as done."""
+    client = env.client()
+    bill_no = env.create(client, "SBRFOTHER", 38000)
+    env.pay(bill_no)
+    client.refund(_refund_req(bill_no, "RF0000031", 8000))
+    env.state.faults[Channel.UNIONPAY].other_refund_record = True
+    with pytest.raises(OutcomeUnknown):
+        client.query_refund(_refund_req(bill_no, "RF0000032", 8000))
+    # ours still reads as ours
+    assert client.query_refund(_refund_req(bill_no, "RF0000031", 8000)).state == "success"
+
+
 def test_refund_record_states_and_a_missing_bill() -> None:
     bill_no = make_bill_no("3194", "MOCK", date(2026, 9, 1))
     req = _refund_req(bill_no, "RF0000021", 100, total=100)
