@@ -95,11 +95,12 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
             "orders.payer_role FROM attempts JOIN orders ON orders.id = attempts.order_id "
             f"WHERE attempts.out_trade_no = {otn} AND attempts.channel = {c} FOR UPDATE;")
     payment = ("INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen, "
-               "paid_at, business_date, source, created_at) "
+               "paid_at, business_date, source, shared_transaction, created_at) "
                f"SELECT :n, :n, CAST({c} AS VARCHAR(16)), CAST({txn} AS VARCHAR(64)), :amount, "
-               "now(), current_date, 'notification', now() "
+               "now(), current_date, 'notification', false, now() "
                "WHERE NOT EXISTS (SELECT 1 FROM payments "
-               f"WHERE channel = {c} AND transaction_id = {txn} AND attempt_id <> :n) "
+               f"WHERE channel = {c} AND transaction_id = {txn} AND NOT shared_transaction "
+               "AND attempt_id <> :n) "
                "ON CONFLICT (attempt_id) WHERE attempt_id IS NOT NULL DO NOTHING "
                "RETURNING payments.id")
     statements = [

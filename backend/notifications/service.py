@@ -15,14 +15,14 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.clock import real_now
 from backend.db import unit_of_work, utcnow
 from backend.notifications.models import InboxNotification
-from backend.orders.models import Attempt, Refund
+from backend.orders.models import Refund
 from backend.orders.payment_flow import (
     AmountMismatch,
     ChannelConfirmation,
@@ -30,6 +30,7 @@ from backend.orders.payment_flow import (
     UnknownTrade,
     confirm_channel_payment,
 )
+from backend.outbox.service import enqueue
 from backend.refunds.service import complete_refund
 from backend.runtime import Runtime
 from backend.sql import Statement, Tx
@@ -221,8 +222,8 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
 
 
 def _query_soon(rt: Runtime, attempt_id: int) -> None:
-    """Have the worker ask the channel about this trade at its next round: what the channel
-    answers about the out_trade_no itself settles it (orders.service.sync_attempt)."""
+    """Have the worker ask the channel about this trade, whatever its state here (an
+    expired order's code may still be paid): what the channel answers about the
+    out_trade_no itself settles it (orders.service.sync_attempt), retried until it does."""
     with unit_of_work(rt.sessions) as s:
-        s.execute(update(Attempt).where(col(Attempt.id) == attempt_id)
-                  .values(next_query_at=utcnow(), queries=0))
+        enqueue(s, "sync_attempt", {"attempt_id": attempt_id})

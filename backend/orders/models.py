@@ -106,10 +106,9 @@ class Payment(SQLModel, table=True):
         Index("uq_payment_attempt", "attempt_id", unique=True,
               postgresql_where=text("attempt_id IS NOT NULL"),
               sqlite_where=text("attempt_id IS NOT NULL")),
-        Index("uq_payment_txn_without_attempt", "channel", "transaction_id", unique=True,
-              postgresql_where=text("attempt_id IS NULL"),
-              sqlite_where=text("attempt_id IS NULL")),
-        Index("ix_payments_txn", "channel", "transaction_id"),
+        Index("uq_payment_txn_once", "channel", "transaction_id", unique=True,
+              postgresql_where=text("NOT shared_transaction"),
+              sqlite_where=text("NOT shared_transaction")),
     )
     id: int | None = Field(default=None, primary_key=True)
     attempt_id: int | None = Field(default=None, foreign_key="attempts.id")
@@ -120,6 +119,10 @@ class Payment(SQLModel, table=True):
     paid_at: datetime = Field(sa_type=UTCDateTime)
     business_date: date
     source: str = Field(max_length=16)            # notification | query | statement
+    # the channel answered a query about this trade with a transaction id another trade
+    # holds: applied as the channel said, kept apart from the one-trade-per-id rule for staff
+    shared_transaction: bool = Field(default=False,
+                                     sa_column_kwargs={"server_default": text("false")})
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -21,6 +21,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -113,25 +114,30 @@ _LOCK_SQL = """SELECT attempts.id, attempts.amount_fen, orders.id, orders.order_
               WHERE attempts.out_trade_no = :no AND attempts.channel = :ch"""
 # SQLite has no FOR UPDATE: its transactions begin IMMEDIATE, one writer at a time.
 _LOCK_ATTEMPT = Statement(_LOCK_SQL, postgresql=_LOCK_SQL + " FOR UPDATE")
-# A trade is paid once (the unique attempt_id). A notification's payment is not written when
-# its transaction id is already another trade's: that is told apart after, from the rows.
-# (The casts give PostgreSQL one type for a parameter used twice.)
+# A trade is paid once (unique attempt_id), and a transaction id is one trade's (unique
+# channel + transaction_id, but for payments marked shared_transaction). A notification's
+# payment is not written when its transaction id is already another trade's — told apart
+# after, from the rows; two such notifications at once meet the unique index instead. What
+# the channel answers to a query about the out_trade_no is written all the same, marked
+# shared. (The casts give PostgreSQL one type for a parameter used twice.)
 _INSERT_SQL = """INSERT INTO payments (attempt_id, order_id, channel, transaction_id, amount_fen,
-                                      paid_at, business_date, source, created_at)
+                                      paid_at, business_date, source, shared_transaction,
+                                      created_at)
                  SELECT :attempt_id, :order_id, CAST(:channel AS VARCHAR(16)),
                         CAST(:transaction_id AS VARCHAR(64)), :amount_fen, :paid_at,
-                        :business_date, :source, :now
+                        :business_date, :source, :shared, :now
                  WHERE {guard}
                  ON CONFLICT (attempt_id) WHERE attempt_id IS NOT NULL DO NOTHING RETURNING id"""
 _INSERT_PAYMENT = Statement(_INSERT_SQL.format(guard="""NOT EXISTS (
     SELECT 1 FROM payments WHERE channel = :channel AND transaction_id = :transaction_id
-    AND attempt_id <> :attempt_id)"""))
-# What the channel answers to a query about this out_trade_no is applied even so.
+    AND NOT shared_transaction AND attempt_id <> :attempt_id)"""))
 _INSERT_QUERIED_PAYMENT = Statement(_INSERT_SQL.format(guard="1 = 1"))
 _PAYMENTS_LIKE = Statement(
     """SELECT attempt_id, transaction_id FROM payments
-       WHERE attempt_id = :attempt_id OR (channel = :channel AND transaction_id = :transaction_id)
+       WHERE attempt_id = :attempt_id OR (channel = :channel AND transaction_id = :transaction_id
+                                          AND NOT shared_transaction)
        ORDER BY id""")
+TXN_INDEX = "uq_payment_txn_once"
 _ATTEMPT_PAID = Statement(
     f"""UPDATE attempts SET status = 'paid', transaction_id = :transaction_id,
                paid_at = :paid_at, updated_at = :now
@@ -183,11 +189,21 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
                              f"{attempt_fen} fen")
     day = business_date(c.paid_at)
     now = utcnow()
+    queried = c.source == "query"
+    shared = queried and shared_transaction(session, c.channel, c.transaction_id, attempt_id)
     # The trade's unique payment is the repeat check: no look-up before the insert.
-    inserted = tx.one(_INSERT_QUERIED_PAYMENT if c.source == "query" else _INSERT_PAYMENT,
-                      attempt_id=attempt_id, order_id=order_id, channel=c.channel,
-                      transaction_id=c.transaction_id, amount_fen=c.amount_fen,
-                      paid_at=c.paid_at, business_date=day, source=c.source, now=now)
+    try:
+        inserted = tx.one(_INSERT_QUERIED_PAYMENT if queried else _INSERT_PAYMENT,
+                          attempt_id=attempt_id, order_id=order_id, channel=c.channel,
+                          transaction_id=c.transaction_id, amount_fen=c.amount_fen,
+                          paid_at=c.paid_at, business_date=day, source=c.source,
+                          shared=shared, now=now)
+    except IntegrityError as exc:
+        if TXN_INDEX not in str(exc.orig) and "transaction_id" not in str(exc.orig):
+            raise
+        raise TransactionConflict(
+            f"{c.channel} transaction {c.transaction_id} was applied to another trade at the "
+            f"same moment; {c.out_trade_no} is not a repeat of it", attempt_id) from None
     if inserted is None:
         _repeat_or_conflict(tx, c, attempt_id)
         return Applied("repeat", order_no)
@@ -205,10 +221,7 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
         session, OrderFacts(order_id, order_no, order_status, year),
         PaymentFacts(payment_id, c.channel, c.transaction_id, c.amount_fen, c.paid_at, day),
         debit=ledger.channel_clearing(c.channel), entry_kind="channel_payment")
-    if c.source == "query" and shared_transaction(session, c.channel, c.transaction_id,
-                                                  attempt_id):
-        return replace(applied, shared_transaction=True)
-    return applied
+    return replace(applied, shared_transaction=True) if shared else applied
 
 
 def _repeat_or_conflict(tx: Tx, c: ChannelConfirmation, attempt_id: int) -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 from backend.db import unit_of_work
 from backend.orders import repository as repo
-from backend.orders.models import Order
-from backend.orders.service import close_attempts
+from backend.orders.models import Attempt, Order
+from backend.orders.service import close_attempts, sync_attempt
 from backend.orders.states import LIVE_ATTEMPT_STATES
 from backend.outbox.service import handler
 from backend.refunds.service import execute_refund
@@ -16,6 +16,15 @@ from backend.refunds.service import execute_refund
 @handler("refund")
 def refund(rt: Any, payload: dict[str, Any]) -> None:
     execute_refund(rt, int(payload["refund_id"]))
+
+
+@handler("sync_attempt")
+def sync_one_attempt(rt: Any, payload: dict[str, Any]) -> None:
+    """Ask the channel about one trade and apply what it reports (raises to retry)."""
+    with unit_of_work(rt.sessions) as s:
+        attempt = s.get(Attempt, int(payload["attempt_id"]))
+    if attempt is not None and attempt.status != "creating":
+        sync_attempt(rt, attempt)
 
 
 @handler("close_siblings")
