@@ -120,6 +120,11 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unauthorized": ErrorCode(401, "no access token, an expired or invalid one, or a failed "
                                    "login: log in (again)"),
     "forbidden": ErrorCode(403, "the caller's role or scope does not allow this"),
+    "wechat_login_blocked": ErrorCode(403, "WeChat refuses to log this user in (a high-risk "
+                                           "account, errcode 40226)"),
+    "wechat_unavailable": ErrorCode(503, "WeChat's login service did not answer or is busy: "
+                                         "try the login again shortly (with a new wx.login "
+                                         "code)"),
     "not_found": ErrorCode(404, "nothing of this kind that this caller may see"),
     "payload_too_large": ErrorCode(413, "the request body is over the size limit"),
     "rate_limited": ErrorCode(429, "too many failed lookups or logins: wait a few minutes"),

@@ -1532,6 +1532,20 @@ export interface operations {
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
             };
+            /** @description - `wechat_login_blocked`: WeChat refuses to log this user in (a high-risk account, errcode 40226) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "wechat_login_blocked";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
             /** @description - `payload_too_large`: the request body is over the size limit */
             413: {
                 headers: {
@@ -1556,6 +1570,20 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `wechat_unavailable`: WeChat's login service did not answer or is busy: try the login again shortly (with a new wx.login code) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "wechat_unavailable";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };

@@ -12,7 +12,9 @@ from backend.errors import JSON_BODY, errors
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
-@router.post("/wechat", response_model=WechatToken, responses=errors(*JSON_BODY, "unauthorized"))
+@router.post("/wechat", response_model=WechatToken,
+             responses=errors(*JSON_BODY, "unauthorized", "wechat_login_blocked",
+                              "wechat_unavailable"))
 def login_wechat(body: WechatLogin, rt: RuntimeDep) -> WechatToken:
     token, openid = service.login_wechat(rt, body.code)
     return WechatToken(access_token=token, openid=openid)

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from backend.config import Settings
 from backend.runtime import Runtime
 from tests.conftest import TEST_PII_KEY
+from tests.contract_check import check_response
 from tests.servers import ServedApp, free_port
 
 APPID = "wx5a9e0c0d1e2f3a4b"
@@ -82,7 +83,9 @@ def live_login_app(tmp_path: Path, api_base_url: str) -> tuple[TestClient, Runti
     from backend.app import create_app
 
     rt = Runtime(settings)
-    return TestClient(create_app(runtime=rt)), rt
+    client = TestClient(create_app(runtime=rt))
+    client.event_hooks["response"].append(check_response)   # every answer as documented
+    return client, rt
 
 
 @pytest.fixture
