@@ -54,6 +54,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "but the channel simulator keeps its trades in one process: serve the sandbox "
               "(PAYMENT_SANDBOX) with one", file=sys.stderr)
         return 2
+    if workers > 1 and not settings.redis_url:
+        print(f"error: {workers} server processes asked for without REDIS_URL: the lookup and "
+              "login limits would count apart in each process (and multiply); set REDIS_URL",
+              file=sys.stderr)
+        return 2
     settings.check_live_mode()
     configure_logging(settings.log_level)
     options = uvicorn_options(settings, host=args.host, port=args.port, workers=workers)

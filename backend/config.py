@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import secrets
+import time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -150,6 +152,12 @@ class Settings(BaseSettings):
             problems.append("WeChat Pay must be verifiable: WECHAT_PUBLIC_KEY + "
                             "WECHAT_PUBLIC_KEY_ID (public-key mode), WECHAT_PLATFORM_CERTS_DIR "
                             "(platform certificates), or both")
+        for name in ("app_secret", "pii_key"):
+            if not getattr(self, name):
+                problems.append(
+                    f"{name.upper()} must be set, the same for every serve and worker: "
+                    "generated into the data folder, each container would have its own (tokens "
+                    "and personal data unreadable between them) and lose it with the container")
         if self.collect_now is not None:
             problems.append(
                 "COLLECT_NOW must be unset: it moves the business clock for demos and "
@@ -198,14 +206,24 @@ class Settings(BaseSettings):
         return url
 
     def _generated(self, name: str, make) -> str:  # type: ignore[no-untyped-def]
+        """A secret kept in the data folder, made by the first process that needs it: the
+        file is created exclusively, so processes starting together all read one value."""
         path = self.data_dir / name
-        if path.exists():
-            return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        value = make()
-        path.write_text(value + "\n")
-        path.chmod(0o600)
-        return value
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass                        # another process made it first: read theirs
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(make() + "\n")
+        for _ in range(50):                 # until the maker has written it
+            value = path.read_text().strip()
+            if value:
+                return value
+            time.sleep(0.01)
+        raise ConfigError(f"{path} is empty: delete it to have it made again")
 
     @property
     def app_secret_value(self) -> str:

@@ -223,7 +223,8 @@ def _live(url: str) -> Settings:
     return Settings(payment_sandbox=False, wechat_mchid="1", alipay_appid="2",
                     unionpay_mid="3", unionpay_tid="4", unionpay_msg_src="WWW.DISTRICT.GOV.CN",
                     unionpay_msg_src_id="3194", unionpay_key="k" * 32,
-                    wechat_platform_certs_dir="/etc/wechatpay/certs", public_base_url=url)
+                    wechat_platform_certs_dir="/etc/wechatpay/certs", public_base_url=url,
+                    app_secret="s" * 40, pii_key=TEST_PII_KEY)
 
 
 @pytest.mark.parametrize("url", [
@@ -265,3 +266,40 @@ def test_serve_and_worker_refuse_an_unsafe_notify_url(command: str, tmp_path: Pa
     r = _run(env, command, *(["--port", str(free_port())] if command == "serve" else []))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "PUBLIC_BASE_URL must be https://" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_live_mode_needs_the_secrets_every_process_shares() -> None:
+    unset = _live("https://collection.example.org").model_copy(
+        update={"app_secret": "", "pii_key": ""})
+    problems = unset.live_mode_problems()
+    assert [p.split()[0] for p in problems] == ["APP_SECRET", "PII_KEY"]
+
+
+def test_several_live_processes_need_redis(tmp_path: Path, live_channels: dict[str, str]) -> None:
+    env = _env(tmp_path, **live_channels, WEB_CONCURRENCY="2")
+    env.pop("REDIS_URL", None)
+    r = _run(env, "serve", "--port", str(free_port()))
+    assert r.returncode == 2 and "REDIS_URL" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_processes_starting_together_share_one_generated_secret(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without APP_SECRET (sandbox), the first process makes it; the others read that one."""
+    import concurrent.futures as cf
+    import secrets
+
+    made = secrets.token_urlsafe
+
+    def slow(n: int) -> str:        # every starter gets past "is it there yet?" first
+        time.sleep(0.05)
+        return made(n)
+
+    monkeypatch.setattr(secrets, "token_urlsafe", slow)
+
+    def secret(_: int) -> str:
+        return Settings(data_dir=tmp_path / "data").app_secret_value
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        values = set(pool.map(secret, range(32)))
+    assert len(values) == 1 and len(next(iter(values))) > 40
+
