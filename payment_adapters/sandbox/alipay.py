@@ -139,8 +139,7 @@ class AlipaySimulator:
 
     def refuses_payment(self, trade: SimTrade) -> str | None:
         """Why Alipay would not take this payment: a code past its time_expire."""
-        if (trade.state == "pending" and trade.expires_at is not None
-                and self._state.now() >= trade.expires_at):
+        if self._state.past_expiry(trade) and trade.expires_at is not None:
             return f"trade {trade.out_trade_no} expired at {_bj(trade.expires_at)}"
         return None
 

@@ -149,6 +149,12 @@ class SandboxState:
             fn(trade)
             return trade
 
+    def past_expiry(self, trade: SimTrade) -> bool:
+        """An unpaid trade whose expiry (by the business clock) has passed: no channel takes
+        money for it any more."""
+        return (trade.state == "pending" and trade.expires_at is not None
+                and self.now() >= trade.expires_at)
+
     def before_call(self, channel: Channel) -> None:
         """Apply the timeout switch at the start of every simulated API call."""
         faults = self.faults[channel]

@@ -338,8 +338,7 @@ class UnionpaySimulator:
 
     def refuses_payment(self, trade: SimTrade) -> str | None:
         """Why ChinaUMS would not take this payment: a bill past its expireTime."""
-        if (trade.state == "pending" and trade.expires_at is not None
-                and self._state.now() >= trade.expires_at):
+        if self._state.past_expiry(trade) and trade.expires_at is not None:
             return f"bill {trade.out_trade_no} expired at {trade.expires_at.isoformat()}"
         return None
 

@@ -55,6 +55,7 @@ from payment_adapters.sandbox.core import (
     SimTrade,
     deliver,
 )
+from payment_adapters.wechat.keys import certificate_serial
 
 # control_router() includes this router under its own "/sandbox": the API is at /sandbox/wechat.
 PREFIX = "/wechat"
@@ -174,11 +175,6 @@ def make_platform_certificate(private_key_pem: str, *, not_before: datetime,
             .not_valid_before(not_before).not_valid_after(not_after)
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def certificate_serial(cert: x509.Certificate) -> str:
-    number = cert.serial_number
-    return number.to_bytes(max(1, (number.bit_length() + 7) // 8), "big").hex().upper()
 
 
 @dataclass(frozen=True)
