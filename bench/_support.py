@@ -470,12 +470,14 @@ class OrderNumbers:
     stamp: str
     prefix: dict[Channel, str]
     suffix: dict[Channel, str]
+    keep: dict[Channel, int]         # how much of the order number's end the channel keeps
 
     def order_no(self, i: int) -> str:
         return f"{self.stamp}{i:07d}"
 
     def out_trade_no(self, channel: Channel, i: int) -> str:
-        return f"{self.prefix[channel]}{self.order_no(i)}01{self.suffix[channel]}"
+        kept = f"{self.order_no(i)}01"[-self.keep[channel]:]
+        return f"{self.prefix[channel]}{kept}{self.suffix[channel]}"
 
 
 def order_numbers(settings: Settings) -> OrderNumbers:
@@ -486,12 +488,14 @@ def order_numbers(settings: Settings) -> OrderNumbers:
     clients = Channels(settings).clients
     stamp = datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S")
     base = f"{stamp}{0:07d}01"
-    prefix, suffix = {}, {}
+    prefix, suffix, keep = {}, {}, {}
     for ch in Channel:
         made = clients[ch].new_out_trade_no(base)
-        at = made.index(base)
-        prefix[ch], suffix[ch] = made[:at], made[at + len(base):]
-    return OrderNumbers(stamp, prefix, suffix)
+        # ChinaUMS keeps only the end of it (its numbers are 27 characters at most)
+        k = next(k for k in range(len(base), 0, -1) if base[-k:] in made)
+        at = made.index(base[-k:])
+        prefix[ch], suffix[ch], keep[ch] = made[:at], made[at + k:], k
+    return OrderNumbers(stamp, prefix, suffix, keep)
 
 
 def channel_ranges(n: int, mix: dict[Channel, float]) -> dict[Channel, range]:

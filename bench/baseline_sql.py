@@ -76,7 +76,8 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
     n7 = "lpad(:n::text, 7, '0')"
     otn = {Channel.WECHAT: f":stamp || {n7} || '01'",
            Channel.ALIPAY: f":stamp || {n7} || '01' || :ali_suffix",
-           Channel.UNIONPAY: f":ums_prefix || :stamp || {n7} || '01'"}[ch]
+           # ChinaUMS keeps the order number's last 20 characters (27 at most in all)
+           Channel.UNIONPAY: f":ums_prefix || substr(:stamp || {n7} || '01', 4)"}[ch]
     dedupe = {Channel.WECHAT: "'6f1c1d2e-3a4b-5c6d-8e9f-' || lpad(:n::text, 12, '0')",
               Channel.ALIPAY: "'2026112900222081721' || lpad(:n::text, 15, '0') "
                               "|| ':' || 'TRADE_SUCCESS'",
@@ -143,8 +144,12 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
         "ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING "
         "RETURNING notification_inbox.id;",
     ]
-    # a re-delivery: the lock, then the payment insert finds the payment (no row back)
-    again = [lock, payment + ";"]
+    # a re-delivery: the lock, then the payment insert finds the payment (no row back), then
+    # the trade's payments are read: a repeat, not another transaction id (an anomaly)
+    again = [lock, payment + ";",
+             "SELECT attempt_id, transaction_id FROM payments WHERE attempt_id = :n OR "
+             f"(channel = {c} AND transaction_id = {txn} AND NOT shared_transaction) "
+             "ORDER BY id;"]
     lines = ["BEGIN;", *statements, "COMMIT;",
              "\\if :dup", "BEGIN;", *again, "COMMIT;", "\\endif"]
     return "\n".join(lines) + "\n", len(statements), len(again)
