@@ -138,6 +138,8 @@ _PAYMENTS_LIKE = Statement(
                                           AND NOT shared_transaction)
        ORDER BY id""")
 TXN_INDEX = "uq_payment_txn_once"
+_SAVEPOINT = Statement("SAVEPOINT queried_payment", prepare=False)
+_ROLLBACK_TO_SAVEPOINT = Statement("ROLLBACK TO SAVEPOINT queried_payment", prepare=False)
 _ATTEMPT_PAID = Statement(
     f"""UPDATE attempts SET status = 'paid', transaction_id = :transaction_id,
                paid_at = :paid_at, updated_at = :now
@@ -191,19 +193,27 @@ def confirm_channel_payment(session: Session, c: ChannelConfirmation) -> Applied
     now = utcnow()
     queried = c.source == "query"
     shared = queried and shared_transaction(session, c.channel, c.transaction_id, attempt_id)
+    values = dict(attempt_id=attempt_id, order_id=order_id, channel=c.channel,
+                  transaction_id=c.transaction_id, amount_fen=c.amount_fen, paid_at=c.paid_at,
+                  business_date=day, source=c.source, now=now)
     # The trade's unique payment is the repeat check: no look-up before the insert.
+    if queried:
+        # a savepoint: another trade's payment under this id may commit meanwhile
+        tx.rowcount(_SAVEPOINT)
     try:
         inserted = tx.one(_INSERT_QUERIED_PAYMENT if queried else _INSERT_PAYMENT,
-                          attempt_id=attempt_id, order_id=order_id, channel=c.channel,
-                          transaction_id=c.transaction_id, amount_fen=c.amount_fen,
-                          paid_at=c.paid_at, business_date=day, source=c.source,
-                          shared=shared, now=now)
+                          shared=shared, **values)
     except IntegrityError as exc:
         if TXN_INDEX not in str(exc.orig) and "transaction_id" not in str(exc.orig):
             raise
-        raise TransactionConflict(
-            f"{c.channel} transaction {c.transaction_id} was applied to another trade at the "
-            f"same moment; {c.out_trade_no} is not a repeat of it", attempt_id) from None
+        if not queried:
+            raise TransactionConflict(
+                f"{c.channel} transaction {c.transaction_id} was applied to another trade at "
+                f"the same moment; {c.out_trade_no} is not a repeat of it", attempt_id) from None
+        # what the channel answers for this trade is applied all the same: shared
+        tx.rowcount(_ROLLBACK_TO_SAVEPOINT)
+        shared = True
+        inserted = tx.one(_INSERT_QUERIED_PAYMENT, shared=True, **values)
     if inserted is None:
         _repeat_or_conflict(tx, c, attempt_id)
         return Applied("repeat", order_no)

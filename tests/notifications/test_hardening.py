@@ -171,9 +171,12 @@ def test_a_conflict_on_a_closed_order_is_settled_too(live: Live) -> None:
 
 
 @pytest.mark.parametrize("backend_name", ["postgres"], indirect=True)
-def test_two_trades_reported_under_one_transaction_id_at_once(live: Live) -> None:
-    """The guard reads only what is committed: two such notifications at the same moment
-    meet the database's unique index, and the second is the anomaly."""
+@pytest.mark.parametrize("second_source", ["notification", "query"])
+def test_two_trades_reported_under_one_transaction_id_at_once(live: Live,
+                                                              second_source: str) -> None:
+    """The guard reads only what is committed: two such payments at the same moment meet
+    the database's unique index. A notification is then the anomaly (refused, the trade
+    queried); what a query of the trade answers is applied all the same, marked shared."""
     people = seed(live.rt)
     h = resident_headers(live)
     nos = [order(live, h, "alipay_qr", [{"resident_ref": ref(live, h, name, people[name]),
@@ -188,9 +191,9 @@ def test_two_trades_reported_under_one_transaction_id_at_once(live: Live) -> Non
     def second() -> None:
         try:
             with unit_of_work(live.rt.sessions) as s:
-                confirm_channel_payment(s, ChannelConfirmation("alipay", nos[1], "T-SAME",
-                                                               28000, at, "notification"))
-            outcome.append("applied")
+                applied = confirm_channel_payment(s, ChannelConfirmation(
+                    "alipay", nos[1], "T-SAME", 28000, at, second_source))
+            outcome.append(f"{applied.outcome}, shared={applied.shared_transaction}")
         except BaseException as exc:  # noqa: BLE001  (what it raised is the point)
             outcome.append(exc)
 
@@ -200,7 +203,13 @@ def test_two_trades_reported_under_one_transaction_id_at_once(live: Live) -> Non
     first.commit()
     first.close()
     thread.join(10)
-    assert len(outcome) == 1 and isinstance(outcome[0], TransactionConflict), outcome
+    if second_source == "notification":
+        assert len(outcome) == 1 and isinstance(outcome[0], TransactionConflict), outcome
+    else:
+        assert outcome == ["applied, shared=True"]
+        with unit_of_work(live.rt.sessions) as s:
+            assert sorted(p.shared_transaction for p in s.scalars(select(Payment))) == [
+                False, True]
 
 
 def test_another_transaction_id_for_a_paid_trade_is_not_a_repeat(live: Live) -> None:

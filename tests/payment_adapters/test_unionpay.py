@@ -352,6 +352,12 @@ def test_refund_record_states_and_a_missing_bill() -> None:
     assert _mock_client(record("TRADE_CLOSED")).query_refund(req).state == "failed"
     assert _mock_client(record("UNKNOWN")).query_refund(req).state == "processing"
     assert _mock_client(record("NEW_ORDER")).query_refund(req).state == "processing"
+    # a success that does not say how much is not taken for ours
+    no_amount = _signed_answer(**base, refundBillPayment=json.dumps(
+        {"merOrderId": "3194RF0000021", "status": "TRADE_SUCCESS", "targetOrderId": "T1"},
+        separators=(",", ":")))
+    with pytest.raises(ChannelError):
+        _mock_client(no_amount).query_refund(req)
     assert _mock_client(_signed_answer(**base)).query_refund(req).state == "not_found"
     for code in ("NO_BILL", "NO_ORDER"):
         missing = _signed_answer(errCode=code, errMsg="无法找到指定的账单")
