@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from backend.config import ConfigError, Settings, get_settings
 from backend.errors import AppError
 
@@ -275,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DBAPIError as exc:
+        text = str(exc.orig)
+        if "no such table" in text or ("relation" in text and "does not exist" in text):
+            print("error: the database has none of the service's tables yet: run "
+                  "`python -m backend migrate` first", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

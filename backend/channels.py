@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter
 
-from backend.config import Settings
+from backend.config import Settings, write_once
 from payment_adapters.base import (
     AlipayConfig,
     Channel,
@@ -57,14 +57,12 @@ SANDBOX_IDS = {
 
 
 def _private_pem(path: Path) -> str:
-    if not path.exists():
+    def make() -> str:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-        path.chmod(0o600)
-    return path.read_text()
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+
+    return write_once(path, make)
 
 
 def public_pem_of(private_pem: str) -> str:
@@ -74,11 +72,7 @@ def public_pem_of(private_pem: str) -> str:
 
 
 def _secret(path: Path, length: int) -> str:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(length // 2))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return write_once(path, lambda: secrets.token_hex(length // 2)).strip()
 
 
 def _read(path: str) -> str:

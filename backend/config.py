@@ -6,7 +6,7 @@ import base64
 import ipaddress
 import os
 import secrets
-import time
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -205,25 +205,11 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url[len(prefix):]
         return url
 
-    def _generated(self, name: str, make) -> str:  # type: ignore[no-untyped-def]
-        """A secret kept in the data folder, made by the first process that needs it: the
-        file is created exclusively, so processes starting together all read one value."""
-        path = self.data_dir / name
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass                        # another process made it first: read theirs
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(make() + "\n")
-        for _ in range(50):                 # until the maker has written it
-            value = path.read_text().strip()
-            if value:
-                return value
-            time.sleep(0.01)
-        raise ConfigError(f"{path} is empty: delete it to have it made again")
+    def _generated(self, name: str, make: Callable[[], str]) -> str:
+        if not self.sandbox:
+            raise ConfigError(f"{name.upper()} must be set in live mode: made here, it would be "
+                              "this process's alone (and lost with its container)")
+        return write_once(self.data_dir / name, make).strip()
 
     @property
     def app_secret_value(self) -> str:
@@ -238,6 +224,24 @@ class Settings(BaseSettings):
         if len(key) != 32:
             raise ValueError("PII_KEY must be base64 of exactly 32 bytes")
         return key
+
+
+def write_once(path: Path, make: Callable[[], str]) -> str:
+    """A file made by the first process that needs it, read by every other: the content is
+    written apart and linked into place, which fails if another process got there first, so
+    processes starting together all read one whole value."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        draft.write_text(make())
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass                            # another process made it first: read theirs
+        finally:
+            draft.unlink()
+    return path.read_text()
 
 
 def _split(value: str) -> list[str]:

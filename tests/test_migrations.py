@@ -8,11 +8,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from backend.migrate import upgrade
+from backend.migrate import alembic_config, upgrade
 from backend.models import metadata
 from tests.conftest import PG_ADMIN, _unavailable
 
@@ -56,30 +57,7 @@ def test_payments_keep_their_rows_through_the_key_change(empty_db: str) -> None:
     upgrade(empty_db, "0004")
     engine = _engine(empty_db)
     with engine.begin() as conn:
-        for sql in (
-            "INSERT INTO towns (code, name) VALUES ('t', 'T')",
-            "INSERT INTO villages (code, name, town_code) VALUES ('v', 'V', 't')",
-            "INSERT INTO residents (id, id_hash, id_enc, id_masked, birth_date, name, "
-            "village_code, hukou_type, employee_pension, employee_medical, student, categories, "
-            "created_at, updated_at) VALUES (1, 'h', 'e', 'm', '1970-01-01', 'n', 'v', 'local', "
-            "false, false, false, '', '2020-11-02 01:00:00', '2020-11-02 01:00:00')",
-            "INSERT INTO orders (id, order_no, payer_sub, payer_role, year, channel, status, "
-            "amount_fen, expires_at, created_at, updated_at) VALUES (1, 'O1', 'wx:a', "
-            "'resident', 2021, 'wechat_native', 'paid', 28000, '2020-11-02 01:15:00', "
-            "'2020-11-02 01:00:00', '2020-11-02 01:00:00')",
-            "INSERT INTO attempts (id, order_id, channel, kind, out_trade_no, amount_fen, status, "
-            "expires_at, queries, created_at, updated_at) VALUES (1, 1, 'wechat', 'native', "
-            "'O101', 28000, 'paid', '2020-11-02 01:15:00', 0, '2020-11-02 01:00:00', "
-            "'2020-11-02 01:00:00')",
-            "INSERT INTO payments (id, attempt_id, order_id, channel, transaction_id, amount_fen, "
-            "paid_at, business_date, source, refund_queued_fen, created_at) VALUES (1, 1, 1, "
-            "'wechat', '4200', 28000, '2020-11-02 01:05:00', '2020-11-02', 'notification', 0, "
-            "'2020-11-02 01:05:00')",
-            "INSERT INTO bill_lines (id, resident_id, year, insurance, status, created_at) "
-            "VALUES (1, 1, 2021, 'medical', 'paid', '2020-11-02 01:00:00')",
-            "INSERT INTO payment_lines (payment_id, bill_line_id, amount_fen, applied) "
-            "VALUES (1, 1, 28000, true)",
-        ):
+        for sql in SEED_0004:
             conn.execute(text(sql))
     engine.dispose()
     upgrade(empty_db)
@@ -89,3 +67,57 @@ def test_payments_keep_their_rows_through_the_key_change(empty_db: str) -> None:
                                  )).all() == [(1, "4200", 28000)]
         assert conn.execute(text("SELECT payment_id FROM payment_lines")).scalar() == 1
     engine.dispose()
+
+
+def test_downgrading_refuses_to_lose_a_shared_transaction_id(empty_db: str) -> None:
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    with engine.begin() as conn:
+        for sql in [*SEED_0004[:5], SECOND_ATTEMPT, *(PAYMENT.format(
+                id=n, attempt=n, shared=shared) for n, shared in ((1, "false"), (2, "true")))]:
+            conn.execute(text(sql))
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="share a transaction id"):
+        command.downgrade(alembic_config(empty_db), "0004")
+    engine = _engine(empty_db)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM payments WHERE shared_transaction"))
+    engine.dispose()
+    command.downgrade(alembic_config(empty_db), "0004")
+    upgrade(empty_db)
+
+
+SEED_0004 = (
+    "INSERT INTO towns (code, name) VALUES ('t', 'T')",
+    "INSERT INTO villages (code, name, town_code) VALUES ('v', 'V', 't')",
+    "INSERT INTO residents (id, id_hash, id_enc, id_masked, birth_date, name, village_code, "
+    "hukou_type, employee_pension, employee_medical, student, categories, created_at, "
+    "updated_at) VALUES (1, 'h', 'e', 'm', '1970-01-01', 'n', 'v', 'local', false, false, "
+    "false, '', '2020-11-02 01:00:00', '2020-11-02 01:00:00')",
+    "INSERT INTO orders (id, order_no, payer_sub, payer_role, year, channel, status, "
+    "amount_fen, expires_at, created_at, updated_at) VALUES (1, 'O1', 'wx:a', 'resident', "
+    "2021, 'wechat_native', 'paid', 28000, '2020-11-02 01:15:00', '2020-11-02 01:00:00', "
+    "'2020-11-02 01:00:00')",
+    "INSERT INTO attempts (id, order_id, channel, kind, out_trade_no, amount_fen, status, "
+    "expires_at, queries, created_at, updated_at) VALUES (1, 1, 'wechat', 'native', 'O101', "
+    "28000, 'paid', '2020-11-02 01:15:00', 0, '2020-11-02 01:00:00', '2020-11-02 01:00:00')",
+    "INSERT INTO payments (id, attempt_id, order_id, channel, transaction_id, amount_fen, "
+    "paid_at, business_date, source, refund_queued_fen, created_at) VALUES (1, 1, 1, "
+    "'wechat', '4200', 28000, '2020-11-02 01:05:00', '2020-11-02', 'notification', 0, "
+    "'2020-11-02 01:05:00')",
+    "INSERT INTO bill_lines (id, resident_id, year, insurance, status, created_at) "
+    "VALUES (1, 1, 2021, 'medical', 'paid', '2020-11-02 01:00:00')",
+    "INSERT INTO payment_lines (payment_id, bill_line_id, amount_fen, applied) "
+    "VALUES (1, 1, 28000, true)",
+)
+# today's schema: a second trade, paid under the first one's transaction id as a query
+# settled it (shared)
+SECOND_ATTEMPT = (
+    "INSERT INTO attempts (id, order_id, channel, kind, out_trade_no, amount_fen, status, "
+    "expires_at, queries, created_at, updated_at) VALUES (2, 1, 'wechat', 'native', 'O102', "
+    "28000, 'paid', '2020-11-02 01:15:00', 0, '2020-11-02 01:00:00', '2020-11-02 01:00:00')")
+PAYMENT = (
+    "INSERT INTO payments (id, attempt_id, order_id, channel, transaction_id, amount_fen, "
+    "paid_at, business_date, source, shared_transaction, created_at) VALUES ({id}, {attempt}, "
+    "1, 'wechat', '4200', 28000, '2020-11-02 01:05:00', '2020-11-02', 'query', {shared}, "
+    "'2020-11-02 01:05:00')")

@@ -303,3 +303,36 @@ def test_processes_starting_together_share_one_generated_secret(
         values = set(pool.map(secret, range(32)))
     assert len(values) == 1 and len(next(iter(values))) > 40
 
+
+
+def test_live_one_off_commands_never_make_their_own_secrets(tmp_path: Path,
+                                                             live_channels: dict[str, str]
+                                                             ) -> None:
+    """An import with a throwaway PII_KEY would store ID numbers no server can read."""
+    unset = _live("https://collection.example.org").model_copy(
+        update={"app_secret": "", "pii_key": "", "data_dir": tmp_path / "data"})
+    with pytest.raises(ConfigError, match="PII_KEY"):
+        _ = unset.pii_key_bytes
+    with pytest.raises(ConfigError, match="APP_SECRET"):
+        _ = unset.app_secret_value
+    assert not (tmp_path / "data" / "pii_key").exists()
+    env = _env(tmp_path, **live_channels) | {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}"}
+    env.pop("PII_KEY")
+    regions = tmp_path / "regions.csv"
+    regions.write_text("town_code,town_name,village_code,village_name\n"
+                       "370406100,店子镇,370406100201,店子村\n")
+    # a newcomer who forgot to migrate is told so
+    r = _run(env, "import", "regions", str(regions), "--quiet")
+    assert r.returncode == 2 and "python -m backend migrate" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert _run(env, "migrate").returncode == 0
+    assert _run(env, "import", "regions", str(regions), "--quiet").returncode == 0
+    residents = tmp_path / "residents.csv"
+    residents.write_text(
+        "id_number,name,village_code,hukou_type,employee_pension,employee_medical,categories,"
+        "phone,last_pension_tier_yuan,student\n"
+        f"{make_id_number('370406', date(1969, 3, 15), 11)},张三,370406100201,local,0,0,,,,0\n")
+    r = _run(env, "import", "residents", str(residents), "--quiet")
+    assert r.returncode == 2 and "PII_KEY must be set" in r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr

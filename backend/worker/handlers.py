@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from backend.db import unit_of_work
@@ -11,6 +12,8 @@ from backend.orders.service import close_attempts, sync_attempt
 from backend.orders.states import LIVE_ATTEMPT_STATES
 from backend.outbox.service import handler
 from backend.refunds.service import execute_refund
+
+log = logging.getLogger(__name__)
 
 
 @handler("refund")
@@ -23,8 +26,12 @@ def sync_one_attempt(rt: Any, payload: dict[str, Any]) -> None:
     """Ask the channel about one trade and apply what it reports (raises to retry)."""
     with unit_of_work(rt.sessions) as s:
         attempt = s.get(Attempt, int(payload["attempt_id"]))
-    if attempt is not None and attempt.status != "creating":
-        sync_attempt(rt, attempt)
+    if attempt is None or attempt.status == "creating":
+        # no trade at the channel yet (or no such attempt): nothing to ask about
+        log.info("sync of attempt %s skipped: %s", payload["attempt_id"],
+                 "unknown" if attempt is None else "still being created")
+        return
+    sync_attempt(rt, attempt)
 
 
 @handler("close_siblings")

@@ -31,6 +31,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    shared = op.get_bind().execute(
+        sa.text("SELECT count(*) FROM payments WHERE shared_transaction")).scalar()
+    if shared:
+        raise RuntimeError(f"{shared} payments share a transaction id with another trade (a "
+                           "channel's anomaly, settled by query): the previous schema can not "
+                           "hold them; resolve them with the channel before downgrading")
     with op.batch_alter_table('payments', schema=None) as batch_op:
         batch_op.drop_index('uq_payment_txn_once')
         batch_op.drop_index('uq_payment_attempt')
