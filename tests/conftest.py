@@ -163,6 +163,18 @@ def live(settings: Settings, sandbox_keys: dict[str, object]) -> Iterator[Live]:
 
 
 @pytest.fixture
+def served(rt: Runtime) -> Iterator[ServedApp]:
+    """The app of ``rt`` on a real loopback port (no simulator URLs pointed at it)."""
+    from backend.app import create_app
+
+    app = ServedApp(create_app(runtime=rt)).start()
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture
 def client(rt: Runtime) -> Iterator[TestClient]:
     from backend.app import create_app
 

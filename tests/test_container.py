@@ -6,13 +6,10 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backend.app import create_app
-from backend.runtime import Runtime
 from tests.servers import ServedApp, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,15 +69,6 @@ def _healthcheck() -> list[str]:
     exec_form = json.loads(arg[arg.index("CMD") + 3:].strip())
     assert exec_form[0] == "python" and "/healthz" in " ".join(exec_form)
     return [sys.executable, *exec_form[1:]]
-
-
-@pytest.fixture
-def served(rt: Runtime) -> Iterator[ServedApp]:
-    app = ServedApp(create_app(runtime=rt)).start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)

@@ -7,13 +7,11 @@ blocked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from backend.runtime import Runtime
 from tests.conftest import _unavailable
 from tests.servers import ServedApp
 
@@ -21,17 +19,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def served(rt: Runtime) -> Iterator[ServedApp]:
-    from backend.app import create_app
-
-    app = ServedApp(create_app(runtime=rt)).start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
