@@ -8,6 +8,7 @@ import os
 import secrets
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -99,6 +100,25 @@ class Settings(BaseSettings):
     # failures from any address slow an account's logins down, by up to this much
     login_slowdown_max_s: float = Field(default=3.0, ge=0, le=30)
     access_token_ttl_s: int = 8 * 3600
+
+    # Reconciliation: the fee each channel charges on a payment (费率), as a decimal fraction
+    # per channel, "wechat=0.002,alipay=0.002,unionpay=0.002,pos=0.002". A statement line whose
+    # fee differs from amount × rate (rounded half-up to the fen) is a fee_mismatch; the
+    # simulator's statements charge these rates.
+    channel_fee_rates: str = "wechat=0.002,alipay=0.002,unionpay=0.002,pos=0.002"
+    # uploaded statements larger than this are refused (a million-row WeChat bill is ~60 MB
+    # gzipped); a compressed statement may expand to at most statement_max_expanded_bytes
+    statement_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    statement_max_expanded_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+
+    @field_validator("channel_fee_rates")
+    @classmethod
+    def _fee_rates(cls, v: str) -> str:
+        fee_rates(v)
+        return v
+
+    def fee_rate(self, channel: str) -> Decimal:
+        return fee_rates(self.channel_fee_rates).get(channel, Decimal(0))
 
     @field_validator("collect_now")
     @classmethod
@@ -242,6 +262,23 @@ def write_once(path: Path, make: Callable[[], str]) -> str:
         finally:
             draft.unlink()
     return path.read_text()
+
+
+def fee_rates(value: str) -> dict[str, Decimal]:
+    """``"wechat=0.002,alipay=0.002"`` → {"wechat": Decimal("0.002"), …}; refuses nonsense."""
+    rates: dict[str, Decimal] = {}
+    for part in _split(value):
+        name, sep, rate = part.partition("=")
+        try:
+            parsed = Decimal(rate.strip())
+        except ArithmeticError:
+            parsed = Decimal(-1)
+        if not sep or name.strip() not in ("wechat", "alipay", "unionpay", "pos") or not (
+                0 <= parsed < 1):
+            raise ValueError(f"CHANNEL_FEE_RATES: {part!r} is not channel=rate with a channel of "
+                             "wechat, alipay, unionpay, pos and a rate from 0 to 1")
+        rates[name.strip()] = parsed
+    return rates
 
 
 def _split(value: str) -> list[str]:

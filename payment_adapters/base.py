@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
@@ -211,6 +211,26 @@ class PaymentClient(Protocol):
         """Where a refund asked for earlier stands, from the channel's refund query — never
         by sending the refund again. ``processing`` while the channel has no final word;
         ``not_found`` when it has no refund under ``out_refund_no`` at all."""
+        ...
+
+
+class StatementNotReady(ChannelError):
+    """The channel has not published the day's statement yet (WeChat: after 10:00 the next
+    day), or will not (a day outside what its API serves): try again later, or upload it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="statement_not_ready", retryable=True)
+
+
+class StatementSource(Protocol):
+    """A channel whose daily statement can be fetched through its own API (WeChat, Alipay)."""
+
+    channel: Channel
+
+    def fetch_statement(self, day: date) -> bytes:
+        """The day's trade statement exactly as the channel delivers it (WeChat: the trade
+        bill, gzip; Alipay: the bill zip), after checking what the channel says to check
+        (WeChat: the SHA1 ``hash_value``). Raises StatementNotReady, or ChannelError."""
         ...
 
 
