@@ -9,6 +9,7 @@ verifies with their public halves exactly as it would against the real channel.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -85,6 +86,8 @@ class Channels:
     # the business clock: the clients date order numbers, bill dates and expiry by it, and
     # the simulator its payments and refunds
     clock: Clock = field(default=real_clock)
+    # the sandbox's control of a COLLECT_NOW clock (move it forward); None on real time
+    move_clock: Callable[[datetime], datetime] | None = None
 
     @property
     def sandbox(self) -> bool:
@@ -254,4 +257,5 @@ class Channels:
     def sandbox_router(self) -> APIRouter:
         from payment_adapters.sandbox.control import control_router
 
-        return control_router(self.sandbox_state, list(self.simulators.values()))
+        return control_router(self.sandbox_state, list(self.simulators.values()),
+                              move_clock=self.move_clock)
