@@ -118,6 +118,21 @@ def round_fee_units(units: int) -> int:
     return sign * ((abs(units) + 500) // 1000)
 
 
+class Times:
+    """:func:`beijing_time` remembering the last time read: a bill is in time order and a
+    busy second holds many rows."""
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._at: datetime | None = None
+
+    def __call__(self, text: str, line: int, column: str) -> datetime:
+        if text == self._text and self._at is not None:
+            return self._at
+        self._at, self._text = beijing_time(text, line, column), text
+        return self._at
+
+
 def beijing_time(text: str, line: int, column: str) -> datetime:
     """'2026-11-28 09:15:02' (Beijing time, no offset in the file) → aware datetime."""
     if not _TIME.fullmatch(text):

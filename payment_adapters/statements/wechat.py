@@ -22,6 +22,7 @@ from payment_adapters.statements._common import (
     Amounts,
     Capped,
     Statement,
+    Times,
     beijing_time,
     check_unique,
     column_index,
@@ -138,12 +139,13 @@ def _rows(stmt: Statement, header_line: tuple[int, str],
     i_refund_status, i_refund_time = col["refund_status"], col["refund_time"]
     width = len(header)
     # detail sums, per summary column, in fen
-    summed = {key: col[key] for key in _SUMMARY if col[key] is not None}
+    summed = [(key, i) for key in _SUMMARY if (i := col[key]) is not None]
     sums = dict.fromkeys(_SUMMARY, 0)
     fee_units = 0
     payments = refunds = payment_fen = refund_fen = 0
     amounts = Amounts()
     yuan, fee = amounts.yuan, amounts.fee
+    when = Times()
 
     for line_no, line in lines:
         if not line.startswith("`"):
@@ -159,14 +161,14 @@ def _rows(stmt: Statement, header_line: tuple[int, str],
         if len(cells) != width:
             raise StatementError(f"{len(cells)} fields for the header's {width} columns",
                                  line=line_no)
-        for key, i in summed.items():
-            cell = cells[i]  # type: ignore[index]
+        for key, i in summed:
+            cell = cells[i]
             if cell not in _ZEROES:
-                sums[key] += yuan(cell, line_no, header[i])  # type: ignore[index]
+                sums[key] += yuan(cell, line_no, header[i])
         units, fee_fen = fee(cells[i_fee], line_no, "手续费")
         fee_units += units
         status = cells[i_status]
-        at = beijing_time(cells[i_time], line_no, "交易时间")
+        at = when(cells[i_time], line_no, "交易时间")
         if status == "SUCCESS":
             amount = yuan(cells[i_amount], line_no, amount_name)
             if amount <= 0:
