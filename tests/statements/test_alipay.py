@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (real-format sample lines are kept whole, as the channel writes them)
 """The Alipay trade-bill zip parser, on zips written by hand from the format's notes: GBK
 content and GBK member names without the UTF-8 flag, # comment lines, \\t-padded cells,
 full-width （元） headers (and variants), refund rows, the 汇总 file and the footers."""

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (real-format sample lines are kept whole, as the channel writes them)
 """The WeChat Pay trade bill parser, on real-format bills written by hand from the format's
 notes (backticks, CRLF, BOM, legacy headers, refund rows, 5-decimal fees, summaries)."""
 
