@@ -220,7 +220,7 @@ class Channels:
         from payment_adapters.unionpay import UnionpayClient
         from payment_adapters.wechat import WechatPayClient
 
-        return {Channel.WECHAT: WechatPayClient(self.wechat_config),
+        return {Channel.WECHAT: WechatPayClient(self.wechat_config, clock=self.clock),
                 Channel.ALIPAY: AlipayClient(self.alipay_config, clock=self.clock),
                 Channel.UNIONPAY: UnionpayClient(self.unionpay_config, clock=self.clock)}
 
@@ -248,9 +248,11 @@ class Channels:
         return {
             Channel.WECHAT: WechatSimulator(state, self.wechat_config,
                                             self.sandbox_wechat_private_key,
-                                            certificate=self.sandbox_wechat_certificate),
+                                            certificate=self.sandbox_wechat_certificate,
+                                            fee_rate=self.settings.fee_rate("wechat")),
             Channel.ALIPAY: AlipaySimulator(state, self.alipay_config,
-                                            self.sandbox_alipay_private_key),
+                                            self.sandbox_alipay_private_key,
+                                            fee_rate=self.settings.fee_rate("alipay")),
             Channel.UNIONPAY: UnionpaySimulator(state, self.unionpay_config),
         }
 

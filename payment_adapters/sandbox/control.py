@@ -50,6 +50,7 @@ class FaultCommand(BaseModel):
                                      description="an error code to answer; empty: none")
     error_after_effect: bool | None = None
     other_refund_record: bool | None = None
+    corrupt_statement: bool | None = None
 
 
 def _trade_json(trade: Any) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator], *,
     def faults(cmd: FaultCommand) -> dict[str, Any]:
         f = state.faults[cmd.channel]
         for name in ("timeout", "query_not_found", "garbage", "hang_s", "error_after_effect",
-                     "other_refund_record"):
+                     "other_refund_record", "corrupt_statement"):
             value = getattr(cmd, name)
             if value is not None:
                 setattr(f, name, value)
@@ -138,7 +139,8 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator], *,
         return {"channel": cmd.channel, "timeout": f.timeout,
                 "query_not_found": f.query_not_found, "garbage": f.garbage, "hang_s": f.hang_s,
                 "answer_error": f.answer_error, "error_after_effect": f.error_after_effect,
-                "other_refund_record": f.other_refund_record}
+                "other_refund_record": f.other_refund_record,
+                "corrupt_statement": f.corrupt_statement}
 
     @router.get("/trades/{out_trade_no}")
     def trade(out_trade_no: str) -> dict[str, Any]:
