@@ -1,0 +1,175 @@
+"""The finance desk's pages without a browser: login, sessions, CSRF, roles, scopes, headers.
+
+(tests/desk/test_desk_browser.py drives the same pages in Chromium.)
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.auth.service import create_staff_user, staff_principal
+from backend.db import unit_of_work
+from backend.desk.render import yuan
+from backend.ledger.daily import daily_ledger
+from backend.runtime import Runtime
+from backend.security.tokens import issue_token
+from tests.factories import OTHER_TOWN, TOWN, add_regions
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+ALERT = re.compile(r'role="alert">([^<]*)<')
+
+
+def test_yuan_is_exact_for_any_fen() -> None:
+    assert [yuan(f) for f in (0, 1, 99, 100, 28000, -5, -12345, 123456789)] == [
+        "0.00", "0.01", "0.99", "1.00", "280.00", "-0.05", "-123.45", "1,234,567.89"]
+    assert yuan(None) == "—"
+
+
+def _staff(rt: Runtime) -> None:
+    with unit_of_work(rt.sessions) as s:
+        add_regions(s)
+        create_staff_user(s, username="fin", password="finance-pass", role="finance")
+        create_staff_user(s, username="aud", password="auditor-pass", role="auditor")
+        create_staff_user(s, username="town", password="town-pass1", role="town_staff",
+                          town_code=TOWN)
+        create_staff_user(s, username="civil", password="civil-pass", role="department",
+                          department="civil_affairs")
+
+
+def _login(client: TestClient, username: str, password: str) -> tuple[int, str]:
+    client.cookies.clear()
+    form = client.get("/desk/login")
+    token = CSRF.search(form.text)
+    assert token, form.text
+    r = client.post("/desk/login", data={"username": username, "password": password,
+                                         "csrf": token.group(1)}, follow_redirects=False)
+    return r.status_code, r.text
+
+
+def _csrf(client: TestClient, path: str = "/desk/") -> str:
+    match = CSRF.search(client.get(path).text)
+    assert match
+    return match.group(1)
+
+
+def test_desk_login_roles_csrf_scopes_and_headers(client: TestClient, rt: Runtime) -> None:
+    _staff(rt)
+    # no session: back to the login page, saying why
+    r = client.get("/desk/ledger", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/desk/login?m=login")
+    page = client.get("/desk/login")
+    assert page.status_code == 200 and "工作人员登录" in page.text
+    assert 'name="viewport"' in page.text
+    headers = page.headers
+    assert headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in headers[
+        "content-security-policy"]
+    assert "script-src" not in headers["content-security-policy"]   # default-src 'none'
+    assert headers["cache-control"] == "no-store"
+    assert "<script" not in page.text
+    css = client.get("/desk/static/desk.css")
+    assert css.status_code == 200 and "table-wrap" in css.text
+
+    # a login form posted without its token (from another site) is refused
+    client.cookies.clear()
+    r = client.post("/desk/login", data={"username": "fin", "password": "finance-pass"})
+    assert r.status_code == 403 and "请求已被拒绝" in r.text
+    # a wrong password and an unknown user get the same answer
+    for username in ("fin", "nobody"):
+        status, text = _login(client, username, "wrong-password")
+        assert status == 401 and ALERT.search(text).group(1) == "用户名或密码错误。"
+    # a department user has the right password and the wrong role
+    status, text = _login(client, "civil", "civil-pass")
+    assert status == 403 and "不能使用财务工作台" in text
+    assert "desk_session" not in client.cookies
+
+    client.cookies.clear()
+    form = client.get("/desk/login")
+    r = client.post("/desk/login", follow_redirects=False, data={
+        "username": "fin", "password": "finance-pass", "csrf": CSRF.search(form.text).group(1)})
+    assert (r.status_code, r.headers["location"]) == (303, "/desk/")
+    cookie = next(v for k, v in r.headers.multi_items()
+                  if k == "set-cookie" and v.startswith("desk_session="))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/desk" in cookie
+    assert "Secure" not in cookie    # PUBLIC_BASE_URL is http here
+    home = client.get("/desk/")
+    assert home.status_code == 200
+    for label in ("日报解台账", "对账单", "对账结果", "退款审批", "日结", "fin（财务）"):
+        assert label in home.text
+    assert client.get("/desk/login", follow_redirects=False).headers["location"] == "/desk/"
+
+    # pages whose services are not wired yet say so; their actions write nothing
+    for path in ("/desk/statements", "/desk/reconciliation", "/desk/reconciliation/1",
+                 "/desk/refunds", "/desk/day-close?date=2020-11-01"):
+        r = client.get(path)
+        assert r.status_code == 200 and "尚未开放" in r.text, path
+    token = _csrf(client)
+    r = client.post("/desk/refunds/1/approve", data={"csrf": token})
+    assert r.status_code == 503 and "功能尚未开放" in r.text
+    r = client.post("/desk/statements/upload", data={"csrf": token, "channel": "wechat",
+                                                     "date": "2020-11-01"},
+                    files={"file": ("bill.csv", b"a,b\n", "text/csv")})
+    assert r.status_code == 503
+    r = client.post("/desk/statements/upload", data={"csrf": token, "channel": "paypal",
+                                                     "date": "2020-11-01"},
+                    files={"file": ("bill.csv", b"a,b\n", "text/csv")})
+    assert r.status_code == 422 and "渠道不对" in r.text
+    # a forged POST: the session cookie without the form's token
+    for data in ({}, {"csrf": "0" * 64}, {"csrf": token[:-1] + "x"}):
+        r = client.post("/desk/refunds/1/approve", data=data)
+        assert r.status_code == 403 and "表单校验失败" in r.text
+    r = client.post("/desk/discrepancies/1/resolve", data={"csrf": token, "side": "local"})
+    assert r.status_code == 422 and "请填写原因" in r.text
+    assert "退款审批" in r.text     # the refusal page keeps the menu of who is logged in
+    # bad input is a page naming what was wrong, not JSON
+    r = client.get("/desk/ledger?date=2020-13-45")
+    assert r.status_code == 422 and "日期格式不对" in r.text
+    r = client.get("/desk/reconciliation/abc")
+    assert r.status_code == 422 and r.headers["content-type"].startswith("text/html")
+    assert client.get("/desk/nothing-here").status_code == 404
+    # the API's errors stay JSON (and the desk's cookie is no API login)
+    assert client.get("/api/v1/ledger/daily?date=x").json()["error"]["code"] == "unauthorized"
+
+    # town staff: their own town's ledger only, no district pages
+    assert _login(client, "town", "town-pass1")[0] == 303
+    home = client.get("/desk/")
+    assert "退款审批" not in home.text and "日报解台账" in home.text
+    assert client.get(f"/desk/ledger?town={TOWN}").status_code == 200
+    r = client.get(f"/desk/ledger?town={OTHER_TOWN}")
+    assert r.status_code == 403 and "本镇" in r.text
+    for path in ("/desk/refunds", "/desk/statements", "/desk/day-close"):
+        assert client.get(path).status_code == 403, path
+    # an auditor sees the district's pages and may not act
+    assert _login(client, "aud", "auditor-pass")[0] == 303
+    assert "只有财务人员" in client.get("/desk/statements").text
+    r = client.post("/desk/day-close", data={"csrf": _csrf(client), "date": "2020-11-01"})
+    assert r.status_code == 403 and "无权操作" in r.text
+
+    # logout (a POST with the token), then the old pages send back to the login
+    assert _login(client, "fin", "finance-pass")[0] == 303
+    r = client.post("/desk/logout", data={"csrf": _csrf(client)}, follow_redirects=False)
+    assert r.headers["location"] == "/desk/login?m=logout"
+    assert "已退出登录" in client.get("/desk/login?m=logout").text
+    assert client.get("/desk/", follow_redirects=False).headers["location"] == \
+        "/desk/login?m=login"
+    # an expired session says so
+    with unit_of_work(rt.sessions) as s:
+        from sqlalchemy import select
+
+        from backend.auth.models import StaffUser
+        fin = s.scalar(select(StaffUser).where(StaffUser.username == "fin"))
+        assert fin is not None
+        expired = issue_token(rt.app_secret, staff_principal(fin), -10)
+    client.cookies.set("desk_session", expired, path="/desk")
+    r = client.get("/desk/ledger", follow_redirects=False)
+    assert r.headers["location"] == "/desk/login?m=expired"
+    assert "登录已过期" in client.get(r.headers["location"]).text
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
+def test_the_desk_and_the_api_share_one_ledger(rt: Runtime) -> None:
+    with unit_of_work(rt.sessions) as s:
+        assert daily_ledger(s, date(2020, 11, 2), today=date(2020, 11, 2)).rows == []
