@@ -149,7 +149,6 @@ def test_desk_login_roles_csrf_scopes_and_headers(client: TestClient, rt: Runtim
     assert r.status_code == 403 and "无权操作" in r.text
 
     # logout (a POST with the token), then the old pages send back to the login
-    assert _login(client, "fin", "finance-pass")[0] == 303
     r = client.post("/desk/logout", data={"csrf": _csrf(client)}, follow_redirects=False)
     assert r.headers["location"] == "/desk/login?m=logout"
     assert "已退出登录" in client.get("/desk/login?m=logout").text
@@ -170,6 +169,16 @@ def test_desk_login_roles_csrf_scopes_and_headers(client: TestClient, rt: Runtim
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
-def test_the_desk_and_the_api_share_one_ledger(rt: Runtime) -> None:
-    with unit_of_work(rt.sessions) as s:
+def test_the_session_cookie_is_secure_behind_https(rt: Runtime) -> None:
+    from fastapi.responses import Response
+
+    from backend.desk.session import set_session
+
+    https = Runtime(rt.settings.model_copy(update={
+        "public_base_url": "https://collect.example.gov.cn"}))
+    response = Response()
+    set_session(response, https, "token")
+    cookie = response.headers["set-cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    with unit_of_work(rt.sessions) as s:     # the API's computation, the desk's too
         assert daily_ledger(s, date(2020, 11, 2), today=date(2020, 11, 2)).rows == []
