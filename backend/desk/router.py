@@ -319,31 +319,31 @@ def _channel(value: str, allowed: tuple[str, ...]) -> str:
 
 
 @router.post("/statements/upload")
-async def statements_upload(request: Request, rt: RuntimeDep,
+def statements_upload(request: Request, rt: RuntimeDep,
                             file: Annotated[UploadFile, File()],
                             channel: Annotated[str, Form(max_length=16)] = "",
                             date: Annotated[str, Form(max_length=10)] = "",
                             csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
-    user = await run_in_threadpool(_user, request, rt)
+    user = _user(request, rt)
     check_csrf(user.csrf, csrf)
     require_acting(user)
     channel = _channel(channel, services.STATEMENT_CHANNELS)
     day = _day(date, rt)
     limit = rt.settings.statement_max_bytes
-    content = await file.read(limit + 1)
-    if len(content) > limit:
+    if file.size is not None and file.size > limit:
         raise DeskRefusal(413, "文件太大", f"对账单文件不能超过 {limit // (1024 * 1024)} MB。")
-    if not content:
+    if not file.size:
         raise DeskRefusal(422, "请选择文件", "没有收到对账单文件，请选择文件后再上传。")
     filename = file.filename or "statement"
     holder: dict[str, int] = {}
 
     def run(session: Session) -> None:
+        file.file.seek(0)
         holder["run"] = services.upload_statement(
             session, rt, user.principal, channel=channel, day=day, filename=filename,
-            content=content)
+            stream=file.file)
 
-    await run_in_threadpool(_act, rt, run)
+    _act(rt, run)
     return _back(f"/desk/reconciliation/{holder['run']}", done="uploaded")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -112,9 +113,10 @@ class DayCloseState:
 # ------------------------------------------------------------------ statements (对账单)
 
 def upload_statement(session: Session, rt: Runtime, principal: Principal, *, channel: str,
-                     day: date, filename: str, content: bytes) -> int:
-    """Reconcile an uploaded statement file; the run's id. (The API's
-    ``POST /api/v1/reconciliation/{channel}/statements``.)"""
+                     day: date, filename: str, stream: BinaryIO) -> int:
+    """Reconcile an uploaded statement file; the run's id. (What the API's
+    ``POST /api/v1/reconciliation/{channel}/statements`` does.) ``stream`` is the upload,
+    spooled to disk by the form parser and at most STATEMENT_MAX_BYTES long, at its start."""
     raise NotAvailable("statement upload")
 
 

@@ -117,6 +117,10 @@ def test_desk_login_roles_csrf_scopes_and_headers(client: TestClient, rt: Runtim
                                                      "date": "2020-11-01"},
                     files={"file": ("bill.csv", b"a,b\n", "text/csv")})
     assert r.status_code == 422 and "渠道不对" in r.text
+    r = client.post("/desk/statements/upload", data={"csrf": token, "channel": "alipay",
+                                                     "date": "2020-11-01"},
+                    files={"file": ("bill.zip", b"", "application/zip")})
+    assert r.status_code == 422 and "请选择文件" in r.text
     # a forged POST: the session cookie without the form's token
     for data in ({}, {"csrf": "0" * 64}, {"csrf": token[:-1] + "x"}):
         r = client.post("/desk/refunds/1/approve", data=data)
@@ -182,3 +186,68 @@ def test_the_session_cookie_is_secure_behind_https(rt: Runtime) -> None:
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
     with unit_of_work(rt.sessions) as s:     # the API's computation, the desk's too
         assert daily_ledger(s, date(2020, 11, 2), today=date(2020, 11, 2)).rows == []
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
+def test_the_pages_show_what_the_services_answer(client: TestClient, rt: Runtime,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The templates with data in them, through stand-ins for the services' answers (what
+    backend/desk/services.py is to translate the services' answers into)."""
+    from datetime import datetime
+
+    from backend.desk import services as sv
+
+    day = date(2020, 11, 1)
+    at = datetime.fromisoformat("2020-11-02T10:30:00+08:00")
+    run = sv.RunSummary(run_id=7, date=day, channel="wechat", matched=9998, discrepancies=2,
+                        open_discrepancies=1, created_at=at, file_sha256="ab" * 32)
+    found = [sv.Discrepancy(id=1, kind="missing_locally", out_trade_no="W1", status="open",
+                            channel_amount_fen=28000),
+             sv.Discrepancy(id=2, kind="amount_mismatch", out_trade_no="W2", status="resolved",
+                            local_amount_fen=30000, channel_amount_fen=29999, side="channel",
+                            reason="渠道少收一分", resolved_by="finance")]
+    refunds = [sv.RefundView(id=3, order_no="20201102000001", amount_fen=28000,
+                             channel="alipay", status="requested", reason="重复缴费",
+                             requested_at=at, requested_by="finance")]
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(sv, "list_runs", lambda *a, **k: [run])
+    monkeypatch.setattr(sv, "get_run", lambda *a, **k: sv.RunDetail(
+        run, found, {"amount_fen": 279_944_000, "fee_fen": 559_888}))
+    monkeypatch.setattr(sv, "list_refunds", lambda *a, **k: refunds)
+    monkeypatch.setattr(sv, "day_close_state", lambda s, rt, p, d: sv.DayCloseState(
+        date=d, closed=d < day, open_discrepancies=1, closed_at=at, closed_by="finance2"))
+    monkeypatch.setattr(sv, "approve_refund", lambda s, rt, p, i: calls.append(("refund", i)))
+    monkeypatch.setattr(sv, "resolve_discrepancy",
+                        lambda s, rt, p, i, side, reason: calls.append(("resolve", side)))
+    monkeypatch.setattr(sv, "upload_statement", lambda s, rt, p, **k: calls.append(
+        ("upload", k["stream"].read())) or 7)
+    with unit_of_work(rt.sessions) as s:
+        create_staff_user(s, username="fin", password="finance-pass", role="finance")
+    assert _login(client, "fin", "finance-pass")[0] == 303
+
+    home = client.get("/desk/").text
+    assert "1 笔" in home and "1 条" in home and "未日结" in home
+    page = client.get("/desk/reconciliation").text
+    assert "#7" in page and "9998" in page and "微信支付" in page
+    page = client.get("/desk/reconciliation/7").text
+    for text in ("2,799,440.00", "5,598.88", "本地缺失", "280.00", "以渠道为准：渠道少收一分",
+                 "复核通过", "提交处理", "ab" * 32):
+        assert text in page, text
+    page = client.get("/desk/refunds").text
+    assert "20201102000001" in page and "批准退款" in page and "驳回" in page
+    assert "已日结" in client.get("/desk/day-close?date=2020-10-31").text
+    assert "确认日结 2020-11-01" in client.get("/desk/day-close?date=2020-11-01").text
+    assert "对账批次" in client.get("/desk/statements?date=2020-11-01").text
+
+    token = _csrf(client)
+    r = client.post("/desk/refunds/3/approve", data={"csrf": token}, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/desk/refunds?done=refund_approved")
+    assert "退款已审批" in client.get(r.headers["location"]).text
+    r = client.post("/desk/discrepancies/1/resolve", follow_redirects=False, data={
+        "csrf": token, "side": "local", "reason": "我方有收款记录", "run": "7"})
+    assert r.headers["location"] == "/desk/reconciliation/7?done=resolved"
+    r = client.post("/desk/statements/upload", follow_redirects=False,
+                    data={"csrf": token, "channel": "wechat", "date": "2020-11-01"},
+                    files={"file": ("bill.csv", b"`a,`b\n", "text/csv")})
+    assert r.headers["location"] == "/desk/reconciliation/7?done=uploaded"
+    assert calls == [("refund", 3), ("resolve", "local"), ("upload", b"`a,`b\n")]
