@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.agents.endpoints import router as agents_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
+from backend.desk import install as install_desk
 from backend.errors import AppError, document_errors
 from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import router as notify_router
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(outbox_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
+    install_desk(app)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app
 
