@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,11 +46,14 @@ class BodyLimit:
     counted as it streams in and cut off at the limit, never buffered whole.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int,
+                 larger: Sequence[tuple[re.Pattern[str], int]] = ()) -> None:
+        # larger: paths (statement uploads) whose bodies may be this big instead
+        self.app, self.limit, self.larger = app, limit, tuple(larger)
 
-    def _too_large(self) -> JSONResponse:
-        message = f"the request body is over {self.limit} bytes"
+    @staticmethod
+    def _too_large(limit: int) -> JSONResponse:
+        message = f"the request body is over {limit} bytes"
         return JSONResponse(status_code=413, content={"error": {
             "code": "payload_too_large", "message": message}})
 
@@ -57,9 +61,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        limit = next((n for pattern, n in self.larger if pattern.fullmatch(path)), self.limit)
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._too_large()(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._too_large(limit)(scope, receive, send)
                 return
         seen = 0
         answered = False   # we sent the 413 ourselves; whatever the app says after is dropped
@@ -69,9 +75,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit and not answered:
+                if seen > limit and not answered:
                     answered = True
-                    await self._too_large()(scope, receive, send)
+                    await self._too_large(limit)(scope, receive, send)
                     raise BodyTooLarge()
             return message
 
@@ -167,7 +173,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
     install_desk(app)
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    # A statement upload is a file (multipart): STATEMENT_MAX_BYTES, plus the form's own
+    # few bytes; the endpoint checks the file itself against the limit and says so.
+    uploads = runtime.settings.statement_max_bytes + 64 * 1024
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=[
+        (re.compile(r"/api/v1/reconciliation/[a-z]+/statements"), uploads),
+        (re.compile(r"/desk/statements/upload"), uploads)])
     return app
 
 
