@@ -64,6 +64,9 @@ def no_open_discrepancies(count: Callable[[Session, date], int]) -> Precondition
 PRECONDITIONS: list[Precondition] = []
 
 
+LOCK_TIMEOUT = "5s"
+
+
 def close_day(session: Session, clock: BusinessClock, day: date, user_id: int, note: str = "",
               *, preconditions: Sequence[Precondition] | None = None) -> ClosedDay:
     """Close ``day``: refused (409) before it is over (``day_not_over``), when closed already
@@ -79,7 +82,11 @@ def close_day(session: Session, clock: BusinessClock, day: date, user_id: int, n
         # (INSERT takes ROW EXCLUSIVE) until the close commits; queued behind it, their
         # INSERT … SELECT sees the closed day (its snapshot is taken after the lock). SQLite
         # has one writer at a time (BEGIN IMMEDIATE): the close already holds it.
+        # While the close waits for the lock, new entries queue behind it: it waits for
+        # LOCK_TIMEOUT at most (then fails, to be retried) rather than stall every payment.
+        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         session.execute(text("LOCK TABLE journal_entries IN SHARE MODE"))
+        session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
     if session.get(ClosedDay, day) is not None:
         raise _closed(day)
     for check in PRECONDITIONS if preconditions is None else preconditions:
