@@ -145,6 +145,11 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "remittance_exceeds_cash": ErrorCode(409, "more than the cash of that day not yet "
                                               "remitted (`on_hand_fen`)"),
     "bank_receipt_taken": ErrorCode(409, "that bank receipt number is already recorded"),
+    "day_not_over": ErrorCode(409, "the business day is not over yet: a day is closed after "
+                                   "it ends"),
+    "day_closed": ErrorCode(409, "the business day is closed already"),
+    "open_discrepancies": ErrorCode(409, "reconciliation discrepancies of the day are still "
+                                         "open: resolve them before closing it"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

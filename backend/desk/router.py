@@ -46,6 +46,7 @@ from backend.desk.session import (
     set_session,
 )
 from backend.errors import AppError, RateLimited, Unauthorized
+from backend.ledger import closing
 from backend.ledger.daily import daily_ledger, ledger_scope
 from backend.residents.models import Town, Village
 from backend.runtime import Runtime
@@ -285,8 +286,8 @@ def ledger_page(request: Request, rt: RuntimeDep, date: str | None = None,
         raise DeskRefusal(403, "无权查看", "乡镇工作人员只能查看本镇的台账。") from None
     with unit_of_work(rt.sessions) as session:
         towns, villages = _places(session, user)
-        ledger = daily_ledger(session, day, today=rt.clock.today(), town=scoped_town,
-                              village=scoped_village)
+        ledger = closing.ledger_of(session, rt.clock, day, town=scoped_town,
+                                   village=scoped_village)
     shown_villages = {code: v for code, v in villages.items()
                       if not scoped_town or v.town_code == scoped_town}
     return page(request, "ledger.html", page_context(
@@ -477,7 +478,7 @@ def day_close_page(request: Request, rt: RuntimeDep, date: str | None = None) ->
     today = rt.clock.today()
     day = _day(date, rt) if date else today - timedelta(days=1)
     with unit_of_work(rt.sessions) as session:
-        ledger = daily_ledger(session, day, today=today)
+        ledger = closing.ledger_of(session, rt.clock, day)
         state, available = _try(lambda: services.day_close_state(session, rt,
                                                                  user.principal, day))
     return page(request, "day_close.html", page_context(
