@@ -93,6 +93,10 @@ class ErrorDetail(BaseModel):
                           "`government_paid`, `tier_not_allowed`.")
     on_hand_fen: int | SkipJsonSchema[None] = Field(
         None, description="`remittance_exceeds_cash`: the cash of that day not yet remitted.")
+    requested_fen: int | SkipJsonSchema[None] = Field(
+        None, description="`refund_exceeds_refundable`: what the refund asked for.")
+    refundable_fen: int | SkipJsonSchema[None] = Field(
+        None, description="`refund_exceeds_refundable`: what remains refundable of it.")
 
 
 class ErrorResponse(BaseModel):
@@ -150,6 +154,16 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "day_closed": ErrorCode(409, "the business day is closed already"),
     "open_discrepancies": ErrorCode(409, "reconciliation discrepancies of the day are still "
                                          "open: resolve them before closing it"),
+    "order_not_refundable": ErrorCode(409, "the order has no money received to refund (not "
+                                           "paid), or not in one payment a refund can give "
+                                           "back"),
+    "refund_exceeds_refundable": ErrorCode(409, "the refund is more than what remains "
+                                                "refundable (`requested_fen`, "
+                                                "`refundable_fen`)"),
+    "refund_not_pending": ErrorCode(409, "the refund is not in the state this step needs "
+                                         "(e.g. approved already, or not awaiting cash)"),
+    "same_approver": ErrorCode(403, "a refund is approved or rejected by a finance user "
+                                    "other than the one who requested it"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

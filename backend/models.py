@@ -8,7 +8,16 @@ from backend.departments.models import DepartmentListing
 from backend.idempotency.models import IdempotencyKey
 from backend.ledger.models import ClosedDay, JournalEntry, LedgerAccount, Posting, Remittance
 from backend.notifications.models import InboxNotification
-from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment, PaymentLine, Refund
+from backend.orders.models import (
+    Attempt,
+    BillLine,
+    Order,
+    OrderLine,
+    Payment,
+    PaymentLine,
+    Refund,
+    RefundLine,
+)
 from backend.outbox.models import OutboxJob
 from backend.residents.models import Death, Resident, Town, Village
 
@@ -16,5 +25,5 @@ metadata = SQLModel.metadata
 
 __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "Town", "Village",
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
-           "InboxNotification", "IdempotencyKey", "AgentCollection", "JournalEntry",
-           "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay"]
+           "RefundLine", "InboxNotification", "IdempotencyKey", "AgentCollection",
+           "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay"]

@@ -136,18 +136,64 @@ class PaymentLine(SQLModel, table=True):
     payment_id: int = Field(foreign_key="payments.id", index=True)
     bill_line_id: int = Field(foreign_key="bill_lines.id")
     amount_fen: int
-    applied: bool                                  # False: a duplicate, queued for refund
+    # False: a duplicate, queued for refund — or a line whose money was refunded (its
+    # refund line says which), so that the bill line can be paid again
+    applied: bool
+
+
+REFUND_STATUSES = ("requested", "approved", "queued", "processing", "awaiting_cash",
+                   "succeeded", "failed", "rejected")
+#: A refund that holds money back from what remains refundable (all but these).
+REFUND_RELEASED = ("failed", "rejected")
+#: Approved and on its way to the payer: money queued for refund.
+REFUND_UNDER_WAY = ("approved", "queued", "processing", "awaiting_cash")
 
 
 class Refund(SQLModel, table=True):
+    """A refund (退费) of money received on one payment.
+
+    Finance requests it (``requested``), another finance user approves it; then a channel
+    refund goes ``approved`` → ``processing`` → ``succeeded`` through the payment's own
+    channel, and a cash refund (of a cash or POS payment) is ``awaiting_cash`` until the
+    village agent pays it back. The automatic refund of a duplicate payment is created
+    approved (``queued``). ``requested`` may also end ``rejected``.
+    """
+
     __tablename__ = "refunds"
+    __table_args__ = (UniqueConstraint("cash_agent_id", "cash_receipt_no",
+                                       name="uq_refund_cash_receipt"),)
     id: int | None = Field(default=None, primary_key=True)
     payment_id: int = Field(foreign_key="payments.id", index=True)
     out_refund_no: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     amount_fen: int
-    reason: str = Field(max_length=32)            # duplicate | deceased | error | …
-    status: str = Field(default="queued", max_length=16)  # queued | processing | succeeded | failed
+    reason: str = Field(max_length=80)            # duplicate, or what finance wrote
+    status: str = Field(default="queued", max_length=16, index=True)   # REFUND_STATUSES
+    method: str = Field(default="channel", max_length=8,
+                        sa_column_kwargs={"server_default": "channel"})   # channel | cash
+    requested_by: str | None = Field(default=None, max_length=96)  # a principal's sub
+    requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    approved_by: str | None = Field(default=None, max_length=96)   # "system": automatic
+    approved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rejected_by: str | None = Field(default=None, max_length=96)
+    rejected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    reject_reason: str | None = Field(default=None, max_length=200)
+    # a cash refund: the agent who paid it back, and their receipt
+    cash_agent_id: int | None = Field(default=None, foreign_key="staff_users.id")
+    cash_receipt_no: str | None = Field(default=None, max_length=64)
     channel_refund_id: str | None = Field(default=None, max_length=64)
     refunded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RefundLine(SQLModel, table=True):
+    """Which payment lines a refund gives back, and how much of each."""
+
+    __tablename__ = "refund_lines"
+    __table_args__ = (UniqueConstraint("refund_id", "payment_line_id", name="uq_refund_line"),)
+    id: int | None = Field(default=None, primary_key=True)
+    refund_id: int = Field(foreign_key="refunds.id", index=True)
+    payment_line_id: int = Field(foreign_key="payment_lines.id", index=True)
+    amount_fen: int
+    # the line had paid its item (refunding it makes the item unpaid again); else a duplicate
+    applied: bool

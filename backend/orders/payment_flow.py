@@ -167,6 +167,10 @@ _ORDER_LINES = Statement(
     """SELECT bill_line_id, insurance, amount_fen, village_code, town_code
        FROM order_lines WHERE order_id = :order_id ORDER BY bill_line_id""")
 _PAYMENT_LINE_COLUMNS = ("payment_id", "bill_line_id", "amount_fen", "applied")
+_DUPLICATE_REFUND_LINES = Statement(
+    """INSERT INTO refund_lines (refund_id, payment_line_id, amount_fen, applied)
+       SELECT :refund_id, id, amount_fen, false FROM payment_lines
+       WHERE payment_id = :payment_id AND NOT applied""")
 
 
 def _in_step(session: Session, model: type[Any], id_: int, **values: Any) -> None:
@@ -288,10 +292,15 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
                      ledger.Leg(ledger.REFUNDS, -fen, **where)]
     reason = f"order {order.order_no} paid by {payment.channel} {payment.transaction_id}"
     if duplicate_fen:
+        # refunded automatically: approved when made, through the payment's own channel
+        now = utcnow()
         refund_id = session.execute(insert(Refund).values(
             payment_id=payment.id, amount_fen=duplicate_fen, reason="duplicate",
-            out_refund_no=new_refund_no(), status="queued", created_at=utcnow(),
-            updated_at=utcnow()).returning(col(Refund.id))).scalar_one()
+            out_refund_no=new_refund_no(), status="queued", method="channel",
+            requested_by="system", requested_at=payment.paid_at, approved_by="system",
+            approved_at=payment.paid_at, created_at=now,
+            updated_at=now).returning(col(Refund.id))).scalar_one()
+        tx.rowcount(_DUPLICATE_REFUND_LINES, refund_id=refund_id, payment_id=payment.id)
         enqueue(session, "refund", {"refund_id": refund_id})
         reason += f"; {duplicate_fen} fen already paid by others, to refund"
     ledger.post_entry(session, kind=entry_kind, reason=reason,

@@ -42,6 +42,18 @@ class PaymentOut(BaseModel):
     qr_image_url: str | None
 
 
+class OrderRefundOut(BaseModel):
+    """A refund of money paid on the order, as the payer sees it."""
+
+    refund_id: int
+    amount_fen: int
+    # requested | approved | queued | processing | awaiting_cash | succeeded | failed | rejected
+    status: str
+    reason: str
+    requested_at: datetime | None
+    refunded_at: datetime | None
+
+
 class OrderOut(BaseModel):
     order_no: str
     status: str
@@ -56,3 +68,4 @@ class OrderOut(BaseModel):
     # has been refunded already
     refund_queued_fen: int = 0
     refunded_fen: int = 0
+    refunds: list[OrderRefundOut] = []

@@ -21,14 +21,21 @@ from backend.db import unit_of_work, utcnow
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
 from backend.notifications.models import InboxNotification
 from backend.orders import repository as repo
-from backend.orders.models import Attempt, Order, OrderLine, Refund
+from backend.orders.models import REFUND_UNDER_WAY, Attempt, Order, OrderLine, Refund
 from backend.orders.payment_flow import (
     AmountMismatch,
     ChannelConfirmation,
     TransactionConflict,
     confirm_channel_payment,
 )
-from backend.orders.schemas import OrderCreate, OrderItemIn, OrderItemOut, OrderOut, PaymentOut
+from backend.orders.schemas import (
+    OrderCreate,
+    OrderItemIn,
+    OrderItemOut,
+    OrderOut,
+    OrderRefundOut,
+    PaymentOut,
+)
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.policy import Assessment, assess
 from backend.residents import repository as residents_repo
@@ -343,9 +350,11 @@ def render(rt: Runtime, session: Session | None, principal: Principal, order: Or
             qr_image_url=None if order.channel == "wechat_jsapi" else qr_image_url(rt, order),
         ),
         paid_at=order.paid_at, channel_transaction_id=order.channel_transaction_id,
-        refund_queued_fen=sum(r.amount_fen for r in refunds
-                              if r.status in ("queued", "processing")),
+        refund_queued_fen=sum(r.amount_fen for r in refunds if r.status in REFUND_UNDER_WAY),
         refunded_fen=sum(r.amount_fen for r in refunds if r.status == "succeeded"),
+        refunds=[OrderRefundOut(refund_id=r.id, amount_fen=r.amount_fen, status=r.status,  # type: ignore[arg-type]
+                                reason=r.reason, requested_at=r.requested_at or r.created_at,
+                                refunded_at=r.refunded_at) for r in refunds],
     )
 
 
