@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,12 +23,14 @@ from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import router as notify_router
 from backend.orders.endpoints import router as orders_router
 from backend.outbox.endpoints import router as outbox_router
+from backend.reconciliation.endpoints import router as reconciliation_router
 from backend.residents.endpoints import router as residents_router
 from backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # JSON bodies; statement uploads get their own limit
+STATEMENT_UPLOAD = re.compile(r"/api/v1/reconciliation/[a-z]+/statements")
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
@@ -44,11 +47,12 @@ class BodyLimit:
     counted as it streams in and cut off at the limit, never buffered whole.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int,
+                 larger: Callable[[str], int | None] | None = None) -> None:
+        self.app, self.limit, self.larger = app, limit, larger
 
-    def _too_large(self) -> JSONResponse:
-        message = f"the request body is over {self.limit} bytes"
+    def _too_large(self, limit: int) -> JSONResponse:
+        message = f"the request body is over {limit} bytes"
         return JSONResponse(status_code=413, content={"error": {
             "code": "payload_too_large", "message": message}})
 
@@ -56,9 +60,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = (self.larger and self.larger(scope["path"])) or self.limit
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._too_large()(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._too_large(limit)(scope, receive, send)
                 return
         seen = 0
         answered = False   # we sent the 413 ourselves; whatever the app says after is dropped
@@ -68,9 +73,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit and not answered:
+                if seen > limit and not answered:
                     answered = True
-                    await self._too_large()(scope, receive, send)
+                    await self._too_large(limit)(scope, receive, send)
                     raise BodyTooLarge()
             return message
 
@@ -163,9 +168,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(notify_router)
     app.include_router(ledger_router)
     app.include_router(outbox_router)
+    app.include_router(reconciliation_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    # a statement upload: the file's own limit, and room for the multipart around it
+    upload = runtime.settings.statement_max_bytes + 64 * 1024
+
+    def larger(path: str) -> int | None:
+        return upload if STATEMENT_UPLOAD.fullmatch(path) else None
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=larger)
     return app
 
 

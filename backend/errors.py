@@ -93,6 +93,10 @@ class ErrorDetail(BaseModel):
                           "`government_paid`, `tier_not_allowed`.")
     on_hand_fen: int | SkipJsonSchema[None] = Field(
         None, description="`remittance_exceeds_cash`: the cash of that day not yet remitted.")
+    run_id: int | SkipJsonSchema[None] = Field(
+        None, description="`statement_already_loaded`: the reconciliation run that has it.")
+    line: int | SkipJsonSchema[None] = Field(
+        None, description="`invalid_statement`: the line of the (decompressed) file.")
 
 
 class ErrorResponse(BaseModel):
@@ -145,6 +149,22 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "remittance_exceeds_cash": ErrorCode(409, "more than the cash of that day not yet "
                                               "remitted (`on_hand_fen`)"),
     "bank_receipt_taken": ErrorCode(409, "that bank receipt number is already recorded"),
+    "invalid_statement": ErrorCode(422, "the statement file cannot be imported (a wrong "
+                                        "header, a bad amount, a truncated or oversized "
+                                        "archive, a line of another day): `message` and "
+                                        "`line` say where; nothing of it was kept"),
+    "statement_already_loaded": ErrorCode(409, "another file is already reconciled for that "
+                                               "channel and day, or this file for another "
+                                               "day (`run_id`)"),
+    "discrepancy_not_open": ErrorCode(409, "the discrepancy is held for the next day's "
+                                           "statement, or already settled"),
+    "discrepancy_not_proposed": ErrorCode(409, "only a proposed resolution can be approved "
+                                               "(none yet, or already approved)"),
+    "same_approver": ErrorCode(403, "a resolution is approved by another finance user than "
+                                    "the one who proposed it"),
+    "cannot_recover": ErrorCode(409, "the correction the channel's side calls for cannot be "
+                                     "made (e.g. the statement's amount is not the trade's): "
+                                     "`message` says why"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

@@ -10,6 +10,12 @@ from backend.ledger.models import JournalEntry, LedgerAccount, Posting, Remittan
 from backend.notifications.models import InboxNotification
 from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment, PaymentLine, Refund
 from backend.outbox.models import OutboxJob
+from backend.reconciliation.models import (
+    Discrepancy,
+    ReconciliationRun,
+    Statement,
+    StatementLine,
+)
 from backend.residents.models import Death, Resident, Town, Village
 
 metadata = SQLModel.metadata
@@ -17,4 +23,5 @@ metadata = SQLModel.metadata
 __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "Town", "Village",
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "InboxNotification", "IdempotencyKey", "AgentCollection", "JournalEntry",
-           "LedgerAccount", "Posting", "Remittance", "OutboxJob"]
+           "LedgerAccount", "Posting", "Remittance", "OutboxJob", "Statement", "StatementLine",
+           "ReconciliationRun", "Discrepancy"]
