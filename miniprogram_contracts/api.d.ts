@@ -311,6 +311,120 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/reconciliation/discrepancies": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Discrepancies */
+        get: operations["discrepancies_api_v1_reconciliation_discrepancies_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/discrepancies/{discrepancy_id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approve
+         * @description Approve another finance user's proposal: the discrepancy is resolved and our books
+         *     corrected where the channel's side was taken.
+         */
+        post: operations["approve_api_v1_reconciliation_discrepancies__discrepancy_id__approve_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/discrepancies/{discrepancy_id}/resolve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resolve
+         * @description Propose which side is right, with the reason; another finance user approves it.
+         */
+        post: operations["resolve_api_v1_reconciliation_discrepancies__discrepancy_id__resolve_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Runs */
+        get: operations["runs_api_v1_reconciliation_runs_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/runs/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Run */
+        get: operations["run_api_v1_reconciliation_runs__run_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/{channel}/statements": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload Statement
+         * @description Load a channel's statement of a business day (as the channel delivers it) and
+         *     reconcile it. 201 with the new run; 200 with the run of this very file if it was loaded
+         *     before.
+         */
+        post: operations["upload_statement_api_v1_reconciliation__channel__statements_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/residents/lookup": {
         parameters: {
             query?: never;
@@ -381,6 +495,16 @@ export interface components {
             items: components["schemas"]["OrderItemIn"][];
             /** Year */
             year: number;
+        };
+        /** Body_upload_statement_api_v1_reconciliation__channel__statements_post */
+        Body_upload_statement_api_v1_reconciliation__channel__statements_post: {
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /** File */
+            file: string;
         };
         /** CollectionIn */
         CollectionIn: {
@@ -474,6 +598,94 @@ export interface components {
             /** Remitted Fen */
             remitted_fen: number;
         };
+        /** DiscrepancyList */
+        DiscrepancyList: {
+            /** Items */
+            items: components["schemas"]["DiscrepancyOut"][];
+            /**
+             * Next After Id
+             * @description pass as after_id for the next page
+             */
+            next_after_id: number | null;
+        };
+        /** DiscrepancyOut */
+        DiscrepancyOut: {
+            /** Approved At */
+            approved_at: string | null;
+            /** Approved By */
+            approved_by: number | null;
+            /** Attempt Id */
+            attempt_id: number | null;
+            /**
+             * Business Date
+             * Format: date
+             */
+            business_date: string;
+            /** Channel */
+            channel: string;
+            /** Channel Amount Fen */
+            channel_amount_fen: number | null;
+            /** Channel Fee Fen */
+            channel_fee_fen: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Detail */
+            detail: string;
+            /**
+             * Expected Fee Fen
+             * @description fee_mismatch: amount × the channel's rate, rounded half-up
+             */
+            expected_fee_fen: number | null;
+            /** Id */
+            id: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "missing_locally" | "missing_at_channel" | "amount_mismatch" | "status_mismatch" | "fee_mismatch" | "duplicate_payment";
+            /**
+             * Ledger Entry Id
+             * @description the correcting entry (or the recovered payment's), once approved
+             */
+            ledger_entry_id: number | null;
+            /**
+             * Line No
+             * @description the statement line, when the difference is on one
+             */
+            line_no: number | null;
+            /** Our Amount Fen */
+            our_amount_fen: number | null;
+            /** Out Refund No */
+            out_refund_no: string | null;
+            /** Out Trade No */
+            out_trade_no: string | null;
+            /** Payment Id */
+            payment_id: number | null;
+            /** Proposed At */
+            proposed_at: string | null;
+            /** Proposed By */
+            proposed_by: number | null;
+            /** Reason */
+            reason: string | null;
+            /** Refund Id */
+            refund_id: number | null;
+            /** Resolved At */
+            resolved_at: string | null;
+            /** Run Id */
+            run_id: number;
+            /** Side */
+            side: ("channel" | "local") | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "open" | "held" | "proposed" | "resolved" | "auto_resolved";
+            /** Transaction Id */
+            transaction_id: string | null;
+        };
         /**
          * ErrorDetail
          * @description What went wrong: ``code`` for the program, ``message`` for a person.
@@ -495,6 +707,11 @@ export interface components {
              * @enum {string}
              */
             insurance?: "pension" | "medical";
+            /**
+             * Line
+             * @description `invalid_statement`: the line of the (decompressed) file.
+             */
+            line?: number;
             /**
              * Message
              * @description One sentence for a person, naming what was wrong. Its wording may change: branch on `code`, never on this.
@@ -520,6 +737,11 @@ export interface components {
              * @description `item_already_paid`, `item_in_pending_order`: whose item.
              */
             resident_ref?: string;
+            /**
+             * Run Id
+             * @description `statement_already_loaded`: the reconciliation run that has it.
+             */
+            run_id?: number;
         };
         /**
          * ErrorResponse
@@ -789,6 +1011,92 @@ export interface components {
             /** Village Code */
             village_code: string;
         };
+        /** ResolveIn */
+        ResolveIn: {
+            /** Reason */
+            reason: string;
+            /**
+             * Side
+             * @description `channel`: the statement is right, our books are corrected; `local`: we are right, the channel is asked to correct
+             * @enum {string}
+             */
+            side: "channel" | "local";
+        };
+        /** RunOut */
+        RunOut: {
+            /** Channel */
+            channel: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /**
+             * Discrepancies
+             * @description the run's discrepancies, the first 500; page the rest with GET /api/v1/reconciliation/discrepancies?run_id=
+             */
+            discrepancies: components["schemas"]["DiscrepancyOut"][];
+            /** Discrepancies Truncated */
+            discrepancies_truncated: boolean;
+            /** Discrepancy Count */
+            discrepancy_count: number;
+            /** Matched */
+            matched: number;
+            /** Run Id */
+            run_id: number;
+            statement: components["schemas"]["StatementInfo"];
+            totals: components["schemas"]["RunTotals"];
+        };
+        /** RunSummary */
+        RunSummary: {
+            /** Channel */
+            channel: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /** Discrepancy Count */
+            discrepancy_count: number;
+            /** Held */
+            held: number;
+            /** Matched */
+            matched: number;
+            /** Run Id */
+            run_id: number;
+        };
+        /** RunTotals */
+        RunTotals: {
+            /** Discrepancies */
+            discrepancies: number;
+            /**
+             * Held
+             * @description ours near midnight, waiting for the next day's statement
+             */
+            held: number;
+            /**
+             * Matched
+             * @description paired lines found no different
+             */
+            matched: number;
+            ours: components["schemas"]["TotalsOurs"];
+            /**
+             * Paired
+             * @description statement lines paired with a payment or refund of ours
+             */
+            paired: number;
+            statement: components["schemas"]["StatementSide"];
+        };
         /** StaffLogin */
         StaffLogin: {
             /** Password */
@@ -808,6 +1116,50 @@ export interface components {
              */
             token_type: string;
         };
+        /** StatementInfo */
+        StatementInfo: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Filename */
+            filename: string;
+            /** Id */
+            id: number;
+            /** Sha256 */
+            sha256: string;
+            /** Size */
+            size: number;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "upload" | "fetch";
+            /** Uploaded By */
+            uploaded_by: number | null;
+        };
+        /** StatementSide */
+        StatementSide: {
+            /**
+             * Expected Fee Fen
+             * @description Σ over payment lines of amount × the channel's rate, rounded half-up
+             */
+            expected_fee_fen: number;
+            /**
+             * Fee Fen
+             * @description the fees the statement charges, returned fees netted
+             */
+            fee_fen: number;
+            /** Payment Fen */
+            payment_fen: number;
+            /** Payments */
+            payments: number;
+            /** Refund Fen */
+            refund_fen: number;
+            /** Refunds */
+            refunds: number;
+        };
         /** TierOut */
         TierOut: {
             /** Amount Due Fen */
@@ -818,6 +1170,23 @@ export interface components {
             subsidy_fen: number;
             /** Tier Yuan */
             tier_yuan: number;
+        };
+        /** TotalsOurs */
+        TotalsOurs: {
+            /** Payment Fen */
+            payment_fen: number;
+            /**
+             * Payments
+             * @description our payments of the day on this channel
+             */
+            payments: number;
+            /** Refund Fen */
+            refund_fen: number;
+            /**
+             * Refunds
+             * @description our refunds on this channel done that day
+             */
+            refunds: number;
         };
         /** WechatLogin */
         WechatLogin: {
@@ -2179,6 +2548,535 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    discrepancies_api_v1_reconciliation_discrepancies_get: {
+        parameters: {
+            query?: {
+                status?: ("open" | "held" | "proposed" | "resolved" | "auto_resolved") | null;
+                kind?: ("missing_locally" | "missing_at_channel" | "amount_mismatch" | "status_mismatch" | "fee_mismatch" | "duplicate_payment") | null;
+                run_id?: number | null;
+                date?: string | null;
+                channel?: ("wechat" | "alipay" | "unionpay" | "pos") | null;
+                after_id?: number;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DiscrepancyList"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    approve_api_v1_reconciliation_discrepancies__discrepancy_id__approve_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                discrepancy_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DiscrepancyOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `forbidden`: the caller's role or scope does not allow this
+             *     - `same_approver`: a resolution is approved by another finance user than the one who proposed it
+             */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden" | "same_approver";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `discrepancy_not_proposed`: only a proposed resolution can be approved (none yet, or already approved)
+             *     - `cannot_recover`: the correction the channel's side calls for cannot be made (e.g. the statement's amount is not the trade's): `message` says why
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "discrepancy_not_proposed" | "cannot_recover";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    resolve_api_v1_reconciliation_discrepancies__discrepancy_id__resolve_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                discrepancy_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResolveIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DiscrepancyOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `discrepancy_not_open`: the discrepancy is held for the next day's statement, or already settled */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "discrepancy_not_open";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    runs_api_v1_reconciliation_runs_get: {
+        parameters: {
+            query?: {
+                date?: string | null;
+                channel?: ("wechat" | "alipay" | "unionpay" | "pos") | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunSummary"][];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    run_api_v1_reconciliation_runs__run_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    upload_statement_api_v1_reconciliation__channel__statements_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                channel: "wechat" | "alipay" | "unionpay" | "pos";
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Body_upload_statement_api_v1_reconciliation__channel__statements_post"];
+            };
+        };
+        responses: {
+            /** @description this very file was loaded before: its run */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunOut"];
+                };
+            };
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `statement_already_loaded`: another file is already reconciled for that channel and day, or this file for another day (`run_id`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "statement_already_loaded";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what
+             *     - `invalid_statement`: the statement file cannot be imported (a wrong header, a bad amount, a truncated or oversized archive, a line of another day): `message` and `line` say where; nothing of it was kept
+             */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error" | "invalid_statement";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
