@@ -47,10 +47,12 @@ class StatementLine(SQLModel, table=True):
     """One detail line of a statement, with what it was paired with on our side.
 
     Written in bulk (COPY on PostgreSQL); ``our_*`` are copies taken at the run, so the
-    checks read this table alone."""
+    checks read this table alone. No foreign key to the statement: its check would run once
+    per line (a million times for one bill), and lines are only ever written by the run
+    that wrote their statement, in its transaction."""
 
     __tablename__ = "statement_lines"
-    statement_id: int = Field(foreign_key="statements.id", primary_key=True)
+    statement_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     line_no: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     kind: str = Field(max_length=8)                 # payment | refund
     out_trade_no: str = Field(max_length=64)

@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+import backend.models  # noqa: F401  (every table these rows' foreign keys name)
 from backend.clock import SHANGHAI
 from backend.db import unit_of_work, utcnow
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
@@ -244,6 +245,8 @@ _STAGING = "recon_staging"
 _STAGING_COLUMNS = ("line_no", "kind", "out_trade_no", "transaction_id", "amount_fen",
                     "fee_fen", "status", "done", "occurred_at", "out_refund_no", "refund_id",
                     "terminal")
+_STAGING_TYPES = ("int8", "varchar", "varchar", "varchar", "int8", "int8", "varchar", "bool",
+                  "timestamptz", "varchar", "varchar", "varchar")
 _STAGING_DDL = """(line_no BIGINT NOT NULL, kind VARCHAR(8) NOT NULL,
     out_trade_no VARCHAR(64) NOT NULL, transaction_id VARCHAR(64) NOT NULL,
     amount_fen BIGINT NOT NULL, fee_fen BIGINT NOT NULL, status VARCHAR(32) NOT NULL,
@@ -261,41 +264,50 @@ def refund_done(status: str) -> bool:
 def _checked(lines: Iterable[Line], day: date) -> Iterator[tuple[Any, ...]]:
     """Each line as a staging row, refused (StatementError) if it cannot be of this
     statement: a payment of another day (a channel may bill a payment of the last minutes
-    before midnight on the next day, never earlier), a refund after the day, an id too long."""
+    before midnight on the next day, never earlier), a refund after the day, an id too long.
+    (A million lines pass through here: the common case is kept to a few comparisons.)"""
+    # In Beijing time, as the parsers give it: comparing datetimes of one tzinfo object
+    # compares their fields, with no offset computed per line.
     start = datetime.combine(day, time(), SHANGHAI)
     end, earliest = start + timedelta(days=1), start - HOLD_WINDOW
-    seen = set()
+    last = 0
     for line in lines:
-        n = line.line_no
-        if n in seen:
-            raise StatementError("the parser gave this line twice", line=n)
-        seen.add(n)
-        at = line.occurred_at
-        if line.kind == "payment":
+        n, at, kind = line.line_no, line.occurred_at, line.kind
+        if n <= last:
+            raise StatementError(f"line numbers must rise: {n} after {last}", line=n)
+        last = n
+        if kind == "payment":
             if not earliest <= at < end:
                 raise StatementError(
                     f"a payment of {at.astimezone(SHANGHAI):%Y-%m-%d %H:%M:%S} in the "
                     f"statement of {day}: is this the statement of another day?", line=n)
             done = True
-        elif line.kind == "refund":
+        elif kind == "refund":
             if at >= end:
                 raise StatementError(f"a refund of {at.astimezone(SHANGHAI):%Y-%m-%d} in the "
                                      f"statement of {day}", line=n)
             done = refund_done(line.status)
         else:
-            raise StatementError(f"a line of kind {line.kind!r}", line=n)
-        for name, value in (("out_trade_no", line.out_trade_no),
-                            ("transaction_id", line.transaction_id),
-                            ("out_refund_no", line.out_refund_no),
-                            ("refund_id", line.refund_id), ("terminal", line.terminal)):
-            if value is not None and len(value) > _MAX_ID:
-                raise StatementError(f"{name} is {len(value)} characters, more than {_MAX_ID}",
-                                     line=n)
+            raise StatementError(f"a line of kind {kind!r}", line=n)
+        if len(line.out_trade_no) > _MAX_ID or len(line.transaction_id) > _MAX_ID or (
+                kind == "refund" and len(line.out_refund_no or "") + len(line.refund_id or "")
+                > _MAX_ID) or (line.terminal is not None and len(line.terminal) > _MAX_ID):
+            _too_long(line)
         if line.amount_fen <= 0:
             raise StatementError(f"an amount of {line.amount_fen} fen", line=n)
-        yield (n, line.kind, line.out_trade_no, line.transaction_id, line.amount_fen,
+        yield (n, kind, line.out_trade_no, line.transaction_id, line.amount_fen,
                line.fee_fen, line.status[:32], done, at, line.out_refund_no, line.refund_id,
                line.terminal)
+
+
+def _too_long(line: Line) -> None:
+    for name, value in (("out_trade_no", line.out_trade_no),
+                        ("transaction_id", line.transaction_id),
+                        ("out_refund_no", line.out_refund_no),
+                        ("refund_id", line.refund_id), ("terminal", line.terminal)):
+        if value is not None and len(value) > _MAX_ID:
+            raise StatementError(f"{name} is {len(value)} characters, more than {_MAX_ID}",
+                                 line=line.line_no)
 
 
 def _dbapi(s: Session) -> Any:
@@ -318,9 +330,14 @@ def _stage(s: Session, statement_id: int, channel: str, day: date,
         # scanned against the lines once per payment. Both end with the transaction.
         cur.execute("SET LOCAL work_mem = '128MB'")
         cur.execute("SET LOCAL enable_nestloop = off")
+        # each statement runs once: compiling it costs more than it saves
+        cur.execute("SET LOCAL jit = off")
         cur.execute(f"CREATE TEMPORARY TABLE {_STAGING} "
                     f"{_STAGING_DDL.format(ts='TIMESTAMPTZ')} ON COMMIT DROP")
-        with cur.copy(f"COPY {_STAGING} ({', '.join(_STAGING_COLUMNS)}) FROM STDIN") as copy:
+        # binary COPY: half the client's time of the text format for a million rows
+        with cur.copy(f"COPY {_STAGING} ({', '.join(_STAGING_COLUMNS)}) FROM STDIN "
+                      "(FORMAT BINARY)") as copy:
+            copy.set_types(_STAGING_TYPES)
             for row in rows:
                 copy.write_row(row)
         # Temporary tables are never analysed by autovacuum: the planner must know its size.

@@ -65,7 +65,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('statement_id')
     )
     op.create_table('statement_lines',
-    sa.Column('statement_id', sa.Integer(), nullable=False),
+    sa.Column('statement_id', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('line_no', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
     sa.Column('out_trade_no', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -85,7 +85,6 @@ def upgrade() -> None:
     sa.Column('our_amount_fen', sa.Integer(), nullable=True),
     sa.Column('our_transaction_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('our_status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-    sa.ForeignKeyConstraint(['statement_id'], ['statements.id'], ),
     sa.PrimaryKeyConstraint('statement_id', 'line_no')
     )
     op.create_table('discrepancies',
