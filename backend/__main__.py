@@ -145,6 +145,46 @@ _TAKEN = {"wechat": lambda status, text: status in (200, 204),
           "unionpay": lambda status, text: status == 200 and text.strip() == "SUCCESS"}
 
 
+def cmd_sandbox_clock(args: argparse.Namespace) -> int:
+    """Show, or move forward, the business clock of a running sandbox serve."""
+    from datetime import datetime, timedelta
+
+    import httpx
+
+    from backend.clock import SHANGHAI
+
+    base = (args.url or get_settings().public_base_url).rstrip("/")
+    try:
+        now = datetime.fromisoformat(httpx.get(base + "/sandbox/clock", timeout=10)
+                                     .raise_for_status().json()["now"])
+        target: datetime | None = None
+        if args.to:
+            target = datetime.fromisoformat(args.to)
+            if target.tzinfo is None:
+                target = target.replace(tzinfo=SHANGHAI)
+        elif args.next_morning:
+            local = now.astimezone(SHANGHAI)
+            target = (local + timedelta(days=1)).replace(hour=10, minute=30, second=0,
+                                                         microsecond=0)
+        if target is not None:
+            resp = httpx.post(base + "/sandbox/clock", json={"to": target.isoformat()},
+                              timeout=10)
+            if resp.status_code != 200:
+                print(f"error: {resp.json().get('error', {}).get('message', resp.text)}",
+                      file=sys.stderr)
+                return 1
+            now = datetime.fromisoformat(resp.json()["now"])
+    except ValueError as exc:
+        print(f"error: --to: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"error: no simulator answers at {base} ({type(exc).__name__}: {exc}). Give the "
+              "service's address with --url", file=sys.stderr)
+        return 1
+    print(f"business time at {base}: {now.astimezone(SHANGHAI).isoformat()}")
+    return 0
+
+
 def cmd_sandbox_pay(args: argparse.Namespace) -> int:
     import httpx
 
@@ -229,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", help="the service's address (default: PUBLIC_BASE_URL, "
                                  "http://127.0.0.1:8000)")
     s.set_defaults(func=cmd_sandbox_pay)
+    s = sandbox_sub.add_parser(
+        "clock", help="show or move forward the business clock of a running sandbox serve "
+                      "(COLLECT_NOW rehearsals only)")
+    move = s.add_mutually_exclusive_group()
+    move.add_argument("--to", help="the instant to move to, e.g. 2020-11-03T10:30:00+08:00 "
+                                   "(Beijing time when no offset is given)")
+    move.add_argument("--next-morning", action="store_true",
+                      help="10:30 the next day: yesterday's statements are published")
+    s.add_argument("--url", help="the service's address (default: PUBLIC_BASE_URL)")
+    s.set_defaults(func=cmd_sandbox_clock)
 
     s = sub.add_parser("migrate", help="apply database migrations")
     s.set_defaults(func=cmd_migrate)

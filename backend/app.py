@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.agents.endpoints import router as agents_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
+from backend.desk import install as install_desk
 from backend.errors import AppError, document_errors
 from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import router as notify_router
@@ -30,7 +31,6 @@ from backend.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # JSON bodies; statement uploads get their own limit
-STATEMENT_UPLOAD = re.compile(r"/api/v1/reconciliation/[a-z]+/statements")
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
@@ -48,10 +48,12 @@ class BodyLimit:
     """
 
     def __init__(self, app: ASGIApp, limit: int,
-                 larger: Callable[[str], int | None] | None = None) -> None:
-        self.app, self.limit, self.larger = app, limit, larger
+                 larger: Sequence[tuple[re.Pattern[str], int]] = ()) -> None:
+        # larger: paths (statement uploads) whose bodies may be this big instead
+        self.app, self.limit, self.larger = app, limit, tuple(larger)
 
-    def _too_large(self, limit: int) -> JSONResponse:
+    @staticmethod
+    def _too_large(limit: int) -> JSONResponse:
         message = f"the request body is over {limit} bytes"
         return JSONResponse(status_code=413, content={"error": {
             "code": "payload_too_large", "message": message}})
@@ -60,7 +62,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = (self.larger and self.larger(scope["path"])) or self.limit
+        path = scope.get("path", "")
+        limit = next((n for pattern, n in self.larger if pattern.fullmatch(path)), self.limit)
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await self._too_large(limit)(scope, receive, send)
@@ -171,13 +174,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(reconciliation_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
-    # a statement upload: the file's own limit, and room for the multipart around it
-    upload = runtime.settings.statement_max_bytes + 64 * 1024
-
-    def larger(path: str) -> int | None:
-        return upload if STATEMENT_UPLOAD.fullmatch(path) else None
-
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=larger)
+    install_desk(app)
+    # A statement upload is a file (multipart): STATEMENT_MAX_BYTES, plus the form's own
+    # few bytes; the endpoint checks the file itself against the limit and says so.
+    uploads = runtime.settings.statement_max_bytes + 64 * 1024
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=[
+        (re.compile(r"/api/v1/reconciliation/[a-z]+/statements"), uploads),
+        (re.compile(r"/desk/statements/upload"), uploads)])
     return app
 
 

@@ -9,6 +9,7 @@ verifies with their public halves exactly as it would against the real channel.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -85,6 +86,8 @@ class Channels:
     # the business clock: the clients date order numbers, bill dates and expiry by it, and
     # the simulator its payments and refunds
     clock: Clock = field(default=real_clock)
+    # the sandbox's control of a COLLECT_NOW clock (move it forward); None on real time
+    move_clock: Callable[[datetime], datetime] | None = None
 
     @property
     def sandbox(self) -> bool:
@@ -217,7 +220,7 @@ class Channels:
         from payment_adapters.unionpay import UnionpayClient
         from payment_adapters.wechat import WechatPayClient
 
-        return {Channel.WECHAT: WechatPayClient(self.wechat_config),
+        return {Channel.WECHAT: WechatPayClient(self.wechat_config, clock=self.clock),
                 Channel.ALIPAY: AlipayClient(self.alipay_config, clock=self.clock),
                 Channel.UNIONPAY: UnionpayClient(self.unionpay_config, clock=self.clock)}
 
@@ -245,13 +248,16 @@ class Channels:
         return {
             Channel.WECHAT: WechatSimulator(state, self.wechat_config,
                                             self.sandbox_wechat_private_key,
-                                            certificate=self.sandbox_wechat_certificate),
+                                            certificate=self.sandbox_wechat_certificate,
+                                            fee_rate=self.settings.fee_rate("wechat")),
             Channel.ALIPAY: AlipaySimulator(state, self.alipay_config,
-                                            self.sandbox_alipay_private_key),
+                                            self.sandbox_alipay_private_key,
+                                            fee_rate=self.settings.fee_rate("alipay")),
             Channel.UNIONPAY: UnionpaySimulator(state, self.unionpay_config),
         }
 
     def sandbox_router(self) -> APIRouter:
         from payment_adapters.sandbox.control import control_router
 
-        return control_router(self.sandbox_state, list(self.simulators.values()))
+        return control_router(self.sandbox_state, list(self.simulators.values()),
+                              move_clock=self.move_clock)

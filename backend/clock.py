@@ -24,6 +24,25 @@ class BusinessClock:
             return datetime.now(UTC)
         return (self._start + timedelta(seconds=time.monotonic() - self._mono)).astimezone(UTC)
 
+    @property
+    def movable(self) -> bool:
+        return self._start is not None
+
+    def advance_to(self, instant: datetime) -> datetime:
+        """Move a ``COLLECT_NOW`` clock forward to ``instant`` (a rehearsal's "next morning":
+        the sandbox's clock control). Never backwards: business time only runs on."""
+        if self._start is None:
+            raise ValueError("the business clock is real time (COLLECT_NOW is not set): "
+                             "it cannot be moved")
+        if instant.tzinfo is None:
+            raise ValueError("give the instant with its offset, e.g. 2020-11-03T10:30:00+08:00")
+        now = self.now()
+        if instant <= now:
+            raise ValueError(f"the business clock only runs forward: it is already "
+                             f"{now.astimezone(SHANGHAI).isoformat()}")
+        self._start = self._start + (instant - now)
+        return self.now()
+
     def today(self) -> date:
         """The business date in Asia/Shanghai."""
         return self.now().astimezone(SHANGHAI).date()

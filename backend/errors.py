@@ -165,6 +165,11 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "cannot_recover": ErrorCode(409, "the correction the channel's side calls for cannot be "
                                      "made (e.g. the statement's amount is not the trade's): "
                                      "`message` says why"),
+    "day_not_over": ErrorCode(409, "the business day is not over yet: a day is closed after "
+                                   "it ends"),
+    "day_closed": ErrorCode(409, "the business day is closed already"),
+    "open_discrepancies": ErrorCode(409, "reconciliation discrepancies of the day are still "
+                                         "open: resolve them before closing it"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

@@ -6,7 +6,7 @@ from backend.agents.models import AgentCollection
 from backend.auth.models import StaffUser
 from backend.departments.models import DepartmentListing
 from backend.idempotency.models import IdempotencyKey
-from backend.ledger.models import JournalEntry, LedgerAccount, Posting, Remittance
+from backend.ledger.models import ClosedDay, JournalEntry, LedgerAccount, Posting, Remittance
 from backend.notifications.models import InboxNotification
 from backend.orders.models import Attempt, BillLine, Order, OrderLine, Payment, PaymentLine, Refund
 from backend.outbox.models import OutboxJob
@@ -23,5 +23,5 @@ metadata = SQLModel.metadata
 __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "Town", "Village",
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "InboxNotification", "IdempotencyKey", "AgentCollection", "JournalEntry",
-           "LedgerAccount", "Posting", "Remittance", "OutboxJob", "Statement", "StatementLine",
-           "ReconciliationRun", "Discrepancy"]
+           "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay", "Statement",
+           "StatementLine", "ReconciliationRun", "Discrepancy"]

@@ -60,7 +60,9 @@ class Runtime:
 
     @cached_property
     def channels(self) -> Channels:
-        return Channels(self.settings, self.clock.now)
+        clock = self.clock
+        return Channels(self.settings, clock.now,
+                        move_clock=clock.advance_to if clock.movable else None)
 
     @cached_property
     def policy(self) -> Policy:

@@ -123,11 +123,16 @@ def channel_block(ch: Channel, headers: dict[str, str], body: bytes) -> tuple[st
         "order_lines.town_code;",
         "INSERT INTO payment_lines (payment_id, bill_line_id, amount_fen, applied) VALUES "
         "(:pay_id, :n, :amount, true);",
-        # ledger.post_entry
-        "INSERT INTO journal_entries (kind, reason, business_date, occurred_at, payment_id, "
-        "refund_id, remittance_id, created_at) VALUES ('channel_payment', "
-        f"'order ' || {order_no} || ' paid by {ch.value} ' || {txn}, current_date, now(), "
-        r":pay_id, NULL, NULL, now()) RETURNING journal_entries.id \gset je_",
+        # ledger.post_entry: the day, or the next open one when it is closed
+        "INSERT INTO journal_entries (kind, reason, business_date, for_date, occurred_at, "
+        "payment_id, refund_id, remittance_id, created_at) SELECT 'channel_payment', "
+        f"'order ' || {order_no} || ' paid by {ch.value} ' || {txn}, d.effective, "
+        "CASE WHEN d.effective = current_date THEN NULL ELSE current_date END, now(), "
+        r":pay_id, NULL, NULL, now() FROM (SELECT CASE WHEN EXISTS (SELECT 1 FROM closed_days "
+        "WHERE business_date = current_date) THEN (SELECT MIN(c.business_date + 1) FROM "
+        "closed_days c WHERE c.business_date >= current_date AND NOT EXISTS (SELECT 1 FROM "
+        "closed_days n WHERE n.business_date = c.business_date + 1)) ELSE current_date END "
+        r"AS effective) AS d RETURNING journal_entries.id \gset je_",
         "INSERT INTO postings (entry_id, account_id, amount_fen, business_date, town_code, "
         f"village_code, channel, measure) VALUES (:je_id, :acct_{ch.value}, :amount, "
         f"current_date, {town}, {village}, {c}, 'collected'), (:je_id, :acct_contrib, "

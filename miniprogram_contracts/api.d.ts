@@ -172,6 +172,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/ledger/days": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Days
+         * @description Each business day from `from` to `to` (at most 92): closed or open, who closed it and
+         *     when, and its daily ledger totals.
+         */
+        get: operations["days_api_v1_ledger_days_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/ledger/days/{day}/close": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Close
+         * @description Close a business day (finance): nothing more is posted into it; later money for it goes
+         *     into the next open day, listed there under `corrections`.
+         */
+        post: operations["close_api_v1_ledger_days__day__close_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/notify/alipay": {
         parameters: {
             query?: never;
@@ -506,6 +548,14 @@ export interface components {
             /** File */
             file: string;
         };
+        /** CloseDayIn */
+        CloseDayIn: {
+            /**
+             * Note
+             * @default
+             */
+            note: string;
+        };
         /** CollectionIn */
         CollectionIn: {
             /** Items */
@@ -547,8 +597,63 @@ export interface components {
             /** Receipt No */
             receipt_no: string;
         };
+        /**
+         * Correction
+         * @description Money posted into this day that belonged to an earlier day, closed by then.
+         */
+        Correction: {
+            /**
+             * Amount Fen
+             * @description As it counts in that figure of the row.
+             */
+            amount_fen: number;
+            /** Channel */
+            channel: string;
+            /** Entry Id */
+            entry_id: number;
+            /**
+             * For Date
+             * Format: date
+             * @description The closed day the money belonged to.
+             */
+            for_date: string;
+            /**
+             * Kind
+             * @description The journal entry's kind: `channel_payment`, `cash_collection`, `pos_collection`, `remittance`, `pos_remittance`, `refund`, `correction`.
+             */
+            kind: string;
+            /**
+             * Measure
+             * @description Which of the row's figures it is in: `collected` and `duplicate` in `amount_fen`, `refunded` in `refunded_fen`, `remitted` in `remitted_fen`.
+             */
+            measure: string;
+            /** Reason */
+            reason: string;
+            /** Town Code */
+            town_code: string | null;
+            /** Village Code */
+            village_code: string | null;
+        };
         /** DailyLedger */
         DailyLedger: {
+            /**
+             * Closed
+             * @description Finance has closed the day: nothing more is posted into it, and this answer no longer changes.
+             * @default false
+             */
+            closed: boolean;
+            /** Closed At */
+            closed_at?: string | null;
+            /**
+             * Closed By
+             * @description The finance user who closed it.
+             */
+            closed_by?: string | null;
+            /**
+             * Corrections
+             * @description Entries posted into this day for earlier days that were closed when they came; already counted in `rows` and `totals`.
+             */
+            corrections?: components["schemas"]["Correction"][];
             /**
              * Date
              * Format: date
@@ -597,6 +702,29 @@ export interface components {
             refunded_fen: number;
             /** Remitted Fen */
             remitted_fen: number;
+        };
+        /** Day */
+        Day: {
+            /** Closed */
+            closed: boolean;
+            /** Closed At */
+            closed_at?: string | null;
+            /** Closed By */
+            closed_by?: string | null;
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /** Note */
+            note?: string | null;
+            /** @description The day's daily ledger totals; for a closed day as they stood at the close. */
+            totals: components["schemas"]["DailyTotals"];
+        };
+        /** Days */
+        Days: {
+            /** Days */
+            days: components["schemas"]["Day"][];
         };
         /** DiscrepancyList */
         DiscrepancyList: {
@@ -2005,6 +2133,171 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    days_api_v1_ledger_days_get: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Days"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    close_api_v1_ledger_days__day__close_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                day: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["CloseDayIn"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Day"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `day_not_over`: the business day is not over yet: a day is closed after it ends
+             *     - `day_closed`: the business day is closed already
+             *     - `open_discrepancies`: reconciliation discrepancies of the day are still open: resolve them before closing it
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "day_not_over" | "day_closed" | "open_discrepancies";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };

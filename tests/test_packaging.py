@@ -43,6 +43,10 @@ def test_the_wheel_carries_the_migrations(wheel: Path) -> None:
         f"backend/migrations/versions/{p.name}" for p in (MIGRATIONS / "versions").glob("*.py")}
     assert len(expected) > 2
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    desk = {f"backend/desk/{folder}/{p.name}" for folder in ("templates", "static")
+            for p in (REPO / "backend" / "desk" / folder).iterdir() if p.is_file()}
+    assert any(n.endswith(".html") for n in desk) and "backend/desk/static/desk.css" in desk
+    assert desk <= names, f"the finance desk's files missing from the wheel: {desk - names}"
 
 
 def test_the_installed_package_migrates_from_inside_itself(wheel: Path, tmp_path: Path) -> None:

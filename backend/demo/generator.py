@@ -131,6 +131,8 @@ class StaffLogin:
 DEMO_STAFF: tuple[StaffLogin, ...] = (
     StaffLogin("admin", "admin-demo", "admin"),
     StaffLogin("finance", "finance-demo", "finance"),
+    # a second finance user: refunds and resolved discrepancies need another person's approval
+    StaffLogin("finance2", "finance2-demo", "finance"),
     StaffLogin("agent", "agent-demo", "agent", village_code=DEMO_VILLAGE),
     StaffLogin("town", "town-demo", "town_staff", town_code=DEMO_TOWN),
     StaffLogin("auditor", "auditor-demo", "auditor"),

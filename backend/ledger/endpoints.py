@@ -1,36 +1,19 @@
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from backend.auth.models import StaffUser
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
-from backend.errors import LOGGED_IN, Forbidden, errors
-from backend.ledger.models import COLLECTED, DUPLICATE, REFUNDED, REMITTED
-from backend.ledger.repository import daily_measures
-from backend.ledger.schemas import DailyLedger, DailyRow, DailyTotals
-from backend.security.tokens import Principal
+from backend.errors import JSON_BODY, LOGGED_IN, Forbidden, errors
+from backend.ledger import closing
+from backend.ledger.daily import ledger_scope
+from backend.ledger.schemas import CloseDayIn, DailyLedger, DailyTotals, Day, Days
 
 router = APIRouter(prefix="/api/v1/ledger", tags=["ledger"])
 CODE = r"^[0-9A-Za-z_-]{1,32}$"
-
-
-def _scope(principal: Principal, town: str | None, village: str | None) -> tuple[
-        str | None, str | None]:
-    """Staff see their own scope only: an agent their village, town staff their town."""
-    match principal.role:
-        case "finance" | "auditor" | "admin":
-            return town, village
-        case "town_staff":
-            if town and town != principal.town_code:
-                raise Forbidden("town staff see their own town only")
-            return principal.town_code, village
-        case "agent":
-            if village and village != principal.village_code:
-                raise Forbidden("an agent sees their own village only")
-            return None, principal.village_code
-    raise Forbidden("the daily ledger is for agents, town staff, finance and auditors")
 
 
 @router.get("/daily", response_model=DailyLedger,
@@ -39,32 +22,37 @@ def daily(session: SessionDep, rt: RuntimeDep, principal: CurrentPrincipal,
           day: Annotated[date, Query(alias="date")],
           town: Annotated[str | None, Query(pattern=CODE)] = None,
           village: Annotated[str | None, Query(pattern=CODE)] = None) -> DailyLedger:
-    town, village = _scope(principal, town, village)
-    rows: dict[tuple[str | None, str | None, str], DailyRow] = {}
-    for t, v, channel, measure, n, fen in daily_measures(session, day, town, village):
-        row = rows.setdefault((t, v, channel), DailyRow(
-            town_code=t, village_code=v, channel=channel, count=0, amount_fen=0,
-            refunded_fen=0, remitted_fen=0))
-        if measure == COLLECTED:      # items paid: one posting each
-            row.count += n
-            row.amount_fen += fen
-        elif measure == DUPLICATE:    # received, to be refunded: money, not an item paid
-            row.amount_fen += fen
-        elif measure == REFUNDED:
-            row.refunded_fen += -fen
-        elif measure == REMITTED:
-            row.remitted_fen += -fen
-    # Cash is due at the town account by the end of the next day (日报解).
-    overdue_after = day + timedelta(days=1)
-    today = rt.clock.today()
-    for row in rows.values():
-        if row.channel == "cash":
-            row.outstanding_fen = row.amount_fen - row.refunded_fen - row.remitted_fen
-            row.overdue = row.outstanding_fen > 0 and today > overdue_after
-    ordered = sorted(rows.values(), key=lambda r: (r.town_code or "", r.village_code or "",
-                                                   r.channel))
-    return DailyLedger(date=day, rows=ordered, totals=DailyTotals(
-        count=sum(r.count for r in ordered), amount_fen=sum(r.amount_fen for r in ordered),
-        refunded_fen=sum(r.refunded_fen for r in ordered),
-        remitted_fen=sum(r.remitted_fen for r in ordered),
-        outstanding_fen=sum(r.outstanding_fen for r in ordered)))
+    town, village = ledger_scope(principal, town, village)
+    return closing.ledger_of(session, rt.clock, day, town=town, village=village)
+
+
+FINANCE_DESK = ("finance", "auditor", "admin")
+
+
+@router.get("/days", response_model=Days,
+            responses=errors(*LOGGED_IN, "validation_error", "forbidden"))
+def days(session: SessionDep, rt: RuntimeDep, principal: CurrentPrincipal,
+         first: Annotated[date, Query(alias="from")],
+         last: Annotated[date, Query(alias="to")]) -> Days:
+    """Each business day from `from` to `to` (at most 92): closed or open, who closed it and
+    when, and its daily ledger totals."""
+    if principal.role not in FINANCE_DESK:
+        raise Forbidden("the list of days is for finance, auditors and admins")
+    return Days(days=closing.list_days(session, rt.clock, first, last))
+
+
+@router.post("/days/{day}/close", response_model=Day,
+             responses=errors(*LOGGED_IN, *JSON_BODY, "forbidden", "day_not_over",
+                              "day_closed", "open_discrepancies"))
+def close(session: SessionDep, rt: RuntimeDep, principal: CurrentPrincipal, day: date,
+          body: CloseDayIn | None = None) -> Day:
+    """Close a business day (finance): nothing more is posted into it; later money for it goes
+    into the next open day, listed there under `corrections`."""
+    if principal.role != "finance" or not principal.sub.startswith("staff:"):
+        raise Forbidden("only finance closes a day")
+    closed = closing.close_day(session, rt.clock, day, int(principal.sub.removeprefix("staff:")),
+                               body.note if body else "")
+    user = session.get(StaffUser, closed.closed_by)
+    return Day(date=day, closed=True, closed_at=closed.closed_at,
+               closed_by=user.username if user else None, note=closed.note,
+               totals=DailyTotals.model_validate(closed.totals["totals"]))

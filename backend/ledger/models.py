@@ -10,8 +10,9 @@ that view sums, a ``measure``; the view is a query over postings, not a second t
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Column, Index, String, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from backend.db import UTCDateTime, utcnow
@@ -23,6 +24,7 @@ TOWN_COLLECTION = "town_collection"        # the town's designated collection ac
 DEPARTMENT_RECEIVABLE = "department_receivable"
 REFUNDS_PAYABLE = "refunds_payable"        # money received that we owe back
 CONTRIBUTIONS = "contributions"            # per insurance and year: what the fund is owed
+CHANNEL_FEES = "channel_fees"              # what a channel or acquirer kept as its fee
 
 # What the daily ledger sums. Money received for an item someone else had paid already is
 # ``duplicate``: in the day's amount (it was received, and will be refunded) but not in its
@@ -41,11 +43,25 @@ class LedgerAccount(SQLModel, table=True):
 
 class JournalEntry(SQLModel, table=True):
     __tablename__ = "journal_entries"
+    __table_args__ = (
+        # The entries a day holds for earlier, closed days (its ``corrections``): few.
+        Index("ix_journal_entries_corrections", "business_date",
+              postgresql_where=text("for_date IS NOT NULL"),
+              sqlite_where=text("for_date IS NOT NULL")),
+        # An acquirer's settlement remits a POS collection once, however often it is loaded.
+        Index("uq_pos_remittance_payment", "payment_id", unique=True,
+              postgresql_where=text("kind = 'pos_remittance'"),
+              sqlite_where=text("kind = 'pos_remittance'")),
+    )
     id: int | None = Field(default=None, primary_key=True)
-    # channel_payment | cash_collection | pos_collection | remittance | refund | correction
+    # channel_payment | cash_collection | pos_collection | remittance | pos_remittance |
+    # refund | correction
     kind: str = Field(max_length=32)
     reason: str = Field(max_length=200)
+    # The day the entry is posted into. When the day it belonged to (``for_date``) was
+    # closed already, the first open day after it (``backend/ledger/closing.py``).
     business_date: date = Field(index=True)
+    for_date: date | None = Field(default=None)
     occurred_at: datetime = Field(sa_type=UTCDateTime)
     payment_id: int | None = Field(default=None, foreign_key="payments.id", index=True)
     refund_id: int | None = Field(default=None, foreign_key="refunds.id")
@@ -82,3 +98,18 @@ class Remittance(SQLModel, table=True):
     amount_fen: int
     bank_receipt_no: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ClosedDay(SQLModel, table=True):
+    """A business day finance has closed (日结): nothing is posted into it any more.
+
+    ``totals`` is the district's daily ledger of that day as it stood at the close (rows,
+    totals and corrections), kept to show the day's book never moved afterwards.
+    """
+
+    __tablename__ = "closed_days"
+    business_date: date = Field(primary_key=True)
+    closed_by: int = Field(foreign_key="staff_users.id")
+    closed_at: datetime = Field(sa_type=UTCDateTime)
+    totals: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    note: str = Field(default="", max_length=500)

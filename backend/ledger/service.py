@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import event, select
+from sqlalchemy import and_, event, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -22,10 +22,12 @@ from backend.db import utcnow
 from backend.ledger.models import (
     AGENT_CASH,
     CHANNEL_CLEARING,
+    CHANNEL_FEES,
     CONTRIBUTIONS,
     DEPARTMENT_RECEIVABLE,
     REFUNDS_PAYABLE,
     TOWN_COLLECTION,
+    JournalEntry,
     LedgerAccount,
     Posting,
 )
@@ -41,6 +43,10 @@ class Account:
 
 def channel_clearing(channel: str) -> Account:
     return Account(f"{CHANNEL_CLEARING}:{channel}", CHANNEL_CLEARING, f"{channel} 待清算")
+
+
+def channel_fees(channel: str) -> Account:
+    return Account(f"{CHANNEL_FEES}:{channel}", CHANNEL_FEES, f"{channel} 手续费")
 
 
 def agent_cash(agent_id: int) -> Account:
@@ -113,19 +119,60 @@ def remember_accounts(session: Session) -> None:
 event.listen(Session, "after_commit", remember_accounts)
 
 
+# The entry goes into its business date, or — that day being closed — into the first day
+# after it that is not closed, with ``for_date`` keeping the day it was for. One statement:
+# the closed-day check costs no round trip. On PostgreSQL a close holds SHARE on
+# journal_entries from before it reads the day until it commits (``closing.close_day``); an
+# INSERT queued behind it takes its snapshot after, so it sees the day closed.
+_EFFECTIVE_SQLITE = """
+    CASE WHEN EXISTS (SELECT 1 FROM closed_days WHERE business_date = :business_date)
+    THEN (SELECT MIN(date(c.business_date, '+1 day')) FROM closed_days c
+          WHERE c.business_date >= :business_date AND NOT EXISTS (
+              SELECT 1 FROM closed_days n WHERE n.business_date = date(c.business_date, '+1 day')))
+    ELSE :business_date END"""
+_EFFECTIVE_PG = """
+    CASE WHEN EXISTS (SELECT 1 FROM closed_days
+                      WHERE business_date = CAST(:business_date AS date))
+    THEN (SELECT MIN(c.business_date + 1) FROM closed_days c
+          WHERE c.business_date >= CAST(:business_date AS date) AND NOT EXISTS (
+              SELECT 1 FROM closed_days n WHERE n.business_date = c.business_date + 1))
+    ELSE CAST(:business_date AS date) END"""
 _INSERT_ENTRY = Statement(
-    """INSERT INTO journal_entries (kind, reason, business_date, occurred_at, payment_id,
-                                    refund_id, remittance_id, created_at)
-       VALUES (:kind, :reason, :business_date, :occurred_at, :payment_id, :refund_id,
-               :remittance_id, :now)
-       RETURNING id""")
+    f"""INSERT INTO journal_entries (kind, reason, business_date, for_date, occurred_at,
+                                     payment_id, refund_id, remittance_id, created_at)
+        SELECT :kind, :reason, d.effective,
+               CASE WHEN d.effective = :business_date THEN NULL ELSE :business_date END,
+               :occurred_at, :payment_id, :refund_id, :remittance_id, :now
+        FROM (SELECT {_EFFECTIVE_SQLITE} AS effective) AS d
+        RETURNING id, business_date""",
+    postgresql=f"""
+        INSERT INTO journal_entries (kind, reason, business_date, for_date, occurred_at,
+                                     payment_id, refund_id, remittance_id, created_at)
+        SELECT CAST(:kind AS varchar), CAST(:reason AS varchar), d.effective,
+               CASE WHEN d.effective = CAST(:business_date AS date) THEN NULL
+                    ELSE CAST(:business_date AS date) END,
+               CAST(:occurred_at AS timestamptz), CAST(:payment_id AS integer),
+               CAST(:refund_id AS integer), CAST(:remittance_id AS integer),
+               CAST(:now AS timestamptz)
+        FROM (SELECT {_EFFECTIVE_PG} AS effective) AS d
+        RETURNING id, business_date""")
 _POSTING_COLUMNS = ("entry_id", "account_id", "amount_fen", "business_date", "town_code",
                     "village_code", "channel", "measure")
 
 
+@dataclass(frozen=True)
+class Posted:
+    """A journal entry written: its id and the day it went into (``business_date``, or the
+    first open day after it when that day was closed: then ``for_date`` is set)."""
+
+    entry_id: int
+    business_date: date
+    for_date: date | None
+
+
 def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
                occurred_at: datetime, legs: Sequence[Leg], payment_id: int | None = None,
-               refund_id: int | None = None, remittance_id: int | None = None) -> int:
+               refund_id: int | None = None, remittance_id: int | None = None) -> Posted:
     if not legs or sum(leg.amount_fen for leg in legs) != 0:
         total = sum(leg.amount_fen for leg in legs)
         raise UnbalancedEntry(f"{kind}: postings sum to {total}, not 0")
@@ -138,19 +185,22 @@ def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
                  remittance_id=remittance_id, now=utcnow())
     assert row is not None
     entry_id = int(row[0])
+    day = row[1] if isinstance(row[1], date) else date.fromisoformat(row[1])
     # One multi-row INSERT (a single round trip), not an executemany.
     tx.insert_rows("postings", _POSTING_COLUMNS, [
-        (entry_id, ids[leg.account.code], leg.amount_fen, business_date, leg.town_code,
+        (entry_id, ids[leg.account.code], leg.amount_fen, day, leg.town_code,
          leg.village_code, leg.channel, leg.measure) for leg in legs])
-    return entry_id
+    return Posted(entry_id, day, business_date if day != business_date else None)
 
 
 def balance(session: Session, account: Account, *, business_date: date | None = None) -> int:
-    from sqlalchemy import func
-
+    """The account's balance; with ``business_date``, of what belongs to that day: its own
+    postings, and those posted into a later day because it was closed (``for_date``)."""
     stmt = (select(func.coalesce(func.sum(col(Posting.amount_fen)), 0))
             .join(LedgerAccount, col(LedgerAccount.id) == col(Posting.account_id))
             .where(col(LedgerAccount.code) == account.code))
     if business_date is not None:
-        stmt = stmt.where(col(Posting.business_date) == business_date)
+        stmt = stmt.join(JournalEntry, col(JournalEntry.id) == col(Posting.entry_id)).where(or_(
+            and_(col(Posting.business_date) == business_date, col(JournalEntry.for_date).is_(None)),
+            col(JournalEntry.for_date) == business_date))
     return int(session.scalar(stmt) or 0)

@@ -860,7 +860,7 @@ def _correct(rt: Runtime, session: Session, d: Discrepancy) -> tuple[int | None,
             legs=[ledger.Leg(channel_fees(channel), extra, channel=channel),
                   ledger.Leg(ledger.channel_clearing(channel), -extra, channel=channel)],
             payment_id=d.payment_id)
-        return entry, None
+        return entry.entry_id, None
     elif d.kind == "status_mismatch" and d.out_refund_no:
         done_there = line is not None and line.done
         if repeated:                                  # refunded twice by the channel
@@ -890,7 +890,7 @@ def _correct(rt: Runtime, session: Session, d: Discrepancy) -> tuple[int | None,
         legs=[ledger.Leg(ledger.channel_clearing(channel), delta, channel=channel),
               ledger.Leg(differences(channel), -delta, channel=channel)],
         payment_id=d.payment_id, refund_id=d.refund_id)
-    return entry, None
+    return entry.entry_id, None
 
 
 def _recover(session: Session, d: Discrepancy, line: StatementLine) -> tuple[int | None, int]:

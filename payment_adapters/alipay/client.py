@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import binascii
 import http.client
+import io
 import json
 import re
 import secrets
 import urllib.error
+import urllib.parse
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,6 +42,7 @@ from payment_adapters.base import (
     OutcomeUnknown,
     RefundRequest,
     RefundResult,
+    StatementNotReady,
     TradeState,
     TradeStatus,
     real_clock,
@@ -54,6 +59,13 @@ _MAX_ANSWER_BYTES = 1_000_000
 _SUBJECT_FORBIDDEN = re.compile(r"[/=&]")   # the precreate doc forbids these in subject
 # Alipay says the outcome is unknown for these: query again / retry with the same numbers.
 _UNKNOWN_OUTCOME = {"20000", "isp.unknow-error", "ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR"}
+
+BILL_METHOD = "alipay.data.dataservice.bill.downloadurl.query"
+# "No bill for that day": not made yet (a day's bill is made the next morning, usually before
+# 09:00), or none at all. The gateway answers isp.bill_not_exist; the API reference spells
+# the code BILL_NOT_EXIST.
+_BILL_NOT_EXIST = {"isp.bill_not_exist", "BILL_NOT_EXIST"}
+STATEMENT_MAX_BYTES = 256 * 1024 * 1024        # a bill zip larger than this is refused
 
 
 # --------------------------------------------------------------------------- money and time
@@ -237,6 +249,75 @@ class AlipayClient:
                 f"alipay refund {req.out_refund_no}: Alipay holds {amount} fen under this "
                 f"out_request_no, not {req.refund_fen}", code="refund_amount_mismatch")
         return RefundResult(out_refund_no=req.out_refund_no, state="success", raw=resp)
+
+    # ------------------------------------------------------------------ statements
+    def fetch_statement(self, day: date) -> bytes:
+        """The trade bill (``bill_type=trade``, 业务账单) of the Beijing day ``day``: the zip
+        as Alipay delivers it, downloaded at once (its link is valid 30 s) and checked to
+        be a whole zip. ``StatementNotReady`` for today or later (business clock) and while
+        Alipay answers isp.bill_not_exist (not made yet, or no trade that day)."""
+        return self.download_statement(self.statement_link(day))
+
+    def statement_link(self, day: date) -> str:
+        """``bill_download_url`` for ``day`` from alipay.data.dataservice.bill.downloadurl.
+        query, the answer verified. Valid 30 s after Alipay answers: download it at once."""
+        if not isinstance(day, date) or isinstance(day, datetime):
+            raise ValueError(f"a statement day must be a date, got {day!r}")
+        today = self._clock().astimezone(BEIJING).date()
+        if day >= today:
+            raise StatementNotReady(
+                f"alipay statement {day}: Alipay makes a day's bill the next morning "
+                f"(usually before 09:00 Beijing) and has none for today ({today}) or later")
+        resp = self._call(BILL_METHOD, {"bill_type": "trade", "bill_date": day.isoformat()})
+        if resp.get("code") == "40004" and resp.get("sub_code") in _BILL_NOT_EXIST:
+            raise StatementNotReady(
+                f"alipay statement {day}: Alipay has no bill of that day yet "
+                f"({resp.get('sub_code')}: {resp.get('sub_msg')}): it is not made yet, or "
+                "there was no trade that day; try again later, or upload it")
+        self._raise_unless_ok(BILL_METHOD, resp)
+        link = resp.get("bill_download_url")
+        if not isinstance(link, str) or not self._bill_host_ok(link):
+            raise _garbage(BILL_METHOD, f"no usable bill_download_url in {resp!r}")
+        return link
+
+    def _bill_host_ok(self, link: str) -> bool:
+        parts = urllib.parse.urlsplit(link)
+        host = parts.hostname or ""
+        gateway = urllib.parse.urlsplit(self._config.gateway)
+        return parts.scheme in ("http", "https") and (
+            host == "alipay.com" or host.endswith(".alipay.com")
+            or (parts.scheme, parts.netloc) == (gateway.scheme, gateway.netloc))
+
+    def download_statement(self, link: str) -> bytes:
+        """GET the bill link (no signature: the link carries its token) and check the file
+        is a whole zip (every member's CRC). The zip bytes as delivered."""
+        op = "statement download"
+        request = urllib.request.Request(link, method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as resp:
+                body: bytes = resp.read(STATEMENT_MAX_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            raise ChannelError(
+                f"alipay {op}: the bill link answered HTTP {exc.code}; it is valid 30 s after "
+                "Alipay hands it out: ask for a new one", code="statement_link_refused",
+                retryable=True) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise ChannelError(f"alipay {op}: the bill could not be downloaded ({exc!r}); ask "
+                               "again", code="channel_error", retryable=True) from None
+        if len(body) > STATEMENT_MAX_BYTES:
+            raise ChannelError(f"alipay {op}: the bill is larger than {STATEMENT_MAX_BYTES} "
+                               "bytes", code="statement_too_large")
+        try:
+            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
+                NotImplementedError, RuntimeError, ValueError) as exc:
+            raise ChannelError(f"alipay {op}: the download is not a whole zip ({exc!r}); "
+                               "ask again", code="statement_corrupt", retryable=True) from None
+        if bad is not None:
+            raise ChannelError(f"alipay {op}: the bill zip is damaged (member {bad!r} fails "
+                               "its CRC); ask again", code="statement_corrupt", retryable=True)
+        return body
 
     # ------------------------------------------------------------------ internals
 

@@ -14,6 +14,12 @@ through ``POST /sandbox/pay`` is a scan and a payment; ``POST /sandbox/alipay/sc
 alone (the trade then waits for the buyer, ``WAIT_BUYER_PAY``). With ``refunds_pending`` set,
 refunds are taken but not yet done (``fund_change`` N, and a refund query without
 ``refund_status``) until :meth:`AlipaySimulator.finish_refunds`.
+
+``alipay.data.dataservice.bill.downloadurl.query`` (bill_type ``trade``) answers a
+``bill_download_url`` from 09:00 Beijing the next day (business clock), ``isp.bill_not_exist``
+before that or for a day without trades, and ``isv.invalid_arguments`` for today or later. The
+link (``/sandbox/alipay/downloadBillFile.resource?…&token=…``, unsigned, as Alipay's) serves
+the bill zip built from the simulator's own trades of that day for 30 s of real time.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import re
 import secrets
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
@@ -38,6 +45,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from payment_adapters.base import AlipayConfig, Channel
+from payment_adapters.sandbox.bills import DownloadLinks, active_on, damaged
 from payment_adapters.sandbox.core import (
     OutgoingNotification,
     PayOptions,
@@ -52,8 +60,11 @@ _YUAN = re.compile(r"(0|[1-9][0-9]{0,9})\.([0-9]{2})")
 _OUT_NO = re.compile(r"[A-Za-z0-9_]{1,64}")
 _EXPRESS = re.compile(r"([1-9][0-9]{0,4})([mhd])")
 _TIMESTAMP_SKEW = timedelta(minutes=15)
+_BILL_METHOD = "alipay.data.dataservice.bill.downloadurl.query"
 _METHODS = ("alipay.trade.precreate", "alipay.trade.query", "alipay.trade.close",
-            "alipay.trade.refund", "alipay.trade.fastpay.refund.query")
+            "alipay.trade.refund", "alipay.trade.fastpay.refund.query", _BILL_METHOD)
+# A day's bill is made the next morning: "当日数据一般于次日 9 点前生成".
+BILL_MADE_AT = time(9, 0)
 _NOTIFY_EVENTS = ("TRADE_SUCCESS", "TRADE_FINISHED", "TRADE_CLOSED")
 _FORM = "application/x-www-form-urlencoded; charset=utf-8"
 
@@ -100,9 +111,11 @@ class AlipaySimulator:
     channel = Channel.ALIPAY
 
     def __init__(self, state: SandboxState, config: AlipayConfig,
-                 alipay_private_key_pem: str) -> None:
+                 alipay_private_key_pem: str, *, fee_rate: Decimal = Decimal(0)) -> None:
         self._state = state
         self._config = config
+        self.fee_rate = fee_rate             # 费率 charged on the bill's payments
+        self.bill_links = DownloadLinks()    # validity / real_clock / single_use: tests set
         self._alipay_key = _rsa_private(alipay_private_key_pem)
         self._app_public = _rsa_private(config.app_private_key_pem).public_key()
         self._forger: rsa.RSAPrivateKey | None = None
@@ -121,7 +134,12 @@ class AlipaySimulator:
             await run_in_threadpool(self._state.before_call, Channel.ALIPAY)
             body = await request.body() if request.method == "POST" else b""
             ctype = request.headers.get("content-type", "")
-            return self._gateway(request.url.query, body, ctype)
+            here = str(request.url).split("?", 1)[0].rsplit("/gateway.do", 1)[0]
+            return await run_in_threadpool(self._gateway, request.url.query, body, ctype, here)
+
+        @router.get("/downloadBillFile.resource", include_in_schema=False)
+        def download_bill(token: str = "") -> Response:
+            return self._download_bill(token)
 
         @router.post("/scan")
         def scan(cmd: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +177,7 @@ class AlipaySimulator:
         if t.refunded_fen == total:
             t.state = "refunded"
 
-    def _gateway(self, query: str, body: bytes, ctype: str) -> Response:
+    def _gateway(self, query: str, body: bytes, ctype: str, here: str = "") -> Response:
         if self._state.faults[Channel.ALIPAY].garbage:
             return Response("<html><body><h1>502 Bad Gateway</h1></body></html>",
                             media_type="text/html")
@@ -178,7 +196,8 @@ class AlipaySimulator:
             if not isinstance(biz, dict):
                 inner = _biz_error("ACQ.INVALID_PARAMETER", "biz_content不是JSON对象")
             else:
-                inner = self._dispatch(method, biz, params)
+                inner = (self._bill_url(biz, here) if method == _BILL_METHOD
+                         else self._dispatch(method, biz, params))
         except _GatewayError as exc:
             text = json.dumps({response_type: exc.inner}, ensure_ascii=False,
                               separators=(",", ":"))
@@ -403,6 +422,45 @@ class AlipaySimulator:
         if not found["done"]:                # taken, not done: no refund_status
             return answer
         return {**answer, "refund_status": "REFUND_SUCCESS", "gmt_refund_pay": _bj(found["at"])}
+
+    # ------------------------------------------------------------------ bills
+    def _bill_url(self, biz: dict[str, Any], here: str) -> Inner:
+        invalid = _biz_error("isv.invalid_arguments", "入参不合法")
+        if biz.get("bill_type") != "trade":
+            return {**invalid, "sub_msg": "入参不合法: 沙箱仅提供bill_type=trade的日账单"}
+        try:
+            day = date.fromisoformat(str(biz.get("bill_date", "")))
+        except ValueError:
+            return {**invalid, "sub_msg": "入参不合法: bill_date应为yyyy-MM-dd"}
+        now = self._state.now()
+        if day >= now.astimezone(_BEIJING).date():        # today's bill: not yet
+            return invalid
+        made_at = datetime.combine(day + timedelta(days=1), BILL_MADE_AT, tzinfo=_BEIJING)
+        trades = self._state.trades(Channel.ALIPAY)
+        if now < made_at or not active_on(trades, day):
+            return _biz_error("isp.bill_not_exist", "账单不存在")
+        # imported here: the statements module may use this one's helpers
+        from payment_adapters.sandbox.statements import render_statement
+
+        content = render_statement(Channel.ALIPAY, trades, day, fee_rate=self.fee_rate)
+        token = self.bill_links.issue(content)
+        stamp, seller = f"{day:%Y%m%d}", self._config.seller_id
+        query = urlencode({
+            "bizType": "trade", "userId": seller, "fileType": "csv.zip", "bizDates": stamp,
+            "downloadFileName": f"{seller}_{stamp}.csv.zip",
+            "fileId": f"/trade/{seller}/{stamp}.csv.zip",
+            "timestamp": str(int(datetime.now(UTC).timestamp())), "token": token})
+        return _ok(bill_download_url=f"{here}/downloadBillFile.resource?{query}")
+
+    def _download_bill(self, token: str) -> Response:
+        content, why = self.bill_links.redeem(token)
+        if content is None:
+            # What Alipay's file server answers for a dead link is not documented.
+            return Response(f"链接地址已失效（{why}），请重新获取账单下载地址", status_code=403,
+                            media_type="text/plain;charset=utf-8")
+        if self._state.faults[Channel.ALIPAY].corrupt_statement:
+            content = damaged(content)
+        return Response(content, media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ notifications
     def payment_notification(self, trade: SimTrade, opts: PayOptions) -> OutgoingNotification:

@@ -7,7 +7,8 @@ the real-format notification is sent to the notify URL the trade was created wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
@@ -49,6 +50,7 @@ class FaultCommand(BaseModel):
                                      description="an error code to answer; empty: none")
     error_after_effect: bool | None = None
     other_refund_record: bool | None = None
+    corrupt_statement: bool | None = None
 
 
 def _trade_json(trade: Any) -> dict[str, Any]:
@@ -61,9 +63,32 @@ def _trade_json(trade: Any) -> dict[str, Any]:
     }
 
 
-def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> APIRouter:
+class ClockCommand(BaseModel):
+    to: datetime = Field(description="the business instant to move to, with its offset "
+                                     "(forward only), e.g. 2020-11-03T10:30:00+08:00")
+
+
+def control_router(state: SandboxState, sims: Sequence[ChannelSimulator], *,
+                   move_clock: Callable[[datetime], datetime] | None = None) -> APIRouter:
     by_channel = {s.channel: s for s in sims}
     router = APIRouter(prefix="/sandbox", tags=["sandbox"])
+
+    @router.get("/clock")
+    def clock() -> dict[str, Any]:
+        return {"now": state.now().isoformat(), "movable": move_clock is not None}
+
+    @router.post("/clock")
+    def set_clock(cmd: ClockCommand) -> dict[str, Any]:
+        """Move the business clock forward (a rehearsal's next morning: the day's statements
+        are published after 10:00 the next day). Only with COLLECT_NOW; this process only."""
+        if move_clock is None:
+            raise HTTPException(409, "the business clock is real time (COLLECT_NOW is not "
+                                     "set): it cannot be moved")
+        try:
+            now = move_clock(cmd.to)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"now": now.isoformat(), "movable": True}
 
     @router.post("/pay")
     def pay(cmd: PayCommand) -> dict[str, Any]:
@@ -105,7 +130,7 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
     def faults(cmd: FaultCommand) -> dict[str, Any]:
         f = state.faults[cmd.channel]
         for name in ("timeout", "query_not_found", "garbage", "hang_s", "error_after_effect",
-                     "other_refund_record"):
+                     "other_refund_record", "corrupt_statement"):
             value = getattr(cmd, name)
             if value is not None:
                 setattr(f, name, value)
@@ -114,7 +139,8 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator]) -> API
         return {"channel": cmd.channel, "timeout": f.timeout,
                 "query_not_found": f.query_not_found, "garbage": f.garbage, "hang_s": f.hang_s,
                 "answer_error": f.answer_error, "error_after_effect": f.error_after_effect,
-                "other_refund_record": f.other_refund_record}
+                "other_refund_record": f.other_refund_record,
+                "corrupt_statement": f.corrupt_statement}
 
     @router.get("/trades/{out_trade_no}")
     def trade(out_trade_no: str) -> dict[str, Any]:

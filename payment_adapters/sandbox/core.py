@@ -62,6 +62,9 @@ class Faults:
     error_after_effect: bool = False
     # a refund query answers the bill's latest refund record, whichever refund was asked about
     other_refund_record: bool = False
+    # a statement download delivers a file changed on the way (one byte of the bill altered,
+    # still well-formed compression), which the channel's check must catch
+    corrupt_statement: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,11 @@ class SandboxState:
     def get(self, channel: Channel, out_trade_no: str) -> SimTrade | None:
         with self._lock:
             return self._trades.get((channel, out_trade_no))
+
+    def trades(self, channel: Channel) -> list[SimTrade]:
+        """A snapshot of the channel's trades (for its statements)."""
+        with self._lock:
+            return [t for (c, _), t in self._trades.items() if c is channel]
 
     def find(self, out_trade_no: str) -> SimTrade | None:
         with self._lock:

@@ -14,6 +14,12 @@ The signed request path is the raw path the client appended to its gateway, so t
 ``/sandbox/wechat`` prefix is stripped before verifying, as WeChat sees ``/v3/…`` behind its
 own host.
 
+The daily trade bill: ``GET /v3/bill/tradebill?bill_date=…&bill_type=ALL&tar_type=GZIP`` answers
+(signed) a ``download_url`` valid 30 s (real time) and the SHA1 of the decompressed bill, from
+10:00 Beijing the next day (business clock) and for the last three months;
+``GET /v3/billdownload/file?token=…`` (Authorization signed over that path and query) serves
+the file, unsigned, built from the simulator's own trades of that day.
+
 Besides the API, ``POST /sandbox/wechat/switches`` (which key signs; answers signed badly, as
 WeChat's signature probes are; refunds left PROCESSING) and
 ``POST /sandbox/wechat/refunds/{out_refund_no}/settle`` (a PROCESSING refund's end, with its
@@ -23,6 +29,8 @@ notification) drive what only WeChat could do.
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
 import ipaddress
 import json
 import re
@@ -33,7 +41,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -48,6 +57,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from payment_adapters.base import Channel, WechatConfig
+from payment_adapters.sandbox.bills import DownloadLinks, active_on, damaged
 from payment_adapters.sandbox.core import (
     OutgoingNotification,
     PayOptions,
@@ -55,6 +65,7 @@ from payment_adapters.sandbox.core import (
     SimTrade,
     deliver,
 )
+from payment_adapters.wechat.client import bill_published_at, oldest_bill_day
 from payment_adapters.wechat.keys import certificate_serial
 
 # control_router() includes this router under its own "/sandbox": the API is at /sandbox/wechat.
@@ -93,6 +104,11 @@ class _Refusal(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(json.dumps({"code": code, "message": message}, ensure_ascii=False),
+                    status_code=status, media_type="application/json; charset=utf-8")
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -211,9 +227,11 @@ class WechatSimulator:
     def __init__(self, state: SandboxState, config: WechatConfig,
                  platform_private_key_pem: str | None = None, *,
                  certificate: tuple[str, str] | None = None, public_key_id: str | None = None,
-                 signing: Signing | None = None) -> None:
+                 signing: Signing | None = None, fee_rate: Decimal = Decimal(0)) -> None:
         self.state = state
         self.config = config
+        self.fee_rate = fee_rate             # 费率 charged on the bill's payments
+        self.bill_links = DownloadLinks()    # validity / real_clock / single_use: tests set
         self._signers: dict[Signing, _Signer] = {}
         if platform_private_key_pem:
             key = _private_key(platform_private_key_pem)
@@ -285,6 +303,21 @@ class WechatSimulator:
         @router.get("/v3/refund/domestic/refunds/{out_refund_no}")
         async def query_refund(request: Request, out_refund_no: str) -> Response:
             return await self._serve(request, lambda body: self._query_refund(out_refund_no))
+
+        @router.get("/v3/bill/tradebill")
+        async def tradebill(request: Request) -> Response:
+            here = str(request.url).split("/v3/bill/tradebill", 1)[0]
+            params = dict(request.query_params)
+            return await self._serve(request, lambda body: self._tradebill(params, here))
+
+        @router.get("/v3/billdownload/file")
+        async def billdownload(request: Request) -> Response:
+            await run_in_threadpool(self.state.before_call, Channel.WECHAT)
+            problem = self._authorization_problem(request, b"")
+            if problem is not None:
+                return _error(401, "SIGN_ERROR", problem)
+            return await run_in_threadpool(self._billdownload,
+                                           request.query_params.get("token", ""))
 
         # ---- the simulator's own controls (not WeChat's API)
         @router.post("/switches")
@@ -664,6 +697,62 @@ class WechatSimulator:
         if r.get("success_time") is not None:
             doc["success_time"] = _rfc3339(r["success_time"])
         return doc
+
+    # ------------------------------------------------------------------ bills
+    def _tradebill(self, params: Mapping[str, str], here: str) -> tuple[int, Mapping[str, Any]]:
+        text = params.get("bill_date", "")
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise _Refusal(400, "PARAM_ERROR", "bill_date格式应为yyyy-MM-DD") from None
+        if params.get("bill_type", "ALL") != "ALL":
+            raise _Refusal(400, "PARAM_ERROR", "沙箱仅提供bill_type=ALL的交易账单")
+        tar_type = params.get("tar_type")
+        if tar_type not in (None, "GZIP"):
+            raise _Refusal(400, "PARAM_ERROR", "tar_type仅支持GZIP")
+        now = self.state.now()
+        today = now.astimezone(CST).date()
+        if day >= today:
+            raise _Refusal(400, "INVALID_REQUEST", "bill_date只能是今天之前的日期")
+        if day < oldest_bill_day(today):
+            raise _Refusal(400, "INVALID_REQUEST", "仅支持三个月内的账单下载申请，请检查bill_date")
+        if now < bill_published_at(day):
+            raise _Refusal(400, "STATEMENT_CREATING", "账单生成中")
+        trades = self.state.trades(Channel.WECHAT)
+        if not active_on(trades, day):
+            raise _Refusal(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在")
+        # imported here: the statements module may use this one's helpers
+        from payment_adapters.sandbox.statements import render_statement
+
+        content = render_statement(Channel.WECHAT, trades, day, fee_rate=self.fee_rate)
+        if content[:2] == b"\x1f\x8b":           # rendered already compressed
+            content = gzip.decompress(content)
+        token = self.bill_links.issue({"content": content, "gzip": tar_type == "GZIP"})
+        url = f"{here}/v3/billdownload/file?token={token}"
+        if tar_type == "GZIP":
+            url += "&tartype=gzip"
+        return 200, {"hash_type": "SHA1",
+                     # of the bill itself (a gzip must be decompressed first), as WeChat's
+                     # 原始账单（gzip需要解压缩）的摘要值
+                     "hash_value": hashlib.sha1(content).hexdigest(),  # noqa: S324
+                     "download_url": url}
+
+    def _billdownload(self, token: str) -> Response:
+        link, why = self.bill_links.redeem(token)
+        if link is None:
+            return _error(400, "INVALID_REQUEST",
+                          f"账单地址无效（{why}），请按第一步申请账单的API指引，重新获取账单地址后再请求")
+        content: bytes = link["content"]
+        if self.state.faults[Channel.WECHAT].corrupt_statement:
+            content = damaged(content)
+        if link["gzip"]:
+            body = gzip.compress(content, mtime=0)
+            media_type = "application/x-gzip"
+        else:
+            body, media_type = content, "text/plain; charset=utf-8"
+        # The file is not signed (no Wechatpay-Signature): its SHA1 is the check.
+        return Response(body, status_code=200, media_type=media_type,
+                        headers={"Request-ID": f"08{secrets.token_hex(15).upper()}-0"})
 
     # ================================================================== notifications
     def payment_notification(self, trade: SimTrade, opts: PayOptions) -> OutgoingNotification:

@@ -65,4 +65,44 @@ class ParsedStatement(Protocol):
 
 
 class StatementParser(Protocol):
-    def __call__(self, fileobj: BinaryIO) -> ParsedStatement: ...
+    def __call__(self, fileobj: BinaryIO, *,
+                 max_expanded_bytes: int = ...) -> ParsedStatement: ...
+
+
+# The parsers, registered by source (imported here, after the types they use).
+from payment_adapters.statements._common import (  # noqa: E402
+    DEFAULT_MAX_EXPANDED_BYTES,
+    Statement,
+)
+from payment_adapters.statements.alipay import parse_alipay  # noqa: E402
+from payment_adapters.statements.ours import parse_pos, parse_unionpay  # noqa: E402
+from payment_adapters.statements.wechat import parse_wechat  # noqa: E402
+
+PARSERS: dict[str, StatementParser] = {
+    "wechat": parse_wechat,
+    "alipay": parse_alipay,
+    "unionpay": parse_unionpay,
+    "pos": parse_pos,
+}
+
+
+def parse_statement(source: str, fileobj: BinaryIO, *,
+                    max_expanded_bytes: int = DEFAULT_MAX_EXPANDED_BYTES) -> Statement:
+    """Parse ``fileobj`` as the statement of ``source`` (wechat, alipay, unionpay, pos).
+
+    Structural problems (not a zip, a wrong header, extra zip members) raise
+    :class:`StatementError` here; a bad line raises while iterating, after the lines before
+    it were yielded — stage them in one transaction and roll back on the error.
+    """
+    parser = PARSERS.get(source)
+    if parser is None:
+        raise StatementError(f"no statement format for {source!r}: one of "
+                             + ", ".join(PARSERS))
+    return parser(fileobj, max_expanded_bytes=max_expanded_bytes)  # type: ignore[return-value]
+
+
+__all__ = [
+    "DEFAULT_MAX_EXPANDED_BYTES", "PARSERS", "LineKind", "ParsedStatement", "Statement",
+    "StatementError", "StatementLine", "StatementParser", "StatementTotals", "parse_alipay",
+    "parse_pos", "parse_statement", "parse_unionpay", "parse_wechat",
+]

@@ -19,12 +19,15 @@ What a failure means for the trade:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
 import time
+import zlib
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import time as dtime
 from typing import Any
 from urllib.parse import quote
 
@@ -36,16 +39,19 @@ from payment_adapters.base import (
     Channel,
     ChannelError,
     ChannelTimeout,
+    Clock,
     CreateRequest,
     CreateResult,
     OutcomeUnknown,
     RefundRequest,
     RefundResult,
     RefundState,
+    StatementNotReady,
     TradeState,
     TradeStatus,
     VerificationFailed,
     WechatConfig,
+    real_clock,
 )
 from payment_adapters.wechat.keys import SIGNATURE_TYPE, WechatPayKeys
 
@@ -76,6 +82,37 @@ REFUND_STATES: dict[str, RefundState] = {
 }
 # Refusals that say "try again later" rather than "no".
 _RETRYABLE_CODES = frozenset({"SYSTEM_ERROR", "SYSTEMERROR", "FREQUENCY_LIMITED", "BANK_ERROR"})
+
+# The trade bill (交易账单) of a day: WeChat starts making it at 09:00 the next day (Beijing)
+# and tells merchants to ask after 10:00; its API serves the days of the last three months.
+BILL_PUBLISHED_AT = dtime(10, 0)
+BILL_MONTHS_BACK = 3
+_SHA1_HEX = re.compile(r"[0-9A-Fa-f]{40}")
+STATEMENT_MAX_BYTES = 256 * 1024 * 1024        # a downloaded (gzip) bill larger than this
+                                               # is refused, not held in memory
+
+
+def bill_published_at(day: date) -> datetime:
+    """When WeChat's trade bill of ``day`` can be asked for: 10:00 Beijing the next day."""
+    return datetime.combine(day + timedelta(days=1), BILL_PUBLISHED_AT, tzinfo=CST)
+
+
+def months_before(day: date, months: int) -> date:
+    """``day`` moved back ``months`` calendar months (the 31st → the month's last day)."""
+    month_index = day.year * 12 + (day.month - 1) - months
+    year, month = divmod(month_index, 12)
+    month += 1
+    for last in (31, 30, 29, 28):
+        try:
+            return date(year, month, min(day.day, last))
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def oldest_bill_day(today: date) -> date:
+    """The oldest day whose trade bill WeChat's API still serves on ``today`` (三个月内)."""
+    return months_before(today, BILL_MONTHS_BACK)
 
 
 def rfc3339_cst(moment: datetime) -> str:
@@ -145,8 +182,11 @@ class WechatPayClient:
     channel = Channel.WECHAT
 
     def __init__(self, config: WechatConfig, *,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 clock: Clock = real_clock) -> None:
         self.config = config
+        self._clock = clock          # the business clock: which bills are published
+                                     # (signature timestamps stay real time)
         key = serialization.load_pem_private_key(config.mch_private_key_pem.encode(),
                                                  password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -175,8 +215,14 @@ class WechatPayClient:
 
     def _request(self, op: str, method: str, path: str, *,
                  query: Mapping[str, str] | None = None,
-                 body: Mapping[str, Any] | None = None) -> httpx.Response:
-        url = self._base.copy_with(raw_path=self._base_path + path.encode("ascii"))
+                 body: Mapping[str, Any] | None = None,
+                 url: httpx.URL | None = None,
+                 verify_answer: bool = True) -> httpx.Response:
+        """``url`` (a download link WeChat gave, on our gateway) instead of ``path``; the
+        answer's signature is checked unless ``verify_answer`` is off (a bill download:
+        WeChat does not sign the file, its SHA1 is checked instead)."""
+        if url is None:
+            url = self._base.copy_with(raw_path=self._base_path + path.encode("ascii"))
         if query:
             url = url.copy_merge_params(dict(query))
         content = (b"" if body is None
@@ -218,7 +264,7 @@ class WechatPayClient:
                 f"wechat {op}: the connection failed after the request was sent "
                 f"({type(exc).__name__}: {exc}); the outcome is unknown",
                 code="connection_lost") from exc
-        if 200 <= response.status_code < 300:
+        if 200 <= response.status_code < 300 and verify_answer:
             # As the official SDKs: 2xx answers are verified, error answers are not.
             try:
                 self.keys.verify(response.headers, response.content, datetime.now(UTC))
@@ -412,6 +458,114 @@ class WechatPayClient:
             raise _garbage(op, "no refund_id")
         return RefundResult(out_refund_no=req.out_refund_no, state=state, refund_id=refund_id,
                             raw=data)
+
+
+    # ------------------------------------------------------------------ statements
+    def fetch_statement(self, day: date) -> bytes:
+        """The trade bill (交易账单, bill_type ALL) of the Beijing day ``day``, gzip, as
+        WeChat delivers it, after checking its SHA1 ``hash_value`` (over the decompressed
+        bill). ``StatementNotReady`` before 10:00 Beijing the next day (business clock) or
+        while WeChat says STATEMENT_CREATING; ``ChannelError`` ``no_statement`` when WeChat
+        has no bill of that day (no payment and no refund), ``statement_out_of_range`` for a
+        day older than the API serves (three months: upload that statement instead)."""
+        info = self.statement_link(day)
+        return self.download_statement(info["download_url"], info["hash_value"])
+
+    def statement_link(self, day: date) -> dict[str, str]:
+        """申请交易账单: ``{"download_url", "hash_type", "hash_value"}`` for ``day``, the
+        answer verified. The link is valid briefly (30 s): download it at once."""
+        if not isinstance(day, date) or isinstance(day, datetime):
+            raise ValueError(f"a statement day must be a date, got {day!r}")
+        now = self._clock()
+        today = now.astimezone(CST).date()
+        published = bill_published_at(day)
+        if now < published:
+            raise StatementNotReady(
+                f"wechat statement {day}: WeChat Pay publishes a day's trade bill after "
+                f"{published:%Y-%m-%d %H:%M} Beijing time; it is now "
+                f"{now.astimezone(CST):%Y-%m-%d %H:%M}")
+        if day < oldest_bill_day(today):
+            raise ChannelError(
+                f"wechat statement {day}: WeChat Pay's API serves the trade bills of the last "
+                f"three months only (from {oldest_bill_day(today)}); download it from the "
+                "merchant platform (商户平台) and upload it instead",
+                code="statement_out_of_range")
+        op = "statement"
+        response = self._request(op, "GET", "/v3/bill/tradebill", query={
+            "bill_date": day.isoformat(), "bill_type": "ALL", "tar_type": "GZIP"})
+        if response.status_code != 200:
+            refusal = self._refusal(op, response)
+            if refusal.code == "STATEMENT_CREATING":
+                raise StatementNotReady(f"wechat statement {day}: WeChat Pay is still making "
+                                        f"the bill ({refusal}); try again in half an hour")
+            if refusal.code == "NO_STATEMENT_EXIST":
+                raise ChannelError(
+                    f"wechat statement {day}: WeChat Pay has no trade bill of that day, as it "
+                    f"makes none for a day without any payment or refund ({refusal})",
+                    code="no_statement")
+            raise refusal
+        data = self._answer(op, response)
+        hash_type, hash_value = data.get("hash_type"), data.get("hash_value")
+        link = data.get("download_url")
+        if hash_type != "SHA1" or not isinstance(hash_value, str) or not _SHA1_HEX.fullmatch(
+                hash_value):
+            raise _garbage(op, f"hash_type {hash_type!r} / hash_value {hash_value!r} is not "
+                               "a SHA1")
+        if not isinstance(link, str) or not link:
+            raise _garbage(op, "no download_url")
+        return {"download_url": link, "hash_type": hash_type, "hash_value": hash_value}
+
+    def download_statement(self, download_url: str, hash_value: str) -> bytes:
+        """下载账单: a GET of ``download_url`` signed like any call (over its path and
+        query), answered by the file, unsigned; its decompressed content must have the SHA1
+        ``hash_value``. The gzip bytes as delivered."""
+        op = "statement download"
+        url = self._download_url(download_url)
+        response = self._request(op, "GET", "", url=url, verify_answer=False)
+        if response.status_code != 200:
+            raise self._refusal(op, response)
+        body = response.content
+        if len(body) > STATEMENT_MAX_BYTES:
+            raise ChannelError(f"wechat {op}: the bill is larger than "
+                               f"{STATEMENT_MAX_BYTES} bytes", code="statement_too_large")
+        digest = hashlib.sha1()           # noqa: S324 - WeChat's own integrity check
+        try:
+            inflate = zlib.decompressobj(wbits=31)           # gzip
+            for at in range(0, len(body), 1 << 20):
+                digest.update(inflate.decompress(body[at:at + (1 << 20)]))
+            digest.update(inflate.flush())
+            complete = inflate.eof and not inflate.unused_data
+        except zlib.error as exc:
+            raise ChannelError(f"wechat {op}: the bill is not a gzip file ({exc}); download "
+                               "it again", code="statement_corrupt", retryable=True) from None
+        if not complete:
+            raise ChannelError(f"wechat {op}: the gzip bill is truncated or followed by other "
+                               "data; download it again", code="statement_corrupt",
+                               retryable=True)
+        if digest.hexdigest() != hash_value.lower():
+            raise ChannelError(
+                f"wechat {op}: the bill's SHA1 {digest.hexdigest()} is not the hash_value "
+                f"{hash_value.lower()} WeChat Pay gave: the file was damaged or changed on the "
+                "way; it is not used (fetch it again)",
+                code="statement_hash_mismatch", retryable=True)
+        return body
+
+    def _download_url(self, link: str) -> httpx.URL:
+        """The download link as an URL we may send our Authorization to: on our gateway, or
+        HTTPS on WeChat Pay's own API hosts."""
+        try:
+            url = httpx.URL(link)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise _garbage("statement", f"download_url {link[:200]!r}: {exc}") from None
+        same_origin = (url.scheme, url.host, url.port) == (
+            self._base.scheme, self._base.host, self._base.port)
+        on_wechat = url.scheme == "https" and (url.host == "api.mch.weixin.qq.com"
+                                              or url.host.endswith(".mch.weixin.qq.com"))
+        if not (same_origin and url.raw_path.startswith(self._base_path + b"/")) and not (
+                on_wechat and not self._base_path):
+            raise _garbage("statement", f"download_url {link[:200]!r} is not on WeChat Pay's "
+                                        f"API ({self._base})")
+        return url
 
 
 def _request_id(response: httpx.Response) -> str:

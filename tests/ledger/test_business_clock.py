@@ -8,7 +8,7 @@ dated 2020-11-02 — not the real day the test runs on.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 from sqlalchemy import select
 
@@ -101,3 +101,29 @@ def test_every_money_event_lands_on_the_business_day(live: Live) -> None:
 
 def _finance_again(live: Live) -> dict[str, str]:
     return staff_headers(live, "fin", "finance-pass")
+
+
+def test_a_rehearsal_clock_moves_forward_only_through_the_sandbox(client) -> None:
+    """The sandbox's clock control: the next morning arrives (yesterday's statements are
+    published), the simulator's payments and our business dates follow; never backwards."""
+    rt = client.app.state.runtime
+    before = client.get("/sandbox/clock").json()
+    assert before["movable"] is True
+    moved = client.post("/sandbox/clock", json={"to": "2020-11-03T10:30:00+08:00"})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["now"].startswith("2020-11-03T02:30:")
+    assert str(rt.clock.today()) == "2020-11-03"
+    back = client.post("/sandbox/clock", json={"to": "2020-11-02T10:30:00+08:00"})
+    assert back.status_code == 409
+    assert "only runs forward" in back.json()["error"]["message"]
+    naive = client.post("/sandbox/clock", json={"to": "2020-11-04T10:30:00"})
+    assert naive.status_code == 409 and "offset" in naive.json()["error"]["message"]
+
+
+def test_a_real_time_clock_cannot_be_moved() -> None:
+    import pytest
+
+    from backend.clock import BusinessClock
+
+    with pytest.raises(ValueError, match="real time"):
+        BusinessClock(None).advance_to(datetime.fromisoformat("2030-01-01T00:00:00+08:00"))
