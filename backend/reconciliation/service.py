@@ -147,8 +147,14 @@ def expected_fee(amount_fen: int, rate: Decimal) -> int:
 # --------------------------------------------------------------------------- the run
 @dataclass(frozen=True)
 class Reconciled:
+    """The run (its fields read through: ``.run_id``, ``.matched``, ``.discrepancies``…),
+    and whether this call made it."""
+
     run: RunOut
     created: bool            # False: this very file was loaded before; its run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.run, name)
 
 
 def reconcile_statement(rt: Runtime, *, channel: str, day: date, fileobj: BinaryIO,
