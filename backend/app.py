@@ -25,6 +25,7 @@ from backend.notifications.endpoints import router as notify_router
 from backend.orders.endpoints import router as orders_router
 from backend.outbox.endpoints import router as outbox_router
 from backend.refunds.endpoints import router as refunds_router
+from backend.reconciliation.endpoints import router as reconciliation_router
 from backend.residents.endpoints import router as residents_router
 from backend.runtime import Runtime
 
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(ledger_router)
     app.include_router(outbox_router)
     app.include_router(refunds_router)
+    app.include_router(reconciliation_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
     install_desk(app)

@@ -97,6 +97,10 @@ class ErrorDetail(BaseModel):
         None, description="`refund_exceeds_refundable`: what the refund asked for.")
     refundable_fen: int | SkipJsonSchema[None] = Field(
         None, description="`refund_exceeds_refundable`: what remains refundable of it.")
+    run_id: int | SkipJsonSchema[None] = Field(
+        None, description="`statement_already_loaded`: the reconciliation run that has it.")
+    line: int | SkipJsonSchema[None] = Field(
+        None, description="`invalid_statement`: the line of the (decompressed) file.")
 
 
 class ErrorResponse(BaseModel):
@@ -149,6 +153,23 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "remittance_exceeds_cash": ErrorCode(409, "more than the cash of that day not yet "
                                               "remitted (`on_hand_fen`)"),
     "bank_receipt_taken": ErrorCode(409, "that bank receipt number is already recorded"),
+    "invalid_statement": ErrorCode(422, "the statement file cannot be imported (a wrong "
+                                        "header, a bad amount, a truncated or oversized "
+                                        "archive, a line of another day): `message` and "
+                                        "`line` say where; nothing of it was kept"),
+    "statement_already_loaded": ErrorCode(409, "another file is already reconciled for that "
+                                               "channel and day, or this file for another "
+                                               "day (`run_id`)"),
+    "discrepancy_not_open": ErrorCode(409, "the discrepancy is held for the next day's "
+                                           "statement, or already settled"),
+    "discrepancy_not_proposed": ErrorCode(409, "only a proposed resolution can be approved "
+                                               "(none yet, or already approved)"),
+    "same_approver": ErrorCode(403, "a second finance user, not the one who proposed it, "
+                                    "approves a discrepancy's resolution or a refund (or "
+                                    "rejects the refund)"),
+    "cannot_recover": ErrorCode(409, "the correction the channel's side calls for cannot be "
+                                     "made (e.g. the statement's amount is not the trade's): "
+                                     "`message` says why"),
     "day_not_over": ErrorCode(409, "the business day is not over yet: a day is closed after "
                                    "it ends"),
     "day_closed": ErrorCode(409, "the business day is closed already"),
@@ -162,8 +183,6 @@ ERROR_CODES: dict[str, ErrorCode] = {
                                                 "`refundable_fen`)"),
     "refund_not_pending": ErrorCode(409, "the refund is not in the state this step needs "
                                          "(e.g. approved already, or not awaiting cash)"),
-    "same_approver": ErrorCode(403, "a refund is approved or rejected by a finance user "
-                                    "other than the one who requested it"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

@@ -19,6 +19,12 @@ from backend.orders.models import (
     RefundLine,
 )
 from backend.outbox.models import OutboxJob
+from backend.reconciliation.models import (
+    Discrepancy,
+    ReconciliationRun,
+    Statement,
+    StatementLine,
+)
 from backend.residents.models import Death, Resident, Town, Village
 
 metadata = SQLModel.metadata
@@ -26,4 +32,5 @@ metadata = SQLModel.metadata
 __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "Town", "Village",
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "RefundLine", "InboxNotification", "IdempotencyKey", "AgentCollection",
-           "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay"]
+           "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
+           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy"]

@@ -101,26 +101,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/agent/refunds/{refund_id}/paid": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * Cash Refund Paid
-         * @description The agent paid an approved cash refund back to the payer, against a receipt.
-         */
-        post: operations["cash_refund_paid_api_v1_agent_refunds__refund_id__paid_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/api/v1/agent/remittances": {
         parameters: {
             query?: never;
@@ -373,40 +353,15 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/refunds": {
+    "/api/v1/reconciliation/discrepancies": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /**
-         * List Refunds
-         * @description Newest first; ``before_id`` (the last refund_id of a page) gives the next page.
-         */
-        get: operations["list_refunds_api_v1_refunds_get"];
-        put?: never;
-        /**
-         * Request Refund
-         * @description Ask for a refund of an order: everything still refundable, or the items named. It
-         *     waits for the approval of another finance user.
-         */
-        post: operations["request_refund_api_v1_refunds_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/refunds/{refund_id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Get Refund */
-        get: operations["get_refund_api_v1_refunds__refund_id__get"];
+        /** Discrepancies */
+        get: operations["discrepancies_api_v1_reconciliation_discrepancies_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -415,7 +370,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/refunds/{refund_id}/approve": {
+    "/api/v1/reconciliation/discrepancies/{discrepancy_id}/approve": {
         parameters: {
             query?: never;
             header?: never;
@@ -425,17 +380,18 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Approve Refund
-         * @description By a finance user other than the one who asked for it.
+         * Approve
+         * @description Approve another finance user's proposal: the discrepancy is resolved and our books
+         *     corrected where the channel's side was taken.
          */
-        post: operations["approve_refund_api_v1_refunds__refund_id__approve_post"];
+        post: operations["approve_api_v1_reconciliation_discrepancies__discrepancy_id__approve_post"];
         delete?: never;
         options?: never;
         head?: never;
         patch?: never;
         trace?: never;
     };
-    "/api/v1/refunds/{refund_id}/reject": {
+    "/api/v1/reconciliation/discrepancies/{discrepancy_id}/resolve": {
         parameters: {
             query?: never;
             header?: never;
@@ -445,10 +401,66 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Reject Refund
-         * @description By a finance user other than the one who asked for it, with a reason.
+         * Resolve
+         * @description Propose which side is right, with the reason; another finance user approves it.
          */
-        post: operations["reject_refund_api_v1_refunds__refund_id__reject_post"];
+        post: operations["resolve_api_v1_reconciliation_discrepancies__discrepancy_id__resolve_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Runs */
+        get: operations["runs_api_v1_reconciliation_runs_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/runs/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Run */
+        get: operations["run_api_v1_reconciliation_runs__run_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/reconciliation/{channel}/statements": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload Statement
+         * @description Load a channel's statement of a business day (as the channel delivers it) and
+         *     reconcile it. 201 with the new run; 200 with the run of this very file if it was loaded
+         *     before.
+         */
+        post: operations["upload_statement_api_v1_reconciliation__channel__statements_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -526,13 +538,15 @@ export interface components {
             /** Year */
             year: number;
         };
-        /** CashRefundPaid */
-        CashRefundPaid: {
+        /** Body_upload_statement_api_v1_reconciliation__channel__statements_post */
+        Body_upload_statement_api_v1_reconciliation__channel__statements_post: {
             /**
-             * Receipt No
-             * @description the number of the receipt the resident signed
+             * Date
+             * Format: date
              */
-            receipt_no: string;
+            date: string;
+            /** File */
+            file: string;
         };
         /** CloseDayIn */
         CloseDayIn: {
@@ -712,6 +726,94 @@ export interface components {
             /** Days */
             days: components["schemas"]["Day"][];
         };
+        /** DiscrepancyList */
+        DiscrepancyList: {
+            /** Items */
+            items: components["schemas"]["DiscrepancyOut"][];
+            /**
+             * Next After Id
+             * @description pass as after_id for the next page
+             */
+            next_after_id: number | null;
+        };
+        /** DiscrepancyOut */
+        DiscrepancyOut: {
+            /** Approved At */
+            approved_at: string | null;
+            /** Approved By */
+            approved_by: number | null;
+            /** Attempt Id */
+            attempt_id: number | null;
+            /**
+             * Business Date
+             * Format: date
+             */
+            business_date: string;
+            /** Channel */
+            channel: string;
+            /** Channel Amount Fen */
+            channel_amount_fen: number | null;
+            /** Channel Fee Fen */
+            channel_fee_fen: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Detail */
+            detail: string;
+            /**
+             * Expected Fee Fen
+             * @description fee_mismatch: amount × the channel's rate, rounded half-up
+             */
+            expected_fee_fen: number | null;
+            /** Id */
+            id: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "missing_locally" | "missing_at_channel" | "amount_mismatch" | "status_mismatch" | "fee_mismatch" | "duplicate_payment";
+            /**
+             * Ledger Entry Id
+             * @description the correcting entry (or the recovered payment's), once approved
+             */
+            ledger_entry_id: number | null;
+            /**
+             * Line No
+             * @description the statement line, when the difference is on one
+             */
+            line_no: number | null;
+            /** Our Amount Fen */
+            our_amount_fen: number | null;
+            /** Out Refund No */
+            out_refund_no: string | null;
+            /** Out Trade No */
+            out_trade_no: string | null;
+            /** Payment Id */
+            payment_id: number | null;
+            /** Proposed At */
+            proposed_at: string | null;
+            /** Proposed By */
+            proposed_by: number | null;
+            /** Reason */
+            reason: string | null;
+            /** Refund Id */
+            refund_id: number | null;
+            /** Resolved At */
+            resolved_at: string | null;
+            /** Run Id */
+            run_id: number;
+            /** Side */
+            side: ("channel" | "local") | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "open" | "held" | "proposed" | "resolved" | "auto_resolved";
+            /** Transaction Id */
+            transaction_id: string | null;
+        };
         /**
          * ErrorDetail
          * @description What went wrong: ``code`` for the program, ``message`` for a person.
@@ -734,6 +836,11 @@ export interface components {
              */
             insurance?: "pension" | "medical";
             /**
+             * Line
+             * @description `invalid_statement`: the line of the (decompressed) file.
+             */
+            line?: number;
+            /**
              * Message
              * @description One sentence for a person, naming what was wrong. Its wording may change: branch on `code`, never on this.
              */
@@ -754,20 +861,15 @@ export interface components {
              */
             reason?: string;
             /**
-             * Refundable Fen
-             * @description `refund_exceeds_refundable`: what remains refundable of it.
-             */
-            refundable_fen?: number;
-            /**
-             * Requested Fen
-             * @description `refund_exceeds_refundable`: what the refund asked for.
-             */
-            requested_fen?: number;
-            /**
              * Resident Ref
              * @description `item_already_paid`, `item_in_pending_order`: whose item.
              */
             resident_ref?: string;
+            /**
+             * Run Id
+             * @description `statement_already_loaded`: the reconciliation run that has it.
+             */
+            run_id?: number;
         };
         /**
          * ErrorResponse
@@ -922,33 +1024,10 @@ export interface components {
              * @default 0
              */
             refunded_fen: number;
-            /**
-             * Refunds
-             * @default []
-             */
-            refunds: components["schemas"]["OrderRefundOut"][];
             /** Status */
             status: string;
             /** Year */
             year: number;
-        };
-        /**
-         * OrderRefundOut
-         * @description A refund of money paid on the order, as the payer sees it.
-         */
-        OrderRefundOut: {
-            /** Amount Fen */
-            amount_fen: number;
-            /** Reason */
-            reason: string;
-            /** Refund Id */
-            refund_id: number;
-            /** Refunded At */
-            refunded_at: string | null;
-            /** Requested At */
-            requested_at: string | null;
-            /** Status */
-            status: string;
         };
         /** PaymentOut */
         PaymentOut: {
@@ -1015,95 +1094,6 @@ export interface components {
             /** Status */
             status: string;
         };
-        /** RefundCreate */
-        RefundCreate: {
-            /**
-             * Items
-             * @description the items to refund; left out: everything still refundable on the order
-             */
-            items?: components["schemas"]["RefundItemIn"][] | null;
-            /** Order No */
-            order_no: string;
-            /** Reason */
-            reason: string;
-        };
-        /**
-         * RefundItemIn
-         * @description A bill line of the order, named as the order answer names its items.
-         */
-        RefundItemIn: {
-            /**
-             * Insurance
-             * @enum {string}
-             */
-            insurance: "pension" | "medical";
-            /** Resident Ref */
-            resident_ref: string;
-        };
-        /** RefundItemOut */
-        RefundItemOut: {
-            /** Amount Fen */
-            amount_fen: number;
-            /** Insurance */
-            insurance: string;
-            /** Resident Ref */
-            resident_ref: string;
-        };
-        /** RefundList */
-        RefundList: {
-            /** Refunds */
-            refunds: components["schemas"]["RefundOut"][];
-        };
-        /** RefundOut */
-        RefundOut: {
-            /** Amount Fen */
-            amount_fen: number;
-            /** Approved At */
-            approved_at?: string | null;
-            /** Approved By */
-            approved_by?: string | null;
-            /** Cash Receipt No */
-            cash_receipt_no?: string | null;
-            /** Channel */
-            channel: string;
-            /** Channel Refund Id */
-            channel_refund_id?: string | null;
-            /** Items */
-            items: components["schemas"]["RefundItemOut"][];
-            /**
-             * Method
-             * @enum {string}
-             */
-            method: "channel" | "cash";
-            /** Order No */
-            order_no: string;
-            /** Reason */
-            reason: string;
-            /** Refund Id */
-            refund_id: number;
-            /** Refunded At */
-            refunded_at?: string | null;
-            /** Reject Reason */
-            reject_reason?: string | null;
-            /** Rejected At */
-            rejected_at?: string | null;
-            /** Rejected By */
-            rejected_by?: string | null;
-            /** Requested At */
-            requested_at: string | null;
-            /** Requested By */
-            requested_by: string;
-            /**
-             * Status
-             * @enum {string}
-             */
-            status: "requested" | "approved" | "queued" | "processing" | "awaiting_cash" | "succeeded" | "failed" | "rejected";
-        };
-        /** RefundReject */
-        RefundReject: {
-            /** Reason */
-            reason: string;
-        };
         /** RemittanceIn */
         RemittanceIn: {
             /** Amount Fen */
@@ -1149,6 +1139,92 @@ export interface components {
             /** Village Code */
             village_code: string;
         };
+        /** ResolveIn */
+        ResolveIn: {
+            /** Reason */
+            reason: string;
+            /**
+             * Side
+             * @description `channel`: the statement is right, our books are corrected; `local`: we are right, the channel is asked to correct
+             * @enum {string}
+             */
+            side: "channel" | "local";
+        };
+        /** RunOut */
+        RunOut: {
+            /** Channel */
+            channel: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /**
+             * Discrepancies
+             * @description the run's discrepancies, the first 500; page the rest with GET /api/v1/reconciliation/discrepancies?run_id=
+             */
+            discrepancies: components["schemas"]["DiscrepancyOut"][];
+            /** Discrepancies Truncated */
+            discrepancies_truncated: boolean;
+            /** Discrepancy Count */
+            discrepancy_count: number;
+            /** Matched */
+            matched: number;
+            /** Run Id */
+            run_id: number;
+            statement: components["schemas"]["StatementInfo"];
+            totals: components["schemas"]["RunTotals"];
+        };
+        /** RunSummary */
+        RunSummary: {
+            /** Channel */
+            channel: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /** Discrepancy Count */
+            discrepancy_count: number;
+            /** Held */
+            held: number;
+            /** Matched */
+            matched: number;
+            /** Run Id */
+            run_id: number;
+        };
+        /** RunTotals */
+        RunTotals: {
+            /** Discrepancies */
+            discrepancies: number;
+            /**
+             * Held
+             * @description ours near midnight, waiting for the next day's statement
+             */
+            held: number;
+            /**
+             * Matched
+             * @description paired lines found no different
+             */
+            matched: number;
+            ours: components["schemas"]["TotalsOurs"];
+            /**
+             * Paired
+             * @description statement lines paired with a payment or refund of ours
+             */
+            paired: number;
+            statement: components["schemas"]["StatementSide"];
+        };
         /** StaffLogin */
         StaffLogin: {
             /** Password */
@@ -1168,6 +1244,50 @@ export interface components {
              */
             token_type: string;
         };
+        /** StatementInfo */
+        StatementInfo: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Filename */
+            filename: string;
+            /** Id */
+            id: number;
+            /** Sha256 */
+            sha256: string;
+            /** Size */
+            size: number;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "upload" | "fetch";
+            /** Uploaded By */
+            uploaded_by: number | null;
+        };
+        /** StatementSide */
+        StatementSide: {
+            /**
+             * Expected Fee Fen
+             * @description Σ over payment lines of amount × the channel's rate, rounded half-up
+             */
+            expected_fee_fen: number;
+            /**
+             * Fee Fen
+             * @description the fees the statement charges, returned fees netted
+             */
+            fee_fen: number;
+            /** Payment Fen */
+            payment_fen: number;
+            /** Payments */
+            payments: number;
+            /** Refund Fen */
+            refund_fen: number;
+            /** Refunds */
+            refunds: number;
+        };
         /** TierOut */
         TierOut: {
             /** Amount Due Fen */
@@ -1178,6 +1298,23 @@ export interface components {
             subsidy_fen: number;
             /** Tier Yuan */
             tier_yuan: number;
+        };
+        /** TotalsOurs */
+        TotalsOurs: {
+            /** Payment Fen */
+            payment_fen: number;
+            /**
+             * Payments
+             * @description our payments of the day on this channel
+             */
+            payments: number;
+            /** Refund Fen */
+            refund_fen: number;
+            /**
+             * Refunds
+             * @description our refunds on this channel done that day
+             */
+            refunds: number;
         };
         /** WechatLogin */
         WechatLogin: {
@@ -1670,122 +1807,6 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "channel_timeout";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-        };
-    };
-    cash_refund_paid_api_v1_agent_refunds__refund_id__paid_post: {
-        parameters: {
-            query?: never;
-            header?: {
-                "Idempotency-Key"?: string | null;
-            };
-            path: {
-                refund_id: number;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["CashRefundPaid"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RefundOut"];
-                };
-            };
-            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "unauthorized";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `forbidden`: the caller's role or scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "forbidden";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `not_found`: nothing of this kind that this caller may see */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "not_found";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /**
-             * @description - `refund_not_pending`: the refund is not in the state this step needs (e.g. approved already, or not awaiting cash)
-             *     - `receipt_no_taken`: this agent already recorded that receipt number
-             *     - `idempotency_conflict`: the Idempotency-Key was used with another body, or its first request is still running: retry the same request shortly
-             */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "refund_not_pending" | "receipt_no_taken" | "idempotency_conflict";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `payload_too_large`: the request body is over the size limit */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "payload_too_large";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "validation_error";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
@@ -2826,13 +2847,16 @@ export interface operations {
             };
         };
     };
-    list_refunds_api_v1_refunds_get: {
+    discrepancies_api_v1_reconciliation_discrepancies_get: {
         parameters: {
             query?: {
-                status?: ("requested" | "approved" | "queued" | "processing" | "awaiting_cash" | "succeeded" | "failed" | "rejected") | null;
-                town?: string | null;
+                status?: ("open" | "held" | "proposed" | "resolved" | "auto_resolved") | null;
+                kind?: ("missing_locally" | "missing_at_channel" | "amount_mismatch" | "status_mismatch" | "fee_mismatch" | "duplicate_payment") | null;
+                run_id?: number | null;
+                date?: string | null;
+                channel?: ("wechat" | "alipay" | "unionpay" | "pos") | null;
+                after_id?: number;
                 limit?: number;
-                before_id?: number | null;
             };
             header?: never;
             path?: never;
@@ -2846,7 +2870,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["RefundList"];
+                    "application/json": components["schemas"]["DiscrepancyList"];
                 };
             };
             /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
@@ -2893,28 +2917,388 @@ export interface operations {
             };
         };
     };
-    request_refund_api_v1_refunds_post: {
+    approve_api_v1_reconciliation_discrepancies__discrepancy_id__approve_post: {
         parameters: {
             query?: never;
-            header?: {
-                "Idempotency-Key"?: string | null;
+            header?: never;
+            path: {
+                discrepancy_id: number;
             };
-            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DiscrepancyOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `forbidden`: the caller's role or scope does not allow this
+             *     - `same_approver`: a resolution is approved by another finance user than the one who proposed it
+             */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden" | "same_approver";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `discrepancy_not_proposed`: only a proposed resolution can be approved (none yet, or already approved)
+             *     - `cannot_recover`: the correction the channel's side calls for cannot be made (e.g. the statement's amount is not the trade's): `message` says why
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "discrepancy_not_proposed" | "cannot_recover";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    resolve_api_v1_reconciliation_discrepancies__discrepancy_id__resolve_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                discrepancy_id: number;
+            };
             cookie?: never;
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["RefundCreate"];
+                "application/json": components["schemas"]["ResolveIn"];
             };
         };
         responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DiscrepancyOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `discrepancy_not_open`: the discrepancy is held for the next day's statement, or already settled */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "discrepancy_not_open";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    runs_api_v1_reconciliation_runs_get: {
+        parameters: {
+            query?: {
+                date?: string | null;
+                channel?: ("wechat" | "alipay" | "unionpay" | "pos") | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunSummary"][];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    run_api_v1_reconciliation_runs__run_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    upload_statement_api_v1_reconciliation__channel__statements_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                channel: "wechat" | "alipay" | "unionpay" | "pos";
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Body_upload_statement_api_v1_reconciliation__channel__statements_post"];
+            };
+        };
+        responses: {
+            /** @description this very file was loaded before: its run */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunOut"];
+                };
+            };
             /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["RefundOut"];
+                    "application/json": components["schemas"]["RunOut"];
                 };
             };
             /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
@@ -2945,25 +3329,7 @@ export interface operations {
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
             };
-            /** @description - `not_found`: nothing of this kind that this caller may see */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "not_found";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /**
-             * @description - `order_not_refundable`: the order has no money received to refund (not paid), or not in one payment a refund can give back
-             *     - `refund_exceeds_refundable`: the refund is more than what remains refundable (`requested_fen`, `refundable_fen`)
-             *     - `idempotency_conflict`: the Idempotency-Key was used with another body, or its first request is still running: retry the same request shortly
-             */
+            /** @description - `statement_already_loaded`: another file is already reconciled for that channel and day, or this file for another day (`run_id`) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2972,7 +3338,7 @@ export interface operations {
                     "application/json": {
                         error: {
                             /** @enum {string} */
-                            code: "order_not_refundable" | "refund_exceeds_refundable" | "idempotency_conflict";
+                            code: "statement_already_loaded";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
@@ -2991,180 +3357,10 @@ export interface operations {
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
             };
-            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "validation_error";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-        };
-    };
-    get_refund_api_v1_refunds__refund_id__get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                refund_id: number;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RefundOut"];
-                };
-            };
-            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "unauthorized";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `forbidden`: the caller's role or scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "forbidden";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `not_found`: nothing of this kind that this caller may see */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "not_found";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "validation_error";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-        };
-    };
-    approve_refund_api_v1_refunds__refund_id__approve_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                refund_id: number;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RefundOut"];
-                };
-            };
-            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "unauthorized";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
             /**
-             * @description - `forbidden`: the caller's role or scope does not allow this
-             *     - `same_approver`: a refund is approved or rejected by a finance user other than the one who requested it
+             * @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what
+             *     - `invalid_statement`: the statement file cannot be imported (a wrong header, a bad amount, a truncated or oversized archive, a line of another day): `message` and `line` say where; nothing of it was kept
              */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "forbidden" | "same_approver";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `not_found`: nothing of this kind that this caller may see */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "not_found";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `refund_not_pending`: the refund is not in the state this step needs (e.g. approved already, or not awaiting cash) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "refund_not_pending";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3173,120 +3369,7 @@ export interface operations {
                     "application/json": {
                         error: {
                             /** @enum {string} */
-                            code: "validation_error";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-        };
-    };
-    reject_refund_api_v1_refunds__refund_id__reject_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                refund_id: number;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["RefundReject"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["RefundOut"];
-                };
-            };
-            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "unauthorized";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /**
-             * @description - `forbidden`: the caller's role or scope does not allow this
-             *     - `same_approver`: a refund is approved or rejected by a finance user other than the one who requested it
-             */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "forbidden" | "same_approver";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `not_found`: nothing of this kind that this caller may see */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "not_found";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `refund_not_pending`: the refund is not in the state this step needs (e.g. approved already, or not awaiting cash) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "refund_not_pending";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `payload_too_large`: the request body is over the size limit */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "payload_too_large";
-                        };
-                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
-                };
-            };
-            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        error: {
-                            /** @enum {string} */
-                            code: "validation_error";
+                            code: "validation_error" | "invalid_statement";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };

@@ -17,7 +17,8 @@ class AgentCollection(SQLModel, table=True):
     agent_id: int = Field(foreign_key="staff_users.id")
     receipt_no: str = Field(max_length=64)
     method: str = Field(max_length=8)          # cash | pos
-    pos_reference: str | None = Field(default=None, max_length=64)
+    # the POS terminal's reference: what the acquirer's settlement names the payment by
+    pos_reference: str | None = Field(default=None, max_length=64, index=True)
     order_id: int = Field(foreign_key="orders.id")
     payment_id: int = Field(foreign_key="payments.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

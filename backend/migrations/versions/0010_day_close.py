@@ -1,7 +1,7 @@
 """closing a business day: closed_days, and the day an entry was for when it posts later
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-01
 """
 from __future__ import annotations
