@@ -24,8 +24,8 @@ from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import router as notify_router
 from backend.orders.endpoints import router as orders_router
 from backend.outbox.endpoints import router as outbox_router
-from backend.refunds.endpoints import router as refunds_router
 from backend.reconciliation.endpoints import router as reconciliation_router
+from backend.refunds.endpoints import router as refunds_router
 from backend.residents.endpoints import router as residents_router
 from backend.runtime import Runtime
 

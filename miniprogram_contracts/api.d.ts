@@ -101,6 +101,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/agent/refunds/{refund_id}/paid": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cash Refund Paid
+         * @description The agent paid an approved cash refund back to the payer, against a receipt.
+         */
+        post: operations["cash_refund_paid_api_v1_agent_refunds__refund_id__paid_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/agent/remittances": {
         parameters: {
             query?: never;
@@ -467,6 +487,88 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/refunds": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Refunds
+         * @description Newest first; ``before_id`` (the last refund_id of a page) gives the next page.
+         */
+        get: operations["list_refunds_api_v1_refunds_get"];
+        put?: never;
+        /**
+         * Request Refund
+         * @description Ask for a refund of an order: everything still refundable, or the items named. It
+         *     waits for the approval of another finance user.
+         */
+        post: operations["request_refund_api_v1_refunds_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/refunds/{refund_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Refund */
+        get: operations["get_refund_api_v1_refunds__refund_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/refunds/{refund_id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approve Refund
+         * @description By a finance user other than the one who asked for it.
+         */
+        post: operations["approve_refund_api_v1_refunds__refund_id__approve_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/refunds/{refund_id}/reject": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reject Refund
+         * @description By a finance user other than the one who asked for it, with a reason.
+         */
+        post: operations["reject_refund_api_v1_refunds__refund_id__reject_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/residents/lookup": {
         parameters: {
             query?: never;
@@ -547,6 +649,14 @@ export interface components {
             date: string;
             /** File */
             file: string;
+        };
+        /** CashRefundPaid */
+        CashRefundPaid: {
+            /**
+             * Receipt No
+             * @description the number of the receipt the resident signed
+             */
+            receipt_no: string;
         };
         /** CloseDayIn */
         CloseDayIn: {
@@ -861,6 +971,16 @@ export interface components {
              */
             reason?: string;
             /**
+             * Refundable Fen
+             * @description `refund_exceeds_refundable`: what remains refundable of it.
+             */
+            refundable_fen?: number;
+            /**
+             * Requested Fen
+             * @description `refund_exceeds_refundable`: what the refund asked for.
+             */
+            requested_fen?: number;
+            /**
              * Resident Ref
              * @description `item_already_paid`, `item_in_pending_order`: whose item.
              */
@@ -1024,10 +1144,33 @@ export interface components {
              * @default 0
              */
             refunded_fen: number;
+            /**
+             * Refunds
+             * @default []
+             */
+            refunds: components["schemas"]["OrderRefundOut"][];
             /** Status */
             status: string;
             /** Year */
             year: number;
+        };
+        /**
+         * OrderRefundOut
+         * @description A refund of money paid on the order, as the payer sees it.
+         */
+        OrderRefundOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /** Reason */
+            reason: string;
+            /** Refund Id */
+            refund_id: number;
+            /** Refunded At */
+            refunded_at: string | null;
+            /** Requested At */
+            requested_at: string | null;
+            /** Status */
+            status: string;
         };
         /** PaymentOut */
         PaymentOut: {
@@ -1093,6 +1236,95 @@ export interface components {
             qr_image_url: string | null;
             /** Status */
             status: string;
+        };
+        /** RefundCreate */
+        RefundCreate: {
+            /**
+             * Items
+             * @description the items to refund; left out: everything still refundable on the order
+             */
+            items?: components["schemas"]["RefundItemIn"][] | null;
+            /** Order No */
+            order_no: string;
+            /** Reason */
+            reason: string;
+        };
+        /**
+         * RefundItemIn
+         * @description A bill line of the order, named as the order answer names its items.
+         */
+        RefundItemIn: {
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /** Resident Ref */
+            resident_ref: string;
+        };
+        /** RefundItemOut */
+        RefundItemOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /** Insurance */
+            insurance: string;
+            /** Resident Ref */
+            resident_ref: string;
+        };
+        /** RefundList */
+        RefundList: {
+            /** Refunds */
+            refunds: components["schemas"]["RefundOut"][];
+        };
+        /** RefundOut */
+        RefundOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /** Approved At */
+            approved_at?: string | null;
+            /** Approved By */
+            approved_by?: string | null;
+            /** Cash Receipt No */
+            cash_receipt_no?: string | null;
+            /** Channel */
+            channel: string;
+            /** Channel Refund Id */
+            channel_refund_id?: string | null;
+            /** Items */
+            items: components["schemas"]["RefundItemOut"][];
+            /**
+             * Method
+             * @enum {string}
+             */
+            method: "channel" | "cash";
+            /** Order No */
+            order_no: string;
+            /** Reason */
+            reason: string;
+            /** Refund Id */
+            refund_id: number;
+            /** Refunded At */
+            refunded_at?: string | null;
+            /** Reject Reason */
+            reject_reason?: string | null;
+            /** Rejected At */
+            rejected_at?: string | null;
+            /** Rejected By */
+            rejected_by?: string | null;
+            /** Requested At */
+            requested_at: string | null;
+            /** Requested By */
+            requested_by: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "requested" | "approved" | "queued" | "processing" | "awaiting_cash" | "succeeded" | "failed" | "rejected";
+        };
+        /** RefundReject */
+        RefundReject: {
+            /** Reason */
+            reason: string;
         };
         /** RemittanceIn */
         RemittanceIn: {
@@ -1807,6 +2039,122 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "channel_timeout";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    cash_refund_paid_api_v1_agent_refunds__refund_id__paid_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "Idempotency-Key"?: string | null;
+            };
+            path: {
+                refund_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CashRefundPaid"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RefundOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `refund_not_pending`: the refund is not in the state this step needs (e.g. approved already, or not awaiting cash)
+             *     - `receipt_no_taken`: this agent already recorded that receipt number
+             *     - `idempotency_conflict`: the Idempotency-Key was used with another body, or its first request is still running: retry the same request shortly
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "refund_not_pending" | "receipt_no_taken" | "idempotency_conflict";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
@@ -2953,7 +3301,7 @@ export interface operations {
             };
             /**
              * @description - `forbidden`: the caller's role or scope does not allow this
-             *     - `same_approver`: a resolution is approved by another finance user than the one who proposed it
+             *     - `same_approver`: a second finance user, not the one who proposed it, approves a discrepancy's resolution or a refund (or rejects the refund)
              */
             403: {
                 headers: {
@@ -3370,6 +3718,473 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "validation_error" | "invalid_statement";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    list_refunds_api_v1_refunds_get: {
+        parameters: {
+            query?: {
+                status?: ("requested" | "approved" | "queued" | "processing" | "awaiting_cash" | "succeeded" | "failed" | "rejected") | null;
+                town?: string | null;
+                limit?: number;
+                before_id?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RefundList"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    request_refund_api_v1_refunds_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RefundCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RefundOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `order_not_refundable`: the order has no money received to refund (not paid), or not in one payment a refund can give back
+             *     - `refund_exceeds_refundable`: the refund is more than what remains refundable (`requested_fen`, `refundable_fen`)
+             *     - `idempotency_conflict`: the Idempotency-Key was used with another body, or its first request is still running: retry the same request shortly
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "order_not_refundable" | "refund_exceeds_refundable" | "idempotency_conflict";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    get_refund_api_v1_refunds__refund_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                refund_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RefundOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    approve_refund_api_v1_refunds__refund_id__approve_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                refund_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RefundOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `forbidden`: the caller's role or scope does not allow this
+             *     - `same_approver`: a second finance user, not the one who proposed it, approves a discrepancy's resolution or a refund (or rejects the refund)
+             */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden" | "same_approver";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `refund_not_pending`: the refund is not in the state this step needs (e.g. approved already, or not awaiting cash) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "refund_not_pending";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    reject_refund_api_v1_refunds__refund_id__reject_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                refund_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RefundReject"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RefundOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `forbidden`: the caller's role or scope does not allow this
+             *     - `same_approver`: a second finance user, not the one who proposed it, approves a discrepancy's resolution or a refund (or rejects the refund)
+             */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden" | "same_approver";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `refund_not_pending`: the refund is not in the state this step needs (e.g. approved already, or not awaiting cash) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "refund_not_pending";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
