@@ -183,6 +183,10 @@ ERROR_CODES: dict[str, ErrorCode] = {
                                                 "`refundable_fen`)"),
     "refund_not_pending": ErrorCode(409, "the refund is not in the state this step needs "
                                          "(e.g. approved already, or not awaiting cash)"),
+    "statement_not_ready": ErrorCode(409, "the channel has not published that day's statement "
+                                          "yet (WeChat: after 10:00 the next day), has none "
+                                          "(no trade that day), or no longer serves it "
+                                          "(older than 3 months): try later, or upload it"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

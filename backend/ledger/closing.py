@@ -60,8 +60,14 @@ def no_open_discrepancies(count: Callable[[Session, date], int]) -> Precondition
 
 
 #: The preconditions every close checks. Wired at startup by the modules that own them,
-#: e.g. ``PRECONDITIONS.append(no_open_discrepancies(open_discrepancies))``.
-PRECONDITIONS: list[Precondition] = []
+def _open_discrepancies(session: Session, day: date) -> int:
+    from backend.reconciliation.service import open_discrepancies   # it posts to the ledger
+
+    return open_discrepancies(session, day)
+
+
+#: What must hold before a day closes: no reconciliation discrepancy of the day left open.
+PRECONDITIONS: list[Precondition] = [no_open_discrepancies(_open_discrepancies)]
 
 
 LOCK_TIMEOUT = "5s"

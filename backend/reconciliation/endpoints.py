@@ -4,12 +4,14 @@ auditors and admins read."""
 from __future__ import annotations
 
 from datetime import date
+from datetime import date as date_type
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
 
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
-from backend.errors import LOGGED_IN, Forbidden, errors
+from backend.errors import JSON_BODY, LOGGED_IN, Forbidden, errors
 from backend.reconciliation import service
 from backend.reconciliation.schemas import (
     DiscrepancyList,
@@ -55,6 +57,29 @@ def upload_statement(rt: RuntimeDep, principal: CurrentPrincipal, response: Resp
     done = service.reconcile_statement(rt, channel=channel, day=day, fileobj=file.file,
                                        filename=file.filename or "statement", source="upload",
                                        user_id=user_id)
+    if not done.created:
+        response.status_code = 200
+    return done.run
+
+
+class FetchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    date: date_type = Field(description="the business day whose statement to fetch")
+
+
+@router.post("/{channel}/fetch", response_model=RunOut, status_code=201,
+             responses={200: {"model": RunOut, "description": "the channel delivered the same "
+                                                               "file as before: its run"},
+                        **errors(*LOGGED_IN, *JSON_BODY, "forbidden", "invalid_statement",
+                                 "statement_already_loaded", "statement_not_ready",
+                                 "channel_error")})
+def fetch_statement(rt: RuntimeDep, principal: CurrentPrincipal, response: Response,
+                    channel: Literal["wechat", "alipay"], body: FetchIn) -> RunOut:
+    """Fetch the day's statement through the channel's own API (WeChat Pay's trade bill,
+    Alipay's bill download) and reconcile it, as an upload would. ChinaUMS and POS
+    statements are uploaded."""
+    user_id = _finance(principal)
+    done = service.fetch_and_reconcile(rt, channel=channel, day=body.date, user_id=user_id)
     if not done.created:
         response.status_code = 200
     return done.run

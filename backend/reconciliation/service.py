@@ -72,6 +72,7 @@ from backend.refunds.service import complete_refund
 from backend.runtime import Runtime
 from backend.sql import Statement as Sql
 from backend.sql import Tx
+from payment_adapters.base import Channel, ChannelError, StatementNotReady
 from payment_adapters.statements import StatementError
 from payment_adapters.statements import StatementLine as Line
 
@@ -219,6 +220,45 @@ def reconcile_statement(rt: Runtime, *, channel: str, day: date, fileobj: Binary
         with rt.sessions() as s:
             _no_run_yet(s, channel, day)
         raise
+
+
+FETCHABLE = ("wechat", "alipay")       # the channels whose statements have an API
+
+
+class StatementUnavailable(AppError):
+    """The channel has not published the day's statement (yet), or no longer serves it."""
+
+    status, code = 409, "statement_not_ready"
+
+
+class StatementChannelError(AppError):
+    status, code = 502, "channel_error"
+
+
+def fetch_and_reconcile(rt: Runtime, *, channel: str, day: date,
+                        user_id: int | None) -> Reconciled:
+    """Fetch ``channel``'s statement of ``day`` through its own API and reconcile it, as if
+    uploaded (the same file twice gives the same run). WeChat and Alipay only: ChinaUMS and
+    POS statements are uploaded."""
+    if channel not in FETCHABLE:
+        raise ValidationFailed(f"channel: {channel} statements are uploaded; only "
+                               f"{' and '.join(FETCHABLE)} are fetched from the channel")
+    client = rt.channels.clients[Channel(channel)]
+    fetch = getattr(client, "fetch_statement", None)
+    if fetch is None:
+        raise ValidationFailed(f"channel: {channel} has no statement API here")
+    try:
+        data = fetch(day)
+    except StatementNotReady as exc:
+        raise StatementUnavailable(f"{channel}: {exc}") from None
+    except ChannelError as exc:
+        if exc.code in ("no_statement", "statement_out_of_range"):
+            raise StatementUnavailable(f"{channel}: {exc}") from None
+        raise StatementChannelError(f"{channel} statement of {day}: {exc}") from None
+    return reconcile_statement(rt, channel=channel, day=day, fileobj=io.BytesIO(data),
+                               filename=f"{channel}-{day.isoformat()}"
+                                        f"{'.csv.gz' if channel == 'wechat' else '.zip'}",
+                               source="fetch", user_id=user_id)
 
 
 def _loaded_before(rt: Runtime, channel: str, day: date, sha256: str) -> Reconciled | None:
