@@ -59,9 +59,8 @@ def no_open_discrepancies(count: Callable[[Session, date], int]) -> Precondition
     return check
 
 
-#: The preconditions every close checks. Wired at startup by the modules that own them,
 def _open_discrepancies(session: Session, day: date) -> int:
-    from backend.reconciliation.service import open_discrepancies   # it posts to the ledger
+    from backend.reconciliation.service import open_discrepancies  # (imports the ledger)
 
     return open_discrepancies(session, day)
 
