@@ -17,14 +17,25 @@ HERE = Path(__file__).parent
 
 CHANNEL_NAMES = {"wechat": "微信支付", "alipay": "支付宝", "unionpay": "银联商务",
                  "cash": "现金", "pos": "POS 刷卡", "department": "部门代缴"}
-DISCREPANCY_KINDS = {"missing_locally": "本地缺失（渠道有、我方无）",
-                     "missing_at_channel": "渠道缺失（我方有、渠道无）",
+DISCREPANCY_KINDS = {"missing_locally": "我方漏单", "missing_at_channel": "渠道漏单",
                      "amount_mismatch": "金额不符", "status_mismatch": "状态不符",
                      "fee_mismatch": "手续费不符", "duplicate_payment": "重复支付"}
-STATUS_NAMES = {"open": "待处理", "resolved": "待复核", "approved": "已复核",
-                "requested": "待审批", "queued": "退款中", "processing": "退款中",
-                "succeeded": "已退款", "rejected": "已驳回", "failed": "失败"}
-SIDE_NAMES = {"channel": "以渠道为准", "local": "以本地为准"}
+#: What each kind means, for the run page (one line each).
+DISCREPANCY_HINTS = {
+    "missing_locally": "渠道收了款，我方没有记为已缴",
+    "missing_at_channel": "我方记了收款，渠道账单上没有",
+    "amount_mismatch": "双方金额不一致",
+    "status_mismatch": "交易号或退款状态不一致",
+    "fee_mismatch": "手续费与费率不符",
+    "duplicate_payment": "同一笔交易重复出现，或已缴的项目又被支付",
+}
+# Discrepancies (open … auto_resolved) and refunds (requested … rejected): no name is both.
+STATUS_NAMES = {"open": "待处理", "held": "待次日对账", "proposed": "待复核",
+                "resolved": "已解决", "auto_resolved": "次日账单已核对",
+                "requested": "待审批", "approved": "已审批，待退款", "queued": "待退款",
+                "processing": "退款中", "awaiting_cash": "待代办员退还现金",
+                "succeeded": "已退款", "rejected": "已驳回", "failed": "退款失败"}
+SIDE_NAMES = {"channel": "以渠道为准", "local": "以我方为准"}
 
 
 def yuan(fen: int | None) -> str:
@@ -53,6 +64,7 @@ env.filters.update(
     yuan=yuan, local_time=local_time, cn_date=cn_date,
     channel=lambda c: CHANNEL_NAMES.get(c, c),
     kind=lambda k: DISCREPANCY_KINDS.get(k, k),
+    kind_hint=lambda k: DISCREPANCY_HINTS.get(k, ""),
     status=lambda s: STATUS_NAMES.get(s, s),
     side=lambda s: SIDE_NAMES.get(s, s) if s else "—")
 

@@ -57,6 +57,8 @@ _CODE = re.compile(r"^[0-9A-Za-z_-]{1,32}$")
 # How far back the home page looks for cash not yet remitted.
 OVERDUE_LOOKBACK_DAYS = 14
 MAX_REASON = 200
+# a refund's reason is what the payer's wallet shows with it (WeChat takes 80 characters)
+MAX_REFUND_REASON = 80
 
 LOGIN_MESSAGES = {
     "login": "请先登录。",
@@ -67,9 +69,10 @@ LOGIN_MESSAGES = {
 DONE_MESSAGES = {
     "uploaded": "对账单已上传并完成对账。",
     "fetched": "已从渠道获取对账单并完成对账。",
-    "resolved": "差异已处理，等待另一位财务人员复核。",
-    "approved": "差异处理已复核，更正分录已入账。",
-    "refund_approved": "退款已审批，正在原路退回。",
+    "resolved": "处理意见已提交，等待另一位财务人员复核。",
+    "approved": "已复核：差异已解决，以渠道为准的更正已记账。",
+    "refund_requested": "退款申请已提交，等待另一位财务人员审批。",
+    "refund_approved": "退款已审批：原路退回的由系统发起退款，现金退款由代办员退还。",
     "refund_rejected": "退款申请已驳回。",
     "closed": "已日结，该日已锁定。",
 }
@@ -128,13 +131,44 @@ def _code(value: str | None, field: str) -> str | None:
     return value
 
 
-def _reason(value: str) -> str:
+def _reason(value: str, limit: int = MAX_REASON) -> str:
     reason = value.strip()
     if not reason:
-        raise DeskRefusal(422, "请填写原因", "处理差异或驳回退款时必须写明原因。")
-    if len(reason) > MAX_REASON:
-        raise DeskRefusal(422, "原因太长", f"原因最多 {MAX_REASON} 个字。")
+        raise DeskRefusal(422, "请填写原因", "处理差异、申请或驳回退款时必须写明原因。")
+    if len(reason) > limit:
+        raise DeskRefusal(422, "原因太长", f"原因最多 {limit} 个字。")
     return reason
+
+
+#: What the desk says first when a service refuses, by the error's code; the service's own
+#: sentence follows.
+REFUSALS = {
+    "same_approver": "须由另一位财务人员操作：不能复核或审批自己提交的处理或申请。",
+    "discrepancy_not_open": "这条差异已不在待处理状态（已处理、已复核或在等待次日对账单）。",
+    "discrepancy_not_proposed": "这条差异没有待复核的处理意见（可能已被他人复核）。",
+    "cannot_recover": "无法按渠道记录补记这笔收款。",
+    "statement_not_ready": "渠道还没有提供这一天的对账单（微信支付次日 10:00 后、支付宝次日"
+                           "上午发布；没有交易的日子没有账单）。",
+    "statement_already_loaded": "这一天该渠道的对账单已经对过账，请到对账结果中逐条处理差异。",
+    "invalid_statement": "对账单文件无法识别，未导入任何内容。",
+    "payload_too_large": "对账单文件太大。",
+    "channel_error": "获取对账单时渠道出错，请稍后重试。",
+    "refund_not_pending": "这笔退款已不是待审批状态。",
+    "refund_exceeds_refundable": "退款金额超过了可退金额。",
+    "order_not_refundable": "这个订单没有可退的款项。",
+    "day_not_over": "这一天还没有结束，不能日结。",
+    "day_closed": "这一天已经日结。",
+    "open_discrepancies": "这一天还有未处理完的对账差异，处理并复核后才能日结。",
+    "not_found": "找不到要操作的记录。",
+    "validation_error": "填写的内容不对。",
+    "forbidden": "无权进行这一操作。",
+}
+
+
+def _refused(exc: AppError) -> DeskRefusal:
+    lead = REFUSALS.get(exc.code)
+    return DeskRefusal(exc.status, "操作未完成",
+                       f"{lead}（{exc.message}）" if lead else exc.message)
 
 
 def _act(rt: Runtime, action: Callable[[Session], object]) -> None:
@@ -145,7 +179,15 @@ def _act(rt: Runtime, action: Callable[[Session], object]) -> None:
     except services.NotAvailable:
         raise DeskRefusal(503, "功能尚未开放", "这一功能还在建设中，暂时不能使用。") from None
     except AppError as exc:
-        raise DeskRefusal(exc.status, "操作未完成", exc.message) from None
+        raise _refused(exc) from None
+
+
+def _call(action: Callable[[], Any]) -> Any:
+    """Run an action whose service keeps its own unit of work (never inside another)."""
+    try:
+        return action()
+    except AppError as exc:
+        raise _refused(exc) from None
 
 
 def _back(path: str, **params: str) -> RedirectResponse:
@@ -263,8 +305,8 @@ def home(request: Request, rt: RuntimeDep) -> Response:
             p = user.principal
             todo["refunds"] = _try(lambda: len(services.list_refunds(
                 session, rt, p, status="requested")))
-            todo["discrepancies"] = _try(lambda: sum(
-                r.open_discrepancies for r in services.list_runs(session, rt, p)))
+            todo["discrepancies"] = _try(lambda: services.waiting_discrepancies(
+                session, rt, p))
             todo["yesterday"] = _try(lambda: services.day_close_state(
                 session, rt, p, today - timedelta(days=1)))
     return page(request, "home.html", page_context(
@@ -336,16 +378,10 @@ def statements_upload(request: Request, rt: RuntimeDep,
     if not file.size:
         raise DeskRefusal(422, "请选择文件", "没有收到对账单文件，请选择文件后再上传。")
     filename = file.filename or "statement"
-    holder: dict[str, int] = {}
-
-    def run(session: Session) -> None:
-        file.file.seek(0)
-        holder["run"] = services.upload_statement(
-            session, rt, user.principal, channel=channel, day=day, filename=filename,
-            stream=file.file)
-
-    _act(rt, run)
-    return _back(f"/desk/reconciliation/{holder['run']}", done="uploaded")
+    file.file.seek(0)
+    run_id = _call(lambda: services.upload_statement(
+        rt, user.principal, channel=channel, day=day, filename=filename, stream=file.file))
+    return _back(f"/desk/reconciliation/{run_id}", done="uploaded")
 
 
 @router.post("/statements/fetch")
@@ -358,14 +394,9 @@ def statements_fetch(request: Request, rt: RuntimeDep,
     require_acting(user)
     channel = _channel(channel, services.FETCHABLE_CHANNELS)
     day = _day(date, rt)
-    holder: dict[str, int] = {}
-
-    def run(session: Session) -> None:
-        holder["run"] = services.fetch_statement(session, rt, user.principal,
-                                                 channel=channel, day=day)
-
-    _act(rt, run)
-    return _back(f"/desk/reconciliation/{holder['run']}", done="fetched")
+    run_id = _call(lambda: services.fetch_statement(rt, user.principal, channel=channel,
+                                                    day=day))
+    return _back(f"/desk/reconciliation/{run_id}", done="fetched")
 
 
 # --------------------------------------------------------------------- reconciliation
@@ -408,7 +439,7 @@ def discrepancy_resolve(request: Request, rt: RuntimeDep, discrepancy_id: int,
     require_acting(user)
     if side not in services.RESOLUTION_SIDES:
         raise DeskRefusal(422, "请选择以哪一方为准",
-                          "处理差异时请选择“以渠道为准”或“以本地为准”。")
+                          "处理差异时请选择“以渠道为准”或“以我方为准”。")
     text = _reason(reason)
     _act(rt, lambda s: services.resolve_discrepancy(s, rt, user.principal, discrepancy_id,
                                                     side=side, reason=text))
@@ -447,13 +478,29 @@ def refunds_page(request: Request, rt: RuntimeDep, status: str = "requested") ->
         filters=REFUND_FILTERS))
 
 
+@router.post("/refunds/request")
+def refund_request(request: Request, rt: RuntimeDep,
+                   order_no: Annotated[str, Form(max_length=64)] = "",
+                   reason: Annotated[str, Form(max_length=1000)] = "",
+                   csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+    user = _user(request, rt)
+    check_csrf(user.csrf, csrf)
+    require_acting(user)
+    order_no = order_no.strip()
+    if not order_no:
+        raise DeskRefusal(422, "请填写订单号", "申请退款需要填写订单号。")
+    text = _reason(reason, MAX_REFUND_REASON)
+    _call(lambda: services.request_refund(rt, user.principal, order_no=order_no, reason=text))
+    return _back("/desk/refunds", done="refund_requested")
+
+
 @router.post("/refunds/{refund_id}/approve")
 def refund_approve(request: Request, rt: RuntimeDep, refund_id: int,
                    csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     user = _user(request, rt)
     check_csrf(user.csrf, csrf)
     require_acting(user)
-    _act(rt, lambda s: services.approve_refund(s, rt, user.principal, refund_id))
+    _call(lambda: services.approve_refund(rt, user.principal, refund_id))
     return _back("/desk/refunds", done="refund_approved")
 
 
@@ -465,7 +512,7 @@ def refund_reject(request: Request, rt: RuntimeDep, refund_id: int,
     check_csrf(user.csrf, csrf)
     require_acting(user)
     text = _reason(reason)
-    _act(rt, lambda s: services.reject_refund(s, rt, user.principal, refund_id, reason=text))
+    _call(lambda: services.reject_refund(rt, user.principal, refund_id, reason=text))
     return _back("/desk/refunds", done="refund_rejected")
 
 
@@ -484,12 +531,14 @@ def day_close_page(request: Request, rt: RuntimeDep, date: str | None = None) ->
     return page(request, "day_close.html", page_context(
         request, user, "day_close", day=day, today=today, ledger=ledger, state=state,
         available=available, prev_day=day - timedelta(days=1),
-        next_day=day + timedelta(days=1)))
+        next_day=day + timedelta(days=1), channels=services.STATEMENT_CHANNELS,
+        fetchable=services.FETCHABLE_CHANNELS))
 
 
 @router.post("/day-close")
 def day_close(request: Request, rt: RuntimeDep,
               date: Annotated[str, Form(max_length=10)] = "",
+              note: Annotated[str, Form(max_length=1000)] = "",
               csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     user = _user(request, rt)
     check_csrf(user.csrf, csrf)
@@ -497,5 +546,8 @@ def day_close(request: Request, rt: RuntimeDep,
     if not date:
         raise DeskRefusal(422, "请选择日期", "日结需要指明哪一天。")
     day = _day(date, rt)
-    _act(rt, lambda s: services.close_day(s, rt, user.principal, day))
+    text = note.strip()
+    if len(text) > MAX_REASON:
+        raise DeskRefusal(422, "备注太长", f"备注最多 {MAX_REASON} 个字。")
+    _act(rt, lambda s: services.close_day(s, rt, user.principal, day, text))
     return _back("/desk/day-close", date=day.isoformat(), done="closed")

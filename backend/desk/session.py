@@ -80,6 +80,11 @@ class DeskUser:
     def may_act(self) -> bool:
         return self.role in ACTING_ROLES
 
+    @property
+    def staff_id(self) -> int | None:
+        sub = self.principal.sub
+        return int(sub[6:]) if sub.startswith("staff:") and sub[6:].isdigit() else None
+
 
 def csrf_for(secret: str, session_token: str) -> str:
     return hmac.new(secret.encode(), b"desk-csrf\0" + session_token.encode(),

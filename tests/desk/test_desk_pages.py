@@ -101,18 +101,22 @@ def test_desk_login_roles_csrf_scopes_and_headers(client: TestClient, rt: Runtim
         assert label in home.text
     assert client.get("/desk/login", follow_redirects=False).headers["location"] == "/desk/"
 
-    # pages whose services are not wired yet say so; their actions write nothing
-    for path in ("/desk/statements", "/desk/reconciliation", "/desk/reconciliation/1",
-                 "/desk/refunds", "/desk/day-close?date=2020-11-01"):
+    # the district's pages with nothing in them yet; what is not there is said so
+    for path, text in (("/desk/statements", "这一天还没有对账"),
+                       ("/desk/reconciliation", "还没有对账批次"),
+                       ("/desk/refunds", "没有待审批的退款"),
+                       ("/desk/day-close?date=2020-11-01", "确认日结 2020-11-01")):
         r = client.get(path)
-        assert r.status_code == 200 and "尚未开放" in r.text, path
+        assert r.status_code == 200 and text in r.text and "尚未开放" not in r.text, path
+    r = client.get("/desk/reconciliation/1")
+    assert r.status_code == 404 and "找不到对账批次" in r.text
     token = _csrf(client)
     r = client.post("/desk/refunds/1/approve", data={"csrf": token})
-    assert r.status_code == 503 and "功能尚未开放" in r.text
+    assert r.status_code == 404 and "找不到要操作的记录" in r.text
     r = client.post("/desk/statements/upload", data={"csrf": token, "channel": "wechat",
                                                      "date": "2020-11-01"},
                     files={"file": ("bill.csv", b"a,b\n", "text/csv")})
-    assert r.status_code == 503
+    assert r.status_code == 422 and "未导入任何内容" in r.text
     r = client.post("/desk/statements/upload", data={"csrf": token, "channel": "paypal",
                                                      "date": "2020-11-01"},
                     files={"file": ("bill.csv", b"a,b\n", "text/csv")})
@@ -188,66 +192,106 @@ def test_the_session_cookie_is_secure_behind_https(rt: Runtime) -> None:
         assert daily_ledger(s, date(2020, 11, 2), today=date(2020, 11, 2)).rows == []
 
 
-@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
-def test_the_pages_show_what_the_services_answer(client: TestClient, rt: Runtime,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """The templates with data in them, through stand-ins for the services' answers (what
-    backend/desk/services.py is to translate the services' answers into)."""
-    from datetime import datetime
+def _bill(rt: Runtime, day: date, paid: list[int]) -> bytes:
+    """The WeChat trade bill of ``day`` with trades ``paid`` (as the simulator writes it)."""
+    import io
 
-    from backend.desk import services as sv
+    from payment_adapters.sandbox.statements import BillRow, write_wechat_bill
+    from tests.reconciliation.world import at, trade, txn
+
+    out = io.BytesIO()
+    write_wechat_bill(out, [BillRow(kind="payment", at=at(day, 9, i), out_trade_no=trade(i),
+                                    transaction_id=txn(i), amount_fen=38_000) for i in paid],
+                      fee_rate=rt.settings.fee_rate("wechat"))
+    return out.getvalue()
+
+
+def test_statements_resolution_refunds_and_close_through_the_pages(client: TestClient,
+                                                                   rt: Runtime) -> None:
+    """The real services behind the pages (both databases): a WeChat bill uploaded; a
+    payment the channel took and we did not record, resolved by one user and approved by
+    another; a refund asked, refused to its requester, rejected by another; the day closed
+    in the page's unit of work. Refusals answer as pages saying why, and change nothing."""
+    from sqlalchemy import select
+
+    from backend.orders.models import Order
+    from tests.reconciliation.world import build_world, trade
 
     day = date(2020, 11, 1)
-    at = datetime.fromisoformat("2020-11-02T10:30:00+08:00")
-    run = sv.RunSummary(run_id=7, date=day, channel="wechat", matched=9998, discrepancies=2,
-                        open_discrepancies=1, created_at=at, file_sha256="ab" * 32)
-    found = [sv.Discrepancy(id=1, kind="missing_locally", out_trade_no="W1", status="open",
-                            channel_amount_fen=28000),
-             sv.Discrepancy(id=2, kind="amount_mismatch", out_trade_no="W2", status="resolved",
-                            local_amount_fen=30000, channel_amount_fen=29999, side="channel",
-                            reason="渠道少收一分", resolved_by="finance")]
-    refunds = [sv.RefundView(id=3, order_no="20201102000001", amount_fen=28000,
-                             channel="alipay", status="requested", reason="重复缴费",
-                             requested_at=at, requested_by="finance")]
-    calls: list[tuple[str, object]] = []
-    monkeypatch.setattr(sv, "list_runs", lambda *a, **k: [run])
-    monkeypatch.setattr(sv, "get_run", lambda *a, **k: sv.RunDetail(
-        run, found, {"amount_fen": 279_944_000, "fee_fen": 559_888}))
-    monkeypatch.setattr(sv, "list_refunds", lambda *a, **k: refunds)
-    monkeypatch.setattr(sv, "day_close_state", lambda s, rt, p, d: sv.DayCloseState(
-        date=d, closed=d < day, open_discrepancies=1, closed_at=at, closed_by="finance2"))
-    monkeypatch.setattr(sv, "approve_refund", lambda s, rt, p, i: calls.append(("refund", i)))
-    monkeypatch.setattr(sv, "resolve_discrepancy",
-                        lambda s, rt, p, i, side, reason: calls.append(("resolve", side)))
-    monkeypatch.setattr(sv, "upload_statement", lambda s, rt, p, **k: calls.append(
-        ("upload", k["stream"].read())) or 7)
     with unit_of_work(rt.sessions) as s:
+        build_world(s, day, 3, unpaid=[3])
         create_staff_user(s, username="fin", password="finance-pass", role="finance")
+        create_staff_user(s, username="fin2", password="finance-pass2", role="finance")
+    bill = _bill(rt, day, [1, 2, 3])
+
+    def post(path: str, **data: str) -> tuple[int, str, str]:
+        r = client.post(path, data={"csrf": _csrf(client), **data}, follow_redirects=False)
+        return r.status_code, r.headers.get("location", ""), r.text
+
     assert _login(client, "fin", "finance-pass")[0] == 303
-
-    home = client.get("/desk/").text
-    assert "1 笔" in home and "1 条" in home and "未日结" in home
-    page = client.get("/desk/reconciliation").text
-    assert "#7" in page and "9998" in page and "微信支付" in page
-    page = client.get("/desk/reconciliation/7").text
-    for text in ("2,799,440.00", "5,598.88", "本地缺失", "280.00", "以渠道为准：渠道少收一分",
-                 "复核通过", "提交处理", "ab" * 32):
+    bad = client.post("/desk/statements/upload", follow_redirects=False, data={
+        "csrf": _csrf(client), "channel": "wechat", "date": day.isoformat()},
+        files={"file": ("bill.csv", bill.replace(b"380.00", b"38x.00", 1), "text/csv")})
+    assert bad.status_code == 422 and "对账单文件无法识别" in bad.text, bad.text
+    r = client.post("/desk/statements/upload", follow_redirects=False, data={
+        "csrf": _csrf(client), "channel": "wechat", "date": day.isoformat()},
+        files={"file": ("bill.csv", bill, "text/csv")})
+    assert r.status_code == 303, r.text
+    run_page = r.headers["location"].split("?")[0]
+    assert run_page.startswith("/desk/reconciliation/")
+    page = client.get(r.headers["location"]).text
+    for text in ("对账单已上传", "微信支付", "1,140.00 元", "760.00 元", "我方漏单", trade(3),
+                 "待处理", "提交处理", "bill.csv"):
         assert text in page, text
-    page = client.get("/desk/refunds").text
-    assert "20201102000001" in page and "批准退款" in page and "驳回" in page
-    assert "已日结" in client.get("/desk/day-close?date=2020-10-31").text
-    assert "确认日结 2020-11-01" in client.get("/desk/day-close?date=2020-11-01").text
-    assert "对账批次" in client.get("/desk/statements?date=2020-11-01").text
+    d_id = re.search(r'/desk/discrepancies/(\d+)/resolve', page)
+    assert d_id
+    resolve, approve = (f"/desk/discrepancies/{d_id.group(1)}/{a}" for a in ("resolve",
+                                                                           "approve"))
+    assert "对账批次" in client.get(f"/desk/statements?date={day}").text
 
-    token = _csrf(client)
-    r = client.post("/desk/refunds/3/approve", data={"csrf": token}, follow_redirects=False)
-    assert (r.status_code, r.headers["location"]) == (303, "/desk/refunds?done=refund_approved")
-    assert "退款已审批" in client.get(r.headers["location"]).text
-    r = client.post("/desk/discrepancies/1/resolve", follow_redirects=False, data={
-        "csrf": token, "side": "local", "reason": "我方有收款记录", "run": "7"})
-    assert r.headers["location"] == "/desk/reconciliation/7?done=resolved"
-    r = client.post("/desk/statements/upload", follow_redirects=False,
-                    data={"csrf": token, "channel": "wechat", "date": "2020-11-01"},
-                    files={"file": ("bill.csv", b"`a,`b\n", "text/csv")})
-    assert r.headers["location"] == "/desk/reconciliation/7?done=uploaded"
-    assert calls == [("refund", 3), ("resolve", "local"), ("upload", b"`a,`b\n")]
+    status, _, text = post(resolve, side="channel", reason="  ", run=run_page.rsplit("/")[-1])
+    assert status == 422 and "请填写原因" in text
+    status, where, _ = post(resolve, side="channel", reason="渠道已扣款",
+                            run=run_page.rsplit("/")[-1])
+    assert (status, where) == (303, f"{run_page}?done=resolved")
+    page = client.get(run_page).text
+    assert "待复核" in page and "/approve" not in page and "另一位财务人员复核" in page
+    status, _, text = post(approve)
+    assert status == 403 and "须由另一位财务人员操作" in text
+    closing = post("/desk/day-close", date=day.isoformat())
+    assert closing[0] == 409 and "未处理完的对账差异" in closing[2]
+
+    # refunds: asked by fin, refused to fin, rejected by fin2
+    status, where, _ = post("/desk/refunds/request", order_no="O000000001", reason="误缴")
+    assert (status, where) == (303, "/desk/refunds?done=refund_requested")
+    page = client.get("/desk/refunds").text
+    assert "O000000001" in page and "380.00" in page and "批准退款" not in page
+    refund_id = re.search(r'id="r(\d+)"', page)
+    assert refund_id
+    assert post(f"/desk/refunds/{refund_id.group(1)}/approve")[0] == 403
+    again = post("/desk/refunds/request", order_no="O000000001", reason="误缴")
+    assert again[0] == 409 and "超过了可退金额" in again[2]
+    assert post("/desk/refunds/request", order_no="O000000002", reason="x" * 81)[0] == 422
+
+    assert _login(client, "fin2", "finance-pass2")[0] == 303
+    assert "/approve" in client.get(run_page).text
+    status, where, _ = post(approve, run=run_page.rsplit("/")[-1])
+    assert (status, where) == (303, f"{run_page}?done=approved")
+    assert "已解决" in client.get(run_page).text
+    with rt.sessions() as s:
+        assert s.scalar(select(Order.status).where(Order.order_no == "O000000003")) == "paid"
+    assert post(f"/desk/refunds/{refund_id.group(1)}/reject", reason="")[0] == 422
+    status, where, _ = post(f"/desk/refunds/{refund_id.group(1)}/reject", reason="核实无误")
+    assert where == "/desk/refunds?done=refund_rejected"
+    assert "已驳回" in client.get("/desk/refunds?status=all").text
+
+    today = post("/desk/day-close", date="2020-11-02")
+    assert today[0] == 409 and "还没有结束" in today[2]
+    status, where, _ = post("/desk/day-close", date=day.isoformat(), note="对账完毕")
+    assert (status, where) == (303, f"/desk/day-close?date={day}&done=closed")
+    page = client.get(where).text
+    assert "已日结：fin2" in page and "对账完毕" in page and "确认日结" not in page
+    twice = post("/desk/day-close", date=day.isoformat())
+    assert twice[0] == 409 and "已经日结" in twice[2]
+    home = client.get("/desk/").text
+    assert "已日结" not in home or "昨日日结" in home
