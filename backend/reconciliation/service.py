@@ -231,6 +231,11 @@ class StatementUnavailable(AppError):
 
     status, code = 409, "statement_not_ready"
 
+    def __init__(self, message: str, *, why: str = "not_ready") -> None:
+        super().__init__(message)
+        # not_ready (yet), no_statement (WeChat: no trade that day), statement_out_of_range
+        self.why = why
+
 
 class StatementChannelError(AppError):
     status, code = 502, "channel_error"
@@ -254,7 +259,7 @@ def fetch_and_reconcile(rt: Runtime, *, channel: str, day: date,
         raise StatementUnavailable(f"{channel}: {exc}") from None
     except ChannelError as exc:
         if exc.code in ("no_statement", "statement_out_of_range"):
-            raise StatementUnavailable(f"{channel}: {exc}") from None
+            raise StatementUnavailable(f"{channel}: {exc}", why=exc.code) from None
         raise StatementChannelError(f"{channel} statement of {day}: {exc}") from None
     return reconcile_statement(rt, channel=channel, day=day, fileobj=io.BytesIO(data),
                                filename=f"{channel}-{day.isoformat()}"
