@@ -44,6 +44,7 @@ from backend.db import unit_of_work, utcnow
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
 from backend.ledger import service as ledger
 from backend.ledger.models import JournalEntry
+from backend.ledger.pos import POS_REMITTANCE, PosSettled, remit_pos
 from backend.orders.models import Payment, Refund
 from backend.orders.payment_flow import (
     AmountMismatch,
@@ -230,6 +231,11 @@ class StatementUnavailable(AppError):
 
     status, code = 409, "statement_not_ready"
 
+    def __init__(self, message: str, *, why: str = "not_ready") -> None:
+        super().__init__(message)
+        # not_ready (yet), no_statement (WeChat: no trade that day), statement_out_of_range
+        self.why = why
+
 
 class StatementChannelError(AppError):
     status, code = 502, "channel_error"
@@ -253,7 +259,7 @@ def fetch_and_reconcile(rt: Runtime, *, channel: str, day: date,
         raise StatementUnavailable(f"{channel}: {exc}") from None
     except ChannelError as exc:
         if exc.code in ("no_statement", "statement_out_of_range"):
-            raise StatementUnavailable(f"{channel}: {exc}") from None
+            raise StatementUnavailable(f"{channel}: {exc}", why=exc.code) from None
         raise StatementChannelError(f"{channel} statement of {day}: {exc}") from None
     return reconcile_statement(rt, channel=channel, day=day, fileobj=io.BytesIO(data),
                                filename=f"{channel}-{day.isoformat()}"
@@ -698,6 +704,8 @@ def _match(rt: Runtime, s: Session, run: ReconciliationRun) -> None:
                  else hi - HOLD_WINDOW)
     for q in _ours_missing_sql(channel, statements):
         tx.rowcount(q, held_from=held_from, lo=lo, hi=hi, **params)
+    if channel == "pos":
+        _remit_pos(rt, s, run)
 
     totals = {kind: row for kind, *row in tx.all(_line_totals_sql(rate), s=statement_id)}
     pay = totals.get("payment", [0, 0, 0, 0, 0])
@@ -716,6 +724,59 @@ def _match(rt: Runtime, s: Session, run: ReconciliationRun) -> None:
     run.our_refunds, run.our_refund_fen = int(ours_r[0]), int(ours_r[1])
     run.held = int(by_status.get("held", 0))
     run.discrepancies = sum(int(v) for v in by_status.values())
+    s.flush()
+
+
+# The POS lines paired with a collection of ours (each once: a repeated line is a
+# duplicate_payment already), with whether this run found the line's amount wrong.
+_POS_SETTLED = Sql("""
+    SELECT l.line_no, l.payment_id, l.amount_fen, l.fee_fen, l.out_trade_no, l.transaction_id,
+           l.our_amount_fen
+    FROM statement_lines l
+    WHERE l.statement_id = :s AND l.kind = 'payment' AND l.duplicate_of IS NULL
+      AND l.payment_id IS NOT NULL
+    ORDER BY l.line_no""", prepare=False)
+_POS_REFUSED_KIND = {"amount_mismatch": "amount_mismatch", "bad_fee": "fee_mismatch",
+                     "duplicate_line": "duplicate_payment",
+                     "already_remitted": "duplicate_payment"}
+
+
+def _remit_pos(rt: Runtime, s: Session, run: ReconciliationRun) -> None:
+    """A POS settlement's lines paired with the agents' POS collections remit them
+    (``ledger.pos.remit_pos``: the daily ledger counts the money as remitted, on the
+    collection's day and village), in the run's transaction. The acquirer's own fee is
+    booked. A line the remittance refuses — or one of a collection an earlier settlement
+    remitted — is a discrepancy of the run, unless the run has one for that line already."""
+    rows = Tx(s).all(_POS_SETTLED, s=run.statement_id)
+    if not rows:
+        return
+    by_payment = {int(r[1]): r for r in rows}
+    done = remit_pos(s, settle_date=run.business_date, collections=[
+        PosSettled(amount_fen=int(r[2]), fee_fen=int(r[3]), payment_id=int(r[1]),
+                   pos_reference=r[4]) for r in rows],
+        occurred_at=rt.clock.now(),
+        reference=f"statement {run.statement_id} (run {run.id})")
+    refused = [(line.payment_id, why) for line, why in done.refused]
+    refused += [(pid, "already_remitted") for pid in done.already_remitted]
+    if not refused:
+        return
+    have = set(s.scalars(select(col(Discrepancy.line_no)).where(
+        col(Discrepancy.run_id) == run.id, col(Discrepancy.line_no).is_not(None))).all())
+    now = utcnow()
+    for pid, why in refused:
+        line_no, payment_id, amount, fee, ref, txn, ours = by_payment[int(pid or 0)]
+        if line_no in have:
+            continue
+        detail = ("the collection with POS reference " + ref
+                  + (" was remitted by an earlier POS settlement"
+                     if why == "already_remitted" else
+                     f" cannot be remitted from this settlement ({why})"))
+        s.add(Discrepancy(run_id=run.id, channel=run.channel, business_date=run.business_date,  # type: ignore[arg-type]
+                          kind=_POS_REFUSED_KIND.get(why, "status_mismatch"), status="open",
+                          line_no=line_no, out_trade_no=ref, transaction_id=txn,
+                          our_amount_fen=ours, channel_amount_fen=amount, channel_fee_fen=fee,
+                          payment_id=payment_id, detail=detail[:500], created_at=now,
+                          updated_at=now))
     s.flush()
 
 
@@ -896,7 +957,8 @@ def _correct(rt: Runtime, session: Session, d: Discrepancy) -> tuple[int | None,
         what = f"amount of {d.out_refund_no or d.out_trade_no}"
     elif d.kind == "fee_mismatch":
         extra = (d.channel_fee_fen or 0) - (d.expected_fee_fen or 0)
-        if extra == 0:
+        if extra == 0 or (channel == "pos" and _pos_remitted(session, d.payment_id)):
+            # a POS settlement's remittance booked the fee the acquirer kept already
             return None, None
         entry = ledger.post_entry(
             session, kind="correction",
@@ -937,6 +999,13 @@ def _correct(rt: Runtime, session: Session, d: Discrepancy) -> tuple[int | None,
               ledger.Leg(differences(channel), -delta, channel=channel)],
         payment_id=d.payment_id, refund_id=d.refund_id)
     return entry.entry_id, None
+
+
+def _pos_remitted(session: Session, payment_id: int | None) -> bool:
+    return payment_id is not None and session.scalar(
+        select(func.count()).select_from(JournalEntry).where(
+            col(JournalEntry.kind) == POS_REMITTANCE,
+            col(JournalEntry.payment_id) == payment_id)) != 0
 
 
 def _recover(session: Session, d: Discrepancy, line: StatementLine) -> tuple[int | None, int]:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from backend.outbox.service import run_due
+from backend.reconciliation.fetching import fetch_due_statements
 from backend.runtime import Runtime
 from backend.worker.jobs import expire_orders, recover_attempts
 
@@ -17,6 +18,8 @@ SCHEDULE: list[tuple[str, float, Callable[[Runtime], int]]] = [
     ("outbox", 2.0, run_due),
     ("recover_attempts", 20.0, recover_attempts),
     ("expire_orders", 30.0, expire_orders),
+    # the channels' daily statements, once published (see reconciliation.fetching)
+    ("fetch_statements", 300.0, fetch_due_statements),
 ]
 
 

@@ -23,6 +23,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -66,6 +67,13 @@ BILL_METHOD = "alipay.data.dataservice.bill.downloadurl.query"
 # the code BILL_NOT_EXIST.
 _BILL_NOT_EXIST = {"isp.bill_not_exist", "BILL_NOT_EXIST"}
 STATEMENT_MAX_BYTES = 256 * 1024 * 1024        # a bill zip larger than this is refused
+# When a day's bill is surely made: 09:00 Beijing the next day (the simulator's hour too).
+BILL_PUBLISHED_AT = dtime(9, 0)
+
+
+def bill_published_at(day: date) -> datetime:
+    """When Alipay's trade bill of ``day`` can be asked for: 09:00 Beijing the next day."""
+    return datetime.combine(day + timedelta(days=1), BILL_PUBLISHED_AT, tzinfo=BEIJING)
 
 
 # --------------------------------------------------------------------------- money and time
