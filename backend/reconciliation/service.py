@@ -40,7 +40,7 @@ from sqlmodel import col
 
 import backend.models  # noqa: F401  (every table these rows' foreign keys name)
 from backend.clock import SHANGHAI
-from backend.db import unit_of_work, utcnow
+from backend.db import unit_of_work
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
 from backend.ledger import service as ledger
 from backend.ledger.models import JournalEntry
@@ -190,12 +190,13 @@ def reconcile_statement(rt: Runtime, *, channel: str, day: date, fileobj: Binary
                 content, encoding = gzip.compress(data, compresslevel=6, mtime=0), "gzip"
             stmt = Statement(channel=channel, business_date=day, filename=filename[:255],
                              size=len(data), sha256=sha256, content=content,
-                             content_encoding=encoding, source=source, uploaded_by=user_id)
+                             content_encoding=encoding, source=source, uploaded_by=user_id,
+                             created_at=rt.clock.now())
             s.add(stmt)
             s.flush()
             run = ReconciliationRun(channel=channel, business_date=day,
                                     statement_id=stmt.id,  # type: ignore[arg-type]
-                                    created_by=user_id)
+                                    created_by=user_id, created_at=rt.clock.now())
             s.add(run)
             s.flush()
             s.expunge(stmt)          # its bytes are written; the session need not keep them
@@ -647,8 +648,11 @@ _HELD_FOUND = Sql("""
                         AND m.payment_id = discrepancies.payment_id)
                        OR (discrepancies.kind = 'status_mismatch'
                            AND m.our_refund_id = discrepancies.refund_id)))""", prepare=False)
+# Not on the next day's statement either: reported now, with the run (and the day) that found
+# it missing — the day before may be closed already, and this day must not close over it.
 _HELD_NOT_FOUND = Sql("""
-    UPDATE discrepancies SET status = 'open', updated_at = :now,
+    UPDATE discrepancies SET status = 'open', updated_at = :now, run_id = :run,
+        business_date = :d,
         detail = SUBSTR(detail || '; nor on the statement of ' || :today, 1, 500)
     WHERE status = 'held' AND channel = :ch AND business_date = :prev""", prepare=False)
 
@@ -685,7 +689,7 @@ def _match(rt: Runtime, s: Session, run: ReconciliationRun) -> None:
     tx = Tx(s)
     channel, day, statement_id = run.channel, run.business_date, run.statement_id
     rate = rt.settings.fee_rate(channel)
-    now = utcnow()
+    now = rt.clock.now()          # the business clock: a rehearsal's 2020 day reads 2020
     start = datetime.combine(day, time(), SHANGHAI)
     lo, hi = start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC)
     params = dict(run=run.id, ch=channel, d=day, s=statement_id, now=now)
@@ -695,7 +699,8 @@ def _match(rt: Runtime, s: Session, run: ReconciliationRun) -> None:
     prev = day - timedelta(days=1)
     tx.rowcount(_HELD_FOUND, ch=channel, prev=prev, s=statement_id, now=now,
                 today=day.isoformat(), run_txt=str(run.id))
-    tx.rowcount(_HELD_NOT_FOUND, ch=channel, prev=prev, now=now, today=day.isoformat())
+    tx.rowcount(_HELD_NOT_FOUND, ch=channel, prev=prev, now=now, today=day.isoformat(),
+                run=run.id, d=day)
     # Ours not on the statement: held when near midnight, unless the next day's statement
     # is here already (then it is known not to be on it either).
     neighbours = _neighbours(s, channel, day)
@@ -762,7 +767,7 @@ def _remit_pos(rt: Runtime, s: Session, run: ReconciliationRun) -> None:
         return
     have = set(s.scalars(select(col(Discrepancy.line_no)).where(
         col(Discrepancy.run_id) == run.id, col(Discrepancy.line_no).is_not(None))).all())
-    now = utcnow()
+    now = rt.clock.now()          # the business clock: a rehearsal's 2020 day reads 2020
     for pid, why in refused:
         line_no, payment_id, amount, fee, ref, txn, ours = by_payment[int(pid or 0)]
         if line_no in have:
@@ -864,7 +869,7 @@ def resolve_discrepancy(rt: Runtime, session: Session, discrepancy_id: int, *, u
     reason = reason.strip()
     if not reason:
         raise ValidationFailed("reason: say why this side is right")
-    now = utcnow()
+    now = rt.clock.now()          # the business clock: a rehearsal's 2020 day reads 2020
     moved = cast(CursorResult[Any], session.execute(
         update(Discrepancy).where(col(Discrepancy.id) == discrepancy_id,
                                   col(Discrepancy.status).in_(OPEN_STATUSES))
@@ -891,7 +896,7 @@ def approve_discrepancy(rt: Runtime, session: Session, discrepancy_id: int, *,
     if d.proposed_by == user_id:
         raise Forbidden("the resolution must be approved by another finance user than the "
                         "one who proposed it", code="same_approver")
-    now = utcnow()
+    now = rt.clock.now()          # the business clock: a rehearsal's 2020 day reads 2020
     moved = cast(CursorResult[Any], session.execute(
         update(Discrepancy).where(col(Discrepancy.id) == discrepancy_id,
                                   col(Discrepancy.status) == "proposed",
