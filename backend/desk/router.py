@@ -246,7 +246,9 @@ async def login(request: Request, rt: RuntimeDep, ip: ClientIp,
                 username: Annotated[str, Form(max_length=64)] = "",
                 password: Annotated[str, Form(max_length=256)] = "",
                 csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
-    check_csrf(request.cookies.get(LOGIN_COOKIE) or "-", csrf)
+    # double submit: the form's token must equal the login cookie's, and there must be one
+    # (a form posted from another site arrives without the SameSite=Strict cookie)
+    check_csrf(request.cookies.get(LOGIN_COOKIE) or "", csrf)
     username = username.strip()
     if not username or not password:
         return _login_page(request, rt, error="请输入用户名和密码。", username=username,

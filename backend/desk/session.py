@@ -143,7 +143,7 @@ def require_acting(user: DeskUser) -> None:
 
 
 def check_csrf(expected: str, given: str | None) -> None:
-    if not given or not hmac.compare_digest(expected.encode(), given.encode()):
+    if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
         raise DeskRefusal(403, "请求已被拒绝",
                           "表单校验失败（可能来自其他网站，或页面已过期）。请回到页面刷新后重试。")
 
