@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from datetime import date, datetime
 from typing import BinaryIO
@@ -113,7 +114,11 @@ def parse_alipay(fileobj: BinaryIO, *,
         raise StatementError(f"not a readable zip file ({exc})") from exc
     detail, summary, day = _members(zf, max_expanded_bytes)
     said = _read_summary(zf, summary, max_expanded_bytes)
-    stream = zf.open(detail)
+    try:
+        stream = zf.open(detail)
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, zlib.error,
+            ValueError) as exc:
+        raise StatementError(f"zip member {detail.filename} is damaged ({exc})") from exc
     start = source.read_bytes
     raw = Capped(stream, max_expanded_bytes - summary.file_size,  # type: ignore[arg-type]
                  f"zip member {detail.filename}", consumed=lambda: source.read_bytes - start)
@@ -178,7 +183,10 @@ def _members(zf: zipfile.ZipFile, limit: int) -> tuple[zipfile.ZipInfo, zipfile.
         try:
             with zf.open(info) as member:
                 magic = member.read(4)
-        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as exc:
+        # zlib.error: a damaged deflate stream; ValueError: a header that points outside the
+        # file, or a member name that is not GB18030
+        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, zlib.error,
+                ValueError) as exc:
             raise StatementError(f"zip member {info.filename} is damaged ({exc})") from exc
         if magic == b"PK\x03\x04":
             raise StatementError(f"zip member {info.filename} is itself a zip: nested archives "
@@ -195,7 +203,8 @@ def _guard(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int, s
         yield from lines
     except StatementError as exc:
         raise StatementError(f"{name}: {exc.reason}", line=exc.line) from exc
-    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, zlib.error,
+            ValueError) as exc:
         raise StatementError(f"zip member {name} is damaged ({exc})") from exc
 
 
@@ -206,7 +215,10 @@ def _read_summary(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> dic
             capped = Capped(stream, min(limit, _SUMMARY_MAX_BYTES),  # type: ignore[arg-type]
                             f"zip member {name}")
             lines = list(_guard(text_lines(capped, "gb18030"), name))
-    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as exc:
+    except StatementError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, zlib.error,
+            ValueError) as exc:
         raise StatementError(f"zip member {name} is damaged ({exc})") from exc
     header: list[str] | None = None
     header_no = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import BinaryIO
@@ -105,7 +106,7 @@ class _Prefixed(io.RawIOBase):
 def _guard_gzip(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
     try:
         yield from lines
-    except (gzip.BadGzipFile, EOFError, OSError) as exc:
+    except (gzip.BadGzipFile, EOFError, OSError, zlib.error) as exc:   # zlib: bad deflate data
         raise StatementError(f"the gzip bill is damaged or cut short ({exc})") from exc
 
 
