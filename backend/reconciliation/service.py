@@ -552,8 +552,13 @@ def _checks(channel: str, rate: Decimal) -> list[Sql]:
             "'trade ' || l.out_trade_no || ' paid ' || "
             f"{_txt('pl.fen')} || ' fen for items already paid by another payment: a "
             "duplicate payment, to be refunded'",
-            extra_from="""JOIN (SELECT payment_id, SUM(amount_fen) AS fen FROM payment_lines
-                                WHERE NOT applied GROUP BY payment_id) pl
+            # (a line that paid its item and was refunded since is not applied either: not
+            # a duplicate)
+            extra_from="""JOIN (SELECT payment_id, SUM(amount_fen) AS fen FROM payment_lines x
+                                WHERE NOT applied AND NOT EXISTS (
+                                    SELECT 1 FROM refund_lines rl
+                                    WHERE rl.payment_line_id = x.id AND rl.applied)
+                                GROUP BY payment_id) pl
                             ON pl.payment_id = l.payment_id"""),
         _lines_sql(
             "'fee_mismatch'", "open",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,11 +12,21 @@ from fastapi.testclient import TestClient
 
 from backend.auth.service import create_staff_user
 from backend.db import unit_of_work
+from backend.orders.models import RefundLine
+from backend.reconciliation.service import reconcile_statement
+from backend.refunds.service import complete_refund
 from backend.runtime import Runtime
 from payment_adapters.sandbox.statements import BillRow, write_alipay_bill, write_wechat_bill
 from tests.factories import add_regions
 from tests.reconciliation.test_pos_and_uploads import UPLOAD, _stored, tokens_for
-from tests.reconciliation.world import at
+from tests.reconciliation.world import (
+    AMOUNT,
+    add_refund,
+    at,
+    build_world,
+    payment_line,
+    refund_line,
+)
 
 DAY = date(2020, 11, 2)
 
@@ -60,3 +70,27 @@ def test_a_damaged_compressed_statement_is_refused_as_invalid_not_a_500(
         assert r.status_code == 422, (channel, offset, r.status_code, r.text[:300])
         assert r.json()["error"]["code"] == "invalid_statement"
     assert _stored(rt) == (0, 0, 0)
+
+
+def test_a_payment_refunded_by_finance_the_same_day_is_not_a_duplicate_payment(
+        rt: Runtime) -> None:
+    """complete_refund un-applies the refunded payment lines; the run's check "paid items
+    already paid by another payment" reads any un-applied line as a duplicate. A payment that
+    finance refunded (two people) on its own day is then reported as duplicate_payment "to be
+    refunded" — a false discrepancy that blocks the day's close."""
+    with unit_of_work(rt.sessions) as s:
+        build_world(s, DAY, 3)
+        out_refund_no = add_refund(s, 1, 2, status="processing")
+        s.add(RefundLine(refund_id=1, payment_line_id=2, amount_fen=AMOUNT, applied=True))
+        s.flush()
+        assert complete_refund(s, 1, channel_refund_id="503000000001",
+                               refunded_at=at(DAY, 15))
+    lines = [payment_line(i, at(DAY, 9) + timedelta(seconds=i), settings=rt.settings)
+             for i in (1, 2, 3)]
+    lines.append(refund_line(4, 2, out_refund_no, AMOUNT, at(DAY, 15)))
+    done = reconcile_statement(rt, channel="wechat", day=DAY, fileobj=io.BytesIO(b"bill"),
+                               filename="wechat-20201102.csv", source="upload", user_id=None,
+                               parse=lambda channel, fileobj: lines)
+    found = [(d.kind, d.out_refund_no or d.out_trade_no, d.detail)
+             for d in done.run.discrepancies]
+    assert found == [], found
