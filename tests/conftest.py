@@ -30,6 +30,11 @@ from tests.servers import ServedApp, free_port
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# pytest-xdist's workers (gw0, gw1, …) each flush their own Redis database: the next ones
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+if _WORKER != "gw0":
+    _base, _, _db = REDIS.rpartition("/")
+    REDIS = f"{_base}/{int(_db or 0) + int(_WORKER.removeprefix('gw'))}"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_PII_KEY = base64.b64encode(b"k" * 32).decode()
 IN_WINDOW = datetime.fromisoformat("2020-11-02T09:00:00+08:00")
