@@ -69,7 +69,7 @@ from backend.reconciliation.schemas import (
     StatementSide,
     TotalsOurs,
 )
-from backend.refunds.service import complete_refund
+from backend.refunds.service import CHANNEL_STATES, complete_refund
 from backend.runtime import Runtime
 from backend.sql import Statement as Sql
 from backend.sql import Tx
@@ -983,7 +983,7 @@ def _correct(rt: Runtime, session: Session, d: Discrepancy) -> tuple[int | None,
         done_there = line is not None and line.done
         if repeated:                                  # refunded twice by the channel
             delta, what = -(d.channel_amount_fen or 0), f"refund {d.out_refund_no} again"
-        elif refund is not None and done_there and refund.status in ("queued", "processing"):
+        elif refund is not None and done_there and refund.status in CHANNEL_STATES:
             # the channel did refund: ours completes as a refund notification would
             assert line is not None and refund.id is not None
             complete_refund(session, refund.id, channel_refund_id=line.refund_id,

@@ -66,6 +66,7 @@ BILL_METHOD = "alipay.data.dataservice.bill.downloadurl.query"
 # 09:00), or none at all. The gateway answers isp.bill_not_exist; the API reference spells
 # the code BILL_NOT_EXIST.
 _BILL_NOT_EXIST = {"isp.bill_not_exist", "BILL_NOT_EXIST"}
+STATEMENT_MAX_EXPANDED_BYTES = 2 * 1024 * 1024 * 1024   # what the zip may inflate to
 STATEMENT_MAX_BYTES = 256 * 1024 * 1024        # a bill zip larger than this is refused
 # When a day's bill is surely made: 09:00 Beijing the next day (the simulator's hour too).
 BILL_PUBLISHED_AT = dtime(9, 0)
@@ -317,6 +318,13 @@ class AlipayClient:
                                "bytes", code="statement_too_large")
         try:
             with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                # a member never inflates past its declared size (zipfile stops there and
+                # checks the CRC), so the declared sizes bound what testzip() expands
+                declared = sum(info.file_size for info in archive.infolist())
+                if declared > STATEMENT_MAX_EXPANDED_BYTES:
+                    raise ChannelError(f"alipay {op}: the bill zip expands to {declared} "
+                                       f"bytes, more than {STATEMENT_MAX_EXPANDED_BYTES}",
+                                       code="statement_too_large")
                 bad = archive.testzip()
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
                 NotImplementedError, RuntimeError, ValueError) as exc:

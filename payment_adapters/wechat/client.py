@@ -88,6 +88,7 @@ _RETRYABLE_CODES = frozenset({"SYSTEM_ERROR", "SYSTEMERROR", "FREQUENCY_LIMITED"
 BILL_PUBLISHED_AT = dtime(10, 0)
 BILL_MONTHS_BACK = 3
 _SHA1_HEX = re.compile(r"[0-9A-Fa-f]{40}")
+STATEMENT_MAX_EXPANDED_BYTES = 2 * 1024 * 1024 * 1024   # what that bill may inflate to
 STATEMENT_MAX_BYTES = 256 * 1024 * 1024        # a downloaded (gzip) bill larger than this
                                                # is refused, not held in memory
 
@@ -529,10 +530,24 @@ class WechatPayClient:
             raise ChannelError(f"wechat {op}: the bill is larger than "
                                f"{STATEMENT_MAX_BYTES} bytes", code="statement_too_large")
         digest = hashlib.sha1()           # noqa: S324 - WeChat's own integrity check
+        expanded = 0
         try:
             inflate = zlib.decompressobj(wbits=31)           # gzip
             for at in range(0, len(body), 1 << 20):
-                digest.update(inflate.decompress(body[at:at + (1 << 20)]))
+                chunk = body[at:at + (1 << 20)]
+                # never more than 1 MiB out at a time, and never more than the cap in all:
+                # a hostile (or broken) download cannot expand without bound
+                while chunk and not inflate.eof:
+                    out = inflate.decompress(chunk, 1 << 20)
+                    expanded += len(out)
+                    if expanded > STATEMENT_MAX_EXPANDED_BYTES:
+                        raise ChannelError(
+                            f"wechat {op}: the bill expands to more than "
+                            f"{STATEMENT_MAX_EXPANDED_BYTES} bytes", code="statement_too_large")
+                    digest.update(out)
+                    chunk = inflate.unconsumed_tail
+                if inflate.eof:
+                    break
             digest.update(inflate.flush())
             complete = inflate.eof and not inflate.unused_data
         except zlib.error as exc:

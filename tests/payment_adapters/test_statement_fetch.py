@@ -59,7 +59,7 @@ def shifted(seconds: float) -> Callable[[], datetime]:
 
 # ====================================================================== WeChat Pay
 def test_wechat_fetch_round_trip_hash_publication_and_signatures(
-        make_env: Callable[..., WechatEnv]) -> None:  # noqa: F811
+        make_env: Callable[..., WechatEnv], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     clock = MovableClock(at(DAY, 12))
     env = make_env("public_key", clock)
     client = WechatPayClient(env.client.config, clock=clock)
@@ -97,6 +97,14 @@ def test_wechat_fetch_round_trip_hash_publication_and_signatures(
     assert refused.value.code == "SIGN_ERROR"
     assert httpx.get(f"{env.base}/sandbox/wechat/v3/bill/tradebill",
                      params={"bill_date": DAY.isoformat()}).status_code == 401
+
+    # A download that would inflate past the cap is refused as it inflates (a gzip bomb).
+    import payment_adapters.wechat.client as wechat_client
+    monkeypatch.setattr(wechat_client, "STATEMENT_MAX_EXPANDED_BYTES", 200)
+    with pytest.raises(ChannelError) as bomb:
+        client.fetch_statement(DAY)
+    assert bomb.value.code == "statement_too_large" and "more than 200 bytes" in str(bomb.value)
+    monkeypatch.undo()
 
     # A file damaged on the way fails the SHA1 check.
     env.faults(corrupt_statement=True)
@@ -163,7 +171,8 @@ def test_three_months_back() -> None:
 
 
 # ====================================================================== Alipay
-def test_alipay_fetch_round_trip_expiry_and_not_ready(serve: Callable[..., object]) -> None:
+def test_alipay_fetch_round_trip_expiry_and_not_ready(serve: Callable[..., object],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     clock = MovableClock(at(DAY, 12))
     env = AlipayEnv(serve, clock)      # type: ignore[arg-type]
     client = AlipayClient(env.config, clock=clock)
@@ -189,6 +198,14 @@ def test_alipay_fetch_round_trip_expiry_and_not_ready(serve: Callable[..., objec
         client.download_statement(link)
     assert expired.value.code == "statement_link_refused" and expired.value.retryable
     env.sim.bill_links.real_clock = real_now
+
+    # A zip whose members would inflate past the cap is refused before testing them.
+    import payment_adapters.alipay.client as alipay_client
+    monkeypatch.setattr(alipay_client, "STATEMENT_MAX_EXPANDED_BYTES", 200)
+    with pytest.raises(ChannelError) as bomb:
+        client.fetch_statement(DAY)
+    assert bomb.value.code == "statement_too_large"
+    monkeypatch.undo()
 
     # A damaged download is caught by the zip's own CRCs.
     env.faults(corrupt_statement=True)

@@ -94,3 +94,43 @@ def test_a_payment_refunded_by_finance_the_same_day_is_not_a_duplicate_payment(
     found = [(d.kind, d.out_refund_no or d.out_trade_no, d.detail)
              for d in done.run.discrepancies]
     assert found == [], found
+
+
+def test_an_approved_refund_the_statement_shows_done_is_completed_once(rt: Runtime) -> None:
+    """A refund approved but not yet sent by the worker, which the channel's statement shows
+    done: resolving on the channel's side completes it through complete_refund (its one
+    ledger entry), not a second correcting entry that the worker's completion would repeat."""
+    from sqlalchemy import func, select
+    from sqlmodel import col
+
+    from backend.ledger.models import JournalEntry
+    from backend.orders.models import Refund
+    from backend.reconciliation.service import approve_discrepancy, resolve_discrepancy
+
+    with unit_of_work(rt.sessions) as s:
+        build_world(s, DAY, 2)
+        out_refund_no = add_refund(s, 1, 2, status="approved")
+        s.add(RefundLine(refund_id=1, payment_line_id=2, amount_fen=AMOUNT, applied=True))
+        a = create_staff_user(s, username="fin-a", password="pw-123456", role="finance")
+        b = create_staff_user(s, username="fin-b", password="pw-123456", role="finance")
+        ids = (a.id, b.id)
+    lines = [payment_line(i, at(DAY, 9) + timedelta(seconds=i), settings=rt.settings)
+             for i in (1, 2)]
+    lines.append(refund_line(3, 2, out_refund_no, AMOUNT, at(DAY, 15)))
+    done = reconcile_statement(rt, channel="wechat", day=DAY, fileobj=io.BytesIO(b"bill"),
+                               filename="wechat-20201102.csv", source="upload", user_id=None,
+                               parse=lambda channel, fileobj: lines)
+    [d] = done.run.discrepancies
+    assert d.kind == "status_mismatch" and d.out_refund_no == out_refund_no
+    with unit_of_work(rt.sessions) as s:
+        resolve_discrepancy(rt, s, d.id, user_id=ids[0], side="channel",
+                            reason="WeChat's bill shows the refund done")
+    with unit_of_work(rt.sessions) as s:
+        approve_discrepancy(rt, s, d.id, user_id=ids[1])
+    with rt.sessions() as s:
+        refund = s.get(Refund, 1)
+        assert refund is not None and refund.status == "succeeded"
+        entries = s.scalar(select(func.count()).select_from(JournalEntry)
+                           .where(col(JournalEntry.refund_id) == 1))
+        assert entries == 1
+        assert not complete_refund(s, 1, channel_refund_id="x", refunded_at=at(DAY, 16))
