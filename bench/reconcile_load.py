@@ -68,7 +68,8 @@ def pay_all(db_url: str, n: int) -> float:
         conn.execute(f"""
             UPDATE attempts SET status = 'paid',
                    transaction_id = '42000' || lpad(id::text, 23, '0'),
-                   paid_at = '{start_utc}'::timestamptz + (id::bigint * {step}) * interval '1 microsecond'
+                   paid_at = '{start_utc}'::timestamptz
+                             + (id::bigint * {step}) * interval '1 microsecond'
         """)
         conn.execute("""
             INSERT INTO payments (id, attempt_id, order_id, channel, transaction_id, amount_fen,
