@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from weakref import WeakKeyDictionary
 
 from sqlalchemy import func, select
 from sqlmodel import col
@@ -68,7 +67,6 @@ class Backoff:
         self.failures.pop((channel, day), None)
 
 
-_BACKOFF: WeakKeyDictionary[Runtime, Backoff] = WeakKeyDictionary()
 
 
 def due_days(rt: Runtime, channel: str) -> list[date]:
@@ -92,7 +90,8 @@ def due_days(rt: Runtime, channel: str) -> list[date]:
 def fetch_due_statements(rt: Runtime, *, backoff: Backoff | None = None) -> int:
     """Fetch and reconcile every due statement (see the module); return the runs made."""
     if backoff is None:
-        backoff = _BACKOFF.setdefault(rt, Backoff())
+        # one per runtime (a worker process), kept on it: Runtime is not hashable
+        backoff = rt.__dict__.setdefault("statement_fetch_backoff", Backoff())
     made = 0
     for channel in service.FETCHABLE:
         for day in due_days(rt, channel):

@@ -89,3 +89,11 @@ def test_the_worker_fetches_each_published_day_once(live: Live,
         "statement fetch of alipay 2020-11-03: no"]
     # never before the channel's first payment: no day before 11-02 was asked
     assert {d for _, d in _runs(live)} == {D2, D3}
+
+    # As the worker runs it (its schedule's own callable, no backoff given): one backoff per
+    # runtime, kept between calls — the 11-03 Alipay retry waits, nothing is fetched twice.
+    from backend.worker.runner import SCHEDULE
+    job = next(fn for name, _, fn in SCHEDULE if name == "fetch_statements")
+    assert job(live.rt) == 0
+    assert job(live.rt) == 0
+    assert live.rt.__dict__["statement_fetch_backoff"] is not backoff
