@@ -238,12 +238,14 @@ def test_create_jsapi_answers_request_payment_whose_pay_sign_verifies(env: Env) 
 
 
 def test_create_native_answers_code_url_as_qr_content(env: Env) -> None:
-    result = env.client.create(order(env, "NA2021000001"))
+    request = order(env, "NA2021000001")
+    result = env.client.create(request)
     assert result.qr_content is not None
     assert result.qr_content.startswith("weixin://wxpay/bizpayurl/up?pr=")
     assert result.request_payment is None and result.prepay_id is None
-    # re-ordering with the same parameters is allowed and gives the same QR
-    assert env.client.create(order(env, "NA2021000001")).qr_content == result.qr_content
+    # re-ordering with the same parameters (time_expire included: WeChat refuses a changed
+    # one) is allowed and gives the same QR
+    assert env.client.create(request).qr_content == result.qr_content
 
 
 def test_create_rejects_bad_requests_before_calling(env: Env) -> None:
@@ -257,9 +259,10 @@ def test_create_rejects_bad_requests_before_calling(env: Env) -> None:
 
 
 def test_same_out_trade_no_with_another_amount_is_refused(env: Env) -> None:
-    env.client.create(order(env, "DU2021000001", amount_fen=38000))
+    until = expiry()     # the same time_expire: only the amount differs
+    env.client.create(order(env, "DU2021000001", amount_fen=38000, expires_at=until))
     with pytest.raises(ChannelError) as caught:
-        env.client.create(order(env, "DU2021000001", amount_fen=20000))
+        env.client.create(order(env, "DU2021000001", amount_fen=20000, expires_at=until))
     assert caught.value.code == "OUT_TRADE_NO_USED"
     assert "403" in str(caught.value) and "商户订单号重复" in str(caught.value)
     trade = env.state.get(Channel.WECHAT, "DU2021000001")
