@@ -51,5 +51,5 @@ def corrections(session: Session, day: date, town: str | None, village: str | No
     if village:
         stmt = stmt.where(col(Posting.village_code) == village)
     return [(int(e), d, str(k), str(r), t, v, str(c), str(m), int(fen or 0))
-            for e, d, k, r, t, v, c, m, fen in session.execute(stmt).tuples()
+            for e, d, k, r, t, v, c, m, fen in session.execute(stmt)
             if e is not None and d is not None]

@@ -176,8 +176,8 @@ def test_the_acquirers_settlement_remits_pos_collections_once(live: Live) -> Non
                 "tier_yuan": 300}]})
         assert r.status_code == 201, r.text
     with unit_of_work(live.rt.sessions) as s:
-        pay = dict(s.execute(select(AgentCollection.pos_reference, AgentCollection.payment_id)
-                             ).tuples().all())
+        pay = {ref: pid for ref, pid in s.execute(
+            select(AgentCollection.pos_reference, AgentCollection.payment_id))}
     settled_on = date(2020, 11, 3)
     lines = [PosSettled(30000, 60, pos_reference="SLIP-0"),
              PosSettled(30000, 60, payment_id=pay["SLIP-1"]),
