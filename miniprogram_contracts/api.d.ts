@@ -141,6 +141,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/agent/roster": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Roster
+         * @description The agent's own village (清册): each resident, masked, with what each item owes and
+         *     who paid it.
+         */
+        get: operations["roster_api_v1_agent_roster_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/staff": {
         parameters: {
             query?: never;
@@ -1413,6 +1434,45 @@ export interface components {
              */
             side: "channel" | "local";
         };
+        /** RosterItem */
+        RosterItem: {
+            /** Amount Due Fen */
+            amount_due_fen: number;
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /** Paid By */
+            paid_by: ("resident" | "agent" | "department") | null;
+            /** Reason */
+            reason?: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "unpaid" | "pending" | "paid" | "government_paid" | "not_eligible";
+        };
+        /** RosterOut */
+        RosterOut: {
+            /** Rows */
+            rows: components["schemas"]["RosterRow"][];
+            /** Village Code */
+            village_code: string;
+            /** Year */
+            year: number;
+        };
+        /** RosterRow */
+        RosterRow: {
+            /** Id Number Masked */
+            id_number_masked: string;
+            /** Items */
+            items: components["schemas"]["RosterItem"][];
+            /** Name */
+            name: string;
+            /** Resident Ref */
+            resident_ref: string;
+        };
         /** RunOut */
         RunOut: {
             /** Channel */
@@ -2272,6 +2332,72 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    roster_api_v1_agent_roster_get: {
+        parameters: {
+            query: {
+                year: number;
+                /** @description only items in this state: unpaid, pending, paid, government_paid, not_eligible */
+                status?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RosterOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };

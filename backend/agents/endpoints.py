@@ -5,14 +5,21 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from backend.agents import service as agents
-from backend.agents.schemas import CollectionIn, CollectionOut, RemittanceIn, RemittanceOut
+from backend.agents.roster import roster as read_roster
+from backend.agents.schemas import (
+    CollectionIn,
+    CollectionOut,
+    RemittanceIn,
+    RemittanceOut,
+    RosterOut,
+)
 from backend.db import unit_of_work, utcnow
-from backend.deps import CurrentPrincipal, RuntimeDep, require_roles
+from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep, require_roles
 from backend.errors import JSON_BODY, LOGGED_IN, Conflict, NotFound, errors
 from backend.orders import repository as repo
 from backend.orders import service as orders
@@ -121,3 +128,15 @@ def record_remittance(body: RemittanceIn, request: Request, rt: RuntimeDep,
     """The day's cash handed to the town account, with the bank's receipt number."""
     return idempotent_json(rt, principal, idempotency_key, request, body,
                            lambda: agents.record_remittance(rt, principal, body))
+
+
+@router.get("/roster", response_model=RosterOut,
+            responses=errors(*AGENT, "validation_error"))
+def roster(rt: RuntimeDep, session: SessionDep, principal: CurrentPrincipal,
+           year: int = Query(ge=2000, le=2100),
+           status: str | None = Query(default=None, description=(
+               "only items in this state: unpaid, pending, paid, government_paid, "
+               "not_eligible"))) -> RosterOut:
+    """The agent's own village (清册): each resident, masked, with what each item owes and
+    who paid it."""
+    return read_roster(rt, session, principal, year, status)

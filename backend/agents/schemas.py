@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from backend.orders.schemas import MAX_ITEMS, OrderItemIn
+from backend.residents.schemas import ItemStatus
 
 
 class CollectionIn(BaseModel):
@@ -44,3 +45,26 @@ class RemittanceOut(BaseModel):
     amount_fen: int
     bank_receipt_no: str
     outstanding_fen: int
+
+
+class RosterItem(BaseModel):
+    insurance: Literal["pension", "medical"]
+    status: ItemStatus
+    amount_due_fen: int
+    #: who paid: "resident" (a wallet), "agent" (cash or POS), "department" (代缴), or null
+    paid_by: Literal["resident", "agent", "department"] | None
+    #: why an item is not eligible (the policy's reason, e.g. "deceased"); else null
+    reason: str | None = None
+
+
+class RosterRow(BaseModel):
+    resident_ref: str
+    name: str
+    id_number_masked: str
+    items: list[RosterItem]
+
+
+class RosterOut(BaseModel):
+    year: int
+    village_code: str
+    rows: list[RosterRow]

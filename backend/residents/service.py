@@ -90,11 +90,27 @@ def _status(eligible: bool, due_fen: int, government_fen: int,
     return "unpaid"
 
 
+def item_statuses(a: Assessment, states: dict[str, str]
+                  ) -> dict[str, tuple[ItemStatus, int, str | None]]:
+    """insurance → (status, amount due in fen, policy reason): the lookup's view of the items,
+    given what the bill lines say (``states``: "paid" or "pending")."""
+    p, m = a.pension, a.medical
+    default = p.tier(p.default_tier_yuan) if p.default_tier_yuan is not None else None
+    return {
+        "pension": (_status(p.eligible, default.amount_due_fen if default else 1,
+                            default.government_pays_fen if default else 0,
+                            states.get("pension")),
+                    default.amount_due_fen if default else 0, p.reason),
+        "medical": (_status(m.eligible, m.amount_due_fen, m.government_pays_fen,
+                            states.get("medical")), m.amount_due_fen, m.reason),
+    }
+
+
 def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Assessment,
                   states: dict[str, str]) -> LookupResponse:
     assert resident.id is not None
     p, m = a.pension, a.medical
-    default = p.tier(p.default_tier_yuan) if p.default_tier_yuan is not None else None
+    statuses = item_statuses(a, states)
 
     def payable(insurance: str, assessed: bool, reason: str | None) -> tuple[bool, str | None]:
         # What the policy allows, and not paid already: a paid item is ordered no more.
@@ -105,8 +121,7 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
     pension_payable, pension_reason = payable("pension", p.payable, p.not_payable_reason)
     medical_payable, medical_reason = payable("medical", m.payable, m.not_payable_reason)
     pension = PensionItem(
-        status=_status(p.eligible, default.amount_due_fen if default else 1,
-                       default.government_pays_fen if default else 0, states.get("pension")),
+        status=statuses["pension"][0],
         eligible=p.eligible, reason=p.reason,
         tiers=[TierOut(tier_yuan=t.tier_yuan, amount_due_fen=t.amount_due_fen,
                        government_pays_fen=t.government_pays_fen, subsidy_fen=t.subsidy_fen)
@@ -115,8 +130,7 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
         payable=pension_payable, not_payable_reason=pension_reason,
     )
     medical = MedicalItem(
-        status=_status(m.eligible, m.amount_due_fen, m.government_pays_fen,
-                       states.get("medical")),
+        status=statuses["medical"][0],
         eligible=m.eligible, reason=m.reason, amount_due_fen=m.amount_due_fen,
         government_pays_fen=m.government_pays_fen, paying_department=m.paying_department,
         subsidy_fen=m.subsidy_fen, benefit_start=m.benefit_start, late=m.late,

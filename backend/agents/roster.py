@@ -1,0 +1,113 @@
+"""The agent's roster (清册): every resident of the agent's village, what each owes and who
+paid it — the lookup's assessment for a whole village, read in a handful of queries."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import cast, get_args
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from backend.agents.schemas import RosterItem, RosterOut, RosterRow
+from backend.departments.models import DepartmentListing
+from backend.errors import Forbidden, ValidationFailed
+from backend.orders.models import BillLine, Order, OrderLine, Payment
+from backend.policy import assess
+from backend.residents.models import Death, Resident
+from backend.residents.schemas import ItemStatus
+from backend.residents.service import facts_of, item_statuses, policy_for
+from backend.runtime import Runtime
+from backend.security.pii import mask_name
+from backend.security.tokens import Principal, RefCodec
+
+STATUSES: tuple[str, ...] = get_args(ItemStatus)
+AGENT_CHANNELS = ("cash", "pos")
+
+
+def paid_by(channel: str | None, source: str | None) -> str | None:
+    """Who paid a bill line, from its applied payment's channel."""
+    if channel is None:
+        return None
+    if channel in AGENT_CHANNELS or source == "agent":
+        return "agent"
+    if channel == "department" or source == "department":
+        return "department"
+    return "resident"
+
+
+def _village_residents(village_code: str):  # type: ignore[no-untyped-def]
+    return select(col(Resident.id)).where(col(Resident.village_code) == village_code)
+
+
+def _read(session: Session, village_code: str, year: int, now: datetime) -> tuple[
+        list[tuple[Resident, date | None]], dict[int, set[tuple[str, str]]],
+        dict[int, dict[str, tuple[str, int | None, str | None]]], set[tuple[int, str]]]:
+    """Four queries for the whole village: residents with deaths, department listings, bill
+    lines with their applied payment, and items in an unexpired pending order."""
+    ids = _village_residents(village_code)
+    residents: list[tuple[Resident, date | None]] = [(r, died) for r, died in session.execute(
+        select(Resident, col(Death.died_on))
+        .outerjoin(Death, col(Death.id_hash) == col(Resident.id_hash))
+        .where(col(Resident.village_code) == village_code).order_by(col(Resident.id))).all()]
+    listed: dict[int, set[tuple[str, str]]] = {}
+    for rid, department, insurance in session.execute(
+            select(col(DepartmentListing.resident_id), col(DepartmentListing.department),
+                   col(DepartmentListing.insurance))
+            .where(col(DepartmentListing.resident_id).in_(ids),
+                   col(DepartmentListing.year) == year)):
+        listed.setdefault(rid, set()).add((department, insurance))
+    lines: dict[int, dict[str, tuple[str, int | None, str | None]]] = {}
+    for rid, insurance, status, paid_fen, channel, source in session.execute(
+            select(col(BillLine.resident_id), col(BillLine.insurance), col(BillLine.status),
+                   col(BillLine.paid_fen), col(Payment.channel), col(Payment.source))
+            .outerjoin(Payment, col(Payment.id) == col(BillLine.paid_payment_id))
+            .where(col(BillLine.resident_id).in_(ids), col(BillLine.year) == year)):
+        if status == "paid":
+            lines.setdefault(rid, {})[insurance] = (status, paid_fen,
+                                                    paid_by(channel, source))
+    pending = {(rid, insurance) for rid, insurance in session.execute(
+        select(col(OrderLine.resident_id), col(OrderLine.insurance))
+        .join(Order, col(Order.id) == col(OrderLine.order_id))
+        .where(col(OrderLine.resident_id).in_(ids), col(Order.year) == year,
+               col(Order.status) == "pending", col(Order.expires_at) > now))}
+    return residents, listed, lines, pending
+
+
+def roster(rt: Runtime, session: Session, principal: Principal, year: int,
+           status: str | None = None) -> RosterOut:
+    if principal.role != "agent" or not principal.village_code:
+        raise Forbidden("only a village agent reads the village roster")
+    if status is not None and status not in STATUSES:
+        raise ValidationFailed(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    policy = policy_for(rt, year)
+    now = rt.clock.now()
+    residents, listed, lines, pending = _read(session, principal.village_code, year, now)
+    refs = RefCodec(rt.pii.ref_key)
+    rows: list[RosterRow] = []
+    for resident, died in residents:
+        rid = cast(int, resident.id)
+        paid = lines.get(rid, {})
+        # the same states the lookup reads (orders.repository.item_states): paid wins
+        states = {ins: "paid" for ins in paid}
+        for ins in ("pension", "medical"):
+            if (rid, ins) in pending:
+                states.setdefault(ins, "pending")
+        a = assess(policy, facts_of(resident, died, frozenset(listed.get(rid, ()))), now)
+        items = []
+        for insurance, (item_status, due, reason) in item_statuses(a, states).items():
+            if status is not None and item_status != status:
+                continue
+            _, paid_fen, payer = paid.get(insurance, ("", None, None))
+            if item_status == "government_paid":
+                payer = "department"
+            items.append(RosterItem(
+                insurance=insurance, status=item_status,  # type: ignore[arg-type]
+                amount_due_fen=paid_fen if paid_fen is not None else due, paid_by=payer,  # type: ignore[arg-type]
+                reason=reason if item_status == "not_eligible" else None))
+        if items:
+            rows.append(RosterRow(resident_ref=refs.make(rid, principal.sub),
+                                  name=mask_name(resident.name),
+                                  id_number_masked=resident.id_masked, items=items))
+    return RosterOut(year=year, village_code=principal.village_code, rows=rows)
