@@ -377,6 +377,39 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/progress": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Progress
+         * @description Paid rates (征缴进度) for a coverage year against the policy's targets (任务目标).
+         *
+         *     For each measure — `medical` (target: everyone eligible), and pension per age band of the
+         *     policy (`pension_45_59` ≥ 95 %, `pension_16_44` ≥ 60 % in Shanting 2021) — `eligible` counts
+         *     the residents the assessment finds eligible for that insurance in the year (age = year −
+         *     birth year; dead before the year, employee-insured, students for pension: not eligible),
+         *     and `paid` those of them whose item for the year is paid, by anyone (resident, agent,
+         *     department). Rates are integer basis points (`rate_bp`, 1 % = 100, rounded down; null when
+         *     nobody is eligible); `behind` compares exactly. Per town, then per village, villages with
+         *     the largest gap to a target first; `totals` over every town in the answer.
+         *
+         *     Scope: finance, auditors and admins see the district, or one `town`; town staff their own
+         *     town (another town: 403). Agents, departments and residents: 403 (agents follow their
+         *     village on the roster). An unknown `town`: 404; a `year` without a policy: 422.
+         */
+        get: operations["progress_api_v1_progress_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/qr/{token}.{fmt}": {
         parameters: {
             query?: never;
@@ -1097,6 +1130,56 @@ export interface components {
             /** Year */
             year: number;
         };
+        /**
+         * Measure
+         * @description One paid rate against its target. Rates are integer basis points (1 % = 100 bp).
+         */
+        Measure: {
+            /**
+             * Behind
+             * @description paid / eligible is below the target (exact, not rounded)
+             */
+            behind: boolean;
+            /**
+             * Eligible
+             * @description residents eligible for this insurance in the year
+             */
+            eligible: number;
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /**
+             * Key
+             * @description `medical`, or `pension_<min>_<max>` for a pension age band of the policy's targets (e.g. `pension_16_44`)
+             */
+            key: string;
+            /** Max Age */
+            max_age: number | null;
+            /**
+             * Min Age
+             * @description age band (coverage year − birth year), inclusive; null for medical (everyone eligible)
+             */
+            min_age: number | null;
+            /**
+             * Paid
+             * @description of them, those whose item for the year is paid, by anyone
+             */
+            paid: number;
+            /**
+             * Rate Bp
+             * @description paid / eligible in basis points, rounded down; null when nobody is eligible
+             */
+            rate_bp: number | null;
+            /**
+             * Shortfall
+             * @description how many more paid items reach the target
+             */
+            shortfall: number;
+            /** Target Bp */
+            target_bp: number;
+        };
         /** MedicalItem */
         MedicalItem: {
             /** Amount Due Fen */
@@ -1266,6 +1349,28 @@ export interface components {
             status: "unpaid" | "pending" | "paid" | "government_paid" | "not_eligible";
             /** Tiers */
             tiers: components["schemas"]["TierOut"][];
+        };
+        /** Progress */
+        Progress: {
+            /**
+             * As Of
+             * Format: date-time
+             * @description the business clock's instant of the answer
+             */
+            as_of: string;
+            /** Policy */
+            policy: string;
+            /** Targets */
+            targets: components["schemas"]["TargetOut"][];
+            /**
+             * Totals
+             * @description the measures over every town in the answer
+             */
+            totals: components["schemas"]["Measure"][];
+            /** Towns */
+            towns: components["schemas"]["TownProgress"][];
+            /** Year */
+            year: number;
         };
         /** QrStatus */
         QrStatus: {
@@ -1611,6 +1716,22 @@ export interface components {
             /** Refunds */
             refunds: number;
         };
+        /** TargetOut */
+        TargetOut: {
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /** Key */
+            key: string;
+            /** Max Age */
+            max_age: number | null;
+            /** Min Age */
+            min_age: number | null;
+            /** Target Bp */
+            target_bp: number;
+        };
         /** TierOut */
         TierOut: {
             /** Amount Due Fen */
@@ -1638,6 +1759,31 @@ export interface components {
              * @description our refunds on this channel done that day
              */
             refunds: number;
+        };
+        /** TownProgress */
+        TownProgress: {
+            /** Measures */
+            measures: components["schemas"]["Measure"][];
+            /** Name */
+            name: string;
+            /** Town Code */
+            town_code: string;
+            /** Villages */
+            villages: components["schemas"]["VillageProgress"][];
+        };
+        /** VillageProgress */
+        VillageProgress: {
+            /**
+             * Gap Bp
+             * @description the largest target_bp − rate_bp of its measures (0 when on target); villages are listed largest gap first
+             */
+            gap_bp: number;
+            /** Measures */
+            measures: components["schemas"]["Measure"][];
+            /** Name */
+            name: string;
+            /** Village Code */
+            village_code: string;
         };
         /** WechatLogin */
         WechatLogin: {
@@ -3308,6 +3454,85 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "channel_timeout";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    progress_api_v1_progress_get: {
+        parameters: {
+            query: {
+                year: number;
+                town?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Progress"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
