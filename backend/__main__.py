@@ -99,7 +99,8 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     with unit_of_work(rt.sessions) as session:
         user = create_staff_user(session, username=args.username, password=args.password,
                                  role=args.role, town_code=args.town,
-                                 village_code=args.village, department=args.department)
+                                 village_code=args.village, department=args.department,
+                                 clock=rt.clock)
         print(f"created {user.role} {user.username}")
     return 0
 
@@ -108,7 +109,7 @@ def cmd_users_set_active(args: argparse.Namespace) -> int:
     from backend.auth.service import set_staff_active
 
     active = args.action == "activate"
-    user = set_staff_active(_runtime(), args.username, active)
+    user = set_staff_active(_runtime(), args.username, active, reason=args.reason)
     print(f"{'activated' if active else 'deactivated'} {user.username}"
           + ("" if active else "; the tokens it held no longer work"))
     return 0
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                          ("activate", "reactivate a staff account (its old tokens stay dead)")):
         s = users.add_parser(action, help=what)
         s.add_argument("--username", required=True)
+        s.add_argument("--reason", help="why, for the audit trail")
         s.set_defaults(func=cmd_users_set_active)
 
     s = sub.add_parser("demo", help="load a generated demo district")

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.agents.endpoints import router as agents_router
+from backend.audit.endpoints import router as audit_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
 from backend.desk import install as install_desk
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(refunds_router)
     app.include_router(reconciliation_router)
     app.include_router(progress_router)
+    app.include_router(audit_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
     install_desk(app)

@@ -3,6 +3,7 @@
 from sqlmodel import SQLModel
 
 from backend.agents.models import AgentCollection
+from backend.audit.models import AuditEvent
 from backend.auth.models import StaffUser
 from backend.departments.models import DepartmentListing
 from backend.idempotency.models import IdempotencyKey
@@ -33,4 +34,4 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "RefundLine", "InboxNotification", "IdempotencyKey", "AgentCollection",
            "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
-           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy"]
+           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent"]

@@ -8,6 +8,7 @@ from sqlmodel import col
 
 from backend.agents.models import AgentCollection
 from backend.agents.schemas import CollectionIn, CollectionOut, RemittanceIn, RemittanceOut
+from backend.audit import service as audit
 from backend.clock import business_date
 from backend.db import unit_of_work
 from backend.errors import Conflict, Forbidden, ValidationFailed
@@ -64,6 +65,11 @@ def record_collection(rt: Runtime, principal: Principal, body: CollectionIn) -> 
             except AlreadyPaid:
                 raise Conflict("an item was paid meanwhile; collect nothing for it",
                                code="item_already_paid") from None
+            audit.record(s, rt, principal, "collection.record", "order", order.order_no,
+                         details={"receipt_no": body.receipt_no, "method": body.method,
+                                  "amount_fen": order.amount_fen,
+                                  "pos_reference": body.pos_reference,
+                                  "items": len(lines)})
             refs = RefCodec(rt.pii.ref_key)
             return CollectionOut(
                 order_no=order.order_no, receipt_no=body.receipt_no, method=body.method,
@@ -121,6 +127,11 @@ def record_remittance(rt: Runtime, principal: Principal, body: RemittanceIn) -> 
                                  **where),
                       ledger.Leg(cash, -body.amount_fen, measure=REMITTED, **where)],
                 remittance_id=remittance.id)
+            audit.record(s, rt, principal, "remittance.record", "remittance", remittance.id,
+                         details={"business_date": body.business_date,
+                                  "amount_fen": body.amount_fen,
+                                  "bank_receipt_no": body.bank_receipt_no,
+                                  "village_code": village.code})
             return RemittanceOut(id=remittance.id, business_date=body.business_date,  # type: ignore[arg-type]
                                  amount_fen=body.amount_fen,
                                  bank_receipt_no=body.bank_receipt_no,

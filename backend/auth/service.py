@@ -13,7 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from backend.audit import service as audit
 from backend.auth.models import STAFF_ROLES, StaffUser
+from backend.clock import BusinessClock
 from backend.db import unit_of_work
 from backend.errors import (
     AppError,
@@ -42,7 +44,11 @@ STAFF_STATE_TTL_S = 30
 
 def create_staff_user(session: Session, *, username: str, password: str, role: str,
                       town_code: str | None = None, village_code: str | None = None,
-                      department: str | None = None) -> StaffUser:
+                      department: str | None = None, clock: BusinessClock | None = None,
+                      by: Principal | None = None, via: str = "cli") -> StaffUser:
+    """Create a staff account, recorded in the audit trail (``user.create``) in the same
+    transaction: by ``by`` (None: the system, e.g. the CLI on the server), at ``clock``'s
+    time (None: real time)."""
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{2,64}", username or ""):
         raise ValidationFailed("username: 2–64 letters, digits or _ . @ -")
     if len(password or "") < 8:
@@ -71,6 +77,10 @@ def create_staff_user(session: Session, *, username: str, password: str, role: s
                      town_code=town_code, village_code=village_code, department=department)
     session.add(user)
     session.flush()
+    audit.record(session, clock or BusinessClock(), by, "user.create", "staff_user", user.id,
+                 details={"username": username, "role": role, "town_code": town_code,
+                          "village_code": village_code, "department": department,
+                          "via": via})
     return user
 
 
@@ -118,7 +128,8 @@ def check_staff_token(rt: Runtime, principal: Principal) -> None:
         raise Unauthorized("the access token has been revoked; log in again")
 
 
-def set_staff_active(rt: Runtime, username: str, active: bool) -> StaffUser:
+def set_staff_active(rt: Runtime, username: str, active: bool, *,
+                     by: Principal | None = None, reason: str | None = None) -> StaffUser:
     """Deactivate (revoking every token the account holds) or reactivate a staff account.
 
     Reactivation does not revive the old tokens: deactivation moved ``token_version`` on.
@@ -130,7 +141,12 @@ def set_staff_active(rt: Runtime, username: str, active: bool) -> StaffUser:
             raise NotFound(f"no staff account {username!r}")
         if user.active and not active:
             user.token_version += 1
+        was = user.active
         user.active = active
+        s.flush()
+        audit.record(s, rt, by, "user.activate" if active else "user.deactivate",
+                     "staff_user", user.id, reason=reason,
+                     details={"username": username, "role": user.role, "was_active": was})
     assert user.id is not None
     try:
         rt.redis.delete(_state_key(user.id))

@@ -370,7 +370,8 @@ def create_demo_staff(rt: Runtime) -> list[tuple[StaffLogin, bool]]:
             if exists is None:
                 create_staff_user(session, username=login.username, password=login.password,
                                   role=login.role, town_code=login.town_code,
-                                  village_code=login.village_code, department=login.department)
+                                  village_code=login.village_code, department=login.department,
+                                  clock=rt.clock, via="demo")
             result.append((login, exists is None))
     return result
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from backend.audit import service as audit
 from backend.auth.models import StaffUser
 from backend.clock import BusinessClock, business_date
 from backend.errors import Conflict, ValidationFailed
@@ -106,6 +107,11 @@ def close_day(session: Session, clock: BusinessClock, day: date, user_id: int, n
             session.add(closed)
     except IntegrityError:        # closed meanwhile, by another finance user
         raise _closed(day) from None
+    totals = closed.totals["totals"]
+    audit.record(session, clock, user_id, "day.close", "business_day", day.isoformat(),
+                 reason=note or None,
+                 details={"amount_fen": totals["amount_fen"], "count": totals["count"],
+                          "outstanding_fen": totals["outstanding_fen"]})
     return closed
 
 

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 import backend.models  # noqa: F401  (every table these rows' foreign keys name)
+from backend.audit import service as audit
 from backend.clock import SHANGHAI
 from backend.db import unit_of_work
 from backend.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
@@ -210,6 +211,10 @@ def reconcile_statement(rt: Runtime, *, channel: str, day: date, fileobj: Binary
                     err.extra["line"] = exc.line
                 raise err from None
             _match(rt, s, run)
+            audit.record(s, rt, user_id, "statement.load", "statement", stmt.id,
+                         details={"channel": channel, "business_date": day, "source": source,
+                                  "filename": filename[:255], "sha256": sha256,
+                                  "run_id": run.id})
             return Reconciled(run_view(s, run.id), created=True)  # type: ignore[arg-type]
     except IntegrityError as exc:
         # The same file or another of the same day, loaded at the same moment.
@@ -886,6 +891,8 @@ def resolve_discrepancy(rt: Runtime, session: Session, discrepancy_id: int, *, u
         raise Conflict(f"discrepancy {discrepancy_id} is {d.status}, not open: "
                        + ("it waits for the next day's statement" if d.status == "held"
                           else "it is settled"), code="discrepancy_not_open")
+    audit.record(session, rt, user_id, "discrepancy.resolve", "discrepancy", discrepancy_id,
+                 reason=reason, details={"side": side, "kind": d.kind, "channel": d.channel})
     return discrepancy_view(d)
 
 
@@ -922,6 +929,11 @@ def approve_discrepancy(rt: Runtime, session: Session, discrepancy_id: int, *,
         session.execute(update(Discrepancy).where(col(Discrepancy.id) == discrepancy_id)
                         .values(**values).execution_options(synchronize_session=False))
         session.refresh(d)
+    audit.record(session, rt, user_id, "discrepancy.approve", "discrepancy", discrepancy_id,
+                 reason=d.reason, details={"side": d.side, "kind": d.kind,
+                                           "channel": d.channel,
+                                           "proposed_by": d.proposed_by,
+                                           "ledger_entry_id": d.ledger_entry_id})
     return discrepancy_view(d)
 
 

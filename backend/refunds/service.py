@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.agents.service import agent_id
+from backend.audit import service as audit
 from backend.clock import business_date
 from backend.db import unit_of_work, utcnow
 from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -299,6 +300,9 @@ def request_refund(rt: Runtime, principal: Principal, order_no: str,
         s.add_all([RefundLine(refund_id=refund.id, payment_line_id=line.id, amount_fen=fen,
                               applied=line.applied) for line, fen in chosen])
         s.flush()
+        audit.record(s, rt, principal, "refund.request", "refund", refund.id, reason=reason,
+                     details={"order_no": order_no, "amount_fen": refund.amount_fen,
+                              "method": method, "out_refund_no": refund.out_refund_no})
         return render_refunds(rt, s, principal, [refund])[0]
 
 
@@ -328,6 +332,9 @@ def approve_refund(rt: Runtime, principal: Principal, refund_id: int) -> RefundO
         s.flush()
         if refund.method == "channel":
             enqueue(s, "refund", {"refund_id": refund_id})
+        audit.record(s, rt, principal, "refund.approve", "refund", refund_id,
+                     details={"amount_fen": refund.amount_fen, "method": refund.method,
+                              "requested_by": refund.requested_by})
         return render_refunds(rt, s, principal, [refund])[0]
 
 
@@ -342,6 +349,9 @@ def reject_refund(rt: Runtime, principal: Principal, refund_id: int,
         refund.reject_reason = reason
         refund.updated_at = utcnow()
         s.flush()
+        audit.record(s, rt, principal, "refund.reject", "refund", refund_id, reason=reason,
+                     details={"amount_fen": refund.amount_fen, "method": refund.method,
+                              "requested_by": refund.requested_by})
         return render_refunds(rt, s, principal, [refund])[0]
 
 
@@ -368,6 +378,8 @@ def confirm_cash_refund(rt: Runtime, principal: Principal, refund_id: int,
             complete_refund(s, refund_id, channel_refund_id=None, refunded_at=rt.clock.now(),
                             cash_agent_id=aid, cash_receipt_no=receipt_no)
             s.refresh(refund)
+            audit.record(s, rt, principal, "refund.cash_paid", "refund", refund_id,
+                         details={"amount_fen": refund.amount_fen, "receipt_no": receipt_no})
             return render_refunds(rt, s, principal, [refund])[0]
     except IntegrityError as exc:
         if "uq_refund_cash_receipt" in str(exc) or "cash_receipt_no" in str(exc):
