@@ -154,7 +154,9 @@ def live(settings: Settings, sandbox_keys: dict[str, object]) -> Iterator[Live]:
 
     port = free_port()
     live_settings = settings.model_copy(update={
-        "public_base_url": f"http://127.0.0.1:{port}", "channel_timeout_s": 1.5,
+        # long enough for the in-process simulator on a loaded 2-core machine running two
+        # test workers; shorter than the 3 s a "timeout" fault makes the simulator hang
+        "public_base_url": f"http://127.0.0.1:{port}", "channel_timeout_s": 2.5,
         **sandbox_keys})
     runtime = Runtime(live_settings)
     _wipe(runtime)
