@@ -26,6 +26,7 @@ from backend.notifications.endpoints import router as notify_router
 from backend.orders.endpoints import router as orders_router
 from backend.outbox.endpoints import router as outbox_router
 from backend.progress.endpoints import router as progress_router
+from backend.publications.endpoints import router as publications_router
 from backend.reconciliation.endpoints import router as reconciliation_router
 from backend.refunds.endpoints import router as refunds_router
 from backend.residents.endpoints import router as residents_router
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(reconciliation_router)
     app.include_router(progress_router)
     app.include_router(audit_router)
+    app.include_router(publications_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
     install_desk(app)

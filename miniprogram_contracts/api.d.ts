@@ -471,6 +471,37 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/publications/{village_code}/{kind}.xlsx": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Publication Xlsx
+         * @description A village's publication (公示) as XLSX: `roster` (公示清册, before collection: each
+         *     resident, each item's state, what it owes and who paid it) or `paid` (已缴费名单, after:
+         *     the items paid, by whom).
+         *
+         *     Names and ID numbers masked as everywhere in the API (张*, 370406********1234); no phone
+         *     numbers. The header rows carry the village, town, year, kind, the publication window
+         *     (the policy's `roster_publication_days`, 3 in Shanting, from the business day) and the
+         *     generation time. Only XLSX is available.
+         *
+         *     Scope: town staff of the village's town, the village's agent, finance, auditors and
+         *     admins; others 403. An unknown village: 404; an unknown `kind`: 422; a `year` without a
+         *     policy: 422.
+         */
+        get: operations["publication_xlsx_api_v1_publications__village_code___kind__xlsx_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/qr/{token}.{fmt}": {
         parameters: {
             query?: never;
@@ -3803,6 +3834,87 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Progress"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    publication_xlsx_api_v1_publications__village_code___kind__xlsx_get: {
+        parameters: {
+            query: {
+                year: number;
+            };
+            header?: never;
+            path: {
+                village_code: string;
+                kind: "roster" | "paid";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The publication as an XLSX workbook. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": string;
                 };
             };
             /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */

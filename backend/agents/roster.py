@@ -3,6 +3,7 @@ paid it — the lookup's assessment for a whole village, read in a handful of qu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import cast, get_args
 
@@ -75,17 +76,27 @@ def _read(session: Session, village_code: str, year: int, now: datetime) -> tupl
     return residents, listed, lines, pending
 
 
-def roster(rt: Runtime, session: Session, principal: Principal, year: int,
-           status: str | None = None) -> RosterOut:
-    if principal.role != "agent" or not principal.village_code:
-        raise Forbidden("only a village agent reads the village roster")
+@dataclass(frozen=True)
+class VillageRow:
+    """One resident of a village on the roster: masked name and ID number, and the items."""
+
+    resident_id: int
+    name: str                 # masked (张*)
+    id_number_masked: str
+    items: list[RosterItem]
+
+
+def village_rows(rt: Runtime, session: Session, village_code: str, year: int,
+                 status: str | None = None) -> list[VillageRow]:
+    """Every resident of ``village_code`` with each item's state, what it owes and who paid
+    it, in resident order; with ``status``, only those items (and residents having one).
+    The one assessment of a village: the agent's roster and the publications both read it."""
     if status is not None and status not in STATUSES:
         raise ValidationFailed(f"status: {status!r} is not one of {', '.join(STATUSES)}")
     policy = policy_for(rt, year)
     now = rt.clock.now()
-    residents, listed, lines, pending = _read(session, principal.village_code, year, now)
-    refs = RefCodec(rt.pii.ref_key)
-    rows: list[RosterRow] = []
+    residents, listed, lines, pending = _read(session, village_code, year, now)
+    rows: list[VillageRow] = []
     for resident, died in residents:
         rid = cast(int, resident.id)
         paid = lines.get(rid, {})
@@ -107,7 +118,17 @@ def roster(rt: Runtime, session: Session, principal: Principal, year: int,
                 amount_due_fen=paid_fen if paid_fen is not None else due, paid_by=payer,  # type: ignore[arg-type]
                 reason=reason if item_status == "not_eligible" else None))
         if items:
-            rows.append(RosterRow(resident_ref=refs.make(rid, principal.sub),
-                                  name=mask_name(resident.name),
-                                  id_number_masked=resident.id_masked, items=items))
+            rows.append(VillageRow(resident_id=rid, name=mask_name(resident.name),
+                                   id_number_masked=resident.id_masked, items=items))
+    return rows
+
+
+def roster(rt: Runtime, session: Session, principal: Principal, year: int,
+           status: str | None = None) -> RosterOut:
+    if principal.role != "agent" or not principal.village_code:
+        raise Forbidden("only a village agent reads the village roster")
+    refs = RefCodec(rt.pii.ref_key)
+    rows = [RosterRow(resident_ref=refs.make(row.resident_id, principal.sub), name=row.name,
+                      id_number_masked=row.id_number_masked, items=row.items)
+            for row in village_rows(rt, session, principal.village_code, year, status)]
     return RosterOut(year=year, village_code=principal.village_code, rows=rows)

@@ -1,0 +1,97 @@
+"""Benchmark: a village's publication XLSX (GET /api/v1/publications/{village}/{kind}.xlsx)
+for a 5,000-resident village.
+
+    .venv/bin/python bench/publication.py [--residents 5000] [--database-url URL] [--runs 5]
+
+Seeds the same village as ``bench/roster.py`` (database ``bench_publication``), then times
+the download as town staff ask for it (HTTP through the app, the workbook included) for both
+kinds, prints each run and the median, and reads the roster file back to check it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from openpyxl import load_workbook
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from backend.app import create_app  # noqa: E402
+from backend.auth.service import create_staff_user  # noqa: E402
+from backend.config import Settings  # noqa: E402
+from backend.db import unit_of_work  # noqa: E402
+from backend.migrate import upgrade  # noqa: E402
+from backend.runtime import Runtime  # noqa: E402
+from bench.roster import NOW, TOWN, VILLAGE, seed  # noqa: E402
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench_publication"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--residents", type=int, default=5000)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--database-url", default=DEFAULT_URL)
+    args = p.parse_args(argv)
+    base, dbname = args.database_url.rsplit("/", 1)
+    admin_url = f"{base}/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                      .format(sql.Identifier(dbname)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    rt: Runtime | None = None
+    try:
+        upgrade(args.database_url)
+        with tempfile.TemporaryDirectory(prefix="bench-publication-") as tmp:
+            rt = Runtime(Settings(
+                database_url=args.database_url, data_dir=Path(tmp),
+                pii_key=base64.b64encode(b"bench-publication".ljust(32, b".")).decode(),
+                app_secret="bench-" + "x" * 32, collect_now=NOW, login_slowdown_max_s=0.05))
+            start = time.perf_counter()
+            seed(rt, args.residents)
+            with unit_of_work(rt.sessions) as s:
+                create_staff_user(s, username="town1", password="town-pass1",
+                                  role="town_staff", town_code=TOWN)
+            print(f"seeded {args.residents:,} residents in {time.perf_counter() - start:.1f} s")
+            with TestClient(create_app(runtime=rt)) as client:
+                token = client.post("/api/v1/auth/staff", json={
+                    "username": "town1", "password": "town-pass1"}).json()["access_token"]
+                h = {"Authorization": f"Bearer {token}"}
+                for kind in ("roster", "paid"):
+                    times = []
+                    for _ in range(args.runs):
+                        start = time.perf_counter()
+                        r = client.get(f"/api/v1/publications/{VILLAGE}/{kind}.xlsx",
+                                       headers=h, params={"year": 2021})
+                        times.append(time.perf_counter() - start)
+                        assert r.status_code == 200, r.text
+                    ws = load_workbook(io.BytesIO(r.content), read_only=True).active
+                    rows = sum(1 for _ in ws.iter_rows(values_only=True))
+                    print(f"{kind}.xlsx ({rows:,} rows, {len(r.content) / 2**10:.0f} KiB): "
+                          f"{', '.join(f'{t:.2f}' for t in times)} s; "
+                          f"median {statistics.median(times):.2f} s")
+                    if kind == "roster":
+                        assert rows == args.residents + 11, rows
+    finally:
+        if rt is not None:
+            rt.close()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                          .format(sql.Identifier(dbname)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
