@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from backend.auth import service as auth
 from backend.db import unit_of_work
 from backend.deps import ClientIp, RuntimeDep
-from backend.desk import services
+from backend.desk import charts, services
 from backend.desk.render import CHANNEL_NAMES, page
 from backend.desk.session import (
     DESK_ROLES,
@@ -89,6 +89,7 @@ class NavItem:
 NAV = (
     NavItem("home", "首页", "/desk/", False),
     NavItem("ledger", "日报解台账", "/desk/ledger", False),
+    NavItem("progress", "进度", "/desk/progress", False),
     NavItem("statements", "对账单", "/desk/statements", True),
     NavItem("reconciliation", "对账结果", "/desk/reconciliation", True),
     NavItem("refunds", "退款审批", "/desk/refunds", True),
@@ -339,6 +340,65 @@ def ledger_page(request: Request, rt: RuntimeDep, date: str | None = None,
         prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
         town=scoped_town, village=scoped_village, towns=towns, villages=villages,
         shown_villages=shown_villages))
+
+
+# ---------------------------------------------------------------------------- progress
+
+MEASURE_NAMES = {"medical": "医疗保险"}
+
+
+def _measure_name(key: str, min_age: int | None, max_age: int | None) -> str:
+    if key in MEASURE_NAMES:
+        return MEASURE_NAMES[key]
+    return f"养老保险 {min_age}–{max_age} 岁"
+
+
+def _year(value: str | None, rt: Runtime) -> int:
+    if not value:
+        return rt.policy.coverage_year
+    if not re.fullmatch(r"[0-9]{4}", value):
+        raise DeskRefusal(422, "年度不对",
+                          f"年度应为四位数字，例如 2021；收到的是 {value[:20]!r}。")
+    return int(value)
+
+
+@router.get("/progress", response_class=HTMLResponse)
+def progress_page(request: Request, rt: RuntimeDep, year: str | None = None,
+                  town: str | None = None) -> Response:
+    user = _user(request, rt)
+    asked_year, asked_town = _year(year, rt), _code(town, "乡镇")
+    try:
+        with unit_of_work(rt.sessions) as session:
+            towns, _ = _places(session, user)
+            view = services.progress_view(session, rt, user.principal, year=asked_year,
+                                          town=asked_town)
+    except AppError as exc:
+        if exc.code == "forbidden":
+            raise DeskRefusal(403, "无权查看", "乡镇工作人员只能查看本镇的进度。") from None
+        if exc.code == "not_found":
+            raise DeskRefusal(404, "找不到乡镇", f"没有代码为 {asked_town} 的乡镇。") from None
+        raise DeskRefusal(exc.status, "无法显示进度",
+                          f"{asked_year} 年度没有本区的征缴政策（{exc.message}）。") from None
+    p = view.progress
+    names = {t.key: _measure_name(t.key, t.min_age, t.max_age) for t in p.targets}
+    rate_charts = []
+    for target in p.targets:
+        def of(measures: list[Any], key: str = target.key) -> Any:
+            return next(m for m in measures if m.key == key)
+
+        rows: list[tuple[str, Any, bool]] = []
+        if view.town is None:       # the district: one bar per town
+            rows = [(t.name, of(t.measures), False) for t in p.towns]
+        else:                       # one town: the town, then its villages furthest behind
+            for t in p.towns:
+                rows.append((t.name + "合计", of(t.measures), True))
+                rows += [(v.name, of(v.measures), False) for v in t.villages]
+        rate_charts.append(charts.rate_chart(target.key, f"{names[target.key]} 缴费率", rows,
+                                             target.target_bp))
+    return page(request, "progress.html", page_context(
+        request, user, "progress", view=view, year=asked_year, town=view.town, towns=towns,
+        names=names, rate_charts=rate_charts, money=charts.money_chart(view.days),
+        percent=charts.percent))
 
 
 # ------------------------------------------------------------------------- statements

@@ -18,7 +18,7 @@ show them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import BinaryIO
 
 from pydantic import ValidationError
@@ -29,12 +29,16 @@ from sqlmodel import col
 from backend.auth.models import StaffUser
 from backend.errors import Forbidden, ValidationFailed
 from backend.ledger import closing
+from backend.ledger.daily import daily_ledger
+from backend.progress import service as progress_service
+from backend.progress.schemas import Progress, VillageProgress
 from backend.reconciliation import service as recon
 from backend.reconciliation.models import Discrepancy as DiscrepancyRow
 from backend.reconciliation.models import ReconciliationRun
 from backend.reconciliation.schemas import DiscrepancyOut
 from backend.refunds import service as refunds
 from backend.refunds.schemas import RefundCreate, RefundOut
+from backend.residents.service import policy_for
 from backend.runtime import Runtime
 from backend.security.tokens import Principal
 
@@ -353,3 +357,47 @@ def close_day(session: Session, rt: Runtime, principal: Principal, day: date,
     """Close (lock) business day ``day`` in the caller's transaction; refused with
     ``day_not_over``, ``day_closed`` or ``open_discrepancies``."""
     closing.close_day(session, rt.clock, day, staff_id(principal), note)
+
+
+# ----------------------------------------------------------------------- progress (进度)
+
+#: How many business days (ending today) the progress page's money chart shows.
+PROGRESS_DAYS = 14
+
+
+@dataclass(frozen=True)
+class BehindVillage:
+    town_code: str
+    town_name: str
+    village: VillageProgress
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """The progress of a coverage year in the caller's scope (``town``: None for the
+    district), the villages furthest behind first over every town shown, and the money
+    collected on each of the last days (fen, oldest first)."""
+
+    progress: Progress
+    town: str | None
+    villages: list[BehindVillage]
+    days: list[tuple[date, int]]
+
+
+def progress_view(session: Session, rt: Runtime, principal: Principal, *, year: int,
+                  town: str | None) -> ProgressView:
+    """``GET /api/v1/progress``'s answer for the page, and the daily ledger's money
+    (``Forbidden`` for another town's staff, ``NotFound`` for an unknown town,
+    ``ValidationFailed`` for a year without a policy)."""
+    scoped = progress_service.scope(principal, town)
+    answer = progress_service.progress(session, policy_for(rt, year), rt.clock.now(), scoped)
+    villages = [BehindVillage(t.town_code, t.name, v) for t in answer.towns for v in t.villages]
+    # the service's order within a town, over all the towns shown
+    villages.sort(key=lambda b: (-b.village.gap_bp,
+                                 -sum(m.shortfall for m in b.village.measures),
+                                 b.village.village_code))
+    today = rt.clock.today()
+    days = [today - timedelta(days=back) for back in range(PROGRESS_DAYS - 1, -1, -1)]
+    money = [(day, daily_ledger(session, day, today=today, town=scoped).totals.amount_fen)
+             for day in days]
+    return ProgressView(progress=answer, town=scoped, villages=villages, days=money)

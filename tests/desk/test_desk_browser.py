@@ -12,7 +12,8 @@ we do not), the business clock then moved to 10:30 the next morning:
    and asks for a refund of another order; a second finance user approves the resolution
    (the order becomes paid) and the refund (its requester could not);
 4. the second user closes the day: who and when is shown;
-5. on a phone (375 px) no page scrolls sideways; auditors and town staff cannot act.
+5. on a phone (375 px) no page scrolls sideways, the town's progress charts included;
+   auditors and town staff cannot act.
 
 Screenshots are kept in test-artifacts/desk/.
 """
@@ -308,8 +309,14 @@ def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPat
             login(mobile, "town", "town-pass1")
             expect(mobile.get_by_role("heading", level=1)).to_contain_text("首页")
             nav = mobile.get_by_role("navigation")
-            expect(nav.get_by_role("link")).to_have_count(2)   # 首页, 日报解台账
+            expect(nav.get_by_role("link")).to_have_count(3)   # 首页, 日报解台账, 进度
             no_sideways_scroll(mobile, "home")
+            # the town's progress on a phone: server-drawn charts, no sideways scrolling
+            mobile.goto(base + "/desk/progress?year=2021")
+            expect(mobile.locator("#chart-medical svg")).to_contain_text("店子镇合计")
+            expect(mobile.locator("#chart-money")).to_contain_text("860.00")   # 11-02, all paid
+            no_sideways_scroll(mobile, "progress")
+            mobile.screenshot(path=str(ARTIFACTS / "progress.png"), full_page=True)
             mobile.goto(base + f"/desk/ledger?date={DAY}")
             expect(mobile.locator("#ledger-table")).to_contain_text("280.00")
             expect(mobile.locator("main")).to_contain_text("乡镇：店子镇")

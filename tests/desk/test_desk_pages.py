@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,7 +17,7 @@ from backend.desk.render import yuan
 from backend.ledger.daily import daily_ledger
 from backend.runtime import Runtime
 from backend.security.tokens import issue_token
-from tests.factories import OTHER_TOWN, TOWN, add_regions
+from tests.factories import OTHER_TOWN, TOWN, VILLAGE, add_regions
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 ALERT = re.compile(r'role="alert">([^<]*)<')
@@ -295,3 +295,78 @@ def test_statements_resolution_refunds_and_close_through_the_pages(client: TestC
     assert twice[0] == 409 and "已经日结" in twice[2]
     home = client.get("/desk/").text
     assert "已日结" not in home or "昨日日结" in home
+
+
+def test_progress_page_charts_behind_villages_money_and_scopes(client: TestClient,
+                                                               rt: Runtime) -> None:
+    """The 进度 page over the progress service's small district (tests/progress): rates per
+    town, then per village of one town, behind ones red; the villages furthest behind first;
+    money per day from the daily ledger; town staff scoped to their town; auditors read."""
+    from backend.ledger.models import COLLECTED
+    from backend.ledger.service import Leg, contributions, post_entry, town_collection
+    from tests.progress.test_progress import EMPTY, SOUTH, _seed
+
+    _seed(rt)          # users finance / auditor / town_staff / agent, password "password-1"
+    today = rt.clock.today()
+    with unit_of_work(rt.sessions) as s:   # 380.25 yuan collected yesterday in 东村
+        post_entry(s, kind="payment", reason="test", business_date=today - timedelta(days=1),
+                   occurred_at=rt.clock.now(), legs=[
+                       Leg(town_collection(TOWN), 38_025, VILLAGE, TOWN, "cash", COLLECTED),
+                       Leg(contributions("medical", 2021), -38_025)])
+
+    assert _login(client, "finance", "password-1")[0] == 303
+    assert 'href="/desk/progress"' in client.get("/desk/").text
+    r = client.get("/desk/progress?year=2021")
+    assert r.status_code == 200, r.text
+    page = r.text
+    assert "<script" not in page and "style=" not in page
+    for text in ("征缴进度", "2021年度", "全区", "医疗保险 缴费率", "养老保险 45–59 岁 缴费率",
+                 "养老保险 16–44 岁 缴费率", "目标 100%", "目标 95%", "目标 60%",
+                 "60.00%", "66.66%", "无参保对象", "每日收款", "380.25", "合计 380.25 元",
+                 'viewBox="0 0 360'):
+        assert text in page, text
+    assert page.count("<svg") == 4 and 'width="100%"' in page
+    # district: one bar per town; the medical chart's 店子镇 (5 of 9) is behind, red
+    medical = page.split('id="chart-medical"')[1].split("</figure>")[0]
+    assert medical.count('class="bar-row') == 3
+    assert "店子镇：参保对象 9 人，已缴 5 人，缴费率 55.55%，目标 100.00%，未达标，还差 4 人" \
+        in medical
+    assert 'fill="#c62828"' in medical and 'class="bar-row behind"' in medical
+    # the villages furthest behind first, over the towns: 南村 (60 %), 东村 (57.15 %), …
+    table = page.split('id="behind-villages"')[1].split("</table>")[0]
+    names = re.findall(r"<td>([^<]+)</td><td>", table)
+    assert names[:2] == ["南村", "东村"] and "空村" in names, names
+    assert table.index("57.15%") > table.index("60.00%")
+    # the daily money: 14 days ending today, yesterday's 380.25 yuan
+    money = page.split('id="chart-money"')[1].split("</figure>")[0]
+    assert money.count('class="bar-row') == 14
+    yesterday = today - timedelta(days=1)
+    assert f"{yesterday.month}月{yesterday.day}日 收款 380.25 元" in money
+    assert f"{today.month}月{today.day}日 收款 0.00 元" in money
+
+    # one town: its villages' bars, the town's own row first
+    one = client.get(f"/desk/progress?year=2021&town={TOWN}").text
+    medical = one.split('id="chart-medical"')[1].split("</figure>")[0]
+    labels = re.findall(r'class="label"[^>]*>([^<]+)<', medical)
+    assert labels == ["店子镇合计", "南村", "东村"], labels
+    assert "380.25" in one
+    assert "380.25" not in client.get(f"/desk/progress?year=2021&town={OTHER_TOWN}").text
+    for path, status, text in (("/desk/progress?year=2020", 422, "没有本区的征缴政策"),
+                               ("/desk/progress?year=20x1", 422, "年度应为四位数字"),
+                               ("/desk/progress?year=2021&town=999", 404, "找不到乡镇"),
+                               ("/desk/progress?town=a%20b", 422, "乡镇代码")):
+        r = client.get(path)
+        assert r.status_code == status and text in r.text, path
+    assert "2021年度" in client.get("/desk/progress").text     # the policy's year
+
+    # town staff: their own town only
+    assert _login(client, "town_staff", "password-1")[0] == 303
+    own = client.get("/desk/progress?year=2021")
+    assert own.status_code == 200 and "乡镇：店子镇" in own.text and "南村" in own.text
+    assert EMPTY not in own.text and "空村" not in own.text
+    r = client.get(f"/desk/progress?year=2021&town={OTHER_TOWN}")
+    assert r.status_code == 403 and "本镇的进度" in r.text
+    # an auditor reads the district
+    assert _login(client, "auditor", "password-1")[0] == 303
+    r = client.get(f"/desk/progress?year=2021&town={OTHER_TOWN}")
+    assert r.status_code == 200 and "空村" in r.text and SOUTH not in r.text
