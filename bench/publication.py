@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 from openpyxl import load_workbook
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _support as sup  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from backend.app import create_app  # noqa: E402
@@ -45,12 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--database-url", default=DEFAULT_URL)
     args = p.parse_args(argv)
-    base, dbname = args.database_url.rsplit("/", 1)
-    admin_url = f"{base}/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                      .format(sql.Identifier(dbname)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    sup.recreate_database(args.database_url)
     rt: Runtime | None = None
     try:
         upgrade(args.database_url)
@@ -87,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if rt is not None:
             rt.close()
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(dbname)))
+        sup.drop_database(args.database_url)
     return 0
 
 

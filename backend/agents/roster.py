@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.agents.schemas import RosterItem, RosterOut, RosterRow
-from backend.departments.models import DepartmentListing
 from backend.errors import Forbidden, ValidationFailed
 from backend.orders.models import BillLine, Order, OrderLine, Payment
 from backend.policy import assess
+from backend.residents import repository as residents_repo
 from backend.residents.models import Death, Resident
 from backend.residents.schemas import ItemStatus
 from backend.residents.service import facts_of, item_statuses, policy_for
@@ -52,13 +52,7 @@ def _read(session: Session, village_code: str, year: int, now: datetime) -> tupl
         select(Resident, col(Death.died_on))
         .outerjoin(Death, col(Death.id_hash) == col(Resident.id_hash))
         .where(col(Resident.village_code) == village_code).order_by(col(Resident.id))).all()]
-    listed: dict[int, set[tuple[str, str]]] = {}
-    for rid, department, insurance in session.execute(
-            select(col(DepartmentListing.resident_id), col(DepartmentListing.department),
-                   col(DepartmentListing.insurance))
-            .where(col(DepartmentListing.resident_id).in_(ids),
-                   col(DepartmentListing.year) == year)):
-        listed.setdefault(rid, set()).add((department, insurance))
+    listed = residents_repo.listings_of(session, ids, year)
     lines: dict[int, dict[str, tuple[str, int | None, str | None]]] = {}
     for rid, insurance, status, paid_fen, channel, source in session.execute(
             select(col(BillLine.resident_id), col(BillLine.insurance), col(BillLine.status),

@@ -19,8 +19,9 @@ from backend.security.tokens import Principal
 CASH_GRACE_DAYS = 1
 
 
-def ledger_scope(principal: Principal, town: str | None,
-                 village: str | None) -> tuple[str | None, str | None]:
+def ledger_scope(principal: Principal, town: str | None, village: str | None, *,
+                 refused: str = "the daily ledger is for agents, town staff, finance and "
+                                "auditors") -> tuple[str | None, str | None]:
     """(town, village) a caller may look at: finance, auditors and admin any they ask for,
     town staff their own town, an agent their own village; anyone else is refused."""
     match principal.role:
@@ -34,7 +35,7 @@ def ledger_scope(principal: Principal, town: str | None,
             if village and village != principal.village_code:
                 raise Forbidden("an agent sees their own village only")
             return None, principal.village_code
-    raise Forbidden("the daily ledger is for agents, town staff, finance and auditors")
+    raise Forbidden(refused)
 
 
 def as_counted(measure: str, fen: int) -> int:

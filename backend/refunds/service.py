@@ -30,6 +30,7 @@ from backend.clock import business_date
 from backend.db import unit_of_work, utcnow
 from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.ledger import service as ledger
+from backend.ledger.daily import ledger_scope
 from backend.ledger.models import REFUNDED
 from backend.orders import repository as orders_repo
 from backend.orders.models import (
@@ -403,18 +404,9 @@ def _receipt_taken(receipt_no: str) -> Conflict:
 
 # --------------------------------------------------------------------------- reading
 def _scope(principal: Principal, town: str | None) -> tuple[str | None, str | None]:
-    """(town, village) a caller may see: finance and auditors all, town staff their town,
-    an agent their village."""
-    match principal.role:
-        case "finance" | "auditor" | "admin":
-            return town, None
-        case "town_staff":
-            if town and town != principal.town_code:
-                raise Forbidden("town staff see their own town only")
-            return principal.town_code, None
-        case "agent":
-            return None, principal.village_code
-    raise Forbidden("refunds are for finance, auditors, town staff and agents")
+    """(town, village) a caller may see: the ledger's scope rules."""
+    return ledger_scope(principal, town, None,
+                        refused="refunds are for finance, auditors, town staff and agents")
 
 
 def list_refunds(rt: Runtime, session: Session, principal: Principal, *,

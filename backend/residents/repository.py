@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,6 +39,14 @@ def for_assessment(session: Session, ids: list[int], year: int) -> dict[
         .join(Village, col(Village.code) == col(Resident.village_code))
         .outerjoin(Death, col(Death.id_hash) == col(Resident.id_hash))
         .where(col(Resident.id).in_(ids))).all()
+    listed = listings_of(session, ids, year)
+    return {r.id: (r, died, town, frozenset(listed.get(r.id, ()))) for r, died, town in rows
+            if r.id is not None}
+
+
+def listings_of(session: Session, ids: Any, year: int) -> dict[int, set[tuple[str, str]]]:
+    """Department listings (department, insurance) of the residents ``ids`` — a list, or a
+    subquery of resident ids — in one query."""
     listed: dict[int, set[tuple[str, str]]] = {}
     for rid, department, insurance in session.execute(
             select(col(DepartmentListing.resident_id), col(DepartmentListing.department),
@@ -45,8 +54,7 @@ def for_assessment(session: Session, ids: list[int], year: int) -> dict[
             .where(col(DepartmentListing.resident_id).in_(ids),
                    col(DepartmentListing.year) == year)):
         listed.setdefault(rid, set()).add((department, insurance))
-    return {r.id: (r, died, town, frozenset(listed.get(r.id, ()))) for r, died, town in rows
-            if r.id is not None}
+    return listed
 
 
 def town_of_village(session: Session, village_code: str) -> str | None:
