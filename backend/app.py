@@ -19,6 +19,7 @@ from backend.agents.endpoints import router as agents_router
 from backend.audit.endpoints import router as audit_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
+from backend.departments.endpoints import router as departments_router
 from backend.desk import install as install_desk
 from backend.errors import AppError, document_errors
 from backend.ledger.endpoints import router as ledger_router
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(ledger_router)
     app.include_router(outbox_router)
     app.include_router(refunds_router)
+    app.include_router(departments_router)
     app.include_router(reconciliation_router)
     app.include_router(progress_router)
     app.include_router(audit_router)

@@ -101,6 +101,8 @@ class ErrorDetail(BaseModel):
         None, description="`statement_already_loaded`: the reconciliation run that has it.")
     line: int | SkipJsonSchema[None] = Field(
         None, description="`invalid_statement`: the line of the (decompressed) file.")
+    outstanding_fen: int | SkipJsonSchema[None] = Field(
+        None, description="`transfer_exceeds_outstanding`: what the bill still owes.")
 
 
 class ErrorResponse(BaseModel):
@@ -187,6 +189,15 @@ ERROR_CODES: dict[str, ErrorCode] = {
                                           "yet (WeChat: after 10:00 the next day), has none "
                                           "(no trade that day), or no longer serves it "
                                           "(older than 3 months): try later, or upload it"),
+    "nothing_to_bill": ErrorCode(409, "the department's list has no one in that town and year "
+                                      "who is not billed already (or excluded, for the "
+                                      "reasons a bill lists)"),
+    "transfer_exceeds_outstanding": ErrorCode(409, "the transfer is more than what the bill "
+                                                   "still owes (`outstanding_fen`)"),
+    "line_already_credited": ErrorCode(409, "a credit note already took that line off the "
+                                            "bill"),
+    "duplicate_bank_reference": ErrorCode(409, "a transfer with this bank reference is "
+                                               "recorded already"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

@@ -5,7 +5,14 @@ from sqlmodel import SQLModel
 from backend.agents.models import AgentCollection
 from backend.audit.models import AuditEvent
 from backend.auth.models import StaffUser
-from backend.departments.models import DepartmentListing
+from backend.departments.models import (
+    DepartmentBill,
+    DepartmentBillLine,
+    DepartmentCreditLine,
+    DepartmentCreditNote,
+    DepartmentListing,
+    DepartmentTransfer,
+)
 from backend.idempotency.models import IdempotencyKey
 from backend.ledger.models import ClosedDay, JournalEntry, LedgerAccount, Posting, Remittance
 from backend.notifications.models import InboxNotification
@@ -34,4 +41,6 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "RefundLine", "InboxNotification", "IdempotencyKey", "AgentCollection",
            "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
-           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent"]
+           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent",
+           "DepartmentBill", "DepartmentBillLine", "DepartmentTransfer", "DepartmentCreditNote",
+           "DepartmentCreditLine"]

@@ -257,6 +257,103 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/departments/bills/{bill_no}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Bill
+         * @description The bill with what is received and outstanding, its transfers and credit notes.
+         *     Finance, auditors and admins any; town staff their town's; a department user its own.
+         */
+        get: operations["get_bill_api_v1_departments_bills__bill_no__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/departments/bills/{bill_no}/credit-notes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Credit Note
+         * @description Take lines off the bill (a person found not eligible): a credit note (冲减单). A line
+         *     not paid yet is released; one the bill had paid is owed back to the department. Deaths
+         *     get credit notes by themselves when a death list is imported.
+         */
+        post: operations["credit_note_api_v1_departments_bills__bill_no__credit_notes_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/departments/bills/{bill_no}/transfers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Record Transfer
+         * @description Record a bank transfer against the bill; partial transfers are fine. The money is
+         *     held as the department's receivable until the transfers cover the bill: then every
+         *     line is marked paid at once. More than what is outstanding: 409
+         *     `transfer_exceeds_outstanding`; a bank reference used before: 409
+         *     `duplicate_bank_reference`. Town staff of the bill's town, and finance.
+         */
+        post: operations["record_transfer_api_v1_departments_bills__bill_no__transfers_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/departments/{department}/bills": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Issue Bill
+         * @description Issue the department's bill for a town and year from its imported list and the
+         *     registry: an immutable snapshot of lines that claims each item for the department.
+         *
+         *     The first bill of a department, town and year is `kind: bill`; issuing again with new
+         *     people on the list gives a supplementary bill (`supplement`) of only those; with nobody
+         *     new, 409 `nothing_to_bill`. People left out are listed in `excluded` with a reason:
+         *     `already_paid` (the resident paid it), `in_pending_order`, `claimed_by_other_department`
+         *     (the plan's order: 扶贫办 > 民政 > 残联 > 卫健 > 财政), `deceased`, `not_eligible`.
+         *     A list imported after the plan's due date is accepted, with a warning.
+         *
+         *     Town staff for their town, finance for any; others 403.
+         */
+        post: operations["issue_bill_api_v1_departments__department__bills_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/ledger/daily": {
         parameters: {
             query?: never;
@@ -891,6 +988,107 @@ export interface components {
              */
             problem?: string | null;
         };
+        /** BillCreate */
+        BillCreate: {
+            /** Town Code */
+            town_code: string;
+            /** Year */
+            year: number;
+        };
+        /** BillLineOut */
+        BillLineOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /**
+             * Credit Note
+             * @description The credit note that took the line off the bill, or null.
+             */
+            credit_note: string | null;
+            /** Id Number Masked */
+            id_number_masked: string;
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /**
+             * Name
+             * @description Masked (张*).
+             */
+            name: string;
+            /** Resident Ref */
+            resident_ref: string;
+            /**
+             * Tier Yuan
+             * @description Pension: the tier the department pays.
+             */
+            tier_yuan: number | null;
+            /** Village Code */
+            village_code: string;
+        };
+        /** BillOut */
+        BillOut: {
+            /** Bill No */
+            bill_no: string;
+            /** Credit Notes */
+            credit_notes: components["schemas"]["CreditNoteOut"][];
+            /** Credited Fen */
+            credited_fen: number;
+            /**
+             * Department
+             * @enum {string}
+             */
+            department: "civil_affairs" | "disabled_federation" | "health" | "poverty_office" | "finance";
+            /**
+             * Excluded
+             * @description On the answer that issues the bill: listed people left out, and why.
+             */
+            excluded: components["schemas"]["ExcludedOut"][];
+            /**
+             * Issued At
+             * Format: date-time
+             */
+            issued_at: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "bill" | "supplement";
+            /** Lines */
+            lines: components["schemas"]["BillLineOut"][];
+            /**
+             * Outstanding Fen
+             * @description total − credited − received, at least 0.
+             */
+            outstanding_fen: number;
+            /**
+             * Overpaid Fen
+             * @description Received beyond what the bill, after its credit notes, owes: to return to the department.
+             */
+            overpaid_fen: number;
+            /** Paid At */
+            paid_at: string | null;
+            /** Received Fen */
+            received_fen: number;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "issued" | "partially_paid" | "paid";
+            /**
+             * Total Fen
+             * @description As issued: never changes.
+             */
+            total_fen: number;
+            /** Town Code */
+            town_code: string;
+            /** Transfers */
+            transfers: components["schemas"]["TransferOut"][];
+            /** Warnings */
+            warnings: string[];
+            /** Year */
+            year: number;
+        };
         /** Body_upload_statement_api_v1_reconciliation__channel__statements_post */
         Body_upload_statement_api_v1_reconciliation__channel__statements_post: {
             /**
@@ -995,6 +1193,45 @@ export interface components {
             /** Village Code */
             village_code: string | null;
         };
+        /** CreditItem */
+        CreditItem: {
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /** Resident Ref */
+            resident_ref: string;
+        };
+        /** CreditNoteCreate */
+        CreditNoteCreate: {
+            /** Items */
+            items: components["schemas"]["CreditItem"][];
+            /**
+             * Reason
+             * @description Why the department no longer owes these lines, e.g. `not_eligible: employee medical since 2020-09`.
+             */
+            reason: string;
+        };
+        /** CreditNoteOut */
+        CreditNoteOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /** Credit No */
+            credit_no: string;
+            /**
+             * Issued At
+             * Format: date-time
+             */
+            issued_at: string;
+            /** Reason */
+            reason: string;
+            /**
+             * Refund Fen
+             * @description Of it, what the bill had paid already: owed back to the department.
+             */
+            refund_fen: number;
+        };
         /** DailyLedger */
         DailyLedger: {
             /**
@@ -1086,6 +1323,16 @@ export interface components {
         Days: {
             /** Days */
             days: components["schemas"]["Day"][];
+        };
+        /** DepartmentBillRef */
+        DepartmentBillRef: {
+            /** Bill No */
+            bill_no: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "issued" | "partially_paid" | "paid";
         };
         /** DiscrepancyList */
         DiscrepancyList: {
@@ -1217,6 +1464,11 @@ export interface components {
              */
             order_no?: string;
             /**
+             * Outstanding Fen
+             * @description `transfer_exceeds_outstanding`: what the bill still owes.
+             */
+            outstanding_fen?: number;
+            /**
              * Reason
              * @description `not_eligible`: why, e.g. `deceased`, `employee_pension`, `employee_medical`, `under_16`, `over_59`, `student`, `not_born`, `government_paid`, `tier_not_allowed`.
              */
@@ -1249,6 +1501,23 @@ export interface components {
          */
         ErrorResponse: {
             error: components["schemas"]["ErrorDetail"];
+        };
+        /** ExcludedOut */
+        ExcludedOut: {
+            /** Id Number Masked */
+            id_number_masked: string;
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /** Name */
+            name: string;
+            /**
+             * Reason
+             * @enum {string}
+             */
+            reason: "already_paid" | "in_pending_order" | "claimed_by_other_department" | "deceased" | "not_eligible" | "not_registered";
         };
         /** FetchIn */
         FetchIn: {
@@ -1361,6 +1630,8 @@ export interface components {
             amount_due_fen: number;
             /** Benefit Start */
             benefit_start: string | null;
+            /** @description The department bill (代缴通知单) that claims the item, or null. */
+            department_bill?: components["schemas"]["DepartmentBillRef"] | null;
             /** Eligible */
             eligible: boolean;
             /** Government Pays Fen */
@@ -1501,6 +1772,8 @@ export interface components {
         PensionItem: {
             /** Default Tier Yuan */
             default_tier_yuan: number | null;
+            /** @description The department bill (代缴通知单) that claims the item, or null. */
+            department_bill?: components["schemas"]["DepartmentBillRef"] | null;
             /** Eligible */
             eligible: boolean;
             /**
@@ -1945,6 +2218,42 @@ export interface components {
             town_code: string;
             /** Villages */
             villages: components["schemas"]["VillageProgress"][];
+        };
+        /** TransferCreate */
+        TransferCreate: {
+            /**
+             * Amount Fen
+             * @description Integer fen; more than the bill still owes is refused.
+             */
+            amount_fen: number;
+            /**
+             * Bank Reference
+             * @description The bank's reference of the transfer: once.
+             */
+            bank_reference: string;
+            /**
+             * Value Date
+             * Format: date
+             * @description The day the money arrived (起息日), not after today.
+             */
+            value_date: string;
+        };
+        /** TransferOut */
+        TransferOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /** Bank Reference */
+            bank_reference: string;
+            /**
+             * Recorded At
+             * Format: date-time
+             */
+            recorded_at: string;
+            /**
+             * Value Date
+             * Format: date
+             */
+            value_date: string;
         };
         /** VillageProgress */
         VillageProgress: {
@@ -3087,6 +3396,420 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "wechat_unavailable";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    get_bill_api_v1_departments_bills__bill_no__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                bill_no: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BillOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    credit_note_api_v1_departments_bills__bill_no__credit_notes_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                bill_no: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreditNoteCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BillOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `line_already_credited`: a credit note already took that line off the bill */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "line_already_credited";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    record_transfer_api_v1_departments_bills__bill_no__transfers_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "Idempotency-Key"?: string | null;
+            };
+            path: {
+                bill_no: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransferCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BillOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `transfer_exceeds_outstanding`: the transfer is more than what the bill still owes (`outstanding_fen`)
+             *     - `duplicate_bank_reference`: a transfer with this bank reference is recorded already
+             *     - `idempotency_conflict`: the Idempotency-Key was used with another body, or its first request is still running: retry the same request shortly
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "transfer_exceeds_outstanding" | "duplicate_bank_reference" | "idempotency_conflict";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    issue_bill_api_v1_departments__department__bills_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                department: "civil_affairs" | "disabled_federation" | "health" | "poverty_office" | "finance";
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BillCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BillOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `nothing_to_bill`: the department's list has no one in that town and year who is not billed already (or excluded, for the reasons a bill lists) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "nothing_to_bill";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };

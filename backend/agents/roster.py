@@ -54,12 +54,16 @@ def _read(session: Session, village_code: str, year: int, now: datetime) -> tupl
         .where(col(Resident.village_code) == village_code).order_by(col(Resident.id))).all()]
     listed = residents_repo.listings_of(session, ids, year)
     lines: dict[int, dict[str, tuple[str, int | None, str | None]]] = {}
-    for rid, insurance, status, paid_fen, channel, source in session.execute(
+    for rid, insurance, status, paid_fen, claim, channel, source in session.execute(
             select(col(BillLine.resident_id), col(BillLine.insurance), col(BillLine.status),
-                   col(BillLine.paid_fen), col(Payment.channel), col(Payment.source))
+                   col(BillLine.paid_fen), col(BillLine.claim_bill_id), col(Payment.channel),
+                   col(Payment.source))
             .outerjoin(Payment, col(Payment.id) == col(BillLine.paid_payment_id))
             .where(col(BillLine.resident_id).in_(ids), col(BillLine.year) == year)):
-        if status == "paid":
+        if claim is not None and status in ("claimed", "paid"):
+            # a department bill claims it (pending transfer) or has paid it
+            lines.setdefault(rid, {})[insurance] = ("government_paid", paid_fen, "department")
+        elif status == "paid":
             lines.setdefault(rid, {})[insurance] = (status, paid_fen,
                                                     paid_by(channel, source))
     pending = {(rid, insurance) for rid, insurance in session.execute(
@@ -95,7 +99,7 @@ def village_rows(rt: Runtime, session: Session, village_code: str, year: int,
         rid = cast(int, resident.id)
         paid = lines.get(rid, {})
         # the same states the lookup reads (orders.repository.item_states): paid wins
-        states = {ins: "paid" for ins in paid}
+        states = {ins: state for ins, (state, _, _) in paid.items()}
         for ins in ("pension", "medical"):
             if (rid, ins) in pending:
                 states.setdefault(ins, "pending")

@@ -83,6 +83,9 @@ class Posting(SQLModel, table=True):
     village_code: str | None = Field(default=None, max_length=32)
     channel: str | None = Field(default=None, max_length=16)   # wechat … cash, pos, department
     measure: str | None = Field(default=None, max_length=16)   # collected | refunded | remitted
+    # how many items a ``collected`` posting stands for: 1 for a resident's payment, a
+    # town's number of lines for a department bill's aggregate posting
+    items: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class Remittance(SQLModel, table=True):

@@ -15,7 +15,8 @@ def daily_measures(session: Session, day: date, town: str | None,
                    village: str | None) -> list[tuple[str | None, str | None, str, str, int, int]]:
     """(town, village, channel, measure, count, fen) for one business day."""
     stmt = (select(col(Posting.town_code), col(Posting.village_code), col(Posting.channel),
-                   col(Posting.measure), func.count(), func.sum(col(Posting.amount_fen)))
+                   col(Posting.measure), func.sum(col(Posting.items)),
+                   func.sum(col(Posting.amount_fen)))
             .where(col(Posting.business_date) == day, col(Posting.measure).isnot(None))
             .group_by(col(Posting.town_code), col(Posting.village_code), col(Posting.channel),
                       col(Posting.measure)))

@@ -80,6 +80,13 @@ class Leg:
     measure: str | None = None
 
 
+@dataclass(frozen=True)
+class AggregateLeg(Leg):
+    """A ``collected`` posting that stands for many items (a department bill's, per town)."""
+
+    items: int = 1
+
+
 class UnbalancedEntry(ValueError):
     pass
 
@@ -157,7 +164,7 @@ _INSERT_ENTRY = Statement(
         FROM (SELECT {_EFFECTIVE_PG} AS effective) AS d
         RETURNING id, business_date""")
 _POSTING_COLUMNS = ("entry_id", "account_id", "amount_fen", "business_date", "town_code",
-                    "village_code", "channel", "measure")
+                    "village_code", "channel", "measure", "items")
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ def post_entry(session: Session, *, kind: str, reason: str, business_date: date,
     # One multi-row INSERT (a single round trip), not an executemany.
     tx.insert_rows("postings", _POSTING_COLUMNS, [
         (entry_id, ids[leg.account.code], leg.amount_fen, day, leg.town_code,
-         leg.village_code, leg.channel, leg.measure) for leg in legs])
+         leg.village_code, leg.channel, leg.measure, getattr(leg, "items", 1)) for leg in legs])
     return Posted(entry_id, day, business_date if day != business_date else None)
 
 

@@ -29,7 +29,9 @@ class BillLine(SQLModel, table=True):
     resident_id: int = Field(foreign_key="residents.id")
     year: int
     insurance: str = Field(max_length=16)
-    status: str = Field(default="unpaid", max_length=16)   # unpaid | paid
+    # unpaid | claimed (a department bill claims it: the department pays) | paid
+    status: str = Field(default="unpaid", max_length=16)
+    claim_bill_id: int | None = Field(default=None, foreign_key="department_bills.id")
     paid_payment_id: int | None = Field(default=None)
     paid_tier_yuan: int | None = None
     paid_fen: int | None = None

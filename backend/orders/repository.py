@@ -113,12 +113,15 @@ def refunds_of(session: Session, order_id: int) -> list[Refund]:
 
 
 def item_states(session: Session, resident_id: int, year: int, now: datetime) -> dict[str, str]:
-    """insurance → "paid" or "pending" (in an unexpired pending order) for one resident."""
+    """insurance → "paid", "government_paid" (a department bill claims or paid it) or
+    "pending" (in an unexpired pending order) for one resident."""
     states: dict[str, str] = {}
-    for insurance, status in session.execute(
-            select(col(BillLine.insurance), col(BillLine.status))
+    for insurance, status, claim in session.execute(
+            select(col(BillLine.insurance), col(BillLine.status), col(BillLine.claim_bill_id))
             .where(col(BillLine.resident_id) == resident_id, col(BillLine.year) == year)):
-        if status == "paid":
+        if claim is not None and status in ("claimed", "paid"):
+            states[insurance] = "government_paid"
+        elif status == "paid":
             states[insurance] = "paid"
     pending = session.execute(
         select(col(OrderLine.insurance)).join(Order, col(Order.id) == col(OrderLine.order_id))
@@ -127,3 +130,21 @@ def item_states(session: Session, resident_id: int, year: int, now: datetime) ->
     for (insurance,) in pending:
         states.setdefault(insurance, "pending")
     return states
+
+
+def department_items(session: Session, resident_ids: Any, year: int
+                     ) -> dict[tuple[int, str], tuple[str, str, str]]:
+    """(resident, insurance) → (department, bill_no, bill status) for every item a
+    department bill claims or has paid: what the lookup and the roster show."""
+    from backend.departments.models import DepartmentBill
+
+    out: dict[tuple[int, str], tuple[str, str, str]] = {}
+    for rid, insurance, department, bill_no, status in session.execute(
+            select(col(BillLine.resident_id), col(BillLine.insurance),
+                   col(DepartmentBill.department), col(DepartmentBill.bill_no),
+                   col(DepartmentBill.status))
+            .join(DepartmentBill, col(DepartmentBill.id) == col(BillLine.claim_bill_id))
+            .where(col(BillLine.resident_id).in_(resident_ids), col(BillLine.year) == year,
+                   col(BillLine.status).in_(("claimed", "paid")))):
+        out[(int(rid), str(insurance))] = (str(department), str(bill_no), str(status))
+    return out

@@ -175,6 +175,11 @@ def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
     now = rt.clock.now()   # the business clock: order numbers and expiry
     lines = repo.bill_lines_for(session, [(i.key[0], year, i.insurance) for i in items])
     for i in items:
+        if lines[i.key].status == "claimed":
+            raise Conflict(f"{i.insurance} {year} for {i.resident.id_masked} is on a "
+                           "department's bill (代缴通知单): the department pays it",
+                           code="not_eligible", reason="government_paid",
+                           resident_ref=i.ref, insurance=i.insurance)
         if lines[i.key].status == "paid":
             raise Conflict(f"{i.insurance} {year} for {i.resident.id_masked} is already paid",
                            code="item_already_paid", resident_ref=i.ref, insurance=i.insurance)

@@ -31,6 +31,11 @@ class TierOut(BaseModel):
     subsidy_fen: int
 
 
+class DepartmentBillRef(BaseModel):
+    bill_no: str
+    status: Literal["issued", "partially_paid", "paid"]
+
+
 class PensionItem(BaseModel):
     insurance: Literal["pension"] = "pension"
     status: ItemStatus
@@ -39,6 +44,8 @@ class PensionItem(BaseModel):
     tiers: list[TierOut]
     default_tier_yuan: int | None
     paying_department: str | None
+    department_bill: DepartmentBillRef | None = Field(
+        None, description="The department bill (代缴通知单) that claims the item, or null.")
     payable: bool
     not_payable_reason: str | None = None
 
@@ -51,6 +58,8 @@ class MedicalItem(BaseModel):
     amount_due_fen: int
     government_pays_fen: int
     paying_department: str | None
+    department_bill: DepartmentBillRef | None = Field(
+        None, description="The department bill (代缴通知单) that claims the item, or null.")
     subsidy_fen: int
     benefit_start: date | None
     late: bool

@@ -10,12 +10,13 @@ from typing import cast
 from sqlalchemy.orm import Session
 
 from backend.errors import NotFound, RateLimited, ValidationFailed
-from backend.orders.repository import item_states
+from backend.orders.repository import department_items, item_states
 from backend.policy import Assessment, Policy, ResidentFacts, assess, policy_for_year
 from backend.residents import repository as repo
 from backend.residents.idnumber import parse_id_number
 from backend.residents.models import Resident
 from backend.residents.schemas import (
+    DepartmentBillRef,
     ItemStatus,
     LookupResponse,
     MedicalItem,
@@ -82,7 +83,7 @@ def in_scope(session: Session, principal: Principal, resident: Resident, year: i
 def _status(eligible: bool, due_fen: int, government_fen: int,
             known: str | None) -> ItemStatus:
     if known:
-        return cast(ItemStatus, known)   # item_states gives "paid" or "pending"
+        return cast(ItemStatus, known)   # item_states: "paid", "government_paid", "pending"
     if not eligible:
         return "not_eligible"
     if due_fen == 0 and government_fen > 0:
@@ -93,7 +94,7 @@ def _status(eligible: bool, due_fen: int, government_fen: int,
 def item_statuses(a: Assessment, states: dict[str, str]
                   ) -> dict[str, tuple[ItemStatus, int, str | None]]:
     """insurance → (status, amount due in fen, policy reason): the lookup's view of the items,
-    given what the bill lines say (``states``: "paid" or "pending")."""
+    given what the bill lines say (``states``: "paid", "government_paid" or "pending")."""
     p, m = a.pension, a.medical
     default = p.tier(p.default_tier_yuan) if p.default_tier_yuan is not None else None
     return {
@@ -107,16 +108,32 @@ def item_statuses(a: Assessment, states: dict[str, str]
 
 
 def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Assessment,
-                  states: dict[str, str]) -> LookupResponse:
+                  states: dict[str, str],
+                  bills: dict[str, tuple[str, str, str]] | None = None) -> LookupResponse:
+    """``bills``: insurance → (department, bill_no, bill status) of the items a department
+    bill claims."""
     assert resident.id is not None
     p, m = a.pension, a.medical
     statuses = item_statuses(a, states)
+    bills = bills or {}
 
     def payable(insurance: str, assessed: bool, reason: str | None) -> tuple[bool, str | None]:
         # What the policy allows, and not paid already: a paid item is ordered no more.
+        if insurance in bills:
+            return False, "government_paid"
         if states.get(insurance) == "paid":
             return False, "already_paid"
         return assessed, reason
+
+    def billed(insurance: str, assessed: str | None) -> tuple[str | None,
+                                                              DepartmentBillRef | None]:
+        if insurance not in bills:
+            return assessed, None
+        department, bill_no, status = bills[insurance]
+        return department, DepartmentBillRef(bill_no=bill_no, status=status)  # type: ignore[arg-type]
+
+    pension_department, pension_bill = billed("pension", p.paying_department)
+    medical_department, medical_bill = billed("medical", m.paying_department)
 
     pension_payable, pension_reason = payable("pension", p.payable, p.not_payable_reason)
     medical_payable, medical_reason = payable("medical", m.payable, m.not_payable_reason)
@@ -126,15 +143,16 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
         tiers=[TierOut(tier_yuan=t.tier_yuan, amount_due_fen=t.amount_due_fen,
                        government_pays_fen=t.government_pays_fen, subsidy_fen=t.subsidy_fen)
                for t in p.tiers],
-        default_tier_yuan=p.default_tier_yuan, paying_department=p.paying_department,
-        payable=pension_payable, not_payable_reason=pension_reason,
+        default_tier_yuan=p.default_tier_yuan, paying_department=pension_department,
+        department_bill=pension_bill, payable=pension_payable, not_payable_reason=pension_reason,
     )
     medical = MedicalItem(
         status=statuses["medical"][0],
         eligible=m.eligible, reason=m.reason, amount_due_fen=m.amount_due_fen,
-        government_pays_fen=m.government_pays_fen, paying_department=m.paying_department,
-        subsidy_fen=m.subsidy_fen, benefit_start=m.benefit_start, late=m.late,
-        newborn=m.newborn, payable=medical_payable, not_payable_reason=medical_reason,
+        government_pays_fen=m.government_pays_fen, paying_department=medical_department,
+        department_bill=medical_bill, subsidy_fen=m.subsidy_fen,
+        benefit_start=m.benefit_start, late=m.late, newborn=m.newborn,
+        payable=medical_payable, not_payable_reason=medical_reason,
     )
     refs = RefCodec(rt.pii.ref_key)
     return LookupResponse(
@@ -167,4 +185,6 @@ def lookup(rt: Runtime, session: Session, principal: Principal, client_ip: str, 
         raise NotFound("no registered resident with this name and ID number")
     assessment = assess_resident(session, policy, resident, rt.clock.now())
     states = item_states(session, resident.id, year, rt.clock.now())  # type: ignore[arg-type]
-    return render_lookup(rt, principal, resident, assessment, states)
+    bills = {ins: bill for (_, ins), bill in
+             department_items(session, [resident.id], year).items()}
+    return render_lookup(rt, principal, resident, assessment, states, bills)

@@ -1,0 +1,231 @@
+"""Department bills (代缴通知单): claims, exclusions, supplements, transfers, the ledger —
+through HTTP on both databases."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlmodel import col
+
+from backend.auth.service import create_staff_user
+from backend.db import unit_of_work
+from backend.departments.models import DepartmentListing
+from backend.ledger import service as ledger
+from backend.orders.models import BillLine, Payment, PaymentLine
+from backend.residents.models import Death, Resident
+from tests.agents.test_agent_money import collect
+from tests.conftest import Live
+from tests.factories import OTHER_TOWN, OTHER_VILLAGE, TOWN, add_resident
+from tests.orders.helpers import ref, seed, staff_headers
+
+BILLS = "/api/v1/departments"
+
+
+def listed(live: Live, name: str, department: str, insurance: str) -> None:
+    with unit_of_work(live.rt.sessions) as s:
+        rid = s.scalar(select(col(Resident.id)).where(col(Resident.name) == name))
+        s.add(DepartmentListing(department=department, resident_id=rid, insurance=insurance,
+                                year=2021))
+
+
+def town_setup(live: Live) -> dict[str, str]:
+    """seed()'s village, plus: 赵六 (severely disabled: 残联 pays pension tier 100), 钱七
+    (建档立卡: 扶贫办 and 民政 both list him), 孙八 (died 2020), 周九 (employee medical),
+    吴十 (another town); town staff of TOWN and finance."""
+    people = seed(live.rt)
+    with unit_of_work(live.rt.sessions) as s:
+        for name, born, seq, kw in [
+                ("赵六", date(1975, 4, 1), 31, {"categories": "disabled_severe"}),
+                ("钱七", date(1966, 2, 2), 32, {"categories": "dibao;jianli_poverty"}),
+                ("孙八", date(1950, 1, 1), 33, {"categories": "dibao"}),
+                ("周九", date(1970, 6, 6), 34, {"employee_medical": True}),
+                ("吴十", date(1971, 7, 7), 35, {"categories": "dibao",
+                                                "village": OTHER_VILLAGE})]:
+            _, people[name] = add_resident(s, live.rt.pii, name, born, seq=seq, **kw)  # type: ignore[arg-type]
+        s.add(Death(id_hash=live.rt.pii.hash(people["孙八"]), id_masked="x", name="孙八",
+                    died_on=date(2020, 6, 1)))
+        create_staff_user(s, username="town1", password="town-pass1", role="town_staff",
+                          town_code=TOWN)
+        create_staff_user(s, username="town2", password="town-pass2", role="town_staff",
+                          town_code=OTHER_TOWN)
+        create_staff_user(s, username="fin1", password="fin-pass1", role="finance")
+        create_staff_user(s, username="dept1", password="dept-pass1", role="department",
+                          department="civil_affairs")
+    return people
+
+
+def issue(live: Live, h: dict[str, str], department: str, town: str = TOWN) -> Any:
+    return live.http.post(f"{BILLS}/{department}/bills", headers=h,
+                          json={"year": 2021, "town_code": town})
+
+
+def transfer(live: Live, h: dict[str, str], bill_no: str, amount: int, reference: str,
+             key: str | None = None) -> Any:
+    headers = dict(h) | ({"Idempotency-Key": key} if key else {})
+    return live.http.post(f"{BILLS}/bills/{bill_no}/transfers", headers=headers, json={
+        "amount_fen": amount, "bank_reference": reference, "value_date": "2020-11-02"})
+
+
+def lookup_item(live: Live, h: dict[str, str], name: str, number: str,
+                insurance: str) -> dict[str, Any]:
+    r = live.http.post("/api/v1/residents/lookup", headers=h,
+                       json={"name": name, "id_number": number, "year": 2021})
+    assert r.status_code == 200, r.text
+    return next(i for i in r.json()["items"] if i["insurance"] == insurance)
+
+
+def test_a_bill_claims_its_lines_and_says_who_it_left_out(live: Live) -> None:
+    people = town_setup(live)
+    agent, town = staff_headers(live), staff_headers(live, "town1", "town-pass1")
+    # 李梅 paid her medical in cash before 民政 listed her: left out, already paid
+    li = ref(live, agent, "李梅", people["李梅"])
+    assert collect(live, agent, [{"resident_ref": li, "insurance": "medical"}],
+                   "R-1").status_code == 201  # type: ignore[attr-defined]
+    for name in ("王芳", "钱七", "孙八", "周九", "李梅", "吴十"):
+        listed(live, name, "civil_affairs", "medical")
+    listed(live, "钱七", "poverty_office", "medical")
+    listed(live, "赵六", "disabled_federation", "pension")
+
+    r = issue(live, town, "civil_affairs")
+    assert r.status_code == 201, r.text
+    bill = r.json()
+    assert bill["kind"] == "bill" and bill["status"] == "issued"
+    assert bill["department"] == "civil_affairs" and bill["town_code"] == TOWN
+    assert [(line["name"], line["insurance"], line["amount_fen"]) for line in bill["lines"]] \
+        == [("王*", "medical", 28000)]
+    assert bill["total_fen"] == 28000 and bill["outstanding_fen"] == 28000
+    assert sorted((e["name"], e["reason"]) for e in bill["excluded"]) == [
+        ("周*", "not_eligible"), ("孙*", "deceased"), ("李*", "already_paid"),
+        ("钱*", "claimed_by_other_department")]     # 吴十 lives in another town
+    assert bill["lines"][0]["id_number_masked"].count("*") == 8
+    for number in people.values():
+        assert number not in r.text
+    assert "王芳" not in r.text
+
+    # the lookup shows the claim; the resident and the agent cannot order it
+    item = lookup_item(live, agent, "王芳", people["王芳"], "medical")
+    assert item["status"] == "government_paid" and item["paying_department"] == "civil_affairs"
+    assert item["department_bill"] == {"bill_no": bill["bill_no"], "status": "issued"}
+    assert item["payable"] is False
+
+    # 残联's bill claims 赵六's pension at tier 100; he can no longer top it up himself
+    zhao = ref(live, agent, "赵六", people["赵六"])
+    cl = issue(live, town, "disabled_federation").json()
+    assert [(x["insurance"], x["tier_yuan"], x["amount_fen"]) for x in cl["lines"]] == [
+        ("pension", 100, 10000)]
+    refused = collect(live, agent, [{"resident_ref": zhao, "insurance": "pension",
+                                     "tier_yuan": 300}], "R-2")
+    assert refused.status_code == 409  # type: ignore[attr-defined]
+    assert refused.json()["error"]["reason"] == "government_paid"  # type: ignore[attr-defined]
+
+    # again with nobody new: 409; a new person on the list: a supplement of only them
+    again = issue(live, town, "civil_affairs")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "nothing_to_bill"
+    listed(live, "张三", "civil_affairs", "medical")     # not in a hardship group: listed all
+    supplement = issue(live, town, "civil_affairs").json()
+    assert supplement["kind"] == "supplement"
+    assert [x["name"] for x in supplement["lines"]] == ["张*"]
+
+    # scope: another town's staff, an agent, a department user issuing: 403; unknown: 404/422
+    assert issue(live, staff_headers(live, "town2", "town-pass2"), "civil_affairs").status_code \
+        == 403
+    assert issue(live, agent, "civil_affairs").status_code == 403
+    dept = staff_headers(live, "dept1", "dept-pass1")
+    assert issue(live, dept, "civil_affairs").status_code == 403
+    fin = staff_headers(live, "fin1", "fin-pass1")
+    assert issue(live, fin, "civil_affairs", town="999").status_code == 404
+    assert issue(live, fin, "police").status_code == 422
+    # reading: the department its own bill, another department's not at all
+    assert live.http.get(f"{BILLS}/bills/{bill['bill_no']}", headers=dept).status_code == 200
+    assert live.http.get(f"{BILLS}/bills/{cl['bill_no']}", headers=dept).status_code == 404
+
+
+def test_partial_transfers_then_the_whole_bill_is_paid_at_once(live: Live) -> None:
+    people = town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    for name in ("王芳", "钱七", "孙八"):
+        listed(live, name, "civil_affairs", "medical")
+    listed(live, "钱七", "poverty_office", "medical")
+    listed(live, "李梅", "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    no, total = bill["bill_no"], bill["total_fen"]
+    assert total == 56000        # 王芳 and 李梅; 钱七 is 扶贫办's, 孙八 died
+
+    too_much = transfer(live, town, no, total + 1, "B-0")
+    assert too_much.status_code == 409
+    assert too_much.json()["error"] == {
+        "code": "transfer_exceeds_outstanding", "outstanding_fen": total,
+        "message": too_much.json()["error"]["message"]}
+    first = transfer(live, town, no, 20000, "B-1", key="t-1")
+    assert first.status_code == 201, first.text
+    assert (first.json()["status"], first.json()["received_fen"],
+            first.json()["outstanding_fen"]) == ("partially_paid", 20000, 36000)
+    # the same request again (same key): the same answer, recorded once
+    replay = transfer(live, town, no, 20000, "B-1", key="t-1")
+    assert replay.status_code == 201 and replay.json()["received_fen"] == 20000
+    dup = transfer(live, town, no, 1000, "B-1")
+    assert dup.status_code == 409 and dup.json()["error"]["code"] == "duplicate_bank_reference"
+    # partly paid: the lines are not paid yet; the money sits in the receivable
+    item = lookup_item(live, town, "王芳", people["王芳"], "medical")
+    assert item["department_bill"]["status"] == "partially_paid"
+    with unit_of_work(live.rt.sessions) as s:
+        assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == -20000
+        assert s.scalar(select(func.count()).select_from(BillLine)
+                        .where(col(BillLine.status) == "paid")) == 0
+    future = live.http.post(f"{BILLS}/bills/{no}/transfers", headers=town, json={
+        "amount_fen": 100, "bank_reference": "B-9", "value_date": "2020-11-03"})
+    assert future.status_code == 422 and "value_date" in future.json()["error"]["message"]
+
+    last = transfer(live, town, no, 36000, "B-2")
+    assert last.status_code == 201, last.text
+    done = last.json()
+    assert (done["status"], done["outstanding_fen"], done["received_fen"]) == ("paid", 0, total)
+    assert [t["bank_reference"] for t in done["transfers"]] == ["B-1", "B-2"]
+    assert transfer(live, town, no, 1, "B-3").json()["error"]["outstanding_fen"] == 0
+    item = lookup_item(live, town, "王芳", people["王芳"], "medical")
+    assert item["status"] == "government_paid"
+    assert item["department_bill"] == {"bill_no": no, "status": "paid"}
+
+    with unit_of_work(live.rt.sessions) as s:
+        paid = s.execute(select(col(BillLine.status), col(BillLine.paid_fen))
+                         .where(col(BillLine.claim_bill_id).isnot(None))).all()
+        assert sorted(paid) == [("paid", 28000), ("paid", 28000)]
+        payments = s.scalars(select(Payment).where(col(Payment.channel) == "department")).all()
+        assert [(p.amount_fen, p.transaction_id) for p in payments] == [(total, no)]
+        assert s.scalar(select(func.count()).select_from(PaymentLine)
+                        .where(col(PaymentLine.applied))) == 2
+        assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == 0
+        assert ledger.balance(s, ledger.town_collection(TOWN)) == total
+        assert ledger.balance(s, ledger.contributions("medical", 2021)) == -total
+        # one entry per transfer, one for the cover; postings per town, not per resident
+        kinds = s.execute(text(
+            "SELECT e.kind, COUNT(p.id), MIN(p.village_code) FROM journal_entries e "
+            "JOIN postings p ON p.entry_id = e.id GROUP BY e.id, e.kind ORDER BY e.id")).all()
+        assert [tuple(k) for k in kinds] == [("department_transfer", 2, None),
+                                             ("department_transfer", 2, None),
+                                             ("department_payment", 2, None)]
+    # the daily ledger: one department row for the town, counting both items
+    daily = live.http.get("/api/v1/ledger/daily", headers=town,
+                          params={"date": "2020-11-02"}).json()
+    rows = [r for r in daily["rows"] if r["channel"] == "department"]
+    assert [(r["town_code"], r["village_code"], r["count"], r["amount_fen"]) for r in rows] == [
+        (TOWN, None, 2, total)]
+
+
+def test_a_person_on_two_departments_lists_is_paid_once(live: Live) -> None:
+    town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    listed(live, "钱七", "civil_affairs", "medical")
+    listed(live, "钱七", "poverty_office", "medical")
+    civil = issue(live, town, "civil_affairs")
+    assert civil.status_code == 409     # 钱七 is 扶贫办's: nothing for 民政
+    poverty = issue(live, town, "poverty_office").json()
+    assert [x["name"] for x in poverty["lines"]] == ["钱*"]
+    assert transfer(live, town, poverty["bill_no"], 28000, "P-1").json()["status"] == "paid"
+    assert issue(live, town, "civil_affairs").status_code == 409
+    with unit_of_work(live.rt.sessions) as s:
+        assert s.scalar(select(func.count()).select_from(PaymentLine)
+                        .where(col(PaymentLine.applied))) == 1
+        assert ledger.balance(s, ledger.contributions("medical", 2021)) == -28000
