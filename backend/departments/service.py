@@ -435,10 +435,10 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
     """Take ``line_ids`` (department bill lines of ``bill``, not credited yet) off the bill.
 
     A line not paid yet is released: the item is no longer claimed. A line the bill paid
-    already stays paid here and its amount is owed back to the department (``refund_fen``):
-    finance returns it by bank transfer; the ledger moves it from the contributions to the
-    refunds payable. If what is left of the bill is now covered by what was received, it is
-    covered now.
+    already is unpaid again, as after a refund, and its amount is owed back to the
+    department (``refund_fen``): finance returns it by bank transfer; the ledger moves it
+    from the contributions to the refunds payable. If what is left of the bill is now
+    covered by what was received, it is covered now.
     """
     rows = session.execute(
         select(DepartmentBillLine, col(BillLine.status), col(BillLine.paid_payment_id))
@@ -454,6 +454,7 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
     session.flush()
     refund_legs: dict[str, int] = defaultdict(int)
     released: list[int] = []
+    given_back: list[int] = []
     credit_rows = []
     for line, status, paid_payment in rows:
         paid_here = status == "paid" and bill.payment_id is not None \
@@ -462,6 +463,7 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
                             line.amount_fen if paid_here else 0))
         if paid_here:
             refund_legs[line.insurance] += line.amount_fen
+            given_back.append(line.bill_line_id)
         else:
             released.append(line.bill_line_id)
     tx = Tx(session)
@@ -473,6 +475,20 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
             f"""UPDATE bill_lines SET status = 'unpaid', claim_bill_id = NULL
                 WHERE status = 'claimed' AND claim_bill_id = :bill
                   AND id IN ({", ".join(map(str, part))})""", prepare=False), bill=bill.id)
+    # A line the bill had paid: as a refund does, its payment line stops being the applied
+    # one and the item is unpaid again (the money is owed back to the department).
+    for k in range(0, len(given_back), CLAIM_BATCH):
+        ids = ", ".join(map(str, given_back[k:k + CLAIM_BATCH]))
+        tx.rowcount(Statement(
+            f"""UPDATE payment_lines SET applied = false
+                WHERE payment_id = :payment AND bill_line_id IN ({ids})""", prepare=False),
+            payment=bill.payment_id)
+        tx.rowcount(Statement(
+            f"""UPDATE bill_lines SET status = 'unpaid', claim_bill_id = NULL,
+                       paid_payment_id = NULL, paid_at = NULL, paid_tier_yuan = NULL,
+                       paid_fen = NULL
+                WHERE paid_payment_id = :payment AND id IN ({ids})""", prepare=False),
+            payment=bill.payment_id)
     if refund_legs:
         where: dict[str, str | None] = {"town_code": bill.town_code, "channel": "department"}
         legs: list[ledger.Leg] = []

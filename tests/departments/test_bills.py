@@ -229,3 +229,134 @@ def test_a_person_on_two_departments_lists_is_paid_once(live: Live) -> None:
         assert s.scalar(select(func.count()).select_from(PaymentLine)
                         .where(col(PaymentLine.applied))) == 1
         assert ledger.balance(s, ledger.contributions("medical", 2021)) == -28000
+
+
+def test_a_claim_racing_an_agents_collection_for_the_same_item_one_wins(live: Live) -> None:
+    """Round after round, 残联's bill and the village agent take 赵's pension at the same
+    moment (the agent his tier-300 top-up in cash): exactly one of them applies, the other
+    is refused, and the bill line is either claimed or paid once — never both."""
+    import threading
+
+    seed(live.rt)
+    people: dict[str, str] = {}
+    with unit_of_work(live.rt.sessions) as s:
+        for n in range(6):
+            name = f"赵{'一二三四五六'[n]}"
+            _, people[name] = add_resident(s, live.rt.pii, name, date(1975, 1, 1 + n),
+                                           seq=60 + n, categories="disabled_severe")
+        create_staff_user(s, username="town1", password="town-pass1", role="town_staff",
+                          town_code=TOWN)
+    agent, town = staff_headers(live), staff_headers(live, "town1", "town-pass1")
+    refs = {name: ref(live, agent, name, number) for name, number in people.items()}
+    outcomes = []
+    for n, name in enumerate(people):
+        listed(live, name, "disabled_federation", "pension")
+        go = threading.Barrier(2)
+        answers: dict[str, Any] = {}
+
+        def bill(go: threading.Barrier = go, answers: dict[str, Any] = answers) -> None:
+            go.wait()
+            answers["bill"] = issue(live, town, "disabled_federation")
+
+        def cash(name: str = name, n: int = n, go: threading.Barrier = go,
+                 answers: dict[str, Any] = answers) -> None:
+            go.wait()
+            answers["cash"] = collect(live, agent, [{"resident_ref": refs[name],
+                                                     "insurance": "pension",
+                                                     "tier_yuan": 300}], f"RACE-{n}")
+
+        threads = [threading.Thread(target=bill), threading.Thread(target=cash)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        b, c = answers["bill"], answers["cash"]
+        billed = b.status_code == 201 and [x["name"] for x in b.json()["lines"]] == [name[0] + "*"]
+        collected = c.status_code == 201
+        assert billed != collected, (b.text, c.text)
+        if billed:
+            assert c.json()["error"]["reason"] == "government_paid"
+        else:
+            assert b.status_code == 409 or [e["reason"] for e in b.json()["excluded"]] == [
+                "already_paid"]
+        outcomes.append("bill" if billed else "cash")
+    with unit_of_work(live.rt.sessions) as s:
+        lines = s.execute(select(col(BillLine.status), col(BillLine.claim_bill_id))
+                          .where(col(BillLine.insurance) == "pension")).all()
+        assert sorted(st for st, _ in lines) == sorted(
+            "claimed" if o == "bill" else "paid" for o in outcomes)
+        assert all((st == "claimed") == (claim is not None) for st, claim in lines)
+        assert s.scalar(select(func.count()).select_from(PaymentLine)
+                        .where(col(PaymentLine.applied))) == outcomes.count("cash")
+
+
+def test_a_late_payment_for_a_claimed_item_is_refunded_not_applied(live: Live) -> None:
+    """The resident's QR order expired on our side but stayed open in the wallet; the bill
+    claimed the item; then the wallet paid. The money is kept and refunded; the claim holds."""
+    from tests.orders.helpers import order, pay, resident_headers
+
+    people = town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    me = resident_headers(live)
+    zhao = ref(live, me, "赵六", people["赵六"])
+    o = order(live, me, "wechat_native", [{"resident_ref": zhao, "insurance": "pension",
+                                           "tier_yuan": 300}]).json()
+    with unit_of_work(live.rt.sessions) as s:
+        s.execute(text("UPDATE orders SET expires_at = :t WHERE order_no = :n"),
+                  {"t": live.rt.clock.now(), "n": o["order_no"]})
+    listed(live, "赵六", "disabled_federation", "pension")
+    bill = issue(live, town, "disabled_federation").json()
+    assert [x["name"] for x in bill["lines"]] == ["赵*"]
+    pay(live, o["payment"]["out_trade_no"])
+    with unit_of_work(live.rt.sessions) as s:
+        status = s.scalar(select(col(BillLine.status)).where(
+            col(BillLine.insurance) == "pension"))
+        assert status == "claimed"
+        assert s.scalar(select(func.count()).select_from(PaymentLine)
+                        .where(col(PaymentLine.applied))) == 0
+        refunds = s.execute(text("SELECT amount_fen, reason FROM refunds")).all()
+        assert [tuple(r) for r in refunds] == [(20000, "duplicate")]
+
+
+def test_a_credit_note_takes_a_line_off_and_releases_or_owes_it_back(live: Live) -> None:
+    people = town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    for name in ("王芳", "李梅", "张三"):
+        listed(live, name, "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    no = bill["bill_no"]
+    assert bill["total_fen"] == 84000
+    wang = next(x for x in bill["lines"] if x["name"] == "王*")
+    zhang = next(x for x in bill["lines"] if x["name"] == "张*")
+    assert transfer(live, town, no, 30000, "C-1").status_code == 201
+    # 张三 turns out to be in the employees' scheme: credited, released, owed 28000 less
+    r = live.http.post(f"{BILLS}/bills/{no}/credit-notes", headers=town, json={
+        "items": [{"resident_ref": zhang["resident_ref"], "insurance": "medical"}],
+        "reason": "not_eligible: employee medical"})
+    assert r.status_code == 201, r.text
+    after = r.json()
+    assert (after["total_fen"], after["credited_fen"], after["outstanding_fen"]) == (
+        84000, 28000, 26000)
+    assert [n["amount_fen"] for n in after["credit_notes"]] == [28000]
+    assert next(x for x in after["lines"] if x["name"] == "张*")["credit_note"] \
+        == after["credit_notes"][0]["credit_no"]
+    again = live.http.post(f"{BILLS}/bills/{no}/credit-notes", headers=town, json={
+        "items": [{"resident_ref": zhang["resident_ref"], "insurance": "medical"}],
+        "reason": "twice"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "line_already_credited"
+    item = lookup_item(live, town, "张三", people["张三"], "medical")
+    assert item["department_bill"] is None       # released: no longer claimed
+    # the rest is covered: the bill is paid with the two lines left on it
+    assert transfer(live, town, no, 26000, "C-2").json()["status"] == "paid"
+    # after it is paid, 王芳's line credited: the money is owed back to the department
+    r = live.http.post(f"{BILLS}/bills/{no}/credit-notes", headers=town, json={
+        "items": [{"resident_ref": wang["resident_ref"], "insurance": "medical"}],
+        "reason": "not_eligible"})
+    assert r.json()["credit_notes"][-1]["refund_fen"] == 28000
+    with unit_of_work(live.rt.sessions) as s:
+        assert ledger.balance(s, ledger.REFUNDS) == -28000
+        assert ledger.balance(s, ledger.contributions("medical", 2021)) == -28000
+        assert s.scalar(select(func.count()).select_from(PaymentLine)
+                        .where(col(PaymentLine.applied))) == 1     # 李梅's only
+    item = lookup_item(live, town, "王芳", people["王芳"], "medical")
+    assert item["department_bill"] is None and item["status"] == "government_paid"
