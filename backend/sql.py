@@ -115,6 +115,30 @@ class Tx:
     def rowcount(self, stmt: Statement, **params: Any) -> int:
         return int(self._run(stmt, params).rowcount)
 
+    def insert_many(self, table: str, columns: Sequence[tuple[str, str]],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Thousands of rows in one statement, where a multi-row INSERT's parsing would
+        dominate: on PostgreSQL one array per column, unnested (``columns`` are (name, SQL
+        type) pairs); on SQLite the driver's ``executemany``, a loop in C."""
+        if not rows:
+            return
+        cur = self._dbapi.cursor()
+        names = ", ".join(name for name, _ in columns)
+        if self.postgres:
+            arrays = ", ".join(f"%s::{sqltype}[]" for _, sqltype in columns)
+            sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+        else:
+            sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' for _ in columns)})"
+        try:
+            if self.postgres:
+                cur.execute(sql, [[_pg_value(row[k]) for row in rows]
+                                  for k in range(len(columns))])
+            else:
+                cur.executemany(sql, [[_sqlite_value(v) for v in row] for row in rows])
+        except self._dialect.loaded_dbapi.Error as err:
+            raise DBAPIError.instance(sql, {}, err, self._dialect.loaded_dbapi.Error,
+                                      dialect=self._dialect) from err
+
     def insert_rows(self, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
         """Multi-row INSERTs: one round trip per ``ROWS_PER_INSERT`` rows."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.audit.service import record
-from backend.clock import SHANGHAI
+from backend.clock import SHANGHAI, business_date
 from backend.db import unit_of_work, utcnow
 from backend.departments.models import (
     DepartmentBill,
@@ -48,11 +49,9 @@ from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.ledger import service as ledger
 from backend.ledger.models import COLLECTED
 from backend.orders.models import BillLine, Order, Payment
-from backend.orders.repository import bill_lines_for
-from backend.policy import DEPARTMENTS, Policy, assess
-from backend.residents import repository as residents_repo
-from backend.residents.models import Death, Resident, Town, Village
-from backend.residents.service import facts_of, policy_for
+from backend.policy import DEPARTMENTS, Assessment, Policy, ResidentFacts, assess
+from backend.residents.models import Resident, Town, Village
+from backend.residents.service import policy_for
 from backend.runtime import Runtime
 from backend.security.pii import mask_name
 from backend.security.tokens import Principal, RefCodec
@@ -95,104 +94,170 @@ def _reader(principal: Principal, bill: DepartmentBill) -> None:
 
 
 # --------------------------------------------------------------------------- candidates
+@dataclass(frozen=True)
+class Person:
+    """What a bill shows of a resident, and what it needs to claim the item."""
+
+    id: int
+    name: str
+    id_masked: str
+    village_code: str
+
+
 @dataclass
 class Candidate:
-    resident: Resident
-    town_code: str
+    resident: Person
     insurance: str
     tier_yuan: int | None
     amount_fen: int
     reason: str | None        # why it is left out, or None
 
 
+def billing_facts(policy: Policy, facts: ResidentFacts, today: date) -> ResidentFacts:
+    """``facts`` with what cannot change a department's share made the same for everyone,
+    so that a town of residents is assessed in few distinct calls: the birth date becomes
+    1 January of its year unless the resident could be a newborn (the age is coverage year −
+    birth year), a death on or after the coverage year's start is no death for that year,
+    and the last pension tier (only the resident's default) is dropped.
+    ``tests/departments`` checks this against the engine on random residents."""
+    return replace(facts, birth_date=_billing_birth(policy, facts.birth_date, today),
+                   died_on=_billing_death(policy, facts.died_on), last_pension_tier_yuan=None)
+
+
+def _billing_birth(policy: Policy, birth: date, today: date) -> date:
+    return date(birth.year, 1, 1) if (today - birth).days > policy.newborn_days else birth
+
+
+def _billing_death(policy: Policy, died: date | None) -> date | None:
+    return None if died is None or died >= policy.year_start else died
+
+
+def department_share(policy: Policy, a: Assessment, department: str, insurance: str
+                     ) -> tuple[int | None, int, str | None]:
+    """(tier, amount in fen, reason left out) of ``department``'s bill line for an item."""
+    if insurance == "pension":
+        p = a.pension
+        if not p.eligible:
+            return None, 0, "deceased" if p.reason == "deceased" else "not_eligible"
+        option = p.tier(policy.sponsored_tier_yuan)
+        tier, amount, payer = policy.sponsored_tier_yuan, (
+            option.government_pays_fen if option else 0), p.paying_department
+    else:
+        m = a.medical
+        if not m.eligible:
+            return None, 0, "deceased" if m.reason == "deceased" else "not_eligible"
+        # a department pays all of a listed resident's medical, or none of it here
+        tier, amount, payer = None, (m.government_pays_fen if m.amount_due_fen == 0 else 0), \
+            m.paying_department
+    if payer != department:
+        return tier, 0, "claimed_by_other_department"
+    if amount <= 0:
+        return tier, 0, "not_eligible"
+    return tier, amount, None
+
+
+_PEOPLE = """
+    SELECT r.id, r.name, r.id_masked, r.village_code, r.birth_date, r.hukou_type,
+           r.employee_pension, r.employee_medical, r.student, r.categories, d.died_on
+    FROM residents r LEFT JOIN deaths d ON d.id_hash = r.id_hash
+    WHERE r.id IN (SELECT listed.resident_id FROM ({listed}) AS listed)
+    ORDER BY r.id"""
+_LISTINGS = """SELECT l.resident_id, l.department, l.insurance FROM department_listings l
+    WHERE l.year = :year AND l.resident_id IN (
+        SELECT listed.resident_id FROM ({listed}) AS listed)"""
+
+
+def _as_date(value: Any) -> date | None:
+    return value if value is None or isinstance(value, date) else date.fromisoformat(value)
+
+
 def _candidates(session: Session, policy: Policy, department: str, town_code: str,
                 now: datetime) -> list[Candidate]:
     """The department's list for the town, each listed item assessed against the registry:
-    what the department owes for it, or why it is left out. Three queries for the town."""
+    what the department owes for it, or why it is left out. Two queries for the town; the
+    engine runs once per distinct set of facts that bear on a department's share."""
     year = policy.coverage_year
-    listed_ids = (select(col(DepartmentListing.resident_id))
-                  .join(Resident, col(Resident.id) == col(DepartmentListing.resident_id))
-                  .join(Village, col(Village.code) == col(Resident.village_code))
-                  .where(col(DepartmentListing.department) == department,
-                         col(DepartmentListing.year) == year,
-                         col(Village.town_code) == town_code))
-    rows = session.execute(
-        select(Resident, col(Death.died_on))
-        .outerjoin(Death, col(Death.id_hash) == col(Resident.id_hash))
-        .where(col(Resident.id).in_(listed_ids)).order_by(col(Resident.id))).all()
-    listings = residents_repo.listings_of(session, listed_ids, year)
+    tx = Tx(session)
+    where = {"department": department, "year": year, "town": town_code}
+    listings: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for rid, dept, insurance in tx.all(Statement(_LISTINGS.format(listed=_LISTED)), **where):
+        listings[int(rid)].add((str(dept), str(insurance)))
+    today = business_date(now)
+    assessed: dict[tuple[Any, ...], Assessment] = {}
     out: list[Candidate] = []
-    for resident, died in rows:
-        rid = resident.id
-        assert rid is not None
-        mine = listings.get(rid, set())
-        a = assess(policy, facts_of(resident, died, frozenset(mine)), now)
+    for (rid, name, masked, village, born, hukou, emp_pension, emp_medical, student,
+         categories, died) in tx.all(Statement(_PEOPLE.format(listed=_LISTED)), **where):
+        mine = frozenset(listings[int(rid)])
+        # the key of billing_facts(), without making the facts of every resident
+        key = (_billing_birth(policy, _as_date(born), today),  # type: ignore[arg-type]
+               hukou, bool(emp_pension), bool(emp_medical), bool(student), categories,
+               _billing_death(policy, _as_date(died)), mine)
+        a = assessed.get(key)
+        if a is None:
+            birth, _, e_pension, e_medical, stud, _, death, _ = key
+            a = assessed[key] = assess(policy, ResidentFacts(
+                birth_date=birth, hukou_type=hukou, employee_pension=e_pension,  # type: ignore[arg-type]
+                employee_medical=e_medical, student=stud,  # type: ignore[arg-type]
+                categories=frozenset(c for c in categories.split(";") if c),
+                died_on=death, department_listings=mine), now)  # type: ignore[arg-type]
+        person = Person(int(rid), str(name), str(masked), str(village))
         for insurance in ("pension", "medical"):
-            if (department, insurance) not in mine:
-                continue
-            tier: int | None = None
-            amount = 0
-            reason: str | None = None
-            if insurance == "pension":
-                p = a.pension
-                payer = p.paying_department
-                if not p.eligible:
-                    reason = "deceased" if p.reason == "deceased" else "not_eligible"
-                else:
-                    tier = policy.sponsored_tier_yuan
-                    option = p.tier(tier)
-                    amount = option.government_pays_fen if option else 0
-            else:
-                m = a.medical
-                payer = m.paying_department
-                if not m.eligible:
-                    reason = "deceased" if m.reason == "deceased" else "not_eligible"
-                else:
-                    amount = m.government_pays_fen if m.amount_due_fen == 0 else 0
-            if reason is None and payer != department:
-                reason = "claimed_by_other_department"
-            elif reason is None and amount <= 0:
-                reason = "not_eligible"
-            out.append(Candidate(resident, town_code, insurance, tier, amount, reason))
+            if (department, insurance) in mine:
+                tier, amount, reason = department_share(policy, a, department, insurance)
+                out.append(Candidate(person, insurance, tier, amount, reason))
     return out
 
 
-_LIVE_ORDER_LINES = """SELECT DISTINCT order_lines.bill_line_id FROM order_lines
-    JOIN orders ON orders.id = order_lines.order_id
-    WHERE orders.status = 'pending' AND orders.expires_at > :now
-      AND order_lines.bill_line_id IN ({ids})"""
+# The department's listed items in a town, as a subquery of (resident, insurance).
+_LISTED = """SELECT l.resident_id, l.insurance FROM department_listings l
+    JOIN residents r ON r.id = l.resident_id JOIN villages v ON v.code = r.village_code
+    WHERE l.department = :department AND l.year = :year AND v.town_code = :town"""
+# Every listed item gets its bill line (lines are made on first use, as orders make them).
+# (``WHERE true``: SQLite reads an ON CONFLICT after a bare FROM as a join's ON.)
+_MAKE_LINES = Statement(
+    f"""INSERT INTO bill_lines (resident_id, year, insurance, status, created_at)
+        SELECT listed.resident_id, :year, listed.insurance, 'unpaid', :now
+        FROM ({_LISTED}) AS listed WHERE true
+        ON CONFLICT (resident_id, year, insurance) DO NOTHING""")
+# ... and is locked, in the order orders lock them (resident, insurance), with its claim.
+_LOCK_SQL = f"""SELECT b.id, b.resident_id, b.insurance, b.status, d.department
+    FROM bill_lines b
+    JOIN ({_LISTED}) AS listed
+      ON listed.resident_id = b.resident_id AND listed.insurance = b.insurance
+    LEFT JOIN department_bills d ON d.id = b.claim_bill_id
+    WHERE b.year = :year ORDER BY b.resident_id, b.insurance"""
+_LOCK_LINES = Statement(_LOCK_SQL, postgresql=_LOCK_SQL + " FOR UPDATE OF b")
+_IN_LIVE_ORDERS = Statement(
+    f"""SELECT DISTINCT ol.bill_line_id FROM order_lines ol
+        JOIN orders o ON o.id = ol.order_id
+        JOIN ({_LISTED}) AS listed
+          ON listed.resident_id = ol.resident_id AND listed.insurance = ol.insurance
+        WHERE o.status = 'pending' AND o.expires_at > :now AND o.year = :year""")
+_CLAIM = Statement(
+    """UPDATE bill_lines SET status = 'claimed', claim_bill_id = :bill
+       WHERE status = 'unpaid' AND id IN (
+           SELECT bill_line_id FROM department_bill_lines WHERE bill_id = :bill)""")
 
 
-def _in_live_orders(session: Session, ids: list[int], now: datetime) -> set[int]:
-    busy: set[int] = set()
+@dataclass(frozen=True)
+class LockedLine:
+    id: int
+    status: str
+    claimed_by: str | None     # the department whose bill claims (or paid) it
+
+
+def _locked_lines(session: Session, department: str, year: int, town_code: str,
+                  now: datetime) -> tuple[dict[tuple[int, str], LockedLine], set[int]]:
+    """The bill lines of the department's listed items in the town — made if need be and
+    locked for this transaction — and those of them in an unexpired pending order. Three
+    statements however long the list."""
     tx = Tx(session)
-    for k in range(0, len(ids), CLAIM_BATCH):
-        part = ids[k:k + CLAIM_BATCH]
-        stmt = Statement(_LIVE_ORDER_LINES.format(ids=", ".join(map(str, part))),
-                         prepare=False)
-        busy.update(int(r[0]) for r in tx.all(stmt, now=now))
-    return busy
-
-
-def _locked_lines(session: Session, year: int, keys: list[tuple[int, str]]
-                  ) -> dict[tuple[int, str], BillLine]:
-    """Get or create the bill lines, locked for this transaction, in batches."""
-    found: dict[tuple[int, str], BillLine] = {}
-    for k in range(0, len(keys), CLAIM_BATCH):
-        found.update(bill_lines_for(session, [(r, year, i) for r, i in keys[k:k + CLAIM_BATCH]]))
-    return found
-
-
-def _claims(session: Session, ids: list[int]) -> dict[int, tuple[int, str]]:
-    """bill line → (claiming bill id, its department) for the claimed lines among ``ids``."""
-    claims: dict[int, tuple[int, str]] = {}
-    for k in range(0, len(ids), CLAIM_BATCH):
-        for line_id, bill_id, department in session.execute(
-                select(col(BillLine.id), col(DepartmentBill.id), col(DepartmentBill.department))
-                .join(DepartmentBill, col(DepartmentBill.id) == col(BillLine.claim_bill_id))
-                .where(col(BillLine.id).in_(ids[k:k + CLAIM_BATCH]))):
-            claims[int(line_id or 0)] = (int(bill_id or 0), str(department))
-    return claims
+    where = {"department": department, "year": year, "town": town_code}
+    tx.rowcount(_MAKE_LINES, now=utcnow(), **where)
+    lines = {(int(rid), str(ins)): LockedLine(int(id_), str(status), claimed_by)
+             for id_, rid, ins, status, claimed_by in tx.all(_LOCK_LINES, **where)}
+    busy = {int(r[0]) for r in tx.all(_IN_LIVE_ORDERS, now=now, **where)}
+    return lines, busy
 
 
 # --------------------------------------------------------------------------- issuing
@@ -216,18 +281,13 @@ def issue_bill(rt: Runtime, principal: Principal, department: str, year: int,
         if session.get(Town, town_code) is None:
             raise NotFound(f"no town {town_code}")
         candidates = _candidates(session, policy, department, town_code, now)
-        wanted = [c for c in candidates if c.reason is None]
-        keys = [(c.resident.id, c.insurance) for c in wanted]
-        lines = _locked_lines(session, year, keys)  # type: ignore[arg-type]
-        line_ids = [lines[k].id for k in keys]  # type: ignore[index]
-        claims = _claims(session, line_ids)  # type: ignore[arg-type]
-        busy = _in_live_orders(session, line_ids, now)  # type: ignore[arg-type]
+        lines, busy = _locked_lines(session, department, year, town_code, now)
         taken: list[tuple[Candidate, int]] = []
-        for c, key in zip(wanted, keys, strict=True):
-            line = lines[key]  # type: ignore[index]
-            assert line.id is not None
-            claim = claims.get(line.id)
-            if claim is not None and claim[1] == department:
+        for c in candidates:
+            if c.reason is not None:
+                continue
+            line = lines[(c.resident.id, c.insurance)]  # type: ignore[index]
+            if line.claimed_by == department:
                 continue      # on this department's earlier bill: nothing new
             if line.status == "paid":
                 c.reason = "already_paid"
@@ -256,18 +316,14 @@ def issue_bill(rt: Runtime, principal: Principal, department: str, year: int,
         session.flush()
         assert bill.id is not None
         tx = Tx(session)
-        tx.insert_rows("department_bill_lines", (
-            "bill_id", "bill_line_id", "resident_id", "insurance", "tier_yuan", "amount_fen",
-            "village_code"), [(bill.id, line_id, c.resident.id, c.insurance, c.tier_yuan,
-                               c.amount_fen, c.resident.village_code) for c, line_id in taken])
-        claimed = 0
+        tx.insert_many("department_bill_lines", (
+            ("bill_id", "integer"), ("bill_line_id", "integer"), ("resident_id", "integer"),
+            ("insurance", "varchar"), ("tier_yuan", "integer"), ("amount_fen", "bigint"),
+            ("village_code", "varchar")),
+            [(bill.id, line_id, c.resident.id, c.insurance, c.tier_yuan, c.amount_fen,
+              c.resident.village_code) for c, line_id in taken])
+        claimed = tx.rowcount(_CLAIM, bill=bill.id)
         ids = [line_id for _, line_id in taken]
-        for k in range(0, len(ids), CLAIM_BATCH):
-            part = ids[k:k + CLAIM_BATCH]
-            claimed += tx.rowcount(Statement(
-                f"""UPDATE bill_lines SET status = 'claimed', claim_bill_id = :bill
-                    WHERE status = 'unpaid' AND id IN ({", ".join(map(str, part))})""",
-                prepare=False), bill=bill.id)
         if claimed != len(ids):   # the lines are locked: nothing can have moved them
             raise RuntimeError(f"bill {bill.bill_no}: claimed {claimed} of {len(ids)} lines")
         record(session, rt, principal, "department_bill.issued", "department_bill",
@@ -467,8 +523,9 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
         else:
             released.append(line.bill_line_id)
     tx = Tx(session)
-    tx.insert_rows("department_credit_lines", ("credit_note_id", "department_bill_line_id",
-                                               "amount_fen", "refund_fen"), credit_rows)
+    tx.insert_many("department_credit_lines", (
+        ("credit_note_id", "integer"), ("department_bill_line_id", "integer"),
+        ("amount_fen", "bigint"), ("refund_fen", "bigint")), credit_rows)
     for k in range(0, len(released), CLAIM_BATCH):
         part = released[k:k + CLAIM_BATCH]
         tx.rowcount(Statement(
