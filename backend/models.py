@@ -20,6 +20,7 @@ from backend.orders.models import (
     RefundLine,
 )
 from backend.outbox.models import OutboxJob
+from backend.publications.models import PublicationVersion
 from backend.reconciliation.models import (
     Discrepancy,
     ReconciliationRun,
@@ -34,4 +35,5 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "RefundLine", "InboxNotification", "IdempotencyKey", "AgentCollection",
            "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
-           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent"]
+           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent",
+           "PublicationVersion"]
