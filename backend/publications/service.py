@@ -22,7 +22,7 @@ from openpyxl.cell import WriteOnlyCell
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from sqlmodel import col
 
 from backend.agents.roster import VillageRow, village_rows
@@ -169,8 +169,10 @@ def _window(rt: Runtime, year: int) -> tuple[date, date]:
 
 def versions(session: Session, village_code: str, year: int, kind: str | None = None
              ) -> list[PublicationVersion]:
-    q = select(PublicationVersion).where(col(PublicationVersion.village_code) == village_code,
-                                         col(PublicationVersion.year) == year)
+    """The versions without their rows (a 5,000-resident roster's are a megabyte each)."""
+    q = select(PublicationVersion).options(defer(PublicationVersion.rows)).where(  # type: ignore[arg-type]
+        col(PublicationVersion.village_code) == village_code,
+        col(PublicationVersion.year) == year)
     if kind is not None:
         q = q.where(col(PublicationVersion.kind) == kind)
     return list(session.scalars(q.order_by(col(PublicationVersion.kind),
