@@ -31,9 +31,10 @@ FONT = "cjk"
 MARGIN = 10.0            # mm
 ROW = 6.0                # row height, mm
 SIZE = 8.5               # table font size, pt
+SMALLER = (7.5, 6.5, 6.0)  # for a text too wide for its cell
 BASELINE = 1.9           # text baseline above a row's bottom rule, mm
 # column widths (mm) of the 277 mm between the margins of A4 landscape
-WIDTHS = {"roster": [11, 14, 36, 20, 25, 22, 20, 25, 22, 82],
+WIDTHS = {"roster": [11, 14, 36, 20, 25, 25, 20, 25, 25, 76],
           "paid": [14, 24, 46, 30, 34, 34],
           "changes": [14, 16, 36, 22, 20, 24, 22, 20, 24, 22]}
 RIGHT = {"roster": {0, 4, 7}, "paid": {0, 4}, "changes": {5, 8}}
@@ -77,12 +78,24 @@ class _Table:
             w = self._width[s] = self.doc.get_string_width(s)
         return w
 
-    def _fit(self, s: str, width: float) -> str:
-        if len(s) * SIZE * 0.353 < width or self._text_width(s) <= width:
-            return s
-        while s and self._text_width(s + "…") > width:
-            s = s[:-1]
-        return s + "…"
+    def _fits(self, s: str, width: float) -> bool:
+        # a CJK character is about as wide as the font is high: most cells need no measuring
+        return len(s) * SIZE * 0.353 < width or self._text_width(s) <= width
+
+    def _squeezed(self, s: str, x: float, y: float, width: float) -> None:
+        """A text too wide for its cell (a long 备注): smaller type, cut with … only if it
+        still does not fit at 6 pt."""
+        doc = self.doc
+        for size in SMALLER:
+            doc.set_font_size(size)
+            if doc.get_string_width(s) <= width:
+                break
+        else:
+            while s and doc.get_string_width(s + "…") > width:
+                s = s[:-1]
+            s += "…"
+        doc.text(x, y, s)
+        doc.set_font_size(SIZE)
 
     def _row(self, cells: list[object], fill: bool = False) -> None:
         doc = self.doc
@@ -93,7 +106,9 @@ class _Table:
             if value is None or value == "":
                 continue
             s = value.yuan() if isinstance(value, Fen) else str(value)
-            s = self._fit(s, self.widths[i] - 2)
+            if not self._fits(s, self.widths[i] - 2):
+                self._squeezed(s, self.xs[i] + 1, y + ROW - BASELINE, self.widths[i] - 2)
+                continue
             x = (self.xs[i + 1] - 1 - self._text_width(s)) if i in self.right else self.xs[i] + 1
             doc.text(x, y + ROW - BASELINE, s)
         doc.line(MARGIN, y + ROW, self.xs[-1], y + ROW)

@@ -4,15 +4,19 @@ the header row repeated, the font subset, scopes, and the missing font's 503."""
 from __future__ import annotations
 
 import io
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
 
+from backend.clock import SHANGHAI
 from backend.db import unit_of_work
+from backend.publications.pdf import write_pdf
+from backend.publications.service import Publication
+from backend.residents.models import Town, Village
 from backend.runtime import Runtime
-from tests.factories import VILLAGE, add_resident
+from tests.factories import TOWN, VILLAGE, add_resident
 from tests.publications.test_publications import ID_PATTERN, PHONES, _seed
 
 NAMES = ("张三", "李梅", "王芳", "刘五", "孙七")
@@ -91,3 +95,18 @@ def test_pdf_without_the_font_answers_503(rt: Runtime, client: TestClient,
     # the XLSX needs no font
     assert client.get(f"/api/v1/publications/{VILLAGE}/roster.xlsx", params={"year": 2021},
                       headers=h["finance"]).status_code == 200
+
+
+def test_a_long_note_is_set_smaller_not_cut(rt: Runtime) -> None:
+    """备注 with both insurances' longest reasons is wider than its column at 8.5 pt."""
+    item = {"status": "not_eligible", "amount_due_fen": 0, "paid_by": None}
+    rows = [{"resident_id": 1, "name": "赵*", "id_masked": "370406********0011",
+             "items": [{"insurance": "pension", **item, "reason": "employee_pension"},
+                       {"insurance": "medical", **item, "reason": "employee_medical"}]}]
+    p = Publication(village=Village(code=VILLAGE, name="东村", town_code=TOWN),
+                    town=Town(code=TOWN, name="店子镇"), year=2021, kind="roster",
+                    window_start=date(2020, 11, 2), window_end=date(2020, 11, 4),
+                    generated_at=datetime(2020, 11, 2, 9, tzinfo=SHANGHAI), rows=rows)
+    text = pdf_text(write_pdf(p, rt.settings.pdf_font_path))[0]
+    assert "养老保险：已参加职工养老保险；医疗保险：已参加职工医疗保险" in text
+    assert "…" not in text
