@@ -22,6 +22,10 @@ FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# the publication PDFs embed a subset of this CJK font (PDF_FONT_PATH's default)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-wqy-microhei=0.2.0-beta-3.1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /srv --no-create-home \
        --shell /usr/sbin/nologin app \

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     # gzipped); a compressed statement may expand to at most statement_max_expanded_bytes
     statement_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     statement_max_expanded_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    # The CJK TrueType font (.ttf, or .ttc: its first face) the publication PDFs embed, a
+    # subset of it per file. Debian's fonts-wqy-microhei puts it here; without it the PDFs
+    # answer 503 `pdf_font_unavailable` (the XLSX files need no font).
+    pdf_font_path: Path = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 
     @field_validator("channel_fee_rates")
     @classmethod

@@ -198,6 +198,14 @@ ERROR_CODES: dict[str, ErrorCode] = {
                                             "bill"),
     "duplicate_bank_reference": ErrorCode(409, "a transfer with this bank reference is "
                                                "recorded already"),
+    "publication_unchanged": ErrorCode(409, "nothing changed since the list's latest "
+                                            "published version: no new version is recorded"),
+    "publication_version_taken": ErrorCode(409, "another version of that list was published "
+                                                "at the same moment: read the versions and "
+                                                "retry"),
+    "pdf_font_unavailable": ErrorCode(503, "the CJK font the PDF embeds is not installed on "
+                                           "the server (PDF_FONT_PATH, Debian's "
+                                           "fonts-wqy-microhei): the XLSX is available"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),

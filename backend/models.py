@@ -27,6 +27,7 @@ from backend.orders.models import (
     RefundLine,
 )
 from backend.outbox.models import OutboxJob
+from backend.publications.models import PublicationVersion
 from backend.reconciliation.models import (
     Discrepancy,
     ReconciliationRun,
@@ -43,4 +44,4 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
            "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent",
            "DepartmentBill", "DepartmentBillLine", "DepartmentTransfer", "DepartmentCreditNote",
-           "DepartmentCreditLine"]
+           "DepartmentCreditLine", "PublicationVersion"]

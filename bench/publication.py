@@ -1,11 +1,14 @@
-"""Benchmark: a village's publication XLSX (GET /api/v1/publications/{village}/{kind}.xlsx)
-for a 5,000-resident village.
+"""Benchmark: a village's publication files (GET /api/v1/publications/{village}/{kind}.xlsx
+and .pdf) and publishing a version (POST /api/v1/publications/{village}/roster) for a
+5,000-resident village.
 
     .venv/bin/python bench/publication.py [--residents 5000] [--database-url URL] [--runs 5]
 
 Seeds the same village as ``bench/roster.py`` (database ``bench_publication``), then times
-the download as town staff ask for it (HTTP through the app, the workbook included) for both
-kinds, prints each run and the median, and reads the roster file back to check it.
+the downloads as town staff ask for them (HTTP through the app, the file included) for both
+kinds and formats — the draft, then the roster once published — prints each run and the
+median, and reads the roster files back to check them. The PDF needs the CJK font
+(PDF_FONT_PATH, Debian's fonts-wqy-microhei).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 from openpyxl import load_workbook
+from pypdf import PdfReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,26 +68,43 @@ def main(argv: list[str] | None = None) -> int:
                 token = client.post("/api/v1/auth/staff", json={
                     "username": "town1", "password": "town-pass1"}).json()["access_token"]
                 h = {"Authorization": f"Bearer {token}"}
-                for kind in ("roster", "paid"):
+                for label, file in (("draft", "roster.xlsx"), ("draft", "paid.xlsx"),
+                                    ("draft", "roster.pdf"), ("draft", "paid.pdf"),
+                                    ("publish", "roster"), ("v1", "roster.xlsx"),
+                                    ("v1", "roster.pdf")):
                     times = []
-                    for _ in range(args.runs):
+                    for _ in range(1 if label == "publish" else args.runs):
                         start = time.perf_counter()
-                        r = client.get(f"/api/v1/publications/{VILLAGE}/{kind}.xlsx",
-                                       headers=h, params={"year": 2021})
+                        r = client.request("POST" if label == "publish" else "GET",
+                                           f"/api/v1/publications/{VILLAGE}/{file}",
+                                           headers=h, params={"year": 2021})
                         times.append(time.perf_counter() - start)
-                        assert r.status_code == 200, r.text
-                    ws = load_workbook(io.BytesIO(r.content), read_only=True).active
-                    rows = sum(1 for _ in ws.iter_rows(values_only=True))
-                    print(f"{kind}.xlsx ({rows:,} rows, {len(r.content) / 2**10:.0f} KiB): "
+                        assert r.status_code in (200, 201), r.text
+                    print(f"{label} {file} ({_check(r.content, file, args.residents)}): "
                           f"{', '.join(f'{t:.2f}' for t in times)} s; "
                           f"median {statistics.median(times):.2f} s")
-                    if kind == "roster":
-                        assert rows == args.residents + 11, rows
     finally:
         if rt is not None:
             rt.close()
         sup.drop_database(args.database_url)
     return 0
+
+
+def _check(content: bytes, file: str, residents: int) -> str:
+    """What the answer holds (and, for the roster, that it holds every resident)."""
+    size = f"{len(content) / 2**10:.0f} KiB"
+    if file.endswith(".xlsx"):
+        ws = load_workbook(io.BytesIO(content), read_only=True).active
+        rows = sum(1 for _ in ws.iter_rows(values_only=True))
+        if file.startswith("roster"):
+            assert rows == residents + 13, rows
+        return f"{rows:,} rows, {size}"
+    if file.endswith(".pdf"):
+        pages = PdfReader(io.BytesIO(content)).pages
+        if file.startswith("roster"):
+            assert f"{residents}人" in pages[-1].extract_text()
+        return f"{len(pages)} pages, {size}"
+    return "version 1"
 
 
 if __name__ == "__main__":

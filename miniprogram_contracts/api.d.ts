@@ -568,6 +568,101 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/publications/{village_code}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Publication Versions
+         * @description The published versions of a village's lists for a year (both kinds, or `kind`), by kind
+         *     then version.
+         *
+         *     Scope: town staff of the village's town, the village's agent, finance, auditors and
+         *     admins; others 403. An unknown village or version: 404; an unknown `kind`: 422; a `year`
+         *     without a policy: 422.
+         */
+        get: operations["publication_versions_api_v1_publications__village_code__versions_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/publications/{village_code}/{kind}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Publish
+         * @description Publish a village's list as it stands now: the next version, recorded with the rows
+         *     (masked), who published it and when (the business clock), and written to the audit
+         *     trail.
+         *
+         *     Version 1 opens the publication window (公示期: the policy's `roster_publication_days`
+         *     from the business day, 3 in Shanting). A version published within the latest one's
+         *     window is a correction (更正): it keeps that window and its files list what changed. One
+         *     published after the window closed opens a new window. Nothing changed since the latest
+         *     version: 409 `publication_unchanged`; another version published at the same moment: 409
+         *     `conflict`.
+         *
+         *     Scope: town staff of the village's town and finance; others (auditors, admins and
+         *     agents read the files only) 403. An unknown village: 404; an unknown `kind` or a `year`
+         *     without a policy: 422.
+         */
+        post: operations["publish_api_v1_publications__village_code___kind__post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/publications/{village_code}/{kind}.pdf": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Publication Pdf
+         * @description The latest published version of the list (`?version=N`: that one), with its
+         *     version number (第N版) and publication window (公示期); a version published after another has
+         *     a second sheet (PDF: a last section) `变更` listing what changed: residents added, removed,
+         *     and items whose state, amount or payer changed (old → new). Before anything is published:
+         *     the live rows, titled 草稿 (draft), with the window a publication today would open. The
+         *     `X-Publication-Version` header says which: `N` or `draft`.
+         *
+         *     `roster` (公示清册, before collection): each resident, each item's state, what it owes and who
+         *     paid it; `paid` (已缴费名单, after): the items paid, by whom. Names and ID numbers masked as
+         *     everywhere in the API (张*, 370406********1234); no phone numbers.
+         *
+         *     Scope: town staff of the village's town, the village's agent, finance, auditors and
+         *     admins; others 403. An unknown village or version: 404; an unknown `kind`: 422; a `year`
+         *     without a policy: 422.
+         *
+         *     A4 landscape, the table's header row on every page, a subset of a CJK font embedded. The
+         *     server needs the font (`PDF_FONT_PATH`, Debian's fonts-wqy-microhei): without it 503
+         *     `pdf_font_unavailable`.
+         */
+        get: operations["publication_pdf_api_v1_publications__village_code___kind__pdf_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/publications/{village_code}/{kind}.xlsx": {
         parameters: {
             query?: never;
@@ -577,18 +672,20 @@ export interface paths {
         };
         /**
          * Publication Xlsx
-         * @description A village's publication (公示) as XLSX: `roster` (公示清册, before collection: each
-         *     resident, each item's state, what it owes and who paid it) or `paid` (已缴费名单, after:
-         *     the items paid, by whom).
+         * @description The latest published version of the list (`?version=N`: that one), with its
+         *     version number (第N版) and publication window (公示期); a version published after another has
+         *     a second sheet (PDF: a last section) `变更` listing what changed: residents added, removed,
+         *     and items whose state, amount or payer changed (old → new). Before anything is published:
+         *     the live rows, titled 草稿 (draft), with the window a publication today would open. The
+         *     `X-Publication-Version` header says which: `N` or `draft`.
          *
-         *     Names and ID numbers masked as everywhere in the API (张*, 370406********1234); no phone
-         *     numbers. The header rows carry the village, town, year, kind, the publication window
-         *     (the policy's `roster_publication_days`, 3 in Shanting, from the business day) and the
-         *     generation time. Only XLSX is available.
+         *     `roster` (公示清册, before collection): each resident, each item's state, what it owes and who
+         *     paid it; `paid` (已缴费名单, after): the items paid, by whom. Names and ID numbers masked as
+         *     everywhere in the API (张*, 370406********1234); no phone numbers.
          *
          *     Scope: town staff of the village's town, the village's agent, finance, auditors and
-         *     admins; others 403. An unknown village: 404; an unknown `kind`: 422; a `year` without a
-         *     policy: 422.
+         *     admins; others 403. An unknown village or version: 404; an unknown `kind`: 422; a `year`
+         *     without a policy: 422.
          */
         get: operations["publication_xlsx_api_v1_publications__village_code___kind__xlsx_get"];
         put?: never;
@@ -1106,6 +1203,24 @@ export interface components {
              * @description the number of the receipt the resident signed
              */
             receipt_no: string;
+        };
+        /** ChangeCounts */
+        ChangeCounts: {
+            /**
+             * Added
+             * @description residents on this version and not on the one before
+             */
+            added: number;
+            /**
+             * Changed
+             * @description items (resident × insurance) whose state, amount or payer changed
+             */
+            changed: number;
+            /**
+             * Removed
+             * @description residents on the version before and not on this one
+             */
+            removed: number;
         };
         /** CloseDayIn */
         CloseDayIn: {
@@ -2254,6 +2369,75 @@ export interface components {
              * Format: date
              */
             value_date: string;
+        };
+        /**
+         * VersionOut
+         * @description One published version of a village's list (the rows are in its files).
+         */
+        VersionOut: {
+            /** @description against the version before; null for version 1. The files' 变更 sheet or section lists them */
+            changes: components["schemas"]["ChangeCounts"] | null;
+            /**
+             * Content Hash
+             * @description SHA-256 of the rows' canonical JSON
+             */
+            content_hash: string;
+            /**
+             * Correction
+             * @description published within the window of the version before (更正): it keeps that window
+             */
+            correction: boolean;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "roster" | "paid";
+            /**
+             * Published At
+             * Format: date-time
+             * @description by the business clock
+             */
+            published_at: string;
+            /**
+             * Published By
+             * @description the staff member's username
+             */
+            published_by: string;
+            /** Residents */
+            residents: number;
+            /**
+             * Version
+             * @description 1, 2, … per village, year and kind
+             */
+            version: number;
+            /** Village Code */
+            village_code: string;
+            /**
+             * Window End
+             * Format: date
+             * @description its last day, inclusive
+             */
+            window_end: string;
+            /**
+             * Window Start
+             * Format: date
+             * @description the publication window (公示期), first day
+             */
+            window_start: string;
+            /** Year */
+            year: number;
+        };
+        /** VersionsOut */
+        VersionsOut: {
+            /**
+             * Versions
+             * @description by kind, then version
+             */
+            versions: components["schemas"]["VersionOut"][];
+            /** Village Code */
+            village_code: string;
+            /** Year */
+            year: number;
         };
         /** VillageProgress */
         VillageProgress: {
@@ -4617,10 +4801,288 @@ export interface operations {
             };
         };
     };
+    publication_versions_api_v1_publications__village_code__versions_get: {
+        parameters: {
+            query: {
+                year: number;
+                kind?: ("roster" | "paid") | null;
+            };
+            header?: never;
+            path: {
+                village_code: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VersionsOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    publish_api_v1_publications__village_code___kind__post: {
+        parameters: {
+            query: {
+                year: number;
+            };
+            header?: never;
+            path: {
+                village_code: string;
+                kind: "roster" | "paid";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VersionOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /**
+             * @description - `publication_unchanged`: nothing changed since the list's latest published version: no new version is recorded
+             *     - `publication_version_taken`: another version of that list was published at the same moment: read the versions and retry
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "publication_unchanged" | "publication_version_taken";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    publication_pdf_api_v1_publications__village_code___kind__pdf_get: {
+        parameters: {
+            query: {
+                year: number;
+                /** @description a published version; left out: the latest one, or the draft before any */
+                version?: number | null;
+            };
+            header?: never;
+            path: {
+                village_code: string;
+                kind: "roster" | "paid";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The publication as a PDF document. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/pdf": string;
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `pdf_font_unavailable`: the CJK font the PDF embeds is not installed on the server (PDF_FONT_PATH, Debian's fonts-wqy-microhei): the XLSX is available */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "pdf_font_unavailable";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
     publication_xlsx_api_v1_publications__village_code___kind__xlsx_get: {
         parameters: {
             query: {
                 year: number;
+                /** @description a published version; left out: the latest one, or the draft before any */
+                version?: number | null;
             };
             header?: never;
             path: {

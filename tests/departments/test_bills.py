@@ -299,8 +299,10 @@ def test_a_late_payment_for_a_claimed_item_is_refunded_not_applied(live: Live) -
     town = staff_headers(live, "town1", "town-pass1")
     me = resident_headers(live)
     zhao = ref(live, me, "赵六", people["赵六"])
-    o = order(live, me, "wechat_native", [{"resident_ref": zhao, "insurance": "pension",
-                                           "tier_yuan": 300}]).json()
+    made = order(live, me, "wechat_native", [{"resident_ref": zhao, "insurance": "pension",
+                                              "tier_yuan": 300}])
+    assert made.status_code == 201, made.text
+    o = made.json()
     with unit_of_work(live.rt.sessions) as s:
         s.execute(text("UPDATE orders SET expires_at = :t WHERE order_no = :n"),
                   {"t": live.rt.clock.now(), "n": o["order_no"]})

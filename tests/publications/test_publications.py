@@ -1,4 +1,5 @@
-"""GET /api/v1/publications/{village}/{kind}.xlsx: both kinds read back, masking, scopes."""
+"""GET /api/v1/publications/{village}/{kind}.xlsx: both kinds read back (the draft, before
+anything is published), masking, scopes."""
 
 from __future__ import annotations
 
@@ -99,20 +100,22 @@ def test_publications_content_masking_and_scope(rt: Runtime, client: TestClient)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == (
         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
-    assert f'filename="{VILLAGE}-2021-roster.xlsx"' in r.headers["content-disposition"]
+    assert f'filename="{VILLAGE}-2021-roster-draft.xlsx"' in r.headers["content-disposition"]
+    assert r.headers["x-publication-version"] == "draft"
     rows = _read(r.content)
     _no_personal_data(rows, numbers, r.content)
-    head = {row[0]: row[1] for row in rows[1:7]}
-    assert "东村" in rows[0][0] and "公示清册" in rows[0][0]
+    head = {row[0]: row[1] for row in rows[1:9]}
+    assert "东村" in rows[0][0] and "公示清册（草稿）" in rows[0][0]
+    assert head["版本"].startswith("草稿") and head["公示时间"] == "尚未公示"
     assert head["村(居)"] == f"东村（{VILLAGE}）" and head["镇(街道)"] == f"店子镇（{TOWN}）"
     assert head["年度"] == 2021 and head["类型"] == "公示清册"
     # the business day is 2020-11-02; Shanting publishes for 3 days
-    assert head["公示期"] == "2020-11-02 至 2020-11-04（3天）"
+    assert head["公示期"] == "尚未公示（今日公示则为 2020-11-02 至 2020-11-04（3天））"
     assert head["生成时间"].startswith("2020-11-02 09:0")
-    assert rows[8][:3] == ("序号", "姓名", "身份证号")
-    body = {row[1]: row for row in rows[9:13]}
+    assert rows[10][:3] == ("序号", "姓名", "身份证号")
+    body = {row[1]: row for row in rows[11:15]}
     mask = {n: n[:6] + "********" + n[-4:] for n in numbers}
-    assert [row[0] for row in rows[9:13]] == [1, 2, 3, 4]
+    assert [row[0] for row in rows[11:15]] == [1, 2, 3, 4]
     assert body["张*"][2:] == (mask[numbers[0]], "未缴", Decimal("300"), None,
                                "已缴", Decimal("280"), "本人缴纳", None)
     assert body["李*"][3:9] == ("未缴", Decimal("300"), None, "已缴", Decimal("280"),
@@ -120,9 +123,9 @@ def test_publications_content_masking_and_scope(rt: Runtime, client: TestClient)
     assert body["王*"][6:9] == ("政府代缴", Decimal("0"), "部门代缴")
     assert body["刘*"][3] == "不参保" and body["刘*"][6] == "不参保"
     assert body["刘*"][9] == "养老保险：已死亡；医疗保险：已死亡"
-    assert len(rows) == 15 and rows[14][:2] == ("合计", "4人")   # 孙七 lives elsewhere
-    assert rows[14][4] == sum(row[4] for row in rows[9:13]
-                              if row[3] == "未缴") + sum(row[7] for row in rows[9:13]
+    assert len(rows) == 17 and rows[16][:2] == ("合计", "4人")   # 孙七 lives elsewhere
+    assert rows[16][4] == sum(row[4] for row in rows[11:15]
+                              if row[3] == "未缴") + sum(row[7] for row in rows[11:15]
                                                          if row[6] == "未缴")
 
     paid = client.get(url % "paid", params={"year": 2021}, headers=h["agent"])
@@ -130,8 +133,8 @@ def test_publications_content_masking_and_scope(rt: Runtime, client: TestClient)
     rows = _read(paid.content)
     _no_personal_data(rows, numbers, paid.content)
     assert "已缴费名单" in rows[0][0] and rows[4][1] == "已缴费名单"
-    assert rows[8] == ("序号", "姓名", "身份证号", "险种", "缴费金额(元)", "缴费方")
-    assert rows[9:11] == [(1, "张*", mask[numbers[0]], "医疗保险", Decimal("280"), "本人缴纳"),
+    assert rows[10] == ("序号", "姓名", "身份证号", "险种", "缴费金额(元)", "缴费方")
+    assert rows[11:13] == [(1, "张*", mask[numbers[0]], "医疗保险", Decimal("280"), "本人缴纳"),
                           (2, "李*", mask[numbers[1]], "医疗保险", Decimal("280"),
                            "代办员代收")]
     assert rows[-1][:2] == ("合计", "2人 2项") and rows[-1][4] == Decimal("560")
@@ -148,7 +151,9 @@ def test_publications_content_masking_and_scope(rt: Runtime, client: TestClient)
             ("finance", url % "unpaid", {"year": 2021}, 422, "kind"),
             ("finance", url % "roster", {"year": 2020}, 422, "year"),
             ("finance", url % "roster", {}, 422, "year"),
-            ("finance", f"/api/v1/publications/{VILLAGE}/roster.pdf", {"year": 2021}, 404,
+            ("finance", url % "roster", {"year": 2021, "version": 1}, 404, "version 1"),
+            # no such format: the path is only the publishing POST's
+            ("finance", f"/api/v1/publications/{VILLAGE}/roster.csv", {"year": 2021}, 405,
              "")]:
         r = client.get(path, params=params, headers=h[who])
         assert r.status_code == status, (who, path, r.text)
