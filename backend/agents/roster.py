@@ -24,6 +24,8 @@ from backend.security.pii import mask_name
 from backend.security.tokens import Principal, RefCodec
 
 STATUSES: tuple[str, ...] = get_args(ItemStatus)
+#: The post-collection paid list (已缴费名单): items paid, by the resident or a department.
+PAID_LIST = "paid_list"
 AGENT_CHANNELS = ("cash", "pos")
 
 
@@ -61,7 +63,7 @@ def _read(session: Session, village_code: str, year: int, now: datetime) -> tupl
             .outerjoin(Payment, col(Payment.id) == col(BillLine.paid_payment_id))
             .where(col(BillLine.resident_id).in_(ids), col(BillLine.year) == year)):
         if claim is not None and status in ("claimed", "paid"):
-            # a department bill claims it (pending transfer) or has paid it
+            # a department bill claims it (pending transfer: paid_fen is null) or has paid it
             lines.setdefault(rid, {})[insurance] = ("government_paid", paid_fen, "department")
         elif status == "paid":
             lines.setdefault(rid, {})[insurance] = (status, paid_fen,
@@ -89,8 +91,14 @@ def village_rows(rt: Runtime, session: Session, village_code: str, year: int,
     """Every resident of ``village_code`` with each item's state, what it owes and who paid
     it, in resident order; with ``status``, only those items (and residents having one).
     The one assessment of a village: the agent's roster and the publications both read it."""
-    if status is not None and status not in STATUSES:
+    if status is not None and status not in STATUSES and status != PAID_LIST:
         raise ValidationFailed(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    wanted = {status} if status != PAID_LIST else {"paid", "government_paid"}
+
+    def paid_only(insurance: str, paid: dict[str, tuple[str, int | None, str | None]]) -> bool:
+        # the paid list: what was paid — by the resident, or by a covered department bill
+        # (not an item a department is to pay, or whose bill awaits its transfer)
+        return status != PAID_LIST or paid.get(insurance, ("", None, None))[1] is not None
     policy = policy_for(rt, year)
     now = rt.clock.now()
     residents, listed, lines, pending = _read(session, village_code, year, now)
@@ -106,7 +114,8 @@ def village_rows(rt: Runtime, session: Session, village_code: str, year: int,
         a = assess(policy, facts_of(resident, died, frozenset(listed.get(rid, ()))), now)
         items = []
         for insurance, (item_status, due, reason) in item_statuses(a, states).items():
-            if status is not None and item_status != status:
+            if status is not None and (item_status not in wanted
+                                       or not paid_only(insurance, paid)):
                 continue
             _, paid_fen, payer = paid.get(insurance, ("", None, None))
             if item_status == "government_paid":

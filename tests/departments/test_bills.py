@@ -3,9 +3,11 @@ through HTTP on both databases."""
 
 from __future__ import annotations
 
+import io
 from datetime import date
 from typing import Any
 
+import openpyxl
 from sqlalchemy import func, select, text
 from sqlmodel import col
 
@@ -17,7 +19,7 @@ from backend.orders.models import BillLine, Payment, PaymentLine
 from backend.residents.models import Death, Resident
 from tests.agents.test_agent_money import collect
 from tests.conftest import Live
-from tests.factories import OTHER_TOWN, OTHER_VILLAGE, TOWN, add_resident
+from tests.factories import OTHER_TOWN, OTHER_VILLAGE, TOWN, VILLAGE, add_resident
 from tests.orders.helpers import ref, seed, staff_headers
 
 BILLS = "/api/v1/departments"
@@ -212,6 +214,14 @@ def test_partial_transfers_then_the_whole_bill_is_paid_at_once(live: Live) -> No
     rows = [r for r in daily["rows"] if r["channel"] == "department"]
     assert [(r["town_code"], r["village_code"], r["count"], r["amount_fen"]) for r in rows] == [
         (TOWN, None, 2, total)]
+    # the village's paid list (已缴费名单) shows the department's items as paid by it
+    paid = live.http.get(f"/api/v1/publications/{VILLAGE}/paid.xlsx", headers=town,
+                         params={"year": 2021})
+    assert paid.status_code == 200
+    sheet = openpyxl.load_workbook(io.BytesIO(paid.content)).worksheets[0]
+    cells = [" ".join(str(c) for c in row if c is not None) for row in sheet.iter_rows(
+        values_only=True)]
+    assert any("王*" in line and "部门代缴" in line for line in cells), cells
 
 
 def test_a_person_on_two_departments_lists_is_paid_once(live: Live) -> None:
