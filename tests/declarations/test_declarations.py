@@ -27,6 +27,7 @@ from backend.declarations import repository, service
 from backend.ledger.models import ClosedDay
 from backend.orders.payment_flow import ChannelConfirmation, confirm_channel_payment
 from backend.outbox.service import run_due
+from backend.runtime import Runtime
 from tests.conftest import Live
 from tests.factories import OTHER_TOWN, OTHER_VILLAGE, TOWN, VILLAGE, add_resident
 from tests.orders.helpers import (
@@ -261,3 +262,53 @@ def test_a_declaration_that_disagrees_with_the_ledger_is_refused(
 def test_yuan_never_goes_through_float() -> None:
     assert [service.yuan(f) for f in (0, 5, 28000, -30000, 123456789, -1)] == [
         "0.00", "0.05", "280.00", "-300.00", "1234567.89", "-0.01"]
+
+
+def test_a_department_payment_is_declared_per_resident_though_posted_per_town(
+        rt: Runtime) -> None:
+    """A department's bulk payment (channel ``department``): payment lines per resident
+    item, the ledger's postings per town without a village. The rows take the village
+    from the resident registry; the totals still agree with the ledger."""
+    from backend.auth.service import create_staff_user, staff_principal
+    from backend.ledger import closing
+    from backend.ledger.models import COLLECTED
+    from backend.ledger.service import Leg, contributions, department_receivable, post_entry
+    from backend.orders.models import BillLine, Order, Payment, PaymentLine
+    from tests.factories import add_regions
+
+    d1 = date(2020, 11, 1)
+    paid_at = datetime.fromisoformat("2020-11-01T15:00:00+08:00")
+    with unit_of_work(rt.sessions) as s:
+        add_regions(s)
+        people = [add_resident(s, rt.pii, name, date(1960, 1, 1), seq=n)
+                  for n, name in ((1, "周一"), (2, "吴二"))]
+        lines = [BillLine(resident_id=r.id, year=2021, insurance="medical",  # type: ignore[arg-type]
+                          status="paid", paid_fen=MEDICAL, paid_at=paid_at) for r, _ in people]
+        s.add_all(lines)
+        o = Order(order_no="DEPT0000001", payer_sub="department:civil",
+                  payer_role="department", year=2021, channel="department", status="paid",
+                  amount_fen=2 * MEDICAL, expires_at=paid_at, paid_at=paid_at)
+        s.add(o)
+        s.flush()
+        p = Payment(order_id=o.id, channel="department",  # type: ignore[arg-type]
+                    transaction_id="MZ-2020-118", amount_fen=2 * MEDICAL, paid_at=paid_at,
+                    business_date=d1, source="department")
+        s.add(p)
+        s.flush()
+        s.add_all([PaymentLine(payment_id=p.id, bill_line_id=b.id, amount_fen=MEDICAL,  # type: ignore[arg-type]
+                               applied=True) for b in lines])
+        where = {"town_code": TOWN, "channel": "department"}
+        post_entry(s, kind="department_payment", reason="civil affairs paid 2 items",
+                   business_date=d1, occurred_at=paid_at, payment_id=p.id, legs=[
+                       Leg(department_receivable("civil"), 2 * MEDICAL, measure=COLLECTED,
+                           **where),
+                       Leg(contributions("medical", 2021), -2 * MEDICAL, **where)])
+        fin = create_staff_user(s, username="fin", password="finance-pass", role="finance")
+        closing.close_day(s, rt.clock, d1, fin.id, preconditions=[])  # type: ignore[arg-type]
+        principal = staff_principal(fin)
+    d = service.declaration(rt, principal, TOWN, d1)
+    table, totals, _ = _parse(d.content)
+    assert [(x[2], x[4], x[5], x[9], x[11], x[12]) for x in table[1:]] == [
+        (number, VILLAGE, "东村", str(MEDICAL), "部门代缴", "MZ-2020-118")
+        for _, number in people]
+    assert totals[-1] == ["汇总", "合计", "2", "56000", "0", "0", "56000", "560.00"]
