@@ -19,6 +19,7 @@ from backend.agents.endpoints import router as agents_router
 from backend.audit.endpoints import router as audit_router
 from backend.auth.endpoints import router as auth_router
 from backend.config import Settings, get_settings
+from backend.declarations.endpoints import router as declarations_router
 from backend.departments.endpoints import router as departments_router
 from backend.desk import install as install_desk
 from backend.errors import AppError, document_errors
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(progress_router)
     app.include_router(audit_router)
     app.include_router(publications_router)
+    app.include_router(declarations_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
     install_desk(app)

@@ -175,6 +175,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "day_not_over": ErrorCode(409, "the business day is not over yet: a day is closed after "
                                    "it ends"),
     "day_closed": ErrorCode(409, "the business day is closed already"),
+    "day_not_closed": ErrorCode(409, "the business day is not closed yet: finance closes it "
+                                     "(after reconciliation) before its declaration is made"),
     "open_discrepancies": ErrorCode(409, "reconciliation discrepancies of the day are still "
                                          "open: resolve them before closing it"),
     "order_not_refundable": ErrorCode(409, "the order has no money received to refund (not "
@@ -208,6 +210,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
                                            "fonts-wqy-microhei): the XLSX is available"),
     "channel_error": ErrorCode(502, "the payment channel refused or failed; `order_no` names "
                                     "the order when one was written"),
+    "declaration_mismatch": ErrorCode(500, "the declaration does not agree with the ledger "
+                                           "for that town and day: nothing was served; the "
+                                           "difference is logged for finance and IT"),
     "internal_error": ErrorCode(500, "an unexpected error, logged on the server: retry later"),
     "channel_timeout": ErrorCode(504, "the payment channel did not answer in time; the order "
                                       "(`order_no`) stays pending and is checked with the "

@@ -257,6 +257,35 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/declarations/{town_code}/{date}.csv": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Declaration Csv
+         * @description A town's declaration (申报入库) of one closed business day, for the e-tax bureau's
+         *     entrusted collection (委托代征): one row per item paid whose payment was posted into
+         *     that day, one negative row per refund of an item paid posted into it, with the
+         *     resident's full ID number; then totals per insurance and overall. Duplicate payments
+         *     and their refunds are not in it. Its totals are checked against the ledger before it
+         *     is served.
+         *
+         *     Finance only (admins, auditors, town staff: 403). An unknown town: 404; a day not
+         *     closed: 409 `day_not_closed`; a bad date: 422. Each download is in the audit trail
+         *     (`declaration.downloaded`, with the file's SHA-256). See docs/declarations.md.
+         */
+        get: operations["declaration_csv_api_v1_declarations__town_code___date__csv_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/departments/bills/{bill_no}": {
         parameters: {
             query?: never;
@@ -3580,6 +3609,113 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "wechat_unavailable";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    declaration_csv_api_v1_declarations__town_code___date__csv_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                town_code: string;
+                date: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The declaration as CSV (UTF-8 with BOM). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/csv; charset=utf-8": string;
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `day_not_closed`: the business day is not closed yet: finance closes it (after reconciliation) before its declaration is made */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "day_not_closed";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `declaration_mismatch`: the declaration does not agree with the ledger for that town and day: nothing was served; the difference is logged for finance and IT */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "declaration_mismatch";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };

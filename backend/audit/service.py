@@ -35,6 +35,10 @@ CHAIN_LOCK = 0x6175646974
 VERIFY_BATCH = 1000
 # Runs of 11+ digits (with an optional X check digit): ID numbers and phone numbers.
 _LONG_NUMBER = re.compile(r"\d{14,17}[\dXx]|\d{11,13}")
+# A whole SHA-256 (or SHA-1, MD5) hex digest is a file's fingerprint, kept as it is: its
+# digit runs are not ID or phone numbers, and masked it could not be compared with the file.
+# (At least one letter: a run of digits alone is masked whatever its length.)
+_DIGEST = re.compile(r"(?=.*[a-f])(?:[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64})")
 
 Actor = Principal | StaffUser | int | None
 
@@ -46,6 +50,8 @@ def _masked(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_masked(v) for v in value]
     if isinstance(value, str):
+        if _DIGEST.fullmatch(value):
+            return value
         return _LONG_NUMBER.sub(lambda m: mask_id_number(m.group(0)) if len(m.group(0)) >= 15
                                 else mask_phone(m.group(0)), value)
     if isinstance(value, bool | int | None):

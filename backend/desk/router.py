@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backend.auth import service as auth
 from backend.db import unit_of_work
+from backend.declarations import service as declarations
 from backend.deps import ClientIp, RuntimeDep
 from backend.desk import charts, services
 from backend.desk.render import CHANNEL_NAMES, page
@@ -159,6 +160,8 @@ REFUSALS = {
     "order_not_refundable": "这个订单没有可退的款项。",
     "day_not_over": "这一天还没有结束，不能日结。",
     "day_closed": "这一天已经日结。",
+    "day_not_closed": "这一天还没有日结：日结后才能生成申报文件。",
+    "declaration_mismatch": "申报文件与台账不一致，未生成；已记录日志，请联系技术人员。",
     "open_discrepancies": "这一天还有未处理完的对账差异，处理并复核后才能日结。",
     "not_found": "找不到要操作的记录。",
     "validation_error": "填写的内容不对。",
@@ -590,11 +593,26 @@ def day_close_page(request: Request, rt: RuntimeDep, date: str | None = None) ->
         ledger = closing.ledger_of(session, rt.clock, day)
         state, available = _try(lambda: services.day_close_state(session, rt,
                                                                  user.principal, day))
+        # finance downloads a closed day's declaration (申报文件) per town
+        towns = _places(session, user)[0] if user.role == "finance" else {}
     return page(request, "day_close.html", page_context(
         request, user, "day_close", day=day, today=today, ledger=ledger, state=state,
+        towns=towns,
         available=available, prev_day=day - timedelta(days=1),
         next_day=day + timedelta(days=1), channels=services.STATEMENT_CHANNELS,
         fetchable=services.FETCHABLE_CHANNELS))
+
+
+@router.get("/declarations/{town_code}/{day}.csv")
+def declaration_csv(request: Request, rt: RuntimeDep, town_code: str, day: str) -> Response:
+    """The declaration file (申报文件) of a town's closed day, as the API serves it to
+    finance (``backend/declarations``): the same checks, the same audit event."""
+    user = _user(request, rt)
+    town, when = _code(town_code, "镇(街道)") or "", _day(day, rt)
+    d = _call(lambda: declarations.declaration(rt, user.principal, town, when))
+    return Response(d.content, media_type=declarations.CSV, headers={
+        "Content-Disposition": f"attachment; filename=\"{d.filename}\"",
+        "Cache-Control": "no-store"})
 
 
 @router.post("/day-close")

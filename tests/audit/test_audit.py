@@ -240,3 +240,14 @@ def test_concurrent_appends_keep_one_chain(rt: Runtime) -> None:
     assert failures == []
     with rt.sessions() as s:
         assert audit.verify(s) == (True, 30, None)
+
+
+def test_a_files_digest_is_kept_and_numbers_in_it_are_not_taken_for_ids() -> None:
+    digest = "7425fda90e532689d11c0eb06699bb02b926dd8de2cfa855596917492e1c6a57"
+    number = "370406196903150112"
+    assert audit._masked({"sha256": digest, "sha1": digest[:40], "md5": digest[:32]}) == {
+        "sha256": digest, "sha1": digest[:40], "md5": digest[:32]}
+    # only a whole digest: an ID number in a longer string, or alone, is masked still
+    mixed = audit._masked(f"{digest} {number}")
+    assert mixed.endswith(" 370406********0112") and digest not in mixed
+    assert audit._masked("1" * 64) != "1" * 64

@@ -266,6 +266,15 @@ def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPat
             expect(page.locator("#closed-note")).to_contain_text("对账完毕")
             expect(page.get_by_role("button", name=f"确认日结 {DAY}")).to_have_count(0)
             shot(page, "day-closed")
+            # the closed day's declaration (申报文件) per town, for finance
+            links = page.locator("#declarations").get_by_role("link")
+            expect(links).to_have_count(2)
+            with page.expect_download() as got:
+                links.filter(has_text=f"店子镇（{TOWN}）").click()
+            assert got.value.suggested_filename == f"declaration-{TOWN}-{DAY}.csv"
+            declared = Path(got.value.path()).read_bytes()
+            assert declared.startswith("\ufeff序号,类型,身份证号码".encode())
+            assert "汇总,合计".encode() in declared
             # today is not over: said so before anyone tries
             page.goto(base + "/desk/day-close?date=2020-11-03")
             expect(page.locator("#close-day")).to_contain_text("还没有结束")
@@ -295,6 +304,12 @@ def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPat
                 mobile.goto(base + path)
                 no_sideways_scroll(mobile, path)
                 expect(mobile.locator("main form[method=post]")).to_have_count(0)
+            # no declaration for auditors: no link, and the file itself refused
+            mobile.goto(base + f"/desk/day-close?date={DAY}")
+            expect(mobile.locator("#closed-note")).to_be_visible()
+            expect(mobile.locator("#declarations")).to_have_count(0)
+            refused = mobile.request.get(base + f"/desk/declarations/{TOWN}/{DAY}.csv")
+            assert refused.status == 403 and "身份证号码" not in refused.text()
             csrf = mobile.locator("input[name=csrf]").first.input_value()
             for action, form_data in (
                     ("/desk/refunds/request", {"order_no": world["ali"]["order_no"],
