@@ -27,6 +27,7 @@ from backend.imports.columns import COLUMNS
 from backend.imports.service import ImportReport, run_import
 from backend.orders.models import BillLine, Order, Refund, RefundLine
 from backend.outbox.service import run_due
+from backend.residents.models import Resident
 from tests.conftest import Live
 from tests.orders.helpers import (
     get_order,
@@ -312,3 +313,29 @@ def test_cash_paid_to_the_agent_is_paid_back_in_cash(live: Live, people: dict[st
     with unit_of_work(live.rt.sessions) as s:
         assert s.scalar(select(func.count()).select_from(Order)
                         .where(Order.status == "refunded")) == 1
+
+
+def test_only_the_deceased_residents_items_of_a_household_order_are_refunded(
+        live: Live, people: dict[str, str], tmp_path: Path) -> None:
+    from backend.residents.idnumber import make_id_number
+
+    h = resident_headers(live)
+    body = order(live, h, "alipay_qr", [
+        {"resident_ref": ref(live, h, "张三", people["张三"]), "insurance": "medical"},
+        {"resident_ref": ref(live, h, "李梅", people["李梅"]), "insurance": "medical"}]).json()
+    pay(live, body["payment"]["out_trade_no"])
+    stranger = make_id_number("370406", date(1950, 1, 1), 77)   # died, never registered
+    report = import_deaths(live, deaths_file(tmp_path / "d.csv", [
+        (people["张三"], "张三", date(2020, 10, 20)), (stranger, "陈某", date(2020, 9, 1))]))
+    assert report.deaths is not None
+    assert (report.deaths.named, report.deaths.registered, report.deaths.marked,
+            report.deaths.refunds_queued, report.deaths.refund_fen) == (2, 1, 1, 1, MEDICAL)
+    assert [(d.died_on, d.years) for d in report.deaths.deceased] == [(date(2020, 10, 20),
+                                                                       (2021,))]
+    run_jobs(live)
+    assert refunds(live)[0].status == "succeeded"
+    with unit_of_work(live.rt.sessions) as s:
+        ids = {r.name: r.id for r in s.scalars(select(Resident))}
+        lines = {b.resident_id: b.status for b in s.scalars(select(BillLine))}
+    assert lines == {ids["张三"]: "unpaid", ids["李梅"]: "paid"}
+    assert get_order(live, h, body["order_no"])["status"] == "partially_refunded"
