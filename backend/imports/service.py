@@ -25,7 +25,9 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 from tqdm import tqdm
 
+from backend.audit.service import Actor
 from backend.db import unit_of_work, utcnow
+from backend.deaths.service import DeathsApplied, apply_deaths
 from backend.departments.models import DepartmentListing
 from backend.errors import InvalidIdNumber, ValidationFailed
 from backend.imports.columns import (
@@ -44,6 +46,7 @@ from backend.residents.idnumber import CitizenId, parse_id_number
 from backend.residents.models import Death, Resident, Town, Village
 from backend.runtime import Runtime
 from backend.security.pii import PiiVault, mask_id_number, mask_phone
+from backend.security.tokens import Principal
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ PHONE_RE = re.compile(r"1\d{10}")
 CODE_RE = re.compile(r"\d{1,32}")
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 YEAR_RE = re.compile(r"\d{4}")
+# Who imports from the command line, for the audit trail.
+CLI = Principal(sub="cli", role="cli")
 # Anything that could be an ID or phone number typed into the wrong column.
 _LONG_NUMBER = re.compile(r"\d{7,}[0-9Xx]?")
 
@@ -79,6 +84,8 @@ class ImportReport:
     errors: list[RowError] = field(default_factory=list)
     committed: bool = False
     notes: list[str] = field(default_factory=list)
+    # a death list: what it did to the residents it names
+    deaths: DeathsApplied | None = None
 
     @property
     def bad_rows(self) -> int:
@@ -178,6 +185,7 @@ class _Kind(Generic[R]):
         self.rt = rt
         self.session = session
         self.today = rt.clock.today()
+        self.actor: Actor = CLI
 
     def check(self, row: Row) -> R | list[RowError]:
         raise NotImplementedError
@@ -191,13 +199,15 @@ class _Kind(Generic[R]):
 
 
 def run_import(rt: Runtime, kind: str, path: Path | str, *, skip_bad_rows: bool = False,
-               progress: bool = True) -> ImportReport:
-    """Import one file of ``kind`` (regions, residents, departments, deaths)."""
+               progress: bool = True, actor: Actor = None) -> ImportReport:
+    """Import one file of ``kind`` (regions, residents, departments, deaths). ``actor``:
+    the staff user importing, for the audit trail (the command line when None)."""
     if kind not in COLUMNS:
         raise ValidationFailed(f"unknown import kind {kind!r}; one of: {', '.join(KINDS)}")
     report = ImportReport(kind=kind)
     with open_table(path, COLUMNS[kind]) as table, unit_of_work(rt.sessions) as session:
         importer: _Kind[Any] = _IMPORTERS[kind](rt, session)
+        importer.actor = CLI if actor is None else actor
         records: list[Any] = []
         errors: list[RowError] = []
         rows = tqdm(table, total=table.estimated_rows, desc=f"checking {kind}", unit=" rows",
@@ -611,15 +621,34 @@ class _Deaths(_Kind[DeathRecord]):
         return DeathRecord(row.line, cid.number, name, died_on)
 
     def write(self, records: list[DeathRecord], report: ImportReport, bar: tqdm[Any]) -> None:
+        """Write the deaths, then apply them (backend/deaths) in the same transaction: the
+        residents' open orders closed, their payments for years they are not charged for
+        queued for refund — reported, and recorded in the audit trail."""
         compared = ["id_masked", "name", "died_on"]
         writer = _BulkWrite(self.session, Death.__table__, ["id_hash"],  # type: ignore[attr-defined]
                             ["id_hash", *compared], returning="id_hash", compared=compared,
                             constants={"imported_at": utcnow()}, touched=["imported_at"])
         pii = self.rt.pii
-        writer.upsert_counted(([{"id_hash": pii.hash(r.id_number),
-                                 "id_masked": mask_id_number(r.id_number), "name": r.name,
-                                 "died_on": r.died_on} for r in batch]
-                               for batch in _batches(records, BATCH_ROWS)), report, bar)
+        hashes: list[str] = []
+        changed: list[str] = []
+        for batch in _batches(records, BATCH_ROWS):
+            rows: list[dict[str, Any]] = [
+                {"id_hash": pii.hash(r.id_number), "id_masked": mask_id_number(r.id_number),
+                 "name": r.name, "died_on": r.died_on} for r in batch]
+            keys = [str(row["id_hash"]) for row in rows]
+            before = {k for (k,) in _select_by_keys(self.session, [writer.key], writer.key,
+                                                    keys)}
+            written = writer.execute(rows)
+            report.inserted += len(set(written) - before)
+            report.updated += len(set(written) & before)
+            report.unchanged += len(batch) - len(written)
+            hashes += keys
+            changed += written
+            bar.update(len(batch))
+        applied = apply_deaths(self.rt, self.session, hashes, changed=changed,
+                               actor=self.actor)
+        report.deaths = applied
+        report.notes.append(applied.summary())
 
 
 _IMPORTERS: dict[str, Callable[[Runtime, Session], _Kind[Any]]] = {

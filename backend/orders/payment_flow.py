@@ -306,6 +306,13 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
     ledger.post_entry(session, kind=entry_kind, reason=reason,
                       business_date=payment.business_date, occurred_at=payment.paid_at,
                       legs=legs, payment_id=payment.id)
+    deceased_fen = 0
+    if order.status == "closed" and won_ids:
+        # Money for a closed order may pay an item of a resident who has died since: a
+        # deceased resident is not charged, so that is refunded too (rare: not the hot path).
+        from backend.deaths.service import refund_late_payment  # (deaths imports this)
+        deceased_fen = refund_late_payment(session, order.id, order.year, payment.id,
+                                           payment.paid_at)
     if order.status in ORDER_TRANSITIONS["paid"]:
         now = utcnow()
         if tx.rowcount(_ORDER_PAID, id=order.id, paid_at=payment.paid_at,
@@ -318,7 +325,7 @@ def apply_payment(session: Session, order: OrderFacts, payment: PaymentFacts, *,
         outcome = "duplicate"
     else:
         outcome = "partly_duplicate"
-    return Applied(outcome, order.order_no, duplicate_fen, payment.id)
+    return Applied(outcome, order.order_no, duplicate_fen + deceased_fen, payment.id)
 
 
 def new_refund_no() -> str:

@@ -90,6 +90,12 @@ class Targets:
     medical_min_covered_percent: int
 
 
+def coverage_year_start(year: int) -> date:
+    """The first day of coverage ``year`` (every policy's ``year_start``): for code that has
+    a year but no policy at hand, such as a payment being applied."""
+    return date(year, 1, 1)
+
+
 # eq=False: mappings are not hashable, and a policy is a cached singleton per file anyway.
 @dataclass(frozen=True, eq=False)
 class Policy:
@@ -127,7 +133,7 @@ class Policy:
 
     @property
     def year_start(self) -> date:
-        return date(self.coverage_year, 1, 1)
+        return coverage_year_start(self.coverage_year)
 
     def window_state(self, now: datetime) -> WindowState:
         if now.tzinfo is None:
@@ -491,5 +497,6 @@ def business_today(now: datetime) -> date:
 __all__ = [
     "BUSINESS_TZ", "CATEGORIES", "DEPARTMENTS", "HUKOU_TYPES", "POLICY_DIR", "AgeRule",
     "Deadlines", "PensionTarget", "Policy", "PolicyError", "Stage", "SubsidyBand", "Targets",
-    "WindowState", "business_today", "clear_policy_cache", "load_policy", "policy_for_year",
+    "WindowState", "business_today", "clear_policy_cache", "coverage_year_start", "load_policy",
+    "policy_for_year",
 ]

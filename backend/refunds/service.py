@@ -56,6 +56,8 @@ from payment_adapters.base import Channel, RefundRequest
 SYSTEM = "system"                      # who requests and approves the automatic refunds
 CHANNEL_STATES = ("queued", "approved", "processing")   # a channel refund not done yet
 MAX_PAGE = 200
+# What the payer's wallet shows for the automatic refunds; finance's own words otherwise.
+CHANNEL_REASONS = {"duplicate": "重复缴费退款", "deceased": "参保人死亡退费"}
 
 
 class RefundNotDone(Exception):
@@ -191,8 +193,7 @@ def execute_refund(rt: Runtime, refund_id: int) -> str:
         req = RefundRequest(out_trade_no=attempt.out_trade_no,
                             out_refund_no=refund.out_refund_no,
                             total_fen=payment.amount_fen, refund_fen=refund.amount_fen,
-                            reason=("重复缴费退款" if refund.reason == "duplicate"
-                                    else refund.reason),
+                            reason=CHANNEL_REASONS.get(refund.reason, refund.reason),
                             notify_url=rt.channels.notify_url(Channel(payment.channel)))
         channel = Channel(payment.channel)
     client = rt.channels.clients[channel]

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from backend.db import unit_of_work
+from backend.deaths import service as deaths
 from backend.orders import repository as repo
 from backend.orders.models import Attempt, Order
 from backend.orders.service import close_attempts, sync_attempt
@@ -32,6 +33,14 @@ def sync_one_attempt(rt: Any, payload: dict[str, Any]) -> None:
                  "unknown" if attempt is None else "still being created")
         return
     sync_attempt(rt, attempt)
+
+
+@handler("close_for_death")
+def close_for_death(rt: Any, payload: dict[str, Any]) -> None:
+    """A pending order of a resident the death list names: closed at the channel, then
+    here; money the channel already had for it is refunded (see backend/deaths)."""
+    log.info("order %s of a deceased resident: %s", payload["order_id"],
+             deaths.close_for_death(rt, int(payload["order_id"])))
 
 
 @handler("close_siblings")
