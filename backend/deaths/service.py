@@ -101,6 +101,8 @@ class DeathsApplied:
     # paid items no refund was queued for: not refundable here (e.g. a department's payment)
     not_refunded: int = 0
     deceased: list[Deceased] = field(default_factory=list)
+    # credit notes on department bills for their lines (代缴通知单 冲减单)
+    credit_notes: list[str] = field(default_factory=list)
 
     @property
     def refunds_queued(self) -> int:
@@ -116,6 +118,9 @@ class DeathsApplied:
                 f"{self.orders_closed} pending order{'s' if self.orders_closed != 1 else ''} "
                 f"closed, {self.refunds_queued} refund{'s' if self.refunds_queued != 1 else ''}"
                 f" queued ({self.refund_fen / 100:.2f} yuan)")
+        if self.credit_notes:
+            text += (f", {len(self.credit_notes)} department bill credit "
+                     f"note{'s' if len(self.credit_notes) != 1 else ''}")
         if self.not_refunded:
             text += f"; {self.not_refunded} paid item(s) not refundable here"
         return text
@@ -167,9 +172,14 @@ def apply_deaths(rt: Runtime, session: Session, id_hashes: Sequence[str], *,
 
 
 def credit_department_bills(rt: Runtime, session: Session, result: DeathsApplied) -> None:
-    """Hook for department bills (代缴通知单): credit notes for the bill lines of
-    ``result.deceased`` (resident ids and the coverage years they are not charged for), in
-    the import's transaction. Nothing to do until department bills exist."""
+    """Department bills (代缴通知单): a credit note on each bill with lines of
+    ``result.deceased`` for a coverage year they are not charged for, once, in the import's
+    transaction — a line not paid yet is released, one the bill had paid is owed back to
+    the department (``backend/departments/service.py`` ``credit_deceased``)."""
+    from backend.departments.service import credit_deceased
+
+    result.credit_notes = credit_deceased(
+        rt, session, {d.resident_id: d.died_on for d in result.deceased})
 
 
 def audit_details(result: DeathsApplied) -> dict[str, Any]:
@@ -177,7 +187,7 @@ def audit_details(result: DeathsApplied) -> dict[str, Any]:
     return {"named": result.named, "registered": result.registered, "marked": result.marked,
             "orders_closed": result.orders_closed, "refunds_queued": result.refunds_queued,
             "refund_fen": result.refund_fen, "refund_ids": [r.refund_id for r in result.refunds],
-            "not_refunded": result.not_refunded,
+            "not_refunded": result.not_refunded, "credit_notes": result.credit_notes,
             "residents": [d.resident_id for d in result.deceased]}
 
 
@@ -298,6 +308,8 @@ def queue_refunds(session: Session, lines: Sequence[_Line],
     skipped = 0
     now = utcnow()
     for payment_id, mine in sorted(by_payment.items()):
+        if payments[payment_id].channel == "department":
+            continue          # a department bill's: its credit note owes it back instead
         method = method_of(payments[payment_id])
         if method is None:
             skipped += len(mine)

@@ -372,3 +372,41 @@ def test_a_credit_note_takes_a_line_off_and_releases_or_owes_it_back(live: Live)
                         .where(col(PaymentLine.applied))) == 1     # 李梅's only
     item = lookup_item(live, town, "王芳", people["王芳"], "medical")
     assert item["department_bill"] is None and item["status"] == "government_paid"
+
+
+def test_a_death_list_credits_the_dead_residents_lines_once(live: Live, tmp_path: Any) -> None:
+    """王芳 is on 民政's bill, still unpaid; 张三 on a bill 民政 has paid. Both die in October
+    2020, before the 2021 year starts: the death list credits both lines — 王芳's released,
+    张三's owed back to the department — and importing it again changes nothing."""
+    from backend.imports.service import run_import
+
+    people = town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    listed(live, "张三", "civil_affairs", "medical")
+    first = issue(live, town, "civil_affairs").json()           # 张三 (and no one else)
+    assert transfer(live, town, first["bill_no"], 28000, "D-1").json()["status"] == "paid"
+    listed(live, "王芳", "civil_affairs", "medical")
+    second = issue(live, town, "civil_affairs").json()          # the supplement: 王芳
+    assert [x["name"] for x in second["lines"]] == ["王*"]
+    deaths = tmp_path / "deaths.csv"
+    deaths.write_text("id_number,name,died_on\n"
+                      f"{people['张三']},张三,2020-10-20\n{people['王芳']},王芳,2020-10-21\n",
+                      encoding="utf-8")
+    for _ in range(2):
+        report = run_import(live.rt, "deaths", deaths, progress=False)
+        assert report.committed
+    fin = staff_headers(live, "fin1", "fin-pass1")
+    paid = live.http.get(f"{BILLS}/bills/{first['bill_no']}", headers=fin).json()
+    unpaid = live.http.get(f"{BILLS}/bills/{second['bill_no']}", headers=fin).json()
+    assert [(n["reason"], n["amount_fen"], n["refund_fen"]) for n in paid["credit_notes"]] == [
+        ("deceased", 28000, 28000)]
+    assert [(n["reason"], n["amount_fen"], n["refund_fen"]) for n in unpaid["credit_notes"]] \
+        == [("deceased", 28000, 0)]
+    assert (unpaid["outstanding_fen"], unpaid["credited_fen"]) == (0, 28000)
+    assert paid["overpaid_fen"] == 28000        # what the department is owed back
+    with unit_of_work(live.rt.sessions) as s:
+        assert s.scalar(select(func.count()).select_from(BillLine)
+                        .where(col(BillLine.claim_bill_id).isnot(None))) == 0
+        assert ledger.balance(s, ledger.REFUNDS) == -28000
+        # no channel refund for the department's money: its credit note owes it back
+        assert s.scalar(text("SELECT COUNT(*) FROM refunds")) == 0
