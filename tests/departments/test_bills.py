@@ -410,3 +410,33 @@ def test_a_death_list_credits_the_dead_residents_lines_once(live: Live, tmp_path
         assert ledger.balance(s, ledger.REFUNDS) == -28000
         # no channel refund for the department's money: its credit note owes it back
         assert s.scalar(text("SELECT COUNT(*) FROM refunds")) == 0
+
+
+def test_the_declaration_lists_a_covered_bills_residents_and_agrees_with_the_ledger(
+        live: Live) -> None:
+    """A bill covered on 11-02: the day's declaration (申报入库) lists each of its residents
+    with the registry's village, and its total is the ledger's."""
+    from datetime import datetime
+
+    from tests.declarations.test_declarations import _close
+
+    people = town_setup(live)
+    town, fin = staff_headers(live, "town1", "town-pass1"), staff_headers(live, "fin1",
+                                                                          "fin-pass1")
+    for name in ("王芳", "李梅"):
+        listed(live, name, "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    transfer(live, town, bill["bill_no"], 30000, "E-1")
+    assert transfer(live, town, bill["bill_no"], 26000, "E-2").json()["status"] == "paid"
+    live.rt.clock.advance_to(datetime.fromisoformat("2020-11-03T10:00:00+08:00"))
+    _close(live, fin, date(2020, 11, 2))
+    r = live.http.get(f"/api/v1/declarations/{TOWN}/2020-11-02.csv", headers=fin)
+    assert r.status_code == 200, r.text
+    text_ = r.content.decode("utf-8-sig")
+    for name in ("王芳", "李梅"):
+        line = next(x for x in text_.splitlines() if people[name] in x)
+        assert name in line and "28000" in line and VILLAGE in line
+    daily = live.http.get("/api/v1/ledger/daily", headers=fin,
+                          params={"date": "2020-11-02", "town": TOWN}).json()
+    assert daily["totals"]["amount_fen"] == 56000
+    assert "56000" in next(x for x in text_.splitlines() if x.startswith("汇总,合计"))
