@@ -568,7 +568,9 @@ class _Departments(_Kind[ListingRecord]):
               bar: tqdm[Any]) -> None:
         key = ["department", "resident_id", "insurance", "year"]
         writer = _BulkWrite(self.session, DepartmentListing.__table__,  # type: ignore[attr-defined]
-                            key, key, returning="id", constants={"imported_at": utcnow()})
+                            key, key, returning="id",
+                            # the business clock: a list after the plan's due date is late
+                            constants={"imported_at": self.rt.clock.now()})
         for batch in _batches(records, BATCH_ROWS):
             inserted = len(writer.execute([
                 {"department": r.department, "resident_id": r.resident_id,

@@ -440,3 +440,28 @@ def test_the_declaration_lists_a_covered_bills_residents_and_agrees_with_the_led
                           params={"date": "2020-11-02", "town": TOWN}).json()
     assert daily["totals"]["amount_fen"] == 56000
     assert "56000" in next(x for x in text_.splitlines() if x.startswith("汇总,合计"))
+
+
+def test_a_list_that_came_after_the_due_date_is_billed_with_a_warning(
+        live: Live, tmp_path: Any) -> None:
+    """The plan wants the lists by 10-31. The business clock dates the import: 民政's list
+    imported on 10-20 gives a plain bill; 残联's, imported on 11-02 (today), a warning."""
+    from datetime import datetime
+
+    from backend.imports.service import run_import
+
+    people = town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    with unit_of_work(live.rt.sessions) as s:
+        rid = s.scalar(select(col(Resident.id)).where(col(Resident.name) == "王芳"))
+        s.add(DepartmentListing(department="civil_affairs", resident_id=rid, insurance="medical",
+                                year=2021, imported_at=datetime.fromisoformat(
+                                    "2020-10-20T10:00:00+08:00")))
+    late = tmp_path / "cl.csv"
+    late.write_text("department,id_number,name,insurance,year\n"
+                    f"disabled_federation,{people['赵六']},赵六,pension,2021\n", encoding="utf-8")
+    assert run_import(live.rt, "departments", late, progress=False).committed
+    on_time = issue(live, town, "civil_affairs").json()
+    assert on_time["warnings"] == []
+    warned = issue(live, town, "disabled_federation").json()
+    assert len(warned["warnings"]) == 1 and "due date" in warned["warnings"][0]
