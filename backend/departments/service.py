@@ -454,6 +454,8 @@ def _cover(rt: Runtime, session: Session, bill: DepartmentBill, now: datetime) -
                     tx.all(_BY_INSURANCE, bill=bill.id)]
     total = sum(fen for _, _, fen in by_insurance)
     n_lines = sum(n for _, n, _ in by_insurance)
+    if not n_lines:
+        return        # every line credited: nothing to pay (what was received is owed back)
     day = rt.clock.today()
     order = Order(order_no=bill.bill_no, payer_sub=f"department:{bill.department}",
                   payer_role="department", year=bill.year, channel="department",
