@@ -688,7 +688,7 @@ def _render(rt: Runtime, session: Session, principal: Principal, bill: Departmen
         status=_status(bill), lines=lines, total_fen=bill.total_fen,  # type: ignore[arg-type]
         credited_fen=bill.credited_fen, received_fen=bill.received_fen,
         outstanding_fen=max(outstanding(bill), 0),
-        overpaid_fen=max(-outstanding(bill), 0) if bill.payment_id else 0,
+        overpaid_fen=max(-outstanding(bill), 0),
         issued_at=bill.issued_at, paid_at=bill.paid_at, transfers=transfers,
         credit_notes=notes, warnings=warnings,
         excluded=[ExcludedOut(id_number_masked=c.resident.id_masked,

@@ -465,3 +465,21 @@ def test_a_list_that_came_after_the_due_date_is_billed_with_a_warning(
     assert on_time["warnings"] == []
     warned = issue(live, town, "disabled_federation").json()
     assert len(warned["warnings"]) == 1 and "due date" in warned["warnings"][0]
+
+
+def test_a_bill_credited_whole_after_a_partial_transfer_owes_the_transfer_back(
+        live: Live) -> None:
+    town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    listed(live, "王芳", "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    assert transfer(live, town, bill["bill_no"], 10000, "F-1").status_code == 201
+    r = live.http.post(f"{BILLS}/bills/{bill['bill_no']}/credit-notes", headers=town, json={
+        "items": [{"resident_ref": bill["lines"][0]["resident_ref"], "insurance": "medical"}],
+        "reason": "not_eligible"})
+    assert r.status_code == 201, r.text
+    after = r.json()
+    assert (after["outstanding_fen"], after["overpaid_fen"], after["paid_at"]) == (0, 10000, None)
+    with unit_of_work(live.rt.sessions) as s:
+        assert s.scalar(select(func.count()).select_from(Payment)) == 0    # no empty payment
+        assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == -10000
