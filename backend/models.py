@@ -7,7 +7,14 @@ from backend.audit.models import AuditEvent
 from backend.auth.models import StaffUser
 from backend.departments.models import DepartmentListing
 from backend.idempotency.models import IdempotencyKey
-from backend.ledger.models import ClosedDay, JournalEntry, LedgerAccount, Posting, Remittance
+from backend.ledger.models import (
+    ClosedDay,
+    EntryCheck,
+    JournalEntry,
+    LedgerAccount,
+    Posting,
+    Remittance,
+)
 from backend.notifications.models import InboxNotification
 from backend.orders.models import (
     Attempt,
@@ -34,4 +41,5 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "RefundLine", "InboxNotification", "IdempotencyKey", "AgentCollection",
            "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
-           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent"]
+           "EntryCheck", "Statement", "StatementLine", "ReconciliationRun", "Discrepancy",
+           "AuditEvent"]
