@@ -44,7 +44,7 @@ class Fen(TypeDecorator[int]):
     SQLite's INTEGER is already a 64-bit integer whatever the declared type, so there the
     columns stay declared INTEGER: renaming the type would rebuild every money table for no
     change in what it can hold. (``reconciliation_runs``' sums were created BIGINT on both
-    and keep ``BigInteger``.) ``tests/test_money_columns.py`` holds every ``*_fen`` column
+    and keep ``BigInteger``.) ``tests/ledger/test_money_columns.py`` holds every ``*_fen`` column
     on PostgreSQL to BIGINT.
     """
 
