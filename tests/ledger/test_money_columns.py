@@ -162,6 +162,20 @@ def test_postings_rolled_back_to_a_savepoint_are_not_checked(rt: Runtime) -> Non
         assert s.scalar(text("SELECT COUNT(*) FROM postings")) == 4 + 2
 
 
+@pytest.mark.parametrize("backend_name", ["postgres"])
+def test_postings_after_an_immediate_check_are_checked_again(rt: Runtime) -> None:
+    account = _account(rt)
+    with pytest.raises(DBAPIError, match="does not balance: its postings sum to 7 fen"):
+        with unit_of_work(rt.sessions) as s:
+            entry = post_entry(s, kind="correction", reason="checked early", business_date=DAY,
+                               occurred_at=AT, legs=_legs(2)).entry_id
+            s.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))      # checked here: balanced
+            assert s.scalar(text("SELECT COUNT(*) FROM ledger_entry_checks")) == 0
+            s.execute(text("SET CONSTRAINTS ALL DEFERRED"))
+            Tx(s).insert_rows("postings", ("entry_id", "account_id", "amount_fen",
+                                           "business_date"), [(entry, account, 7, DAY)])
+
+
 def _account(rt: Runtime) -> int:
     with unit_of_work(rt.sessions) as s:
         if s.scalar(text("SELECT COUNT(*) FROM ledger_accounts")) == 0:
