@@ -14,7 +14,14 @@ from backend.departments.models import (
     DepartmentTransfer,
 )
 from backend.idempotency.models import IdempotencyKey
-from backend.ledger.models import ClosedDay, JournalEntry, LedgerAccount, Posting, Remittance
+from backend.ledger.models import (
+    ClosedDay,
+    EntryCheck,
+    JournalEntry,
+    LedgerAccount,
+    Posting,
+    Remittance,
+)
 from backend.notifications.models import InboxNotification
 from backend.orders.models import (
     Attempt,
@@ -42,6 +49,6 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "BillLine", "Order", "OrderLine", "Attempt", "Payment", "PaymentLine", "Refund",
            "RefundLine", "InboxNotification", "IdempotencyKey", "AgentCollection",
            "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
-           "Statement", "StatementLine", "ReconciliationRun", "Discrepancy", "AuditEvent",
-           "DepartmentBill", "DepartmentBillLine", "DepartmentTransfer", "DepartmentCreditNote",
-           "DepartmentCreditLine", "PublicationVersion"]
+           "EntryCheck", "Statement", "StatementLine", "ReconciliationRun", "Discrepancy",
+           "AuditEvent", "DepartmentBill", "DepartmentBillLine", "DepartmentTransfer",
+           "DepartmentCreditNote", "DepartmentCreditLine", "PublicationVersion"]

@@ -87,6 +87,48 @@ def test_downgrading_refuses_to_lose_a_shared_transaction_id(empty_db: str) -> N
     upgrade(empty_db)
 
 
+def test_money_goes_back_to_integer_only_if_it_fits(empty_db: str) -> None:
+    """0012 makes the money BIGINT and the balance check once per entry; its downgrade
+    brings back 0011's INTEGER and per-posting check, but never cuts an amount short."""
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        for sql in SEED_0004[:4]:
+            conn.execute(text(sql))
+        conn.execute(text("UPDATE orders SET amount_fen = 3000000000"))
+    engine.dispose()
+    if postgres:
+        with pytest.raises(RuntimeError, match="orders.amount_fen holds amounts past 2"):
+            command.downgrade(alembic_config(empty_db), "0011")
+        engine = _engine(empty_db)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE orders SET amount_fen = 28000"))
+        engine.dispose()
+    command.downgrade(alembic_config(empty_db), "0011")
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        # (SQLite's INTEGER held the 30 million yuan all along, and still does)
+        assert conn.execute(text("SELECT amount_fen FROM orders")).scalar() == (
+            28000 if postgres else 3000000000)
+        if postgres:
+            assert conn.execute(text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'postings' AND column_name = 'amount_fen'")).scalar() \
+                == "integer"
+            assert conn.execute(text(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'postings'::regclass "
+                "AND NOT tgisinternal ORDER BY 1")).scalars().all() == [
+                "postings_append_only", "postings_balanced"]
+    engine.dispose()
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert diff == []
+
+
 SEED_0004 = (
     "INSERT INTO towns (code, name) VALUES ('t', 'T')",
     "INSERT INTO villages (code, name, town_code) VALUES ('v', 'V', 't')",

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Column, String, UniqueConstraint
+from sqlalchemy import Column, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from backend.db import UTCDateTime, utcnow
+from backend.db import Fen, UTCDateTime, utcnow
 
 BILL_KINDS = ("bill", "supplement")
 BILL_STATUSES = ("issued", "partially_paid", "paid")
@@ -54,10 +54,10 @@ class DepartmentBill(SQLModel, table=True):
     town_code: str = Field(foreign_key="towns.code", max_length=32, index=True)
     year: int
     kind: str = Field(max_length=16)                # bill | supplement
-    total_fen: int = Field(sa_type=BigInteger)
+    total_fen: int = Field(sa_type=Fen)
     lines: int
-    received_fen: int = Field(default=0, sa_type=BigInteger)
-    credited_fen: int = Field(default=0, sa_type=BigInteger)
+    received_fen: int = Field(default=0, sa_type=Fen)
+    credited_fen: int = Field(default=0, sa_type=Fen)
     status: str = Field(default="issued", max_length=16)   # BILL_STATUSES
     # the department's list came in after the plan's due date: accepted, with a warning
     late_list: bool = False
@@ -78,7 +78,7 @@ class DepartmentBillLine(SQLModel, table=True):
     resident_id: int = Field(foreign_key="residents.id")
     insurance: str = Field(max_length=16)
     tier_yuan: int | None = None
-    amount_fen: int = Field(sa_type=BigInteger)
+    amount_fen: int = Field(sa_type=Fen)
     village_code: str = Field(max_length=32)
 
 
@@ -88,7 +88,7 @@ class DepartmentTransfer(SQLModel, table=True):
     __tablename__ = "department_transfers"
     id: int | None = Field(default=None, primary_key=True)
     bill_id: int = Field(foreign_key="department_bills.id", index=True)
-    amount_fen: int = Field(sa_type=BigInteger)
+    amount_fen: int = Field(sa_type=Fen)
     bank_reference: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     value_date: date
     recorded_by: str = Field(max_length=96)
@@ -103,7 +103,7 @@ class DepartmentCreditNote(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     credit_no: str = Field(sa_column=Column(String(32), unique=True, nullable=False))
     bill_id: int = Field(foreign_key="department_bills.id", index=True)
-    amount_fen: int = Field(sa_type=BigInteger)
+    amount_fen: int = Field(sa_type=Fen)
     reason: str = Field(max_length=200)          # deceased | not_eligible | what staff wrote
     issued_by: str = Field(max_length=96)
     issued_at: datetime = Field(sa_type=UTCDateTime)
@@ -118,6 +118,6 @@ class DepartmentCreditLine(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     credit_note_id: int = Field(foreign_key="department_credit_notes.id", index=True)
     department_bill_line_id: int = Field(foreign_key="department_bill_lines.id")
-    amount_fen: int = Field(sa_type=BigInteger)
+    amount_fen: int = Field(sa_type=Fen)
     # the line was paid already (the bill covered): its money is owed back to the department
-    refund_fen: int = Field(default=0, sa_type=BigInteger)
+    refund_fen: int = Field(default=0, sa_type=Fen)

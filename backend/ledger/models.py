@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from backend.db import UTCDateTime, utcnow
+from backend.db import Fen, UTCDateTime, utcnow
 
 # account kinds
 CHANNEL_CLEARING = "channel_clearing"      # money a channel owes us until it settles
@@ -77,7 +77,7 @@ class Posting(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     entry_id: int = Field(foreign_key="journal_entries.id", index=True)
     account_id: int = Field(foreign_key="ledger_accounts.id", index=True)
-    amount_fen: int                    # debit > 0, credit < 0
+    amount_fen: int = Field(sa_type=Fen)  # debit > 0, credit < 0
     business_date: date
     town_code: str | None = Field(default=None, max_length=32)
     village_code: str | None = Field(default=None, max_length=32)
@@ -86,6 +86,18 @@ class Posting(SQLModel, table=True):
     # how many items a ``collected`` posting stands for: 1 for a resident's payment, a
     # town's number of lines for a department bill's aggregate posting
     items: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+
+
+class EntryCheck(SQLModel, table=True):
+    """An entry whose postings the running transaction wrote, to be checked for balance.
+
+    Only PostgreSQL's balance check uses it (migration 0012): a statement inserting postings
+    notes each of their entries here once; at commit a deferred trigger sums each noted
+    entry's postings once and removes its row. Empty between transactions.
+    """
+
+    __tablename__ = "ledger_entry_checks"
+    entry_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
 
 
 class Remittance(SQLModel, table=True):
@@ -98,7 +110,7 @@ class Remittance(SQLModel, table=True):
     agent_id: int = Field(foreign_key="staff_users.id", index=True)
     village_code: str = Field(max_length=32)
     business_date: date
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     bank_receipt_no: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

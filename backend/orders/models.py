@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from backend.db import UTCDateTime, utcnow
+from backend.db import Fen, UTCDateTime, utcnow
 
 ORDER_STATUSES = ("pending", "paid", "closed", "refunded", "partially_refunded")
 ATTEMPT_STATUSES = ("creating", "pending", "unknown", "paid", "closed", "failed")
@@ -34,7 +34,7 @@ class BillLine(SQLModel, table=True):
     claim_bill_id: int | None = Field(default=None, foreign_key="department_bills.id")
     paid_payment_id: int | None = Field(default=None)
     paid_tier_yuan: int | None = None
-    paid_fen: int | None = None
+    paid_fen: int | None = Field(default=None, sa_type=Fen)
     paid_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -48,7 +48,7 @@ class Order(SQLModel, table=True):
     year: int
     channel: str = Field(max_length=16)           # wechat_jsapi | … | aggregate_qr
     status: str = Field(default="pending", max_length=24)
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     qr_token: str | None = Field(default=None, sa_column=Column(String(43), unique=True))
     village_code: str | None = Field(default=None, max_length=32)   # for agent orders
@@ -66,7 +66,7 @@ class OrderLine(SQLModel, table=True):
     resident_id: int = Field(foreign_key="residents.id")
     insurance: str = Field(max_length=16)
     tier_yuan: int | None = None
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     # where the resident lives, copied at ordering: the ledger's dimensions without a join
     village_code: str | None = Field(default=None, max_length=32)
     town_code: str | None = Field(default=None, max_length=32)
@@ -79,7 +79,7 @@ class Attempt(SQLModel, table=True):
     channel: str = Field(max_length=16)           # wechat | alipay | unionpay
     kind: str = Field(max_length=8)               # jsapi | native | qr
     out_trade_no: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     status: str = Field(default="creating", max_length=16)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     qr_content: str | None = Field(default=None, max_length=512)
@@ -117,7 +117,7 @@ class Payment(SQLModel, table=True):
     order_id: int = Field(foreign_key="orders.id", index=True)
     channel: str = Field(max_length=16)
     transaction_id: str = Field(max_length=64)
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     paid_at: datetime = Field(sa_type=UTCDateTime)
     business_date: date
     source: str = Field(max_length=16)            # notification | query | statement
@@ -137,7 +137,7 @@ class PaymentLine(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     payment_id: int = Field(foreign_key="payments.id", index=True)
     bill_line_id: int = Field(foreign_key="bill_lines.id")
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     # False: a duplicate, queued for refund — or a line whose money was refunded (its
     # refund line says which), so that the bill line can be paid again
     applied: bool
@@ -167,7 +167,7 @@ class Refund(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     payment_id: int = Field(foreign_key="payments.id", index=True)
     out_refund_no: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     reason: str = Field(max_length=80)            # duplicate, or what finance wrote
     status: str = Field(default="queued", max_length=16, index=True)   # REFUND_STATUSES
     method: str = Field(default="channel", max_length=8,
@@ -196,6 +196,6 @@ class RefundLine(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     refund_id: int = Field(foreign_key="refunds.id", index=True)
     payment_line_id: int = Field(foreign_key="payment_lines.id", index=True)
-    amount_fen: int
+    amount_fen: int = Field(sa_type=Fen)
     # the line had paid its item (refunding it makes the item unpaid again); else a duplicate
     applied: bool

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from backend.db import UTCDateTime, utcnow
+from backend.db import Fen, UTCDateTime, utcnow
 
 CHANNELS = ("wechat", "alipay", "unionpay", "pos")
 KINDS = ("missing_locally", "missing_at_channel", "amount_mismatch", "status_mismatch",
@@ -57,8 +57,8 @@ class StatementLine(SQLModel, table=True):
     kind: str = Field(max_length=8)                 # payment | refund
     out_trade_no: str = Field(max_length=64)
     transaction_id: str = Field(max_length=64)
-    amount_fen: int
-    fee_fen: int
+    amount_fen: int = Field(sa_type=Fen)
+    fee_fen: int = Field(sa_type=Fen)
     status: str = Field(max_length=32)              # the channel's word
     done: bool                                      # False: a refund still processing/failed
     occurred_at: datetime = Field(sa_type=UTCDateTime)
@@ -71,7 +71,7 @@ class StatementLine(SQLModel, table=True):
     attempt_id: int | None = None
     payment_id: int | None = None
     our_refund_id: int | None = None
-    our_amount_fen: int | None = None
+    our_amount_fen: int | None = Field(default=None, sa_type=Fen)
     our_transaction_id: str | None = Field(default=None, max_length=64)
     our_status: str | None = Field(default=None, max_length=16)    # our refund's status
 
@@ -122,10 +122,10 @@ class Discrepancy(SQLModel, table=True):
     out_trade_no: str | None = Field(default=None, max_length=64)
     transaction_id: str | None = Field(default=None, max_length=64)
     out_refund_no: str | None = Field(default=None, max_length=64)
-    our_amount_fen: int | None = None
-    channel_amount_fen: int | None = None
-    expected_fee_fen: int | None = None
-    channel_fee_fen: int | None = None
+    our_amount_fen: int | None = Field(default=None, sa_type=Fen)
+    channel_amount_fen: int | None = Field(default=None, sa_type=Fen)
+    expected_fee_fen: int | None = Field(default=None, sa_type=Fen)
+    channel_fee_fen: int | None = Field(default=None, sa_type=Fen)
     attempt_id: int | None = Field(default=None, foreign_key="attempts.id")
     payment_id: int | None = Field(default=None, foreign_key="payments.id")
     refund_id: int | None = Field(default=None, foreign_key="refunds.id")

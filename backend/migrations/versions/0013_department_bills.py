@@ -2,7 +2,7 @@
 bill claims; postings that stand for several items
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-01
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from alembic import op
 import backend.db
 
 revision = '0013'
-down_revision = '0011'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
@@ -29,10 +29,10 @@ def upgrade() -> None:
     sa.Column('town_code', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('year', sa.Integer(), nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('total_fen', sa.BigInteger(), nullable=False),
+    sa.Column('total_fen', backend.db.Fen(), nullable=False),
     sa.Column('lines', sa.Integer(), nullable=False),
-    sa.Column('received_fen', sa.BigInteger(), nullable=False),
-    sa.Column('credited_fen', sa.BigInteger(), nullable=False),
+    sa.Column('received_fen', backend.db.Fen(), nullable=False),
+    sa.Column('credited_fen', backend.db.Fen(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('late_list', sa.Boolean(), nullable=False),
     sa.Column('issued_by', sqlmodel.sql.sqltypes.AutoString(length=96), nullable=False),
@@ -52,7 +52,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('credit_no', sa.String(length=32), nullable=False),
     sa.Column('bill_id', sa.Integer(), nullable=False),
-    sa.Column('amount_fen', sa.BigInteger(), nullable=False),
+    sa.Column('amount_fen', backend.db.Fen(), nullable=False),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('issued_by', sqlmodel.sql.sqltypes.AutoString(length=96), nullable=False),
     sa.Column('issued_at', backend.db.UTCDateTime(timezone=True), nullable=False),
@@ -70,7 +70,7 @@ def upgrade() -> None:
     sa.Column('resident_id', sa.Integer(), nullable=False),
     sa.Column('insurance', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('tier_yuan', sa.Integer(), nullable=True),
-    sa.Column('amount_fen', sa.BigInteger(), nullable=False),
+    sa.Column('amount_fen', backend.db.Fen(), nullable=False),
     sa.Column('village_code', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.ForeignKeyConstraint(['bill_id'], ['department_bills.id'], ),
     sa.ForeignKeyConstraint(['bill_line_id'], ['bill_lines.id'], ),
@@ -85,7 +85,7 @@ def upgrade() -> None:
     op.create_table('department_transfers',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('bill_id', sa.Integer(), nullable=False),
-    sa.Column('amount_fen', sa.BigInteger(), nullable=False),
+    sa.Column('amount_fen', backend.db.Fen(), nullable=False),
     sa.Column('bank_reference', sa.String(length=64), nullable=False),
     sa.Column('value_date', sa.Date(), nullable=False),
     sa.Column('recorded_by', sqlmodel.sql.sqltypes.AutoString(length=96), nullable=False),
@@ -103,8 +103,8 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('credit_note_id', sa.Integer(), nullable=False),
     sa.Column('department_bill_line_id', sa.Integer(), nullable=False),
-    sa.Column('amount_fen', sa.BigInteger(), nullable=False),
-    sa.Column('refund_fen', sa.BigInteger(), nullable=False),
+    sa.Column('amount_fen', backend.db.Fen(), nullable=False),
+    sa.Column('refund_fen', backend.db.Fen(), nullable=False),
     sa.ForeignKeyConstraint(['credit_note_id'], ['department_credit_notes.id'], ),
     sa.ForeignKeyConstraint(['department_bill_line_id'], ['department_bill_lines.id'], ),
     sa.PrimaryKeyConstraint('id'),
