@@ -631,8 +631,28 @@ def credit_deceased(rt: Runtime, session: Session, deaths: dict[int, date]) -> l
         bill = session.get(DepartmentBill, bill_id, with_for_update=(
             session.get_bind().dialect.name == "postgresql"))
         assert bill is not None
-        notes.append(credit_lines(rt, session, None, bill, ids, "deceased").credit_no)
+        # a staff credit note may have taken some of them while we waited for the bill
+        done = set(session.scalars(select(col(DepartmentCreditLine.department_bill_line_id))
+                                   .where(col(DepartmentCreditLine.department_bill_line_id)
+                                          .in_(ids))))
+        if ids := [i for i in ids if i not in done]:
+            notes.append(credit_lines(rt, session, None, bill, ids, "deceased").credit_no)
     return notes
+
+
+_DEAD_ON_BILLS = Statement(
+    """SELECT DISTINCT r.id, d.died_on FROM department_bill_lines l
+       JOIN residents r ON r.id = l.resident_id JOIN deaths d ON d.id_hash = r.id_hash
+       WHERE NOT EXISTS (SELECT 1 FROM department_credit_lines c
+                         WHERE c.department_bill_line_id = l.id)""")
+
+
+def credit_the_dead(rt: Runtime, session: Session) -> list[str]:
+    """After a death list is written: the lines still on department bills of everyone the
+    registry knows dead are credited (``credit_deceased`` keeps those of the years they
+    lived into). Returns the credit note numbers."""
+    deaths = {int(rid): _as_date(died) for rid, died in Tx(session).all(_DEAD_ON_BILLS)}
+    return credit_deceased(rt, session, {r: d for r, d in deaths.items() if d is not None})
 
 
 # --------------------------------------------------------------------------- reading

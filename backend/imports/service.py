@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from backend.db import unit_of_work, utcnow
 from backend.departments.models import DepartmentListing
+from backend.departments.service import credit_the_dead
 from backend.errors import InvalidIdNumber, ValidationFailed
 from backend.imports.columns import (
     CATEGORY_SEPARATOR,
@@ -620,6 +621,11 @@ class _Deaths(_Kind[DeathRecord]):
                                  "id_masked": mask_id_number(r.id_number), "name": r.name,
                                  "died_on": r.died_on} for r in batch]
                                for batch in _batches(records, BATCH_ROWS)), report, bar)
+        # the dead come off the department bills of the years they did not live into
+        credited = credit_the_dead(self.rt, self.session)
+        if credited:
+            report.notes.append(f"department bills: {plural(len(credited), 'credit note')} "
+                                f"for the deceased ({', '.join(credited)})")
 
 
 _IMPORTERS: dict[str, Callable[[Runtime, Session], _Kind[Any]]] = {

@@ -1,0 +1,38 @@
+"""A death list credits the department bills' lines of the dead by itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.imports.service import run_import
+from tests.conftest import Live
+from tests.departments.test_bills import BILLS, issue, listed, lookup_item, town_setup, transfer
+from tests.imports.test_import import write_csv
+from tests.orders.helpers import staff_headers
+
+
+def test_a_death_list_credits_the_lines_of_the_dead(live: Live, tmp_path: Path) -> None:
+    people = town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    for name in ("王芳", "李梅"):
+        listed(live, name, "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    no = bill["bill_no"]
+    assert bill["total_fen"] == 56000
+    assert transfer(live, town, no, 20000, "D-1").status_code == 201
+
+    # 王芳 died before 2021 began: her line comes off the bill, released
+    report = run_import(live.rt, "deaths", write_csv(tmp_path / "deaths.csv", "deaths", [
+        [people["王芳"], "王芳", "2020-08-01"]]), progress=False)
+    assert report.committed
+    after = live.http.get(f"{BILLS}/bills/{no}", headers=town).json()
+    assert [(n["amount_fen"], n["reason"], n["refund_fen"]) for n in after["credit_notes"]] \
+        == [(28000, "deceased", 0)]
+    assert (after["credited_fen"], after["outstanding_fen"]) == (28000, 8000)
+    assert lookup_item(live, town, "李梅", people["李梅"], "medical")["department_bill"] \
+        is not None
+    # the same list again: credited once
+    run_import(live.rt, "deaths", write_csv(tmp_path / "again.csv", "deaths", [
+        [people["王芳"], "王芳", "2020-08-01"]]), progress=False)
+    again = live.http.get(f"{BILLS}/bills/{no}", headers=town).json()
+    assert len(again["credit_notes"]) == 1 and again["credited_fen"] == 28000
