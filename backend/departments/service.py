@@ -212,13 +212,18 @@ def _candidates(session: Session, policy: Policy, department: str, town_code: st
 _LISTED = """SELECT l.resident_id, l.insurance FROM department_listings l
     JOIN residents r ON r.id = l.resident_id JOIN villages v ON v.code = r.village_code
     WHERE l.department = :department AND l.year = :year AND v.town_code = :town"""
-# Every listed item gets its bill line (lines are made on first use, as orders make them).
+# Every listed item gets its bill line (lines are made on first use, as orders make them),
+# made or locked in the order orders take them (resident, insurance): made in the list's
+# order, a new line held before an older one is waited for would deadlock with an order
+# holding the older line and making the new one. The no-op DO UPDATE locks an existing line
+# as ``orders.repository.bill_lines_for`` does.
 # (``WHERE true``: SQLite reads an ON CONFLICT after a bare FROM as a join's ON.)
 _MAKE_LINES = Statement(
     f"""INSERT INTO bill_lines (resident_id, year, insurance, status, created_at)
         SELECT listed.resident_id, :year, listed.insurance, 'unpaid', :now
         FROM ({_LISTED}) AS listed WHERE true
-        ON CONFLICT (resident_id, year, insurance) DO NOTHING""")
+        ORDER BY listed.resident_id, listed.insurance
+        ON CONFLICT (resident_id, year, insurance) DO UPDATE SET status = bill_lines.status""")
 # ... and is locked, in the order orders lock them (resident, insurance), with its claim.
 _LOCK_SQL = f"""SELECT b.id, b.resident_id, b.insurance, b.status, d.department
     FROM bill_lines b
