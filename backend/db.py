@@ -11,10 +11,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Integer, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+#: Money that can add up (a department bill's total in one payment, order or posting):
+#: BIGINT on PostgreSQL; SQLite's INTEGER is 64 bits already.
+BIG_MONEY = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from backend.db import UTCDateTime, utcnow
+from backend.db import BIG_MONEY, UTCDateTime, utcnow
 
 # account kinds
 CHANNEL_CLEARING = "channel_clearing"      # money a channel owes us until it settles
@@ -77,7 +77,8 @@ class Posting(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     entry_id: int = Field(foreign_key="journal_entries.id", index=True)
     account_id: int = Field(foreign_key="ledger_accounts.id", index=True)
-    amount_fen: int                    # debit > 0, credit < 0
+    # debit > 0, credit < 0; BIGINT: a department bill's postings carry a town's total
+    amount_fen: int = Field(sa_type=BIG_MONEY)
     business_date: date
     town_code: str | None = Field(default=None, max_length=32)
     village_code: str | None = Field(default=None, max_length=32)

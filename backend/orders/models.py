@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from backend.db import UTCDateTime, utcnow
+from backend.db import BIG_MONEY, UTCDateTime, utcnow
 
 ORDER_STATUSES = ("pending", "paid", "closed", "refunded", "partially_refunded")
 ATTEMPT_STATUSES = ("creating", "pending", "unknown", "paid", "closed", "failed")
@@ -48,7 +48,7 @@ class Order(SQLModel, table=True):
     year: int
     channel: str = Field(max_length=16)           # wechat_jsapi | … | aggregate_qr
     status: str = Field(default="pending", max_length=24)
-    amount_fen: int
+    amount_fen: int = Field(sa_type=BIG_MONEY)   # a department bill's whole total
     expires_at: datetime = Field(sa_type=UTCDateTime)
     qr_token: str | None = Field(default=None, sa_column=Column(String(43), unique=True))
     village_code: str | None = Field(default=None, max_length=32)   # for agent orders
@@ -117,7 +117,7 @@ class Payment(SQLModel, table=True):
     order_id: int = Field(foreign_key="orders.id", index=True)
     channel: str = Field(max_length=16)
     transaction_id: str = Field(max_length=64)
-    amount_fen: int
+    amount_fen: int = Field(sa_type=BIG_MONEY)   # a department bill's whole total
     paid_at: datetime = Field(sa_type=UTCDateTime)
     business_date: date
     source: str = Field(max_length=16)            # notification | query | statement

@@ -77,3 +77,33 @@ def test_issuing_makes_new_lines_in_the_order_orders_lock_them(live: Live) -> No
     assert len(answers["bill"].json()["lines"]) == 2
     with unit_of_work(live.rt.sessions) as s:
         assert s.scalars(select(col(BillLine.status))).all() == ["claimed", "claimed"]
+
+
+@pytest.mark.parametrize("backend_name", ["postgres"])
+def test_a_bill_beyond_the_range_of_a_32_bit_integer_is_paid(live: Live) -> None:
+    """A bill's total goes into one payment, one order and a posting per insurance: a large
+    town's bill (more than 21,474,836.47 yuan, some 77,000 medical lines) must fit. Two
+    lines stand for them here, each of 15,000,000 yuan."""
+    from backend.ledger import service as ledger
+    from backend.orders.models import Payment
+    from tests.departments.test_bills import town_setup, transfer
+
+    town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    for name in ("王芳", "李梅"):
+        listed(live, name, "civil_affairs", "medical")
+    no = issue(live, town, "civil_affairs").json()["bill_no"]
+    big = 1_500_000_000
+    with unit_of_work(live.rt.sessions) as s:
+        s.execute(text("UPDATE department_bill_lines SET amount_fen = :f"), {"f": big})
+        s.execute(text("UPDATE department_bills SET total_fen = :f"), {"f": 2 * big})
+    first = transfer(live, town, no, big + 1, "BIG-1")
+    assert first.status_code == 201, first.text
+    done = transfer(live, town, no, big - 1, "BIG-2")
+    assert done.status_code == 201, done.text
+    assert done.json()["status"] == "paid"
+    with unit_of_work(live.rt.sessions) as s:
+        assert s.scalar(select(col(Payment.amount_fen))
+                        .where(col(Payment.channel) == "department")) == 2 * big
+        assert ledger.balance(s, ledger.contributions("medical", 2021)) == -2 * big
+        assert ledger.balance(s, ledger.town_collection(TOWN)) == 2 * big

@@ -126,9 +126,24 @@ def upgrade() -> None:
     # copy of it on SQLite would drop them.
     op.add_column('postings', sa.Column('items', sa.Integer(), server_default='1',
                                         nullable=False))
+    _money_columns(sa.BigInteger())
+
+
+# A department bill's whole total goes into one order, one payment and a posting per
+# insurance (and a transfer into one posting): BIGINT, as every money column of its own
+# tables. SQLite's INTEGER is 64 bits already (and a batch copy of postings would drop its
+# triggers): PostgreSQL only.
+BIG_MONEY = (('orders', 'amount_fen'), ('payments', 'amount_fen'), ('postings', 'amount_fen'))
+
+
+def _money_columns(type_: sa.types.TypeEngine) -> None:  # type: ignore[type-arg]
+    if op.get_bind().dialect.name == 'postgresql':
+        for table, column in BIG_MONEY:
+            op.alter_column(table, column, type_=type_, existing_nullable=False)
 
 
 def downgrade() -> None:
+    _money_columns(sa.Integer())
     # SQLite drops a column in place (its triggers stay).
     op.drop_column('postings', 'items')
     if op.get_bind().dialect.name == 'postgresql':
