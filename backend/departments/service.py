@@ -517,16 +517,21 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
     released: list[int] = []
     given_back: list[int] = []
     credit_rows = []
+    # Transfers received beyond what is left of a bill not paid yet: owed back too, out of
+    # the released lines' amounts (the bill owed at least what was received before).
+    over = 0 if bill.payment_id is not None else max(0, note.amount_fen - outstanding(bill))
     for line, status, paid_payment in rows:
         paid_here = status == "paid" and bill.payment_id is not None \
             and paid_payment == bill.payment_id
-        credit_rows.append((note.id, line.id, line.amount_fen,
-                            line.amount_fen if paid_here else 0))
+        back = line.amount_fen if paid_here else min(over, line.amount_fen)
+        credit_rows.append((note.id, line.id, line.amount_fen, back))
         if paid_here:
             refund_legs[line.insurance] += line.amount_fen
             given_back.append(line.bill_line_id)
         else:
+            over -= back
             released.append(line.bill_line_id)
+    received_back = sum(back for *_, back in credit_rows) - sum(refund_legs.values())
     tx = Tx(session)
     tx.insert_many("department_credit_lines", (
         ("credit_note_id", "integer"), ("department_bill_line_id", "integer"),
@@ -551,12 +556,16 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
                        paid_fen = NULL
                 WHERE paid_payment_id = :payment AND id IN ({ids})""", prepare=False),
             payment=bill.payment_id)
-    if refund_legs:
+    if refund_legs or received_back:
         where: dict[str, str | None] = {"town_code": bill.town_code, "channel": "department"}
         legs: list[ledger.Leg] = []
         for insurance, fen in sorted(refund_legs.items()):
             legs += [ledger.Leg(ledger.contributions(insurance, bill.year), fen, **where),
                      ledger.Leg(ledger.REFUNDS, -fen, **where)]
+        if received_back:   # from the receivable, which the cover then leaves at zero
+            legs += [ledger.Leg(ledger.department_receivable(bill.department), received_back,
+                                **where),
+                     ledger.Leg(ledger.REFUNDS, -received_back, **where)]
         ledger.post_entry(session, kind="department_credit",
                           reason=f"credit note {note.credit_no} on bill {bill.bill_no}: "
                                  f"{reason}"[:200], business_date=rt.clock.today(),
@@ -568,7 +577,7 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
     record(session, rt, principal, "department_bill.credited", "department_bill",
            bill.bill_no, reason=reason, details={
                "credit_no": note.credit_no, "lines": len(rows), "amount_fen": note.amount_fen,
-               "refund_fen": sum(refund_legs.values())})
+               "refund_fen": sum(back for *_, back in credit_rows)})
     return note
 
 

@@ -36,3 +36,37 @@ def test_a_death_list_credits_the_lines_of_the_dead(live: Live, tmp_path: Path) 
         [people["王芳"], "王芳", "2020-08-01"]]), progress=False)
     again = live.http.get(f"{BILLS}/bills/{no}", headers=town).json()
     assert len(again["credit_notes"]) == 1 and again["credited_fen"] == 28000
+
+
+def test_money_a_credit_note_leaves_over_is_owed_back_like_a_paid_line(live: Live) -> None:
+    """40,000 received on a 56,000 bill, then a 28,000 line credited: the 28,000 left is
+    covered and paid, and the 12,000 over is owed back to the department as a paid line's
+    money is — on the credit note's ``refund_fen`` and in the refunds payable — not left
+    in the department's receivable."""
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from backend.db import unit_of_work
+    from backend.ledger import service as ledger
+    from backend.orders.models import BillLine
+
+    town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    for name in ("王芳", "李梅"):
+        listed(live, name, "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    no = bill["bill_no"]
+    li = next(x for x in bill["lines"] if x["name"] == "李*")
+    assert transfer(live, town, no, 40000, "O-1").status_code == 201
+    r = live.http.post(f"{BILLS}/bills/{no}/credit-notes", headers=town, json={
+        "items": [{"resident_ref": li["resident_ref"], "insurance": "medical"}],
+        "reason": "not_eligible"})
+    assert r.status_code == 201, r.text
+    after = r.json()
+    assert (after["status"], after["outstanding_fen"], after["overpaid_fen"]) == ("paid", 0, 12000)
+    assert [(n["amount_fen"], n["refund_fen"]) for n in after["credit_notes"]] == [(28000, 12000)]
+    with unit_of_work(live.rt.sessions) as s:
+        assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == 0
+        assert ledger.balance(s, ledger.REFUNDS) == -12000
+        assert ledger.balance(s, ledger.contributions("medical", 2021)) == -28000
+        assert sorted(s.scalars(select(col(BillLine.status))).all()) == ["paid", "unpaid"]
