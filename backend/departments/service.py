@@ -444,6 +444,18 @@ _COVER_BILL_LINES = Statement(
               paid_fen = (SELECT d.amount_fen FROM department_bill_lines d
                           WHERE d.bill_id = :bill AND d.bill_line_id = bill_lines.id)
        WHERE claim_bill_id = :bill AND status = 'claimed'""")
+# Before the UPDATEs that mark or free a bill's lines, which take them in the table's order,
+# the lines are locked in the order orders lock them (resident, insurance): an order
+# holding one of them and waiting for another would otherwise deadlock with the bill.
+_LOCK_ORDER = " ORDER BY resident_id, insurance"
+_LOCK_CLAIMED_SQL = "SELECT id FROM bill_lines WHERE claim_bill_id = :bill" + _LOCK_ORDER
+_LOCK_CLAIMED = Statement(_LOCK_CLAIMED_SQL, postgresql=_LOCK_CLAIMED_SQL + " FOR UPDATE")
+_LOCK_CREDITED_SQL = """SELECT id FROM bill_lines WHERE id IN (
+    SELECT d.bill_line_id FROM department_credit_lines c
+    JOIN department_bill_lines d ON d.id = c.department_bill_line_id
+    WHERE c.credit_note_id = :note)""" + _LOCK_ORDER
+_LOCK_CREDITED = Statement(_LOCK_CREDITED_SQL,
+                           postgresql=_LOCK_CREDITED_SQL + " FOR UPDATE")
 _BY_INSURANCE = Statement(
     f"""SELECT d.insurance, COUNT(*), SUM(d.amount_fen) {_ACTIVE_LINES}
         GROUP BY d.insurance ORDER BY d.insurance""")
@@ -455,6 +467,7 @@ def _cover(rt: Runtime, session: Session, bill: DepartmentBill, now: datetime) -
     index allows each bill line one applied payment line), and one ledger entry that moves
     the money from the department's receivable to each insurance's contributions."""
     tx = Tx(session)
+    tx.all(_LOCK_CLAIMED, bill=bill.id)   # first: the order and payment lines' keys share them
     by_insurance = [(str(ins), int(n), int(fen)) for ins, n, fen in
                     tx.all(_BY_INSURANCE, bill=bill.id)]
     total = sum(fen for _, _, fen in by_insurance)
@@ -536,6 +549,7 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
     tx.insert_many("department_credit_lines", (
         ("credit_note_id", "integer"), ("department_bill_line_id", "integer"),
         ("amount_fen", "bigint"), ("refund_fen", "bigint")), credit_rows)
+    tx.all(_LOCK_CREDITED, note=note.id)
     for k in range(0, len(released), CLAIM_BATCH):
         part = released[k:k + CLAIM_BATCH]
         tx.rowcount(Statement(
