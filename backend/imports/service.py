@@ -558,8 +558,10 @@ class _Departments(_Kind[ListingRecord]):
     def write(self, records: list[ListingRecord], report: ImportReport,
               bar: tqdm[Any]) -> None:
         key = ["department", "resident_id", "insurance", "year"]
+        # the business clock: a bill tells a list imported after the plan's due date by it
         writer = _BulkWrite(self.session, DepartmentListing.__table__,  # type: ignore[attr-defined]
-                            key, key, returning="id", constants={"imported_at": utcnow()})
+                            key, key, returning="id",
+                            constants={"imported_at": self.rt.clock.now()})
         for batch in _batches(records, BATCH_ROWS):
             inserted = len(writer.execute([
                 {"department": r.department, "resident_id": r.resident_id,

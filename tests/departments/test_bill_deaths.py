@@ -70,3 +70,28 @@ def test_money_a_credit_note_leaves_over_is_owed_back_like_a_paid_line(live: Liv
         assert ledger.balance(s, ledger.REFUNDS) == -12000
         assert ledger.balance(s, ledger.contributions("medical", 2021)) == -28000
         assert sorted(s.scalars(select(col(BillLine.status))).all()) == ["paid", "unpaid"]
+
+
+def test_a_list_imported_by_its_due_date_on_the_business_clock_is_not_late(
+        live: Live, tmp_path: Path) -> None:
+    """A rehearsal's business clock stands before the plan's due date for departments' lists
+    (2020-10-31) when the list is imported: the bill carries no "late" warning, whatever the
+    wall clock says."""
+    from datetime import datetime
+
+    from backend.runtime import Runtime
+
+    people = town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    before = Runtime(live.rt.settings.model_copy(update={
+        "collect_now": datetime.fromisoformat("2020-10-20T09:00:00+08:00")}))
+    try:
+        report = run_import(before, "departments", write_csv(
+            tmp_path / "list.csv", "departments",
+            [["civil_affairs", people["王芳"], "王芳", "medical", "2021"]]), progress=False)
+    finally:
+        before.close()
+    assert report.committed and report.inserted == 1
+    bill = issue(live, town, "civil_affairs").json()
+    assert [x["name"] for x in bill["lines"]] == ["王*"]
+    assert bill["warnings"] == []
