@@ -95,3 +95,28 @@ def test_a_list_imported_by_its_due_date_on_the_business_clock_is_not_late(
     bill = issue(live, town, "civil_affairs").json()
     assert [x["name"] for x in bill["lines"]] == ["王*"]
     assert bill["warnings"] == []
+
+
+def test_crediting_every_line_of_a_part_paid_bill_gives_all_the_money_back(live: Live) -> None:
+    from backend.db import unit_of_work
+    from backend.ledger import service as ledger
+
+    town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    for name in ("王芳", "李梅"):
+        listed(live, name, "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    no = bill["bill_no"]
+    assert transfer(live, town, no, 30000, "A-1").status_code == 201
+    r = live.http.post(f"{BILLS}/bills/{no}/credit-notes", headers=town, json={
+        "items": [{"resident_ref": x["resident_ref"], "insurance": "medical"}
+                  for x in bill["lines"]], "reason": "not_eligible"})
+    assert r.status_code == 201, r.text
+    after = r.json()
+    assert (after["outstanding_fen"], after["overpaid_fen"]) == (0, 30000)
+    assert [n["refund_fen"] for n in after["credit_notes"]] == [30000]
+    with unit_of_work(live.rt.sessions) as s:
+        assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == 0
+        assert ledger.balance(s, ledger.REFUNDS) == -30000
+        assert ledger.balance(s, ledger.contributions("medical", 2021)) == 0
+    assert transfer(live, town, no, 1, "A-2").status_code == 409
