@@ -520,8 +520,11 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
         .where(col(DepartmentBillLine.id).in_(line_ids),
                col(DepartmentBillLine.bill_id) == bill.id)).all()
     now = rt.clock.now()
+    # The bill's row is locked (SQLite: the one writer): its notes are numbered in turn.
+    n = session.scalar(select(func.count()).select_from(DepartmentCreditNote).where(
+        col(DepartmentCreditNote.bill_id) == bill.id)) or 0
     note = DepartmentCreditNote(
-        credit_no=f"CN{bill.bill_no[2:]}{secrets.token_hex(2).upper()}"[:32], bill_id=bill.id,  # type: ignore[arg-type]
+        credit_no=f"CN{bill.bill_no[2:]}{int(n) + 1:03d}", bill_id=bill.id,  # type: ignore[arg-type]
         amount_fen=sum(line.amount_fen for line, _, _ in rows), reason=reason[:200],
         issued_by=principal.sub if principal else "system", issued_at=now)
     session.add(note)

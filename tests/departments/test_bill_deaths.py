@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from backend.imports.service import run_import
 from tests.conftest import Live
@@ -120,3 +121,23 @@ def test_crediting_every_line_of_a_part_paid_bill_gives_all_the_money_back(live:
         assert ledger.balance(s, ledger.REFUNDS) == -30000
         assert ledger.balance(s, ledger.contributions("medical", 2021)) == 0
     assert transfer(live, town, no, 1, "A-2").status_code == 409
+
+
+def test_credit_notes_on_one_bill_are_numbered_apart(live: Live, monkeypatch: Any) -> None:
+    """Two credit notes on a bill get different numbers, however the random draws fall (they
+    were the bill's number and 4 random hex digits: one pair in 65,536 collided, a 500)."""
+    from backend.departments import service
+
+    monkeypatch.setattr(service.secrets, "token_hex", lambda n: "ab" * n)
+    town_setup(live)
+    town = staff_headers(live, "town1", "town-pass1")
+    for name in ("王芳", "李梅"):
+        listed(live, name, "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    for line in bill["lines"]:
+        r = live.http.post(f"{BILLS}/bills/{bill['bill_no']}/credit-notes", headers=town, json={
+            "items": [{"resident_ref": line["resident_ref"], "insurance": "medical"}],
+            "reason": "not_eligible"})
+        assert r.status_code == 201, r.text
+    notes = [n["credit_no"] for n in r.json()["credit_notes"]]
+    assert len(notes) == len(set(notes)) == 2
