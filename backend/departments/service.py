@@ -212,13 +212,18 @@ def _candidates(session: Session, policy: Policy, department: str, town_code: st
 _LISTED = """SELECT l.resident_id, l.insurance FROM department_listings l
     JOIN residents r ON r.id = l.resident_id JOIN villages v ON v.code = r.village_code
     WHERE l.department = :department AND l.year = :year AND v.town_code = :town"""
-# Every listed item gets its bill line (lines are made on first use, as orders make them).
+# Every listed item gets its bill line (lines are made on first use, as orders make them),
+# made or locked in the order orders take them (resident, insurance): made in the list's
+# order, a new line held before an older one is waited for would deadlock with an order
+# holding the older line and making the new one. The no-op DO UPDATE locks an existing line
+# as ``orders.repository.bill_lines_for`` does.
 # (``WHERE true``: SQLite reads an ON CONFLICT after a bare FROM as a join's ON.)
 _MAKE_LINES = Statement(
     f"""INSERT INTO bill_lines (resident_id, year, insurance, status, created_at)
         SELECT listed.resident_id, :year, listed.insurance, 'unpaid', :now
         FROM ({_LISTED}) AS listed WHERE true
-        ON CONFLICT (resident_id, year, insurance) DO NOTHING""")
+        ORDER BY listed.resident_id, listed.insurance
+        ON CONFLICT (resident_id, year, insurance) DO UPDATE SET status = bill_lines.status""")
 # ... and is locked, in the order orders lock them (resident, insurance), with its claim.
 _LOCK_SQL = f"""SELECT b.id, b.resident_id, b.insurance, b.status, d.department
     FROM bill_lines b
@@ -439,6 +444,18 @@ _COVER_BILL_LINES = Statement(
               paid_fen = (SELECT d.amount_fen FROM department_bill_lines d
                           WHERE d.bill_id = :bill AND d.bill_line_id = bill_lines.id)
        WHERE claim_bill_id = :bill AND status = 'claimed'""")
+# Before the UPDATEs that mark or free a bill's lines, which take them in the table's order,
+# the lines are locked in the order orders lock them (resident, insurance): an order
+# holding one of them and waiting for another would otherwise deadlock with the bill.
+_LOCK_ORDER = " ORDER BY resident_id, insurance"
+_LOCK_CLAIMED_SQL = "SELECT id FROM bill_lines WHERE claim_bill_id = :bill" + _LOCK_ORDER
+_LOCK_CLAIMED = Statement(_LOCK_CLAIMED_SQL, postgresql=_LOCK_CLAIMED_SQL + " FOR UPDATE")
+_LOCK_CREDITED_SQL = """SELECT id FROM bill_lines WHERE id IN (
+    SELECT d.bill_line_id FROM department_credit_lines c
+    JOIN department_bill_lines d ON d.id = c.department_bill_line_id
+    WHERE c.credit_note_id = :note)""" + _LOCK_ORDER
+_LOCK_CREDITED = Statement(_LOCK_CREDITED_SQL,
+                           postgresql=_LOCK_CREDITED_SQL + " FOR UPDATE")
 _BY_INSURANCE = Statement(
     f"""SELECT d.insurance, COUNT(*), SUM(d.amount_fen) {_ACTIVE_LINES}
         GROUP BY d.insurance ORDER BY d.insurance""")
@@ -450,6 +467,7 @@ def _cover(rt: Runtime, session: Session, bill: DepartmentBill, now: datetime) -
     index allows each bill line one applied payment line), and one ledger entry that moves
     the money from the department's receivable to each insurance's contributions."""
     tx = Tx(session)
+    tx.all(_LOCK_CLAIMED, bill=bill.id)   # first: the order and payment lines' keys share them
     by_insurance = [(str(ins), int(n), int(fen)) for ins, n, fen in
                     tx.all(_BY_INSURANCE, bill=bill.id)]
     total = sum(fen for _, _, fen in by_insurance)
@@ -504,8 +522,11 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
         .where(col(DepartmentBillLine.id).in_(line_ids),
                col(DepartmentBillLine.bill_id) == bill.id)).all()
     now = rt.clock.now()
+    # The bill's row is locked (SQLite: the one writer): its notes are numbered in turn.
+    n = session.scalar(select(func.count()).select_from(DepartmentCreditNote).where(
+        col(DepartmentCreditNote.bill_id) == bill.id)) or 0
     note = DepartmentCreditNote(
-        credit_no=f"CN{bill.bill_no[2:]}{secrets.token_hex(2).upper()}"[:32], bill_id=bill.id,  # type: ignore[arg-type]
+        credit_no=f"CN{bill.bill_no[2:]}{int(n) + 1:03d}", bill_id=bill.id,  # type: ignore[arg-type]
         amount_fen=sum(line.amount_fen for line, _, _ in rows), reason=reason[:200],
         issued_by=principal.sub if principal else "system", issued_at=now)
     session.add(note)
@@ -514,20 +535,26 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
     released: list[int] = []
     given_back: list[int] = []
     credit_rows = []
+    # Transfers received beyond what is left of a bill not paid yet: owed back too, out of
+    # the released lines' amounts (the bill owed at least what was received before).
+    over = 0 if bill.payment_id is not None else max(0, note.amount_fen - outstanding(bill))
     for line, status, paid_payment in rows:
         paid_here = status == "paid" and bill.payment_id is not None \
             and paid_payment == bill.payment_id
-        credit_rows.append((note.id, line.id, line.amount_fen,
-                            line.amount_fen if paid_here else 0))
+        back = line.amount_fen if paid_here else min(over, line.amount_fen)
+        credit_rows.append((note.id, line.id, line.amount_fen, back))
         if paid_here:
             refund_legs[line.insurance] += line.amount_fen
             given_back.append(line.bill_line_id)
         else:
+            over -= back
             released.append(line.bill_line_id)
+    received_back = sum(back for *_, back in credit_rows) - sum(refund_legs.values())
     tx = Tx(session)
     tx.insert_many("department_credit_lines", (
         ("credit_note_id", "integer"), ("department_bill_line_id", "integer"),
         ("amount_fen", "bigint"), ("refund_fen", "bigint")), credit_rows)
+    tx.all(_LOCK_CREDITED, note=note.id)
     for k in range(0, len(released), CLAIM_BATCH):
         part = released[k:k + CLAIM_BATCH]
         tx.rowcount(Statement(
@@ -548,12 +575,16 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
                        paid_fen = NULL
                 WHERE paid_payment_id = :payment AND id IN ({ids})""", prepare=False),
             payment=bill.payment_id)
-    if refund_legs:
+    if refund_legs or received_back:
         where: dict[str, str | None] = {"town_code": bill.town_code, "channel": "department"}
         legs: list[ledger.Leg] = []
         for insurance, fen in sorted(refund_legs.items()):
             legs += [ledger.Leg(ledger.contributions(insurance, bill.year), fen, **where),
                      ledger.Leg(ledger.REFUNDS, -fen, **where)]
+        if received_back:   # from the receivable, which the cover then leaves at zero
+            legs += [ledger.Leg(ledger.department_receivable(bill.department), received_back,
+                                **where),
+                     ledger.Leg(ledger.REFUNDS, -received_back, **where)]
         ledger.post_entry(session, kind="department_credit",
                           reason=f"credit note {note.credit_no} on bill {bill.bill_no}: "
                                  f"{reason}"[:200], business_date=rt.clock.today(),
@@ -565,7 +596,7 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
     record(session, rt, principal, "department_bill.credited", "department_bill",
            bill.bill_no, reason=reason, details={
                "credit_no": note.credit_no, "lines": len(rows), "amount_fen": note.amount_fen,
-               "refund_fen": sum(refund_legs.values())})
+               "refund_fen": sum(back for *_, back in credit_rows)})
     return note
 
 
@@ -633,7 +664,12 @@ def credit_deceased(rt: Runtime, session: Session, deaths: dict[int, date]) -> l
         bill = session.get(DepartmentBill, bill_id, with_for_update=(
             session.get_bind().dialect.name == "postgresql"))
         assert bill is not None
-        notes.append(credit_lines(rt, session, None, bill, ids, "deceased").credit_no)
+        # a staff credit note may have taken some of them while we waited for the bill
+        done = set(session.scalars(select(col(DepartmentCreditLine.department_bill_line_id))
+                                   .where(col(DepartmentCreditLine.department_bill_line_id)
+                                          .in_(ids))))
+        if ids := [i for i in ids if i not in done]:
+            notes.append(credit_lines(rt, session, None, bill, ids, "deceased").credit_no)
     return notes
 
 

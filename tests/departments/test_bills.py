@@ -482,4 +482,7 @@ def test_a_bill_credited_whole_after_a_partial_transfer_owes_the_transfer_back(
     assert (after["outstanding_fen"], after["overpaid_fen"], after["paid_at"]) == (0, 10000, None)
     with unit_of_work(live.rt.sessions) as s:
         assert s.scalar(select(func.count()).select_from(Payment)) == 0    # no empty payment
-        assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == -10000
+        # the 10000 received is owed back: out of the receivable into the refunds payable
+        assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == 0
+        assert ledger.balance(s, ledger.REFUNDS) == -10000
+    assert [n["refund_fen"] for n in after["credit_notes"]] == [10000]
