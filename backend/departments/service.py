@@ -267,11 +267,12 @@ def _locked_lines(session: Session, department: str, year: int, town_code: str,
 
 # --------------------------------------------------------------------------- issuing
 def new_bill_no(session: Session, department: str, year: int) -> str:
-    """``DJ2021FP`` + the department's sequence number of the year + 4 random characters,
-    so two issuers at the same moment never collide."""
+    """``DJ2021FP`` + the department's sequence number of the year + 6 random hex digits:
+    two towns issuing the department's bills at the same moment take the same sequence
+    number, and the random part keeps their numbers apart."""
     n = session.scalar(select(func.count()).select_from(DepartmentBill).where(
         col(DepartmentBill.department) == department, col(DepartmentBill.year) == year)) or 0
-    return f"DJ{year}{ABBREVIATIONS[department]}{int(n) + 1:05d}{secrets.token_hex(2).upper()}"
+    return f"DJ{year}{ABBREVIATIONS[department]}{int(n) + 1:05d}{secrets.token_hex(3).upper()}"
 
 
 def issue_bill(rt: Runtime, principal: Principal, department: str, year: int,

@@ -31,7 +31,8 @@ class BillLine(SQLModel, table=True):
     insurance: str = Field(max_length=16)
     # unpaid | claimed (a department bill claims it: the department pays) | paid
     status: str = Field(default="unpaid", max_length=16)
-    claim_bill_id: int | None = Field(default=None, foreign_key="department_bills.id")
+    claim_bill_id: int | None = Field(default=None, foreign_key="department_bills.id",
+                                      index=True)
     paid_payment_id: int | None = Field(default=None)
     paid_tier_yuan: int | None = None
     paid_fen: int | None = Field(default=None, sa_type=Fen)

@@ -122,6 +122,7 @@ def upgrade() -> None:
         with op.batch_alter_table('bill_lines', schema=None) as batch_op:
             batch_op.add_column(claim)
             batch_op.create_foreign_key(CLAIM_FK, 'department_bills', ['claim_bill_id'], ['id'])
+    op.create_index('ix_bill_lines_claim_bill_id', 'bill_lines', ['claim_bill_id'])
     # A plain ADD COLUMN on both databases: postings is append-only (triggers), and a batch
     # copy of it on SQLite would drop them.
     op.add_column('postings', sa.Column('items', sa.Integer(), server_default='1',
@@ -131,6 +132,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     # SQLite drops a column in place (its triggers stay).
     op.drop_column('postings', 'items')
+    op.drop_index('ix_bill_lines_claim_bill_id', 'bill_lines')
     if op.get_bind().dialect.name == 'postgresql':
         op.drop_constraint(CLAIM_FK, 'bill_lines', type_='foreignkey')
         op.drop_column('bill_lines', 'claim_bill_id')
