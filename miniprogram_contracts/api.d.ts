@@ -286,6 +286,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/departments/bills": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Bills
+         * @description The bills (and supplements) the caller may read, newest first, without their lines:
+         *     what is received and outstanding of each. Town staff see their town's, a department
+         *     user its own department's; finance, auditors and admins all.
+         */
+        get: operations["list_bills_api_v1_departments_bills_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/departments/bills/{bill_no}": {
         parameters: {
             query?: never;
@@ -1152,6 +1174,11 @@ export interface components {
             /** Village Code */
             village_code: string;
         };
+        /** BillList */
+        BillList: {
+            /** Bills */
+            bills: components["schemas"]["BillSummary"][];
+        };
         /** BillOut */
         BillOut: {
             /** Bill No */
@@ -1212,6 +1239,47 @@ export interface components {
             transfers: components["schemas"]["TransferOut"][];
             /** Warnings */
             warnings: string[];
+            /** Year */
+            year: number;
+        };
+        /** BillSummary */
+        BillSummary: {
+            /** Bill No */
+            bill_no: string;
+            /** Credited Fen */
+            credited_fen: number;
+            /**
+             * Department
+             * @enum {string}
+             */
+            department: "civil_affairs" | "disabled_federation" | "health" | "poverty_office" | "finance";
+            /**
+             * Issued At
+             * Format: date-time
+             */
+            issued_at: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "bill" | "supplement";
+            /** Lines */
+            lines: number;
+            /** Outstanding Fen */
+            outstanding_fen: number;
+            /** Paid At */
+            paid_at: string | null;
+            /** Received Fen */
+            received_fen: number;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "issued" | "partially_paid" | "paid";
+            /** Total Fen */
+            total_fen: number;
+            /** Town Code */
+            town_code: string;
             /** Year */
             year: number;
         };
@@ -3716,6 +3784,72 @@ export interface operations {
                         error: {
                             /** @enum {string} */
                             code: "declaration_mismatch";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    list_bills_api_v1_departments_bills_get: {
+        parameters: {
+            query?: {
+                year?: number | null;
+                department?: ("civil_affairs" | "disabled_federation" | "health" | "poverty_office" | "finance") | null;
+                town?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BillList"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };

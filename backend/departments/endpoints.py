@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from backend.departments import service
 from backend.departments.schemas import (
+    CODE,
     BillCreate,
+    BillList,
     BillOut,
     CreditNoteCreate,
     Department,
@@ -41,6 +43,19 @@ def issue_bill(department: Department, body: BillCreate, rt: RuntimeDep,
     Town staff for their town, finance for any; others 403.
     """
     return service.issue_bill(rt, principal, department, body.year, body.town_code)
+
+
+@router.get("/bills", response_model=BillList,
+            responses=errors(*STAFF, "validation_error"))
+def list_bills(session: SessionDep, principal: CurrentPrincipal,
+               year: Annotated[int | None, Query(ge=2000, le=2100)] = None,
+               department: Department | None = None,
+               town: Annotated[str | None, Query(pattern=CODE)] = None) -> BillList:
+    """The bills (and supplements) the caller may read, newest first, without their lines:
+    what is received and outstanding of each. Town staff see their town's, a department
+    user its own department's; finance, auditors and admins all."""
+    return BillList(bills=service.list_bills(session, principal, year=year,
+                                             department=department, town=town))
 
 
 @router.get("/bills/{bill_no}", response_model=BillOut,

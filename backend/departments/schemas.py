@@ -97,3 +97,23 @@ class BillOut(BaseModel):
     warnings: list[str]
     excluded: list[ExcludedOut] = Field(description="On the answer that issues the bill: "
                                                     "listed people left out, and why.")
+
+
+class BillSummary(BaseModel):
+    bill_no: str
+    department: Department
+    town_code: str
+    year: int
+    kind: Literal["bill", "supplement"]
+    status: Literal["issued", "partially_paid", "paid"]
+    lines: int
+    total_fen: int
+    credited_fen: int
+    received_fen: int
+    outstanding_fen: int
+    issued_at: datetime
+    paid_at: datetime | None
+
+
+class BillList(BaseModel):
+    bills: list[BillSummary]

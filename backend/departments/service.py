@@ -41,6 +41,7 @@ from backend.departments.models import (
 from backend.departments.schemas import (
     BillLineOut,
     BillOut,
+    BillSummary,
     CreditNoteOut,
     ExcludedOut,
     TransferOut,
@@ -681,6 +682,36 @@ def get_bill(rt: Runtime, session: Session, principal: Principal, bill_no: str) 
         raise NotFound(f"no department bill {bill_no}")
     _reader(principal, bill)
     return _render(rt, session, principal, bill)
+
+
+def list_bills(session: Session, principal: Principal, *, year: int | None,
+               department: str | None, town: str | None) -> list[BillSummary]:
+    """The bills a caller may read, newest first, without their lines: finance, auditors
+    and admins all; town staff their town's; a department user its own department's."""
+    stmt = select(DepartmentBill).order_by(col(DepartmentBill.id).desc())
+    if principal.role == "town_staff":
+        if town is not None and town != principal.town_code:
+            raise Forbidden("town staff see their own town's bills only")
+        town = principal.town_code
+    elif principal.role == "department":
+        if department is not None and department != principal.department:
+            raise Forbidden("a department sees its own bills only")
+        department = principal.department
+    elif principal.role not in DISTRICT_ROLES:
+        raise Forbidden("department bills are for town staff, finance, auditors, admins and "
+                        "the departments")
+    if year is not None:
+        stmt = stmt.where(col(DepartmentBill.year) == year)
+    if department is not None:
+        stmt = stmt.where(col(DepartmentBill.department) == department)
+    if town is not None:
+        stmt = stmt.where(col(DepartmentBill.town_code) == town)
+    return [BillSummary(
+        bill_no=b.bill_no, department=b.department, town_code=b.town_code,  # type: ignore[arg-type]
+        year=b.year, kind=b.kind, status=_status(b), lines=b.lines,  # type: ignore[arg-type]
+        total_fen=b.total_fen, credited_fen=b.credited_fen, received_fen=b.received_fen,
+        outstanding_fen=max(outstanding(b), 0), issued_at=b.issued_at, paid_at=b.paid_at)
+        for b in session.scalars(stmt)]
 
 
 def _render(rt: Runtime, session: Session, principal: Principal, bill: DepartmentBill, *,

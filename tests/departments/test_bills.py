@@ -486,3 +486,31 @@ def test_a_bill_credited_whole_after_a_partial_transfer_owes_the_transfer_back(
         assert ledger.balance(s, ledger.department_receivable("civil_affairs")) == 0
         assert ledger.balance(s, ledger.REFUNDS) == -10000
     assert [n["refund_fen"] for n in after["credit_notes"]] == [10000]
+
+
+def test_staff_and_departments_list_the_bills_they_may_read(live: Live) -> None:
+    town_setup(live)
+    town, fin = staff_headers(live, "town1", "town-pass1"), staff_headers(live, "fin1",
+                                                                          "fin-pass1")
+    dept = staff_headers(live, "dept1", "dept-pass1")              # 民政
+    listed(live, "王芳", "civil_affairs", "medical")
+    listed(live, "赵六", "disabled_federation", "pension")
+    civil = issue(live, town, "civil_affairs").json()
+    cl = issue(live, town, "disabled_federation").json()
+    transfer(live, town, civil["bill_no"], 10000, "L-1")
+
+    def listed_bills(h: dict[str, str], **params: Any) -> list[tuple[str, str, int]]:
+        r = live.http.get(f"{BILLS}/bills", headers=h, params=params)
+        assert r.status_code == 200, r.text
+        return [(b["bill_no"], b["status"], b["outstanding_fen"]) for b in r.json()["bills"]]
+
+    assert listed_bills(fin) == [(cl["bill_no"], "issued", 10000),
+                                 (civil["bill_no"], "partially_paid", 18000)]
+    assert listed_bills(town, year=2021, department="civil_affairs") == [
+        (civil["bill_no"], "partially_paid", 18000)]
+    assert listed_bills(dept) == [(civil["bill_no"], "partially_paid", 18000)]
+    assert live.http.get(f"{BILLS}/bills", headers=dept,
+                         params={"department": "health"}).status_code == 403
+    assert live.http.get(f"{BILLS}/bills", headers=town,
+                         params={"town": OTHER_TOWN}).status_code == 403
+    assert live.http.get(f"{BILLS}/bills", headers=staff_headers(live)).status_code == 403
