@@ -383,11 +383,19 @@ def change_heading(p: Publication) -> str:
 
 
 def _cells(ws: WriteOnlyWorksheet, row: list[object]) -> list[object]:
+    """A row's cells: amounts as yuan numbers; text kept as text. openpyxl takes any string
+    starting with ``=`` for a formula — a name or village name so written would be a
+    formula in the published file (spreadsheet injection) — so such text is typed as a
+    string."""
     out: list[object] = []
     for v in row:
         if isinstance(v, Fen):
             cell = WriteOnlyCell(ws, value=Decimal(int(v)).scaleb(-2))
             cell.number_format = MONEY
+            out.append(cell)
+        elif isinstance(v, str) and v.startswith("="):
+            cell = WriteOnlyCell(ws, value=v)
+            cell.data_type = "s"
             out.append(cell)
         else:
             out.append(v)
@@ -400,16 +408,16 @@ def write_xlsx(p: Publication) -> bytes:
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(TITLES[p.kind])
     for line in header_rows(p):
-        ws.append(line)
+        ws.append(_cells(ws, line))
     head, body, total = table(p)
-    ws.append(head)
+    ws.append(_cells(ws, list(head)))
     for row in body:
         ws.append(_cells(ws, row))
     ws.append([])
     ws.append(_cells(ws, total))
     if p.changes is not None:
         changes = wb.create_sheet("变更")
-        changes.append([change_heading(p)])
+        changes.append(_cells(changes, [change_heading(p)]))
         changes.append(CHANGE_HEADERS)
         for row in change_table(p):
             changes.append(_cells(changes, row))
