@@ -139,13 +139,18 @@ def _item(item: dict[str, Any] | None) -> dict[str, Any] | None:
 def diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[str, Any]:
     """What changed from ``old`` to ``new``: residents added and removed, and per insurance
     of a resident on both, the item whose state, amount or payer differs (old → new; an item
-    only on one side has null on the other)."""
+    only on one side has null on the other). A resident on both whose (masked) name or ID
+    number was corrected is a change too, with ``insurance`` null and the person old → new:
+    else a version made for such a correction would list nothing changed."""
     before = {r["resident_id"]: r for r in old}
     after = {r["resident_id"]: r for r in new}
     changed = []
     for rid, row in after.items():
         if rid not in before:
             continue
+        if _person(before[rid]) != _person(row):
+            changed.append({**_person(row), "insurance": None, "old": _person(before[rid]),
+                            "new": _person(row)})
         was = {i["insurance"]: _item(i) for i in before[rid]["items"]}
         now = {i["insurance"]: _item(i) for i in row["items"]}
         for insurance in INSURANCE:
@@ -370,9 +375,14 @@ def change_table(p: Publication) -> list[list[object]]:
              for r in changes.get("added", [])]
     rows += [["移除", r["name"], r["id_masked"], "", "", "", "", "", "", ""]
              for r in changes.get("removed", [])]
-    rows += [["更改", c["name"], c["id_masked"], INSURANCE[c["insurance"]],
-              *_item_cells(c["old"]), *_item_cells(c["new"])]
-             for c in changes.get("changed", [])]
+    for c in changes.get("changed", []):
+        if c["insurance"] is None:     # the name or ID number corrected: was, then is
+            rows += [[f"更正（{was}）", person["name"], person["id_masked"], "姓名/身份证号",
+                      "", "", "", "", "", ""]
+                     for was, person in (("原", c["old"]), ("新", c["new"]))]
+        else:
+            rows.append(["更改", c["name"], c["id_masked"], INSURANCE[c["insurance"]],
+                         *_item_cells(c["old"]), *_item_cells(c["new"])])
     return rows
 
 
