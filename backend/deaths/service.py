@@ -161,6 +161,7 @@ def apply_deaths(rt: Runtime, session: Session, id_hashes: Sequence[str], *,
         for rid, _, died in people]
     result.deceased = [d for d in result.deceased if d.years]
     by_resident = {d.resident_id: d for d in result.deceased}
+    _lock_orders_of(session, sorted(by_resident))
     result.orders_closed = _close_pending_orders(session, by_resident)
     result.refunds, result.not_refunded = refund_paid_items(
         rt, session, resident_ids=sorted(by_resident), at=rt.clock.now())
@@ -214,6 +215,23 @@ def _known_years(rt: Runtime, session: Session, resident_ids: Sequence[int]) -> 
         years.update(y for (y,) in session.execute(
             select(col(BillLine.year)).where(col(BillLine.resident_id).in_(chunk)).distinct()))
     return sorted(years)
+
+
+def _lock_orders_of(session: Session, resident_ids: Sequence[int]) -> None:
+    """Lock every order holding an item of these residents (in id order, as every path
+    locks orders) before their payments are read. A payment for one of them — its
+    confirmation locks the order — then either committed first and is read here, or waits
+    for this import and sees its deaths rows (``refund_late_payment``). Read unlocked, money
+    for a closed order confirmed meanwhile was refunded by neither: the import had not seen
+    it, and the confirmation had not seen the death."""
+    ids: set[int] = set()
+    for chunk in _chunks(resident_ids):
+        ids.update(int(i) for (i,) in session.execute(
+            select(col(OrderLine.order_id)).where(col(OrderLine.resident_id).in_(chunk))
+            .distinct()))
+    for chunk in _chunks(sorted(ids)):
+        session.execute(select(col(Order.id)).where(col(Order.id).in_(chunk))
+                        .order_by(col(Order.id)).with_for_update()).all()
 
 
 def _close_pending_orders(session: Session, deceased: dict[int, Deceased]) -> int:

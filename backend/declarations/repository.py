@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import and_, case, exists, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
 
 from backend.agents.models import AgentCollection
+from backend.departments.models import (
+    DepartmentBill,
+    DepartmentBillLine,
+    DepartmentCreditLine,
+    DepartmentCreditNote,
+)
 from backend.ledger.models import COLLECTED, CONTRIBUTIONS, JournalEntry, LedgerAccount, Posting
 from backend.orders.models import (
     Attempt,
@@ -70,7 +76,8 @@ def payment_rows(session: Session, day: date, town: str) -> list[Row]:
     village = func.coalesce(col(ol.village_code), col(Resident.village_code))
     town_of = func.coalesce(col(ol.town_code), col(home.town_code))
     was_applied = or_(col(PaymentLine.applied), exists().where(
-        col(RefundLine.payment_line_id) == col(PaymentLine.id), col(RefundLine.applied)))
+        col(RefundLine.payment_line_id) == col(PaymentLine.id), col(RefundLine.applied)),
+        _credited_back(col(PaymentLine.payment_id), col(PaymentLine.bill_line_id)))
     # the entry that applied the payment: the one with its ``collected`` postings
     applying = exists().where(col(Posting.entry_id) == col(JournalEntry.id),
                               col(Posting.measure) == COLLECTED)
@@ -127,6 +134,50 @@ def refund_rows(session: Session, day: date, town: str) -> list[Row]:
         .where(col(JournalEntry.business_date) == day, col(JournalEntry.kind) == "refund",
                col(RefundLine.applied), col(Village.town_code) == town)
         .order_by(col(Refund.refunded_at), col(RefundLine.id)))
+    return [Row(REFUND, cast(int, i), enc, name, v, vname, ins, int(y),
+                int(tier) if tier is not None else None, -int(fen), ch, str(ref), at)
+            for i, enc, name, v, vname, ins, y, tier, fen, ch, ref, at in session.execute(stmt)]
+
+
+def _credited_back(payment_id: Any, bill_line_id: Any) -> Any:
+    """Whether a department credit note gave back what the bill's payment paid for this
+    item: like a refund, it unapplied the payment line without a refund line."""
+    return exists().where(
+        col(DepartmentCreditLine.department_bill_line_id) == col(DepartmentBillLine.id),
+        col(DepartmentBillLine.bill_id) == col(DepartmentBill.id),
+        col(DepartmentBill.payment_id) == payment_id,
+        col(DepartmentBillLine.bill_line_id) == bill_line_id)
+
+
+def credit_rows(session: Session, day: date, town: str) -> list[Row]:
+    """The items paid by a department bill that a credit note gave back (冲减: the money is
+    owed back to the department), whose ``department_credit`` entry was posted into ``day``,
+    in the bill's town (where the ledger put it), as refunds of items paid. The entry names
+    its credit note (``reason``: "credit note {credit_no} on bill …"): no refund row here.
+    Lines a credit note released before they were paid moved no contributions: left out."""
+    paid = aliased(PaymentLine)
+    stmt = (
+        select(col(DepartmentCreditLine.id), col(Resident.id_enc), col(Resident.name),
+               col(Village.code), col(Village.name), col(DepartmentBillLine.insurance),
+               col(DepartmentBill.year), col(DepartmentBillLine.tier_yuan),
+               col(DepartmentCreditLine.refund_fen), literal("department"),
+               col(DepartmentCreditNote.credit_no), col(DepartmentCreditNote.issued_at))
+        .select_from(JournalEntry)
+        .join(DepartmentCreditNote, col(JournalEntry.reason).like(
+            literal("credit note ") + col(DepartmentCreditNote.credit_no) + " on bill %"))
+        .join(DepartmentCreditLine,
+              col(DepartmentCreditLine.credit_note_id) == col(DepartmentCreditNote.id))
+        .join(DepartmentBillLine,
+              col(DepartmentBillLine.id) == col(DepartmentCreditLine.department_bill_line_id))
+        .join(DepartmentBill, col(DepartmentBill.id) == col(DepartmentBillLine.bill_id))
+        .join(paid, and_(col(paid.payment_id) == col(DepartmentBill.payment_id),
+                         col(paid.bill_line_id) == col(DepartmentBillLine.bill_line_id)))
+        .join(Resident, col(Resident.id) == col(DepartmentBillLine.resident_id))
+        .outerjoin(Village, col(Village.code) == col(DepartmentBillLine.village_code))
+        .where(col(JournalEntry.business_date) == day,
+               col(JournalEntry.kind) == "department_credit",
+               col(DepartmentBill.town_code) == town)
+        .order_by(col(DepartmentCreditNote.issued_at), col(DepartmentCreditLine.id)))
     return [Row(REFUND, cast(int, i), enc, name, v, vname, ins, int(y),
                 int(tier) if tier is not None else None, -int(fen), ch, str(ref), at)
             for i, enc, name, v, vname, ins, y, tier, fen, ch, ref, at in session.execute(stmt)]

@@ -182,8 +182,9 @@ def _declaration(rt: Runtime, session: Session, principal: Principal, town_code:
     if session.get(ClosedDay, day) is None:
         raise Conflict(f"{day} is not closed: a declaration is made of a closed day only "
                        "(reconciled, then closed by finance)", code="day_not_closed")
-    rows = repo.payment_rows(session, day, town_code) + repo.refund_rows(session, day,
-                                                                         town_code)
+    rows = (repo.payment_rows(session, day, town_code)
+            + repo.refund_rows(session, day, town_code)
+            + repo.credit_rows(session, day, town_code))
     wrong = disagreements(rows, repo.ledger_side(session, day, town_code))
     if wrong:
         log.error("DECLARATION REFUSED: town %s %s disagrees with the ledger: %s", town_code,

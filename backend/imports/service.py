@@ -629,7 +629,9 @@ class _Deaths(_Kind[DeathRecord]):
         compared = ["id_masked", "name", "died_on"]
         writer = _BulkWrite(self.session, Death.__table__, ["id_hash"],  # type: ignore[attr-defined]
                             ["id_hash", *compared], returning="id_hash", compared=compared,
-                            constants={"imported_at": utcnow()}, touched=["imported_at"])
+                            # the business clock: when the list was taken in
+                            constants={"imported_at": self.rt.clock.now()},
+                            touched=["imported_at"])
         pii = self.rt.pii
         hashes: list[str] = []
         changed: list[str] = []

@@ -139,13 +139,18 @@ def _item(item: dict[str, Any] | None) -> dict[str, Any] | None:
 def diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[str, Any]:
     """What changed from ``old`` to ``new``: residents added and removed, and per insurance
     of a resident on both, the item whose state, amount or payer differs (old → new; an item
-    only on one side has null on the other)."""
+    only on one side has null on the other). A resident on both whose (masked) name or ID
+    number was corrected is a change too, with ``insurance`` null and the person old → new:
+    else a version made for such a correction would list nothing changed."""
     before = {r["resident_id"]: r for r in old}
     after = {r["resident_id"]: r for r in new}
     changed = []
     for rid, row in after.items():
         if rid not in before:
             continue
+        if _person(before[rid]) != _person(row):
+            changed.append({**_person(row), "insurance": None, "old": _person(before[rid]),
+                            "new": _person(row)})
         was = {i["insurance"]: _item(i) for i in before[rid]["items"]}
         now = {i["insurance"]: _item(i) for i in row["items"]}
         for insurance in INSURANCE:
@@ -370,9 +375,14 @@ def change_table(p: Publication) -> list[list[object]]:
              for r in changes.get("added", [])]
     rows += [["移除", r["name"], r["id_masked"], "", "", "", "", "", "", ""]
              for r in changes.get("removed", [])]
-    rows += [["更改", c["name"], c["id_masked"], INSURANCE[c["insurance"]],
-              *_item_cells(c["old"]), *_item_cells(c["new"])]
-             for c in changes.get("changed", [])]
+    for c in changes.get("changed", []):
+        if c["insurance"] is None:     # the name or ID number corrected: was, then is
+            rows += [[f"更正（{was}）", person["name"], person["id_masked"], "姓名/身份证号",
+                      "", "", "", "", "", ""]
+                     for was, person in (("原", c["old"]), ("新", c["new"]))]
+        else:
+            rows.append(["更改", c["name"], c["id_masked"], INSURANCE[c["insurance"]],
+                         *_item_cells(c["old"]), *_item_cells(c["new"])])
     return rows
 
 
@@ -383,11 +393,19 @@ def change_heading(p: Publication) -> str:
 
 
 def _cells(ws: WriteOnlyWorksheet, row: list[object]) -> list[object]:
+    """A row's cells: amounts as yuan numbers; text kept as text. openpyxl takes any string
+    starting with ``=`` for a formula — a name or village name so written would be a
+    formula in the published file (spreadsheet injection) — so such text is typed as a
+    string."""
     out: list[object] = []
     for v in row:
         if isinstance(v, Fen):
             cell = WriteOnlyCell(ws, value=Decimal(int(v)).scaleb(-2))
             cell.number_format = MONEY
+            out.append(cell)
+        elif isinstance(v, str) and v.startswith("="):
+            cell = WriteOnlyCell(ws, value=v)
+            cell.data_type = "s"
             out.append(cell)
         else:
             out.append(v)
@@ -400,16 +418,16 @@ def write_xlsx(p: Publication) -> bytes:
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(TITLES[p.kind])
     for line in header_rows(p):
-        ws.append(line)
+        ws.append(_cells(ws, line))
     head, body, total = table(p)
-    ws.append(head)
+    ws.append(_cells(ws, list(head)))
     for row in body:
         ws.append(_cells(ws, row))
     ws.append([])
     ws.append(_cells(ws, total))
     if p.changes is not None:
         changes = wb.create_sheet("变更")
-        changes.append([change_heading(p)])
+        changes.append(_cells(changes, [change_heading(p)]))
         changes.append(CHANGE_HEADERS)
         for row in change_table(p):
             changes.append(_cells(changes, row))

@@ -27,7 +27,7 @@ from backend.imports.columns import COLUMNS
 from backend.imports.service import ImportReport, run_import
 from backend.orders.models import BillLine, Order, Refund, RefundLine
 from backend.outbox.service import run_due
-from backend.residents.models import Resident
+from backend.residents.models import Death, Resident
 from tests.conftest import Live
 from tests.orders.helpers import (
     get_order,
@@ -111,6 +111,10 @@ def test_a_death_after_payment_before_the_year_refunds_the_payment_once(
     printed = capsys.readouterr().out
     assert "1 resident marked deceased" in printed and "1 refund queued (580.00 yuan)" in printed
     assert "0 pending orders closed" in printed
+    # the list is dated by the business clock, not the wall clock
+    with unit_of_work(live.rt.sessions) as s:
+        imported = s.scalar(select(Death.imported_at))
+    assert imported is not None and imported.astimezone(SHANGHAI).date() == date(2020, 12, 10)
 
     [refund] = refunds(live)
     assert (refund.reason, refund.status, refund.method, refund.amount_fen) == (
@@ -339,3 +343,48 @@ def test_only_the_deceased_residents_items_of_a_household_order_are_refunded(
         lines = {b.resident_id: b.status for b in s.scalars(select(BillLine))}
     assert lines == {ids["张三"]: "unpaid", ids["李梅"]: "paid"}
     assert get_order(live, h, body["order_no"])["status"] == "partially_refunded"
+
+
+@pytest.mark.parametrize("backend_name", ["postgres"])
+def test_money_confirmed_for_a_closed_order_while_the_list_is_imported_is_refunded(
+        live: Live, people: dict[str, str]) -> None:
+    """张三's Alipay order was closed on our side; his relative pays the code still open
+    while the death list naming him is being imported. The import reads his payments
+    before it commits; the confirmation reads the deaths before the import commits. Unless
+    one waits for the other (the import locks his orders first), neither refunds: money
+    kept for a dead person."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from backend.deaths.service import apply_deaths
+
+    h = resident_headers(live)
+    zhang = ref(live, h, "张三", people["张三"])
+    body = order(live, h, "alipay_qr", [{"resident_ref": zhang, "insurance": "medical"}]).json()
+    with unit_of_work(live.rt.sessions) as s:
+        s.execute(text("UPDATE orders SET status = 'closed' WHERE order_no = :n"),
+                  {"n": body["order_no"]})
+    paying: dict[str, Any] = {}
+
+    def relative_pays() -> None:
+        paying["answer"] = pay(live, body["payment"]["out_trade_no"])
+
+    id_hash = live.rt.pii.hash(people["张三"])
+    payer = threading.Thread(target=relative_pays)
+    with unit_of_work(live.rt.sessions) as s:
+        s.add(Death(id_hash=id_hash, id_masked="x", name="张三", died_on=date(2020, 10, 20)))
+        s.flush()
+        applied = apply_deaths(live.rt, s, [id_hash], changed=[id_hash])
+        assert applied.refunds_queued == 0          # nothing received yet
+        payer.start()
+        time.sleep(1.0)                             # the confirmation comes meanwhile
+    payer.join(20)
+    assert "answer" in paying
+    for _ in range(200):
+        if refunds(live):
+            break
+        time.sleep(0.05)
+    [refund] = refunds(live)
+    assert (refund.reason, refund.amount_fen) == ("deceased", MEDICAL)

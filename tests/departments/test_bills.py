@@ -442,6 +442,46 @@ def test_the_declaration_lists_a_covered_bills_residents_and_agrees_with_the_led
     assert "56000" in next(x for x in text_.splitlines() if x.startswith("汇总,合计"))
 
 
+def test_a_credit_note_on_a_covered_bill_is_declared_as_a_refund(live: Live) -> None:
+    """A bill covered on 11-02, 王芳's line credited on 11-03 (paid: owed back to the
+    department). The credit unapplies her payment line without a refund row: 11-02's
+    declaration still lists her item paid, and 11-03's lists it given back — both agree
+    with the ledger (they were refused with declaration_mismatch)."""
+    from datetime import datetime
+
+    from tests.declarations.test_declarations import _close
+
+    people = town_setup(live)
+    town, fin = staff_headers(live, "town1", "town-pass1"), staff_headers(live, "fin1",
+                                                                          "fin-pass1")
+    for name in ("王芳", "李梅"):
+        listed(live, name, "civil_affairs", "medical")
+    bill = issue(live, town, "civil_affairs").json()
+    assert transfer(live, town, bill["bill_no"], 56000, "F-1").json()["status"] == "paid"
+    wang = next(x for x in bill["lines"] if x["name"] == "王*")
+    live.rt.clock.advance_to(datetime.fromisoformat("2020-11-03T10:00:00+08:00"))
+    _close(live, fin, date(2020, 11, 2))
+    r = live.http.post(f"{BILLS}/bills/{bill['bill_no']}/credit-notes", headers=town, json={
+        "items": [{"resident_ref": wang["resident_ref"], "insurance": "medical"}],
+        "reason": "not_eligible"})
+    assert r.json()["credit_notes"][-1]["refund_fen"] == 28000
+    note = r.json()["credit_notes"][-1]["credit_no"]
+    live.rt.clock.advance_to(datetime.fromisoformat("2020-11-04T10:00:00+08:00"))
+    _close(live, fin, date(2020, 11, 3))
+    paid = live.http.get(f"/api/v1/declarations/{TOWN}/2020-11-02.csv", headers=fin)
+    assert paid.status_code == 200, paid.text
+    assert "56000" in next(x for x in paid.content.decode("utf-8-sig").splitlines()
+                           if x.startswith("汇总,合计"))
+    back = live.http.get(f"/api/v1/declarations/{TOWN}/2020-11-03.csv", headers=fin)
+    assert back.status_code == 200, back.text
+    lines = back.content.decode("utf-8-sig").splitlines()
+    row = next(x for x in lines if people["王芳"] in x)
+    assert "退费" in row and "-28000" in row and note in row and VILLAGE in row
+    assert not any(people["李梅"] in x for x in lines)
+    assert next(x for x in lines if x.startswith("汇总,合计")).split(",")[2:7] == [
+        "0", "0", "1", "28000", "-28000"]
+
+
 def test_a_list_that_came_after_the_due_date_is_billed_with_a_warning(
         live: Live, tmp_path: Any) -> None:
     """The plan wants the lists by 10-31. The business clock dates the import: 民政's list

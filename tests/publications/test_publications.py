@@ -159,3 +159,34 @@ def test_publications_content_masking_and_scope(rt: Runtime, client: TestClient)
         assert r.status_code == status, (who, path, r.text)
         assert says in r.json()["error"]["message"], r.text
     assert client.get(url % "roster", params={"year": 2021}).status_code == 401
+
+
+def test_text_starting_with_equals_is_text_not_a_formula() -> None:
+    """openpyxl writes any string starting with ``=`` as a formula: a (masked) name or a
+    village's name so written must stay text in the published XLSX (spreadsheet
+    injection)."""
+    import zipfile
+
+    from backend.publications.service import Publication, write_xlsx
+    from backend.residents.models import Town
+
+    item = {"insurance": "medical", "status": "unpaid", "amount_due_fen": 38000,
+            "paid_by": None, "reason": None}
+    rows = [{"resident_id": 1, "name": "=HYPERLINK(\"http://x\",\"y\")",
+             "id_masked": "370406********1234", "items": [item]}]
+    p = Publication(village=Village(code=VILLAGE, name="=1+1", town_code=TOWN),
+                    town=Town(code=TOWN, name="山亭镇"), year=2021, kind="roster",
+                    window_start=date(2020, 11, 2), window_end=date(2020, 11, 4),
+                    generated_at=NOW, rows=rows, version=2, published_at=NOW,
+                    changes={"added": [{"resident_id": 1, "name": "=2+2",
+                                        "id_masked": "370406********1234"}],
+                             "removed": [], "changed": []})
+    content = write_xlsx(p)
+    with zipfile.ZipFile(io.BytesIO(content)) as z:
+        sheets = [z.read(n).decode() for n in z.namelist() if n.startswith("xl/worksheets/")]
+    assert len(sheets) == 2 and not any("<f>" in x for x in sheets)
+    wb = load_workbook(io.BytesIO(content))
+    texts = [c.value for ws in wb.worksheets for row in ws.iter_rows() for c in row
+             if isinstance(c.value, str)]
+    assert "=HYPERLINK(\"http://x\",\"y\")" in texts and "=2+2" in texts
+    assert any("=1+1" in t for t in texts)

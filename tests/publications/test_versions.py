@@ -168,3 +168,29 @@ def test_publish_correct_and_republish(rt: Runtime, client: TestClient) -> None:
         assert events[1].details["changes"] == {"added": 1, "removed": 1, "changed": 1}
         assert events[2].details["window_start"] == "2020-11-06"
         assert verify(s)[0]
+
+
+def test_a_corrected_name_is_a_change_of_the_correction(rt: Runtime, client: TestClient
+                                                         ) -> None:
+    """张三's surname was misspelt (章三) on version 1; the registry is corrected and version
+    2 published within the window: its change list says so (it listed nothing changed)."""
+    h, numbers = _seed(rt)
+    with unit_of_work(rt.sessions) as s:
+        zhang = s.scalars(select(Resident).where(col(Resident.name) == "张三")).one()
+        zhang.name = "章三"
+    assert client.post(f"{BASE}/roster", params=Y, headers=h["town_staff"]).status_code == 201
+    with unit_of_work(rt.sessions) as s:
+        s.scalars(select(Resident).where(col(Resident.name) == "章三")).one().name = "张三"
+    r = client.post(f"{BASE}/roster", params=Y, headers=h["town_staff"])
+    assert r.status_code == 201, r.text
+    assert r.json()["correction"] is True
+    assert r.json()["changes"] == {"added": 0, "removed": 0, "changed": 1}
+    f2 = client.get(f"{BASE}/roster.xlsx", params=Y, headers=h["town_staff"])
+    changes = _sheets(f2.content)["变更"]
+    assert changes[0][0] == "第2版相对第1版的变更：新增0人，移除0人，更改1项"
+    assert [row[:2] for row in changes[2:]] == [("更正（原）", "章*"), ("更正（新）", "张*")]
+    _no_personal_data(changes, numbers, f2.content)
+    pdf = client.get(f"{BASE}/roster.pdf", params=Y, headers=h["town_staff"])
+    assert pdf.status_code == 200
+    text = "\n".join(pdf_text(pdf.content))
+    assert "更正（原） 章*" in text and "更正（新） 张*" in text
