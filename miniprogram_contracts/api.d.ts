@@ -664,7 +664,7 @@ export interface paths {
          *     window is a correction (更正): it keeps that window and its files list what changed. One
          *     published after the window closed opens a new window. Nothing changed since the latest
          *     version: 409 `publication_unchanged`; another version published at the same moment: 409
-         *     `conflict`.
+         *     `publication_version_taken`.
          *
          *     Scope: town staff of the village's town and finance; others (auditors, admins and
          *     agents read the files only) 403. An unknown village: 404; an unknown `kind` or a `year`

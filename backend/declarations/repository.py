@@ -152,8 +152,8 @@ def _credited_back(payment_id: Any, bill_line_id: Any) -> Any:
 def credit_rows(session: Session, day: date, town: str) -> list[Row]:
     """The items paid by a department bill that a credit note gave back (冲减: the money is
     owed back to the department), whose ``department_credit`` entry was posted into ``day``,
-    in the bill's town (where the ledger put it), as refunds of items paid. The entry names
-    its credit note (``reason``: "credit note {credit_no} on bill …"): no refund row here.
+    in the bill's town (where the ledger put it), as refunds of items paid. The credit note
+    names its entry (``entry_id``): there is no refund row here.
     Lines a credit note released before they were paid moved no contributions: left out."""
     paid = aliased(PaymentLine)
     stmt = (
@@ -163,8 +163,7 @@ def credit_rows(session: Session, day: date, town: str) -> list[Row]:
                col(DepartmentCreditLine.refund_fen), literal("department"),
                col(DepartmentCreditNote.credit_no), col(DepartmentCreditNote.issued_at))
         .select_from(JournalEntry)
-        .join(DepartmentCreditNote, col(JournalEntry.reason).like(
-            literal("credit note ") + col(DepartmentCreditNote.credit_no) + " on bill %"))
+        .join(DepartmentCreditNote, col(DepartmentCreditNote.entry_id) == col(JournalEntry.id))
         .join(DepartmentCreditLine,
               col(DepartmentCreditLine.credit_note_id) == col(DepartmentCreditNote.id))
         .join(DepartmentBillLine,

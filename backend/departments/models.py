@@ -107,6 +107,8 @@ class DepartmentCreditNote(SQLModel, table=True):
     reason: str = Field(max_length=200)          # deceased | not_eligible | what staff wrote
     issued_by: str = Field(max_length=96)
     issued_at: datetime = Field(sa_type=UTCDateTime)
+    # the ledger entry that gave back money the bill had received or paid (or None)
+    entry_id: int | None = Field(default=None, foreign_key="journal_entries.id")
 
 
 class DepartmentCreditLine(SQLModel, table=True):

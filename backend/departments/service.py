@@ -587,10 +587,10 @@ def credit_lines(rt: Runtime, session: Session, principal: Principal | None,
             legs += [ledger.Leg(ledger.department_receivable(bill.department), received_back,
                                 **where),
                      ledger.Leg(ledger.REFUNDS, -received_back, **where)]
-        ledger.post_entry(session, kind="department_credit",
-                          reason=f"credit note {note.credit_no} on bill {bill.bill_no}: "
-                                 f"{reason}"[:200], business_date=rt.clock.today(),
-                          occurred_at=now, legs=legs)
+        note.entry_id = ledger.post_entry(
+            session, kind="department_credit",
+            reason=f"credit note {note.credit_no} on bill {bill.bill_no}: {reason}"[:200],
+            business_date=rt.clock.today(), occurred_at=now, legs=legs).entry_id
     bill.credited_fen += note.amount_fen
     if bill.payment_id is None and outstanding(bill) <= 0 and bill.received_fen > 0:
         _cover(rt, session, bill, now)

@@ -56,7 +56,9 @@ def upgrade() -> None:
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('issued_by', sqlmodel.sql.sqltypes.AutoString(length=96), nullable=False),
     sa.Column('issued_at', backend.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('entry_id', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['bill_id'], ['department_bills.id'], ),
+    sa.ForeignKeyConstraint(['entry_id'], ['journal_entries.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('credit_no')
     )
