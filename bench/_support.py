@@ -593,6 +593,10 @@ def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
 # Tables a payment writes to; emptied (and the orders set back to pending) between runs.
 PAYMENT_TABLES = ("payment_lines", "refunds", "payments", "notification_inbox")
 MAYBE_PAYMENT_TABLES = ("postings", "journal_entries", "outbox", "agent_collections")
+# what refers to payments or ledger entries, emptied before them
+RESET_FIRST = ("refund_lines", "department_credit_lines", "department_credit_notes",
+               "department_transfers", "department_bill_lines", "department_bills",
+               "ledger_entry_checks")
 
 
 def reset_to_pending(db_url: str) -> None:
@@ -601,8 +605,15 @@ def reset_to_pending(db_url: str) -> None:
         present = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         tables = [t for t in (*MAYBE_PAYMENT_TABLES, *PAYMENT_TABLES) if t in present]
-        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
-            sql.SQL(", ").join(map(sql.Identifier, tables))))
+        # Not TRUNCATE … CASCADE: department bills refer to payments and bill lines to the
+        # bills, so a cascade would empty bill_lines (and the orders' lines with them). Rows
+        # are deleted instead, as the replica role, which skips the ledger's append-only
+        # triggers and the foreign-key checks for this reset only.
+        conn.execute("SET session_replication_role = replica")
+        for table in (*RESET_FIRST, *tables):
+            if table in present:
+                conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+        conn.execute("SET session_replication_role = DEFAULT")
         conn.execute("UPDATE bill_lines SET status = 'unpaid', paid_payment_id = NULL, "
                      "paid_tier_yuan = NULL, paid_fen = NULL, paid_at = NULL "
                      "WHERE status <> 'unpaid'")

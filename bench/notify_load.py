@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _support as sup  # noqa: E402
 import psycopg  # noqa: E402
 from _server import server_timing  # noqa: E402
+from yardstick import YardstickResult, run_yardstick  # noqa: E402
 
 from backend.migrate import upgrade  # noqa: E402
 from payment_adapters.base import Channel  # noqa: E402
@@ -634,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pgbench-transactions", type=int, default=None,
                    help="pgbench transactions per run (at most --orders: each pays one)")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--yardstick", action="store_true",
+                   help="after each load run, the fixed yardstick (bench/yardstick.py): "
+                        "ratio = notifications/s answered ÷ yardstick TPS, run by run")
+    p.add_argument("--yardstick-clients", type=int, default=8)
+    p.add_argument("--yardstick-seconds", type=int, default=10)
     p.add_argument("--allow-stale-baseline", action="store_true",
                    help="run pgbench even if notify_baseline.sql no longer mirrors the path")
     p.add_argument("--no-load", action="store_true", help="only the pgbench baseline")
@@ -684,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({', '.join(f'{k} {v:.1f} s' for k, v in steps.items())}); "
                   + ", ".join(f"{c.value} {len(r):,}" for c, r in ranges.items()))
             loads: list[LoadResult] = []
+            yardsticks: list[tuple[int, LoadResult, YardstickResult, float]] = []
             first = True
             if not args.no_load:
                 for workers in workers_list:
@@ -697,6 +704,13 @@ def main(argv: list[str] | None = None) -> int:
                         loads.append(r)
                         save(args, results, loads, [])
                         print_load(r)
+                        if args.yardstick:
+                            y = run_yardstick(args.yardstick_clients, args.yardstick_seconds)
+                            ratio = r.notifications_per_s / y.tps if y.tps else 0.0
+                            yardsticks.append((workers, r, y, ratio))
+                            print(f"  yardstick: {y.tps:,.0f} tps (latency average "
+                                  f"{y.latency_ms:.2f} ms); service {r.notifications_per_s:,.0f}"
+                                  f" notifications/s, p99 {r.p99_ms:.1f} ms: ratio {ratio:.3f}")
                         if not r.checks["ok"] or r.non_success:
                             print("  CHECK FAILED: " + "; ".join(r.checks["problems"])
                                   + (f"; {r.non_success} non-success answers: "
@@ -722,6 +736,19 @@ def main(argv: list[str] | None = None) -> int:
             results["load"] = [asdict(r) for r in loads]
             results["baseline"] = [asdict(b) for b in baselines]
             print_summary(loads, baselines, workers_list)
+            if yardsticks:
+                print("\nagainst the fixed yardstick (median of runs)")
+                for w in workers_list:
+                    mine = [(r, y, q) for ww, r, y, q in yardsticks if ww == w]
+                    if mine:
+                        print(f"  {w} worker(s): ratio {median([q for _, _, q in mine]):.3f} "
+                              f"({', '.join(f'{q:.3f}' for _, _, q in mine)}); service "
+                              f"{median([r.notifications_per_s for r, _, _ in mine]):,.0f}/s, "
+                              f"p99 {median([r.p99_ms for r, _, _ in mine]):.1f} ms; yardstick "
+                              f"{median([y.tps for _, y, _ in mine]):,.0f} tps")
+                results["yardstick"] = [{"workers": w, "ratio": q, "tps": y.tps,
+                                         "notifications_per_s": r.notifications_per_s,
+                                         "p99_ms": r.p99_ms} for w, r, y, q in yardsticks]
             results["summary"] = summary_dict(loads, baselines, workers_list)
     finally:
         if not args.keep:
