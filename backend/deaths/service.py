@@ -34,16 +34,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from backend.audit import service as audit
 from backend.audit.service import Actor
 from backend.db import unit_of_work, utcnow
+from backend.money import yuan
 from backend.orders import repository as orders_repo
 from backend.orders.models import (
-    REFUND_RELEASED,
     BillLine,
     Order,
     OrderLine,
@@ -58,6 +58,7 @@ from backend.orders.states import LIVE_ATTEMPT_STATES
 from backend.outbox.service import enqueue
 from backend.policy import policy_for_year
 from backend.policy.loader import coverage_year_start
+from backend.refunds.repository import held_fen
 from backend.refunds.service import SYSTEM, method_of
 from backend.residents.models import Death, Resident
 from backend.runtime import Runtime
@@ -117,7 +118,7 @@ class DeathsApplied:
                 f"deceased ({self.registered} registered of {self.named} named), "
                 f"{self.orders_closed} pending order{'s' if self.orders_closed != 1 else ''} "
                 f"closed, {self.refunds_queued} refund{'s' if self.refunds_queued != 1 else ''}"
-                f" queued ({self.refund_fen / 100:.2f} yuan)")
+                f" queued ({yuan(self.refund_fen)} yuan)")
         if self.credit_notes:
             text += (f", {len(self.credit_notes)} department bill credit "
                      f"note{'s' if len(self.credit_notes) != 1 else ''}")
@@ -259,21 +260,12 @@ class _Line:
     remaining_fen: int
 
 
-def _held() -> Any:
-    """Money of a payment line held by refunds that are not failed or rejected."""
-    return (select(func.coalesce(func.sum(col(RefundLine.amount_fen)), 0))
-            .join(Refund, col(Refund.id) == col(RefundLine.refund_id))
-            .where(col(RefundLine.payment_line_id) == col(PaymentLine.id),
-                   col(Refund.status).not_in(REFUND_RELEASED))
-            .correlate(PaymentLine).scalar_subquery())
-
-
 def _paid_lines(session: Session, where: list[Any]) -> list[tuple[Any, ...]]:
     """The applied payment lines (money now paying an item) of deceased residents, with
     what remains refundable of each and the item's year and the death."""
     return list(session.execute(
         select(col(PaymentLine.id), col(PaymentLine.payment_id), col(Payment.order_id),
-               col(PaymentLine.amount_fen) - _held(), col(BillLine.year), col(Death.died_on))
+               col(PaymentLine.amount_fen) - held_fen(), col(BillLine.year), col(Death.died_on))
         .join(BillLine, col(BillLine.id) == col(PaymentLine.bill_line_id))
         .join(Payment, col(Payment.id) == col(PaymentLine.payment_id))
         .join(Resident, col(Resident.id) == col(BillLine.resident_id))

@@ -29,6 +29,7 @@ from backend.declarations import repository as repo
 from backend.declarations.repository import PAYMENT, LedgerSide, Row
 from backend.errors import AppError, Conflict, Forbidden, NotFound
 from backend.ledger.models import ClosedDay
+from backend.money import yuan
 from backend.residents.models import Town
 from backend.runtime import Runtime
 from backend.security.tokens import Principal
@@ -93,12 +94,6 @@ def check_access(principal: Principal) -> None:
     take every resident's full ID number home."""
     if principal.role != "finance" or not principal.sub.startswith("staff:"):
         raise Forbidden("the declaration holds full ID numbers: only finance downloads it")
-
-
-def yuan(fen: int) -> str:
-    """Integer fen as yuan with two decimals, no float on the way: -28000 → "-280.00"."""
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
 def totals_of(rows: Sequence[Row]) -> tuple[dict[str, Totals], Totals]:

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend import money
 from backend.clock import SHANGHAI
 
 HERE = Path(__file__).parent
@@ -40,11 +41,7 @@ SIDE_NAMES = {"channel": "以渠道为准", "local": "以我方为准"}
 
 def yuan(fen: int | None) -> str:
     """Integer fen as yuan with two decimals and thousands separators: -123456 → -1,234.56."""
-    if fen is None:
-        return "—"
-    sign = "-" if fen < 0 else ""
-    whole, cents = divmod(abs(int(fen)), 100)
-    return f"{sign}{whole:,}.{cents:02d}"
+    return "—" if fen is None else money.yuan(fen, thousands=True)
 
 
 def local_time(value: datetime | None) -> str:

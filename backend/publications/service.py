@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlmodel import col
 
+from backend import money
 from backend.agents.roster import PAID_LIST, VillageRow, village_rows
 from backend.audit.service import record
 from backend.auth.models import StaffUser
@@ -58,8 +59,7 @@ class Fen(int):
     """An amount in fen, shown in yuan (a number in XLSX, ``300.00`` in PDF)."""
 
     def yuan(self) -> str:
-        sign = "-" if self < 0 else ""
-        return f"{sign}{abs(self) // 100}.{abs(self) % 100:02d}"
+        return money.yuan(self)
 
 
 @dataclass(frozen=True)

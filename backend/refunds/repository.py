@@ -42,17 +42,21 @@ def payments_of(session: Session, order_id: int, *, lock: bool = False) -> list[
     return list(session.scalars(stmt))
 
 
-def paid_lines(session: Session, order_id: int) -> list[PaidLine]:
-    """Every payment line of the order's payments; each line's money held by a refund that
-    is not failed or rejected is no longer refundable."""
-    held = (select(func.coalesce(func.sum(col(RefundLine.amount_fen)), 0))
+def held_fen() -> Any:
+    """A correlated subquery: the money of a payment line (``payment_lines``, in the outer
+    query) that refunds not failed or rejected hold — no longer refundable."""
+    return (select(func.coalesce(func.sum(col(RefundLine.amount_fen)), 0))
             .join(Refund, col(Refund.id) == col(RefundLine.refund_id))
             .where(col(RefundLine.payment_line_id) == col(PaymentLine.id),
                    col(Refund.status).not_in(REFUND_RELEASED))
             .correlate(PaymentLine).scalar_subquery())
+
+
+def paid_lines(session: Session, order_id: int) -> list[PaidLine]:
+    """Every payment line of the order's payments, with what remains refundable of it."""
     rows = session.execute(
         select(col(PaymentLine.id), col(PaymentLine.payment_id), col(PaymentLine.bill_line_id),
-               col(PaymentLine.amount_fen), col(PaymentLine.applied), held)
+               col(PaymentLine.amount_fen), col(PaymentLine.applied), held_fen())
         .join(Payment, col(Payment.id) == col(PaymentLine.payment_id))
         .where(col(Payment.order_id) == order_id)
         .order_by(col(PaymentLine.id)))

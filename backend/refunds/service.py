@@ -32,6 +32,7 @@ from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.ledger import service as ledger
 from backend.ledger.daily import ledger_scope
 from backend.ledger.models import REFUNDED
+from backend.money import yuan
 from backend.orders import repository as orders_repo
 from backend.orders.models import (
     Attempt,
@@ -62,10 +63,6 @@ CHANNEL_REASONS = {"duplicate": "重复缴费退款", "deceased": "参保人死�
 
 class RefundNotDone(Exception):
     """The channel has not (yet) confirmed the refund: try again later."""
-
-
-def _yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d} yuan"
 
 
 def method_of(payment: Payment) -> str | None:
@@ -212,8 +209,8 @@ def execute_refund(rt: Runtime, refund_id: int) -> str:
 
 # --------------------------------------------------------------------------- requesting
 def _exceeds(order_no: str, requested: int, refundable: int) -> Conflict:
-    return Conflict(f"a refund of {_yuan(requested)} on order {order_no} is more than the "
-                    f"{_yuan(refundable)} that remains refundable (paid, less refunds done, "
+    return Conflict(f"a refund of {yuan(requested)} yuan on order {order_no} is more than the "
+                    f"{yuan(refundable)} yuan that remains refundable (paid, less refunds done, "
                     "under way or awaiting approval)", code="refund_exceeds_refundable",
                     requested_fen=requested, refundable_fen=refundable)
 
