@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -181,6 +183,36 @@ def bench_settings(db_url: str, data_dir: Path, port: int, **extra: Any) -> Sett
                     collect_now=datetime.fromisoformat(COLLECT_NOW), payment_sandbox=True,
                     public_base_url=f"http://127.0.0.1:{port}", run_worker_in_serve=False,
                     **extra)
+
+
+@contextmanager
+def migrated_runtime(url: str, collect_now: datetime, label: str) -> Iterator[Any]:
+    """An in-process Runtime on a database made for the benchmark: recreated, migrated, the
+    business clock at ``collect_now``; closed and the database dropped after, however the
+    benchmark ends. (For benchmarks that drive the app in-process, through a TestClient.)"""
+    from backend.migrate import upgrade
+    from backend.runtime import Runtime
+
+    recreate_database(url)
+    rt = None
+    try:
+        upgrade(url)
+        with tempfile.TemporaryDirectory(prefix=f"bench-{label}-") as tmp:
+            rt = Runtime(Settings(database_url=url, data_dir=Path(tmp), pii_key=PII_KEY,
+                                  app_secret=APP_SECRET, collect_now=collect_now,
+                                  login_slowdown_max_s=0.05))
+            yield rt
+    finally:
+        if rt is not None:
+            rt.close()
+        drop_database(url)
+
+
+def staff_headers(client: Any, username: str, password: str) -> dict[str, str]:
+    """A staff member's Authorization header, logged in through the app."""
+    r = client.post("/api/v1/auth/staff", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def settings_env(s: Settings) -> dict[str, str]:

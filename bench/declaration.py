@@ -14,12 +14,10 @@ checks the file's row count and total.
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import io
 import statistics
 import sys
-import tempfile
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -32,11 +30,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from backend.auth.service import create_staff_user  # noqa: E402
-from backend.config import Settings  # noqa: E402
 from backend.db import unit_of_work  # noqa: E402
 from backend.ledger import service as ledger  # noqa: E402
 from backend.ledger.models import COLLECTED, ClosedDay  # noqa: E402
-from backend.migrate import upgrade  # noqa: E402
 from backend.residents.idnumber import make_id_number  # noqa: E402
 from backend.runtime import Runtime  # noqa: E402
 from tests.reconciliation.world import AMOUNT, TOWN, VILLAGE, at, build_world, bulk  # noqa: E402
@@ -78,41 +74,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--database-url", default=DEFAULT_URL)
     args = p.parse_args(argv)
-    sup.recreate_database(args.database_url)
-    rt: Runtime | None = None
-    try:
-        upgrade(args.database_url)
-        with tempfile.TemporaryDirectory(prefix="bench-declaration-") as tmp:
-            rt = Runtime(Settings(
-                database_url=args.database_url, data_dir=Path(tmp),
-                pii_key=base64.b64encode(b"bench-declaration".ljust(32, b".")).decode(),
-                app_secret="bench-" + "x" * 32, collect_now=NOW, login_slowdown_max_s=0.05))
-            start = time.perf_counter()
-            seed(rt, args.rows)
-            print(f"seeded {args.rows:,} items paid in {time.perf_counter() - start:.1f} s")
-            from backend.app import create_app
+    with sup.migrated_runtime(args.database_url, NOW, "declaration") as rt:
+        start = time.perf_counter()
+        seed(rt, args.rows)
+        print(f"seeded {args.rows:,} items paid in {time.perf_counter() - start:.1f} s")
+        from backend.app import create_app
 
-            with TestClient(create_app(runtime=rt)) as client:
-                token = client.post("/api/v1/auth/staff", json={
-                    "username": "fin1", "password": "fin-pass-1"}).json()["access_token"]
-                h = {"Authorization": f"Bearer {token}"}
-                times = []
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    r = client.get(f"/api/v1/declarations/{TOWN}/{DAY}.csv", headers=h)
-                    times.append(time.perf_counter() - start)
-                    assert r.status_code == 200, r.text
-                lines = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
-                rows = lines[1:lines.index([])]
-                assert len(rows) == args.rows, len(rows)
-                assert sum(int(x[9]) for x in rows) == args.rows * AMOUNT
-                print(f"declaration ({len(rows):,} rows, {len(r.content) / 2**10:.0f} KiB): "
-                      f"{', '.join(f'{t:.2f}' for t in times)} s; "
-                      f"median {statistics.median(times):.2f} s")
-    finally:
-        if rt is not None:
-            rt.close()
-        sup.drop_database(args.database_url)
+        with TestClient(create_app(runtime=rt)) as client:
+            h = sup.staff_headers(client, "fin1", "fin-pass-1")
+            times = []
+            for _ in range(args.runs):
+                start = time.perf_counter()
+                r = client.get(f"/api/v1/declarations/{TOWN}/{DAY}.csv", headers=h)
+                times.append(time.perf_counter() - start)
+                assert r.status_code == 200, r.text
+            lines = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
+            rows = lines[1:lines.index([])]
+            assert len(rows) == args.rows, len(rows)
+            assert sum(int(x[9]) for x in rows) == args.rows * AMOUNT
+            print(f"declaration ({len(rows):,} rows, {len(r.content) / 2**10:.0f} KiB): "
+                  f"{', '.join(f'{t:.2f}' for t in times)} s; "
+                  f"median {statistics.median(times):.2f} s")
     return 0
 
 

@@ -14,10 +14,8 @@ each step's time per run and the medians; checks the ledger balances and every l
 from __future__ import annotations
 
 import argparse
-import base64
 import statistics
 import sys
-import tempfile
 import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -32,10 +30,8 @@ from sqlmodel import col  # noqa: E402
 
 from backend.app import create_app  # noqa: E402
 from backend.auth.service import create_staff_user  # noqa: E402
-from backend.config import Settings  # noqa: E402
 from backend.db import unit_of_work  # noqa: E402
 from backend.departments.models import DepartmentListing  # noqa: E402
-from backend.migrate import upgrade  # noqa: E402
 from backend.orders.models import BillLine  # noqa: E402
 from backend.residents.idnumber import make_id_number  # noqa: E402
 from backend.residents.models import Resident, Town, Village  # noqa: E402
@@ -73,51 +69,37 @@ def seed(rt: Runtime, n: int) -> None:
 
 
 def one_run(url: str, n: int) -> dict[str, float]:
-    sup.recreate_database(url)
-    rt: Runtime | None = None
-    try:
-        upgrade(url)
-        with tempfile.TemporaryDirectory(prefix="bench-bill-") as tmp:
-            rt = Runtime(Settings(
-                database_url=url, data_dir=Path(tmp),
-                pii_key=base64.b64encode(b"bench-bill-key".ljust(32, b".")).decode(),
-                app_secret="bench-" + "x" * 32, collect_now=NOW, login_slowdown_max_s=0.05))
-            seed(rt, n)
-            times: dict[str, float] = {}
-            with TestClient(create_app(runtime=rt)) as client:
-                token = client.post("/api/v1/auth/staff", json={
-                    "username": "town1", "password": "town-pass"}).json()["access_token"]
-                h = {"Authorization": f"Bearer {token}"}
+    with sup.migrated_runtime(url, NOW, "bill") as rt:
+        seed(rt, n)
+        times: dict[str, float] = {}
+        with TestClient(create_app(runtime=rt)) as client:
+            h = sup.staff_headers(client, "town1", "town-pass")
+            start = time.perf_counter()
+            r = client.post("/api/v1/departments/civil_affairs/bills", headers=h,
+                            json={"year": 2021, "town_code": TOWN})
+            times["issue"] = time.perf_counter() - start
+            assert r.status_code == 201, r.text
+            bill = r.json()
+            assert len(bill["lines"]) == n, len(bill["lines"])
+            total = bill["total_fen"]
+            parts = [total // 3, total // 3, total - 2 * (total // 3)]
+            for step, (k, amount) in zip(STEPS[1:], enumerate(parts), strict=True):
                 start = time.perf_counter()
-                r = client.post("/api/v1/departments/civil_affairs/bills", headers=h,
-                                json={"year": 2021, "town_code": TOWN})
-                times["issue"] = time.perf_counter() - start
+                r = client.post(f"/api/v1/departments/bills/{bill['bill_no']}/transfers",
+                                headers=h, json={"amount_fen": amount,
+                                                 "bank_reference": f"BANK-{k}",
+                                                 "value_date": "2020-11-02"})
+                times[step] = time.perf_counter() - start
                 assert r.status_code == 201, r.text
-                bill = r.json()
-                assert len(bill["lines"]) == n, len(bill["lines"])
-                total = bill["total_fen"]
-                parts = [total // 3, total // 3, total - 2 * (total // 3)]
-                for step, (k, amount) in zip(STEPS[1:], enumerate(parts), strict=True):
-                    start = time.perf_counter()
-                    r = client.post(f"/api/v1/departments/bills/{bill['bill_no']}/transfers",
-                                    headers=h, json={"amount_fen": amount,
-                                                     "bank_reference": f"BANK-{k}",
-                                                     "value_date": "2020-11-02"})
-                    times[step] = time.perf_counter() - start
-                    assert r.status_code == 201, r.text
-                assert r.json()["status"] == "paid"
-            with unit_of_work(rt.sessions) as s:
-                assert s.scalar(select(func.count()).select_from(BillLine).where(
-                    col(BillLine.status) == "paid")) == n
-                assert s.scalar(text("SELECT COALESCE(SUM(amount_fen), 0) FROM postings")) == 0
-                postings = s.scalar(text("SELECT COUNT(*) FROM postings"))
-            print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
-                  + f"; {postings} postings in all")
-            return times
-    finally:
-        if rt is not None:
-            rt.close()
-        sup.drop_database(url)
+            assert r.json()["status"] == "paid"
+        with unit_of_work(rt.sessions) as s:
+            assert s.scalar(select(func.count()).select_from(BillLine).where(
+                col(BillLine.status) == "paid")) == n
+            assert s.scalar(text("SELECT COALESCE(SUM(amount_fen), 0) FROM postings")) == 0
+            postings = s.scalar(text("SELECT COUNT(*) FROM postings"))
+        print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
+              + f"; {postings} postings in all")
+        return times
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,11 +14,9 @@ median, and reads the roster files back to check them. The PDF needs the CJK fon
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,10 +31,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from backend.app import create_app  # noqa: E402
 from backend.auth.service import create_staff_user  # noqa: E402
-from backend.config import Settings  # noqa: E402
 from backend.db import unit_of_work  # noqa: E402
-from backend.migrate import upgrade  # noqa: E402
-from backend.runtime import Runtime  # noqa: E402
 from bench.roster import NOW, TOWN, VILLAGE, seed  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench_publication"
@@ -49,44 +44,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--database-url", default=DEFAULT_URL)
     args = p.parse_args(argv)
-    sup.recreate_database(args.database_url)
-    rt: Runtime | None = None
-    try:
-        upgrade(args.database_url)
-        with tempfile.TemporaryDirectory(prefix="bench-publication-") as tmp:
-            rt = Runtime(Settings(
-                database_url=args.database_url, data_dir=Path(tmp),
-                pii_key=base64.b64encode(b"bench-publication".ljust(32, b".")).decode(),
-                app_secret="bench-" + "x" * 32, collect_now=NOW, login_slowdown_max_s=0.05))
-            start = time.perf_counter()
-            seed(rt, args.residents)
-            with unit_of_work(rt.sessions) as s:
-                create_staff_user(s, username="town1", password="town-pass1",
-                                  role="town_staff", town_code=TOWN)
-            print(f"seeded {args.residents:,} residents in {time.perf_counter() - start:.1f} s")
-            with TestClient(create_app(runtime=rt)) as client:
-                token = client.post("/api/v1/auth/staff", json={
-                    "username": "town1", "password": "town-pass1"}).json()["access_token"]
-                h = {"Authorization": f"Bearer {token}"}
-                for label, file in (("draft", "roster.xlsx"), ("draft", "paid.xlsx"),
-                                    ("draft", "roster.pdf"), ("draft", "paid.pdf"),
-                                    ("publish", "roster"), ("v1", "roster.xlsx"),
-                                    ("v1", "roster.pdf")):
-                    times = []
-                    for _ in range(1 if label == "publish" else args.runs):
-                        start = time.perf_counter()
-                        r = client.request("POST" if label == "publish" else "GET",
-                                           f"/api/v1/publications/{VILLAGE}/{file}",
-                                           headers=h, params={"year": 2021})
-                        times.append(time.perf_counter() - start)
-                        assert r.status_code in (200, 201), r.text
-                    print(f"{label} {file} ({_check(r.content, file, args.residents)}): "
-                          f"{', '.join(f'{t:.2f}' for t in times)} s; "
-                          f"median {statistics.median(times):.2f} s")
-    finally:
-        if rt is not None:
-            rt.close()
-        sup.drop_database(args.database_url)
+    with sup.migrated_runtime(args.database_url, NOW, "publication") as rt:
+        start = time.perf_counter()
+        seed(rt, args.residents)
+        with unit_of_work(rt.sessions) as s:
+            create_staff_user(s, username="town1", password="town-pass1",
+                              role="town_staff", town_code=TOWN)
+        print(f"seeded {args.residents:,} residents in {time.perf_counter() - start:.1f} s")
+        with TestClient(create_app(runtime=rt)) as client:
+            h = sup.staff_headers(client, "town1", "town-pass1")
+            for label, file in (("draft", "roster.xlsx"), ("draft", "paid.xlsx"),
+                                ("draft", "roster.pdf"), ("draft", "paid.pdf"),
+                                ("publish", "roster"), ("v1", "roster.xlsx"),
+                                ("v1", "roster.pdf")):
+                times = []
+                for _ in range(1 if label == "publish" else args.runs):
+                    start = time.perf_counter()
+                    r = client.request("POST" if label == "publish" else "GET",
+                                       f"/api/v1/publications/{VILLAGE}/{file}",
+                                       headers=h, params={"year": 2021})
+                    times.append(time.perf_counter() - start)
+                    assert r.status_code in (200, 201), r.text
+                print(f"{label} {file} ({_check(r.content, file, args.residents)}): "
+                      f"{', '.join(f'{t:.2f}' for t in times)} s; "
+                      f"median {statistics.median(times):.2f} s")
     return 0
 
 

@@ -11,10 +11,8 @@ phone asks for it (HTTP through the app, JSON included) and prints each run and 
 from __future__ import annotations
 
 import argparse
-import base64
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -30,10 +28,8 @@ from sqlmodel import col  # noqa: E402
 
 from backend.app import create_app  # noqa: E402
 from backend.auth.service import create_staff_user  # noqa: E402
-from backend.config import Settings  # noqa: E402
 from backend.db import unit_of_work  # noqa: E402
 from backend.departments.models import DepartmentListing  # noqa: E402
-from backend.migrate import upgrade  # noqa: E402
 from backend.orders.models import BillLine, Order, OrderLine, Payment  # noqa: E402
 from backend.residents.idnumber import make_id_number  # noqa: E402
 from backend.residents.models import Death, Resident, Town, Village  # noqa: E402
@@ -117,40 +113,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--database-url", default=DEFAULT_URL)
     args = p.parse_args(argv)
-    sup.recreate_database(args.database_url)
-    rt: Runtime | None = None
-    try:
-        upgrade(args.database_url)
-        with tempfile.TemporaryDirectory(prefix="bench-roster-") as tmp:
-            rt = Runtime(Settings(
-                database_url=args.database_url, data_dir=Path(tmp),
-                pii_key=base64.b64encode(b"bench-roster-key".ljust(32, b".")).decode(),
-                app_secret="bench-" + "x" * 32, collect_now=NOW, login_slowdown_max_s=0.05))
-            start = time.perf_counter()
-            seed(rt, args.residents)
-            print(f"seeded {args.residents:,} residents in {time.perf_counter() - start:.1f} s")
-            with TestClient(create_app(runtime=rt)) as client:
-                token = client.post("/api/v1/auth/staff", json={
-                    "username": "agent1", "password": "agent-pass"}).json()["access_token"]
-                h = {"Authorization": f"Bearer {token}"}
-                times = []
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    r = client.get("/api/v1/agent/roster", headers=h, params={"year": 2021})
-                    times.append(time.perf_counter() - start)
-                    assert r.status_code == 200, r.text
-                rows = r.json()["rows"]
-                assert len(rows) == args.residents
-                print(f"roster of {len(rows):,} residents ({len(r.content) / 2**20:.1f} MB JSON):"
-                      f" {', '.join(f'{t:.2f}' for t in times)} s; "
-                      f"median {statistics.median(times):.2f} s")
-                seen = Counter((i["status"], i["paid_by"]) for row in rows for i in row["items"])
-                print("items:", ", ".join(f"{st}/{by}: {c}" for (st, by), c in sorted(
-                    seen.items(), key=str)))
-    finally:
-        if rt is not None:
-            rt.close()
-        sup.drop_database(args.database_url)
+    with sup.migrated_runtime(args.database_url, NOW, "roster") as rt:
+        start = time.perf_counter()
+        seed(rt, args.residents)
+        print(f"seeded {args.residents:,} residents in {time.perf_counter() - start:.1f} s")
+        with TestClient(create_app(runtime=rt)) as client:
+            h = sup.staff_headers(client, "agent1", "agent-pass")
+            times = []
+            for _ in range(args.runs):
+                start = time.perf_counter()
+                r = client.get("/api/v1/agent/roster", headers=h, params={"year": 2021})
+                times.append(time.perf_counter() - start)
+                assert r.status_code == 200, r.text
+            rows = r.json()["rows"]
+            assert len(rows) == args.residents
+            print(f"roster of {len(rows):,} residents ({len(r.content) / 2**20:.1f} MB JSON):"
+                  f" {', '.join(f'{t:.2f}' for t in times)} s; "
+                  f"median {statistics.median(times):.2f} s")
+            seen = Counter((i["status"], i["paid_by"]) for row in rows for i in row["items"])
+            print("items:", ", ".join(f"{st}/{by}: {c}" for (st, by), c in sorted(
+                seen.items(), key=str)))
     return 0
 
 
