@@ -24,8 +24,6 @@ from backend.security.pii import mask_name
 from backend.security.tokens import Principal, RefCodec
 
 STATUSES: tuple[str, ...] = get_args(ItemStatus)
-#: The post-collection paid list (已缴费名单): items paid, by the resident or a department.
-PAID_LIST = "paid_list"
 AGENT_CHANNELS = ("cash", "pos")
 
 
@@ -87,18 +85,14 @@ class VillageRow:
 
 
 def village_rows(rt: Runtime, session: Session, village_code: str, year: int,
-                 status: str | None = None) -> list[VillageRow]:
+                 status: str | None = None, *, paid_only: bool = False) -> list[VillageRow]:
     """Every resident of ``village_code`` with each item's state, what it owes and who paid
-    it, in resident order; with ``status``, only those items (and residents having one).
+    it, in resident order; with ``status``, only those items (and residents having one);
+    ``paid_only`` (the paid list, 已缴费名单): only the items money has paid — the resident's,
+    or a covered department bill's, not one a department has yet to pay.
     The one assessment of a village: the agent's roster and the publications both read it."""
-    if status is not None and status not in STATUSES and status != PAID_LIST:
+    if status is not None and status not in STATUSES:
         raise ValidationFailed(f"status: {status!r} is not one of {', '.join(STATUSES)}")
-    wanted = {status} if status != PAID_LIST else {"paid", "government_paid"}
-
-    def paid_only(insurance: str, paid: dict[str, tuple[str, int | None, str | None]]) -> bool:
-        # the paid list: what was paid — by the resident, or by a covered department bill
-        # (not an item a department is to pay, or whose bill awaits its transfer)
-        return status != PAID_LIST or paid.get(insurance, ("", None, None))[1] is not None
     policy = policy_for(rt, year)
     now = rt.clock.now()
     residents, listed, lines, pending = _read(session, village_code, year, now)
@@ -114,10 +108,10 @@ def village_rows(rt: Runtime, session: Session, village_code: str, year: int,
         a = assess(policy, facts_of(resident, died, frozenset(listed.get(rid, ()))), now)
         items = []
         for insurance, (item_status, due, reason) in item_statuses(a, states).items():
-            if status is not None and (item_status not in wanted
-                                       or not paid_only(insurance, paid)):
-                continue
             _, paid_fen, payer = paid.get(insurance, ("", None, None))
+            if (status is not None and item_status != status) or (
+                    paid_only and paid_fen is None):
+                continue
             if item_status == "government_paid":
                 payer = "department"
             items.append(RosterItem(

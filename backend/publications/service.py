@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, defer
 from sqlmodel import col
 
 from backend import money
-from backend.agents.roster import PAID_LIST, VillageRow, village_rows
+from backend.agents.roster import VillageRow, village_rows
 from backend.audit.service import record
 from backend.auth.models import StaffUser
 from backend.clock import SHANGHAI
@@ -204,7 +204,7 @@ def publish(rt: Runtime, session: Session, principal: Principal, village_code: s
         raise Forbidden("town staff of the village's town and finance publish the lists")
     village, _ = village_in_scope(session, principal, village_code)
     rows = snapshot(village_rows(rt, session, village.code, year,
-                                 status=PAID_LIST if kind == "paid" else None))
+                                 paid_only=kind == "paid"))
     digest = content_hash(rows)
     latest = _latest(session, village.code, year, kind)
     if latest is not None and latest.content_hash == digest:
@@ -287,7 +287,7 @@ def publication(rt: Runtime, session: Session, principal: Principal, village_cod
                            correction=found.correction, changes=found.changes)
     start, end = _window(rt, year)
     rows = snapshot(village_rows(rt, session, village.code, year,
-                                 status=PAID_LIST if kind == "paid" else None))
+                                 paid_only=kind == "paid"))
     return Publication(village=village, town=town, year=year, kind=kind, window_start=start,
                        window_end=end, generated_at=generated, rows=rows)
 
