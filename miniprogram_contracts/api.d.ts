@@ -1263,10 +1263,21 @@ export interface components {
              * @enum {string}
              */
             kind: "bill" | "supplement";
-            /** Lines */
+            /**
+             * Lines
+             * @description How many lines the bill has (credited ones included).
+             */
             lines: number;
-            /** Outstanding Fen */
+            /**
+             * Outstanding Fen
+             * @description total − credited − received, at least 0.
+             */
             outstanding_fen: number;
+            /**
+             * Overpaid Fen
+             * @description Received beyond what the bill, after its credit notes, owes: to return to the department.
+             */
+            overpaid_fen: number;
             /** Paid At */
             paid_at: string | null;
             /** Received Fen */
@@ -1276,7 +1287,10 @@ export interface components {
              * @enum {string}
              */
             status: "issued" | "partially_paid" | "paid";
-            /** Total Fen */
+            /**
+             * Total Fen
+             * @description As issued: never changes.
+             */
             total_fen: number;
             /** Town Code */
             town_code: string;

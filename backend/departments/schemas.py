@@ -76,14 +76,15 @@ class CreditNoteOut(BaseModel):
                                         "to the department.")
 
 
-class BillOut(BaseModel):
+class BillFigures(BaseModel):
+    """What a bill is and where it stands: the list and the whole bill both show it."""
+
     bill_no: str
     department: Department
     town_code: str
     year: int
     kind: Literal["bill", "supplement"]
     status: Literal["issued", "partially_paid", "paid"]
-    lines: list[BillLineOut]
     total_fen: int = Field(description="As issued: never changes.")
     credited_fen: int
     received_fen: int
@@ -92,6 +93,10 @@ class BillOut(BaseModel):
                                           "notes, owes: to return to the department.")
     issued_at: datetime
     paid_at: datetime | None
+
+
+class BillOut(BillFigures):
+    lines: list[BillLineOut]
     transfers: list[TransferOut]
     credit_notes: list[CreditNoteOut]
     warnings: list[str]
@@ -99,20 +104,8 @@ class BillOut(BaseModel):
                                                     "listed people left out, and why.")
 
 
-class BillSummary(BaseModel):
-    bill_no: str
-    department: Department
-    town_code: str
-    year: int
-    kind: Literal["bill", "supplement"]
-    status: Literal["issued", "partially_paid", "paid"]
-    lines: int
-    total_fen: int
-    credited_fen: int
-    received_fen: int
-    outstanding_fen: int
-    issued_at: datetime
-    paid_at: datetime | None
+class BillSummary(BillFigures):
+    lines: int = Field(description="How many lines the bill has (credited ones included).")
 
 
 class BillList(BaseModel):

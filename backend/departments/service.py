@@ -706,12 +706,17 @@ def list_bills(session: Session, principal: Principal, *, year: int | None,
         stmt = stmt.where(col(DepartmentBill.department) == department)
     if town is not None:
         stmt = stmt.where(col(DepartmentBill.town_code) == town)
-    return [BillSummary(
-        bill_no=b.bill_no, department=b.department, town_code=b.town_code,  # type: ignore[arg-type]
-        year=b.year, kind=b.kind, status=_status(b), lines=b.lines,  # type: ignore[arg-type]
-        total_fen=b.total_fen, credited_fen=b.credited_fen, received_fen=b.received_fen,
-        outstanding_fen=max(outstanding(b), 0), issued_at=b.issued_at, paid_at=b.paid_at)
-        for b in session.scalars(stmt)]
+    return [BillSummary(lines=b.lines, **_figures(b)) for b in session.scalars(stmt)]
+
+
+def _figures(bill: DepartmentBill) -> dict[str, Any]:
+    return {"bill_no": bill.bill_no, "department": bill.department,
+            "town_code": bill.town_code, "year": bill.year, "kind": bill.kind,
+            "status": _status(bill), "total_fen": bill.total_fen,
+            "credited_fen": bill.credited_fen, "received_fen": bill.received_fen,
+            "outstanding_fen": max(outstanding(bill), 0),
+            "overpaid_fen": max(-outstanding(bill), 0), "issued_at": bill.issued_at,
+            "paid_at": bill.paid_at}
 
 
 def _render(rt: Runtime, session: Session, principal: Principal, bill: DepartmentBill, *,
@@ -751,14 +756,8 @@ def _render(rt: Runtime, session: Session, principal: Principal, bill: Departmen
     if bill.late_list:
         warnings.append("the department's list came in after the plan's due date: accepted")
     return BillOut(
-        bill_no=bill.bill_no, department=bill.department,  # type: ignore[arg-type]
-        town_code=bill.town_code, year=bill.year, kind=bill.kind,  # type: ignore[arg-type]
-        status=_status(bill), lines=lines, total_fen=bill.total_fen,  # type: ignore[arg-type]
-        credited_fen=bill.credited_fen, received_fen=bill.received_fen,
-        outstanding_fen=max(outstanding(bill), 0),
-        overpaid_fen=max(-outstanding(bill), 0),
-        issued_at=bill.issued_at, paid_at=bill.paid_at, transfers=transfers,
-        credit_notes=notes, warnings=warnings,
+        **_figures(bill), lines=lines, transfers=transfers, credit_notes=notes,
+        warnings=warnings,
         excluded=[ExcludedOut(id_number_masked=c.resident.id_masked,
                               name=mask_name(c.resident.name), insurance=c.insurance,  # type: ignore[arg-type]
                               reason=c.reason)  # type: ignore[arg-type]
