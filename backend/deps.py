@@ -31,7 +31,10 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs when the endpoint returns, before the answer is sent. By
+# default FastAPI ends a yield dependency after the response: a client's next request could
+# then miss what its last one wrote, and a failed commit would follow an answer of success.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_principal(
