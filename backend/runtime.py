@@ -29,6 +29,10 @@ class Runtime:
                            pool_size=self.settings.db_pool_size)
 
     @cached_property
+    def postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    @cached_property
     def sessions(self) -> sessionmaker[Session]:
         return make_sessionmaker(self.engine)
 

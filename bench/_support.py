@@ -230,6 +230,47 @@ def settings_env(s: Settings) -> dict[str, str]:
     return {k: v for k, v in env.items() if v != ""}
 
 
+def live_env(settings: Settings) -> dict[str, str]:
+    """The environment of a server in live mode (``PAYMENT_SANDBOX=0``: channel keys
+    configured, no simulator in the process, the business clock real time) whose channel keys
+    are the simulators' own, so the simulators in the benchmark's process sign notifications
+    that this server verifies as it would the real channels'. ``settings`` is the sandbox
+    Settings the simulators use; their keys are written under ``data_dir/live``."""
+    from backend.channels import SANDBOX_IDS, Channels, public_pem_of
+
+    ch = Channels(settings)
+    wx, ali, ums = ch.wechat_config, ch.alipay_config, ch.unionpay_config
+    _ = ch.sandbox_wechat_certificate           # the platform certificate's folder
+    keys = settings.data_dir / "live"
+    keys.mkdir(parents=True, exist_ok=True)
+
+    def pem(name: str, text: str) -> str:
+        path = keys / name
+        path.write_text(text)
+        path.chmod(0o600)
+        return str(path)
+
+    env = {k: v for k, v in settings_env(settings).items() if k != "COLLECT_NOW"}
+    env.update({
+        "PAYMENT_SANDBOX": "0", "PUBLIC_BASE_URL": "https://collect.bench.example",
+        "WECHAT_APPID": wx.appid, "WECHAT_MCHID": wx.mchid, "WECHAT_APIV3_KEY": wx.apiv3_key,
+        "WECHAT_MCH_PRIVATE_KEY": pem("wechat_merchant_key.pem", wx.mch_private_key_pem),
+        "WECHAT_MCH_SERIAL": wx.mch_serial,
+        "WECHAT_PUBLIC_KEY": pem("wechat_pay_public_key.pem",
+                                 public_pem_of(ch.sandbox_wechat_private_key)),
+        "WECHAT_PUBLIC_KEY_ID": SANDBOX_IDS["wechat_public_key_id"],
+        "WECHAT_PLATFORM_CERTS_DIR": str(ch._wechat_certs_dir),
+        "ALIPAY_APPID": ali.appid, "ALIPAY_SELLER_ID": ali.seller_id,
+        "ALIPAY_APP_PRIVATE_KEY": pem("alipay_app_key.pem", ali.app_private_key_pem),
+        "ALIPAY_PUBLIC_KEY": pem("alipay_public_key.pem",
+                                 public_pem_of(ch.sandbox_alipay_private_key)),
+        "UNIONPAY_MID": ums.mid, "UNIONPAY_TID": ums.tid, "UNIONPAY_MSG_SRC": ums.msg_src,
+        "UNIONPAY_MSG_SRC_ID": ums.msg_src_id, "UNIONPAY_KEY": ums.key,
+        "RUN_WORKER_IN_SERVE": "0",
+    })
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -250,13 +291,17 @@ class ServerProcess:
     workers: int = 1
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # live mode (see live_env): channel keys configured, no simulator, real business clock
+    live: bool = False
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60) -> ServerProcess:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(CODE_ROOT),
+        served = live_env(self.settings) if self.live else settings_env(self.settings)
+        env = {**{k: v for k, v in os.environ.items() if k != "COLLECT_NOW"}, **served,
+               "PYTHONPATH": str(CODE_ROOT),
                "BENCH_CODE_ROOT": str(CODE_ROOT)}
         cmd = [sys.executable, "-m", "uvicorn", "_server:create", "--factory",
                "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),

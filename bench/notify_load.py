@@ -279,7 +279,8 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
     dup_set = set(rng.sample(timed, round(len(timed) * args.dup)))
 
     server = sup.ServerProcess(settings, settings_port(settings), workers,
-                               log_path=tmp / f"server-w{workers}-r{run_no}.log")
+                               log_path=tmp / f"server-w{workers}-r{run_no}.log",
+                               live=not args.sandbox)
     pool = ProcessPoolExecutor(max_workers=args.build_procs, initializer=_init_builder,
                                initargs=(settings, numbers))
     sent, warm_sent = Sent(), Sent()
@@ -631,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator: minimal asyncio HTTP/1.1 (default) or httpx.AsyncClient")
     p.add_argument("--workers", default="1", help="uvicorn worker processes, e.g. 1,2")
     p.add_argument("--runs", type=int, default=1, help="runs of each (median reported)")
+    p.add_argument("--sandbox", action="store_true",
+                   help="serve in sandbox mode (the simulator in the process, COLLECT_NOW) "
+                        "instead of live mode: channel keys configured (the simulators' own), "
+                        "no simulator, the real clock")
     p.add_argument("--warmup", type=int, default=500, help="orders paid before timing")
     p.add_argument("--pgbench-transactions", type=int, default=None,
                    help="pgbench transactions per run (at most --orders: each pays one)")

@@ -76,7 +76,10 @@ class Posting(SQLModel, table=True):
     )
     id: int | None = Field(default=None, primary_key=True)
     entry_id: int = Field(foreign_key="journal_entries.id", index=True)
-    account_id: int = Field(foreign_key="ledger_accounts.id", index=True)
+    # No foreign key: it share-locked the account's row, one of a few every payment posts to
+    # (migration 0015). An account is never deleted, and the entry's check at commit (a
+    # trigger on SQLite) refuses a posting to one that does not exist.
+    account_id: int = Field(index=True)
     amount_fen: int = Field(sa_type=Fen)  # debit > 0, credit < 0
     business_date: date
     town_code: str | None = Field(default=None, max_length=32)
