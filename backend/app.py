@@ -114,7 +114,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             from backend.worker.runner import start_in_thread
 
             stop = start_in_thread(runtime)
+        pool = None
+        if runtime.postgres:
+            # payment notifications' common case, applied on the event loop
+            from backend.notifications.service import open_notify_pool
+
+            pool = app.state.notify_pool = await open_notify_pool(runtime)
         yield
+        if pool is not None:
+            app.state.notify_pool = None
+            await pool.close()
         if stop is not None:
             stop.set()
         runtime.close()

@@ -161,7 +161,8 @@ def live(settings: Settings, sandbox_keys: dict[str, object]) -> Iterator[Live]:
     runtime = Runtime(live_settings)
     _wipe(runtime)
     app = create_app(runtime=runtime)
-    served = ServedApp(app, port).start()
+    # with its lifespan, as `serve` runs it (on PostgreSQL: the notification pool)
+    served = ServedApp(app, port, options={"lifespan": "on"}).start()
     try:
         yield Live(runtime, served)
     finally:

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from backend.deps import RuntimeDep
 from backend.errors import errors
-from backend.notifications.service import handle
+from backend.notifications.service import handle_async
 from payment_adapters.base import Channel
 
 router = APIRouter(prefix="/api/v1/notify", tags=["channel notifications"])
@@ -17,8 +16,8 @@ WECHAT_FAILURE = {"type": "object", "required": ["code", "message"],
 
 async def _notify(channel: Channel, request: Request, rt: RuntimeDep) -> Response:
     body = await request.body()   # the raw bytes: signatures are over them
-    answer = await anyio.to_thread.run_sync(handle, rt, channel, request.headers, body,
-                                            limiter=rt.notify_limiter)
+    pool = getattr(request.app.state, "notify_pool", None)
+    answer = await handle_async(rt, pool, channel, request.headers, body)
     return Response(content=answer.body, status_code=answer.status,
                     media_type=answer.media_type)
 

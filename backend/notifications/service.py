@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
+import anyio.to_thread
 import psycopg
 from psycopg.types.json import Json
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -185,6 +188,23 @@ _APPLY_AT_ONCE = (
 GENERAL_PATH = "PF001"     # the function's answer for anything but the common case
 
 
+def _at_once_params(rt: Runtime, channel: Channel, note: Notification,
+                    headers: Mapping[str, str], body: bytes) -> tuple[Any, ...] | None:
+    """The function's arguments, or None where it does not apply."""
+    if not (rt.postgres and note.kind == "payment" and note.succeeded and note.transaction_id):
+        return None
+    paid_at = note.paid_at or rt.clock.now()
+    return (channel.value, note.out_trade_no, note.transaction_id, note.amount_fen, paid_at,
+            business_date(paid_at), utcnow(), note.dedupe_key, Json(_kept_headers(headers)),
+            _body_text(body))
+
+
+def _at_once_answer(row: tuple[Any, ...] | None) -> tuple[str, str]:
+    assert row is not None
+    outcome, _, order_no = str(row[0]).partition(" ")
+    return outcome, f"order {order_no}"
+
+
 def _apply_at_once(rt: Runtime, channel: Channel, note: Notification,
                    headers: Mapping[str, str], body: bytes) -> tuple[str, str] | None:
     """The common case of a payment notification on PostgreSQL — a first delivery of a
@@ -192,19 +212,17 @@ def _apply_at_once(rt: Runtime, channel: Channel, note: Notification,
     statement: ``apply_channel_notification`` (migration 0015) runs the statements of
     :func:`_apply` and :func:`_record_event` in the database, in the same order and under
     the same locks. For anything else it raises ``PF001`` having written nothing, and this
-    returns None: the caller takes the general path."""
-    if not (rt.postgres and note.kind == "payment" and note.succeeded and note.transaction_id):
+    returns None: the caller takes the general path. (On a connection of the engine's pool:
+    the request threads' path; :func:`handle_async` is the event loop's.)"""
+    params = _at_once_params(rt, channel, note, headers, body)
+    if params is None:
         return None
-    paid_at = note.paid_at or rt.clock.now()
     pooled = rt.engine.raw_connection()
     try:
         conn = cast(psycopg.Connection[Any], pooled.driver_connection)
         conn.autocommit = True
         try:
-            row = conn.execute(_APPLY_AT_ONCE, (
-                channel.value, note.out_trade_no, note.transaction_id, note.amount_fen,
-                paid_at, business_date(paid_at), utcnow(), note.dedupe_key,
-                Json(_kept_headers(headers)), _body_text(body))).fetchone()
+            row = conn.execute(_APPLY_AT_ONCE, params).fetchone()
         except psycopg.Error as exc:
             if exc.sqlstate == GENERAL_PATH:
                 return None
@@ -213,16 +231,72 @@ def _apply_at_once(rt: Runtime, channel: Channel, note: Notification,
             conn.autocommit = False
     finally:
         pooled.close()
-    assert row is not None
-    outcome, _, order_no = str(row[0]).partition(" ")
-    return outcome, f"order {order_no}"
+    return _at_once_answer(row)
 
 
-def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes) -> HttpAnswer:
-    """Every input gets the channel's success or failure answer; never an exception."""
+async def open_notify_pool(rt: Runtime) -> AsyncConnectionPool:
+    """The event loop's own connections for :func:`handle_async` (autocommit; opened in the
+    background, so a database that is down does not stop the service from starting)."""
+    pool = AsyncConnectionPool(
+        rt.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+        min_size=2, max_size=rt.settings.notify_threads, open=False, name="notifications",
+        kwargs={"autocommit": True})
+    await pool.open(wait=False)
+    return pool
+
+
+async def _apply_at_once_async(pool: AsyncConnectionPool, rt: Runtime, channel: Channel,
+                               note: Notification, headers: Mapping[str, str],
+                               body: bytes) -> tuple[str, str] | None:
+    params = _at_once_params(rt, channel, note, headers, body)
+    if params is None:
+        return None
+    async with pool.connection() as conn:
+        try:
+            cur = await conn.execute(_APPLY_AT_ONCE, params)
+        except psycopg.Error as exc:
+            if exc.sqlstate == GENERAL_PATH:
+                return None
+            raise
+        row = await cur.fetchone()
+    return _at_once_answer(row)
+
+
+async def handle_async(rt: Runtime, pool: AsyncConnectionPool | None, channel: Channel,
+                       headers: Mapping[str, str], body: bytes) -> HttpAnswer:
+    """A notification, answered on the event loop when it is the common case (verified,
+    then one statement on ``pool``: no thread, one round trip); anything else — not
+    verified, not a payment, not the common case, our own failure — goes to :func:`handle`
+    in a thread, which looks at it afresh and answers and records it."""
+    if pool is not None and len(body) <= MAX_NOTIFICATION_BYTES:
+        verifier = rt.channels.verifiers[channel]
+        applied = None
+        try:
+            note = verifier.verify(headers, body, real_now())
+            _check_fields(note)
+            applied = await _apply_at_once_async(pool, rt, channel, note, headers, body)
+        except (VerificationFailed, _Reject):
+            pass
+        except Exception:
+            log.exception("%s notification: the one-statement path failed; trying the "
+                          "general path", channel.value)
+        if applied is not None:
+            log.debug("%s notification for %s: %s", channel.value, note.out_trade_no,
+                      applied[0])
+            return verifier.success_answer()
+    # (the one statement is not tried twice)
+    return await anyio.to_thread.run_sync(
+        partial(handle, rt, channel, headers, body, at_once=pool is None),
+        limiter=rt.notify_limiter)
+
+
+def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes, *,
+           at_once: bool = True) -> HttpAnswer:
+    """Every input gets the channel's success or failure answer; never an exception.
+    ``at_once``: try the one-statement path first (PostgreSQL)."""
     verifier = rt.channels.verifiers[channel]
     try:
-        return _handle(rt, channel, verifier, headers, body)
+        return _handle(rt, channel, verifier, headers, body, at_once)
     except Exception:
         # A defect of ours, or the database gone: the channel retries; the audit row is
         # kept if the database still takes it.
@@ -235,7 +309,7 @@ def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
 
 
 def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
-            headers: Mapping[str, str], body: bytes) -> HttpAnswer:
+            headers: Mapping[str, str], body: bytes, at_once: bool) -> HttpAnswer:
     if len(body) > MAX_NOTIFICATION_BYTES:
         _audit(rt, channel, headers, body[:4096], "rejected",
                f"body of {len(body)} bytes is over {MAX_NOTIFICATION_BYTES}")
@@ -248,7 +322,7 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
         return verifier.failure_answer(str(exc))
     try:
         _check_fields(note)
-        applied = _apply_at_once(rt, channel, note, headers, body)
+        applied = _apply_at_once(rt, channel, note, headers, body) if at_once else None
         if applied is not None:
             outcome, detail = applied
         else:

@@ -36,15 +36,29 @@ def _dsn(live: Live) -> str:
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """What each call of the one-statement path answered (None: the general path ran)."""
     calls: list[Any] = []
-    real = service._apply_at_once
+    real, real_async = service._apply_at_once, service._apply_at_once_async
 
     def recording(*args: Any, **kw: Any) -> Any:
         answer = real(*args, **kw)
         calls.append(answer)
         return answer
 
+    async def recording_async(*args: Any, **kw: Any) -> Any:
+        answer = await real_async(*args, **kw)
+        calls.append(answer)
+        return answer
+
     monkeypatch.setattr(service, "_apply_at_once", recording)
+    monkeypatch.setattr(service, "_apply_at_once_async", recording_async)
     return calls
+
+
+def general_path_only(m: pytest.MonkeyPatch) -> None:
+    async def none_async(*a: Any, **k: Any) -> None:
+        return None
+
+    m.setattr(service, "_apply_at_once", lambda *a, **k: None)
+    m.setattr(service, "_apply_at_once_async", none_async)
 
 
 def _two_orders(live: Live, channel: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -122,7 +136,7 @@ def test_one_statement_writes_what_the_general_path_writes(
     # makes the ledger accounts on first use (the one statement leaves that to it)
     first, second = _two_orders(live, channel)
     with monkeypatch.context() as m:
-        m.setattr(service, "_apply_at_once", lambda *a, **k: None)
+        general_path_only(m)
         resp = post(live, notification(live, second["payment"]["out_trade_no"]))
         assert is_success(channel, resp), resp.text
     resp = post(live, notification(live, first["payment"]["out_trade_no"]))
@@ -275,3 +289,20 @@ def test_concurrent_payments_lock_no_shared_row(live: Live, two_pending: Any, pa
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT order_id) FROM payments"
                             ).fetchone() == (2, 2)
+
+
+@pytest.mark.parametrize("pending", ["alipay"], indirect=True)
+def test_served_the_common_case_stays_on_the_event_loop(
+        live: Live, pending: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A served app (its lifespan opened the notification pool) applies the common case
+    on the event loop: no request thread, so the threads' one-statement path never runs."""
+    def not_here(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("a thread applied it")
+
+    monkeypatch.setattr(service, "_apply_at_once", not_here)
+    monkeypatch.setattr(service, "handle", not_here)
+    resp = post(live, notification(live, pending["out_trade_no"]))
+    assert is_success("alipay", resp), resp.text
+    with psycopg.connect(_dsn(live)) as conn:
+        assert conn.execute("SELECT outcome FROM notification_inbox").fetchall() == [
+            ("applied",)]

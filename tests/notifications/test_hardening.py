@@ -112,6 +112,7 @@ def test_our_own_failure_is_the_failure_answer_not_a_500(
 
     monkeypatch.setattr(service, "_apply", broken)
     monkeypatch.setattr(service, "_apply_at_once", broken)   # PostgreSQL's one statement
+    monkeypatch.setattr(service, "_apply_at_once_async", broken)
     note = pay(live, pending["out_trade_no"], deliver=False)["notifications"][0]
     resp = live.http.post(note["url"].removeprefix(live.base_url), content=note["body"],
                           headers=note["headers"])
