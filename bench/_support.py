@@ -667,6 +667,154 @@ def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
     return timings
 
 
+def preload_paid_orders(db_url: str, first: int, count: int, amount_fen: int = 38_000,
+                        progress: bool = True) -> dict[str, float]:
+    """``count`` orders already paid, ids ``first`` … ``first + count - 1`` in every table: a
+    province's campaign so far — residents, bill lines, orders and their lines, attempts,
+    payments and payment lines, the inbox rows of their WeChat notifications (a real
+    notification's size), journal entries and postings — written by COPY as the replica
+    role (no trigger or foreign-key check per row: the data is made consistent here, and
+    :func:`check_preloaded` checks it after). Spread over 90 business days. Returns the
+    seconds per step."""
+    import hashlib
+
+    timings: dict[str, float] = {}
+    villages = [f"370406{100 + t:03d}{200 + v:03d}" for t in range(4) for v in range(10)]
+    ids = range(first, first + count)
+    start_day = date(2020, 9, 1)
+    base = datetime(2020, 9, 1, 1, 0, tzinfo=UTC)
+    body = "x" * 900            # an encrypted WeChat notification's size
+    numbers_stamp = "20200901090000"
+
+    def paid_at(i: int) -> datetime:
+        return base + timedelta(days=i % 90, seconds=i % 36000)
+
+    def txn(i: int) -> str:
+        return f"4200000{i:021d}"
+
+    def step(name: str, t0: float) -> None:
+        timings[name] = time.perf_counter() - t0
+        if progress:
+            print(f"  preloaded {name} in {timings[name]:.1f} s", file=sys.stderr)
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        accounts = {}
+        for code, kind, name in (("channel_clearing:wechat", "channel_clearing", "wechat 待清算"),
+                                 (f"contributions:medical:{YEAR}", "contributions",
+                                  f"{YEAR}年度 medical 保费")):
+            accounts[code] = conn.execute(
+                "INSERT INTO ledger_accounts (code, kind, name, created_at) "
+                "VALUES (%s, %s, %s, now()) ON CONFLICT (code) DO UPDATE SET code = EXCLUDED.code "
+                "RETURNING id", (code, kind, name)).fetchone()[0]  # type: ignore[index]
+        clearing, contributions = accounts.values()
+        t0 = time.perf_counter()
+        copy_rows(conn, "residents", ({
+            "id": i, "id_hash": hashlib.sha256(f"bench-resident-{i}".encode()).hexdigest(),
+            "id_enc": "bench." + secrets.token_hex(24),
+            "id_masked": f"370406********{i % 10000:04d}",
+            "birth_date": date(1950 + i % 50, 1 + i % 12, 1 + i % 28), "name": f"测试{i}",
+            "village_code": villages[i % len(villages)], "hukou_type": "rural",
+            "employee_pension": False, "employee_medical": False, "student": False,
+            "categories": ""} for i in ids),
+            ["id", "id_hash", "id_enc", "id_masked", "birth_date", "name", "village_code",
+             "hukou_type", "employee_pension", "employee_medical", "student", "categories"])
+        step("residents", t0)
+        t0 = time.perf_counter()
+        copy_rows(conn, "bill_lines", ({
+            "id": i, "resident_id": i, "year": YEAR, "insurance": "medical", "status": "paid",
+            "paid_payment_id": i, "paid_at": paid_at(i), "paid_fen": amount_fen}
+            for i in ids),
+            ["id", "resident_id", "year", "insurance", "status", "paid_payment_id", "paid_at",
+             "paid_fen"])
+        copy_rows(conn, "orders", ({
+            "id": i, "order_no": f"{numbers_stamp}{i:07d}", "payer_sub": f"wx:oPaid{i % 5000:06d}",
+            "payer_role": "resident", "year": YEAR, "channel": "wechat_native", "status": "paid",
+            "amount_fen": amount_fen, "expires_at": paid_at(i) + timedelta(hours=2),
+            "paid_at": paid_at(i), "channel_transaction_id": txn(i),
+            "qr_token": secrets.token_urlsafe(24)} for i in ids),
+            ["id", "order_no", "payer_sub", "payer_role", "year", "channel", "status",
+             "amount_fen", "expires_at", "paid_at", "channel_transaction_id", "qr_token"])
+        copy_rows(conn, "order_lines", ({
+            "id": i, "order_id": i, "bill_line_id": i, "resident_id": i, "insurance": "medical",
+            "tier_yuan": None, "amount_fen": amount_fen,
+            "village_code": villages[i % len(villages)],
+            "town_code": villages[i % len(villages)][:9]} for i in ids),
+            ["id", "order_id", "bill_line_id", "resident_id", "insurance", "tier_yuan",
+             "amount_fen", "village_code", "town_code"])
+        copy_rows(conn, "attempts", ({
+            "id": i, "order_id": i, "channel": "wechat", "kind": "native",
+            "out_trade_no": f"{numbers_stamp}{i:07d}01", "amount_fen": amount_fen,
+            "status": "paid", "transaction_id": txn(i), "paid_at": paid_at(i),
+            "expires_at": paid_at(i) + timedelta(hours=2),
+            "qr_content": f"weixin://wxpay/bizpayurl/up?pr={i:x}&groupid=00"} for i in ids),
+            ["id", "order_id", "channel", "kind", "out_trade_no", "amount_fen", "status",
+             "transaction_id", "paid_at", "expires_at", "qr_content"])
+        step("orders", t0)
+        t0 = time.perf_counter()
+        copy_rows(conn, "payments", ({
+            "id": i, "attempt_id": i, "order_id": i, "channel": "wechat", "transaction_id": txn(i),
+            "amount_fen": amount_fen, "paid_at": paid_at(i),
+            "business_date": start_day + timedelta(days=i % 90), "source": "notification",
+            "shared_transaction": False} for i in ids),
+            ["id", "attempt_id", "order_id", "channel", "transaction_id", "amount_fen",
+             "paid_at", "business_date", "source", "shared_transaction"])
+        copy_rows(conn, "payment_lines", ({
+            "id": i, "payment_id": i, "bill_line_id": i, "amount_fen": amount_fen,
+            "applied": True} for i in ids),
+            ["id", "payment_id", "bill_line_id", "amount_fen", "applied"])
+        step("payments", t0)
+        t0 = time.perf_counter()
+        copy_rows(conn, "notification_inbox", ({
+            "id": i, "channel": "wechat", "dedupe_key": f"preloaded-{i:012d}",
+            "out_trade_no": f"{numbers_stamp}{i:07d}01", "verified": True, "outcome": "applied",
+            "detail": f"order {numbers_stamp}{i:07d}",
+            "headers": '{"content-type": "application/json"}', "body": body,
+            "received_at": paid_at(i)} for i in ids),
+            ["id", "channel", "dedupe_key", "out_trade_no", "verified", "outcome", "detail",
+             "headers", "body", "received_at"])
+        step("inbox", t0)
+        t0 = time.perf_counter()
+        copy_rows(conn, "journal_entries", ({
+            "id": i, "kind": "channel_payment",
+            "reason": f"order {numbers_stamp}{i:07d} paid by wechat {txn(i)}",
+            "business_date": start_day + timedelta(days=i % 90), "occurred_at": paid_at(i),
+            "payment_id": i} for i in ids),
+            ["id", "kind", "reason", "business_date", "occurred_at", "payment_id"])
+
+        def postings() -> Iterator[dict[str, Any]]:
+            for i in ids:
+                v = villages[i % len(villages)]
+                day = start_day + timedelta(days=i % 90)
+                yield {"id": 2 * i, "entry_id": i, "account_id": clearing,
+                       "amount_fen": amount_fen, "business_date": day, "town_code": v[:9],
+                       "village_code": v, "channel": "wechat", "measure": "collected",
+                       "items": 1}
+                yield {"id": 2 * i + 1, "entry_id": i, "account_id": contributions,
+                       "amount_fen": -amount_fen, "business_date": day, "town_code": v[:9],
+                       "village_code": v, "channel": "wechat", "measure": None, "items": 1}
+
+        copy_rows(conn, "postings", postings(),
+                  ["id", "entry_id", "account_id", "amount_fen", "business_date", "town_code",
+                   "village_code", "channel", "measure", "items"])
+        step("ledger", t0)
+        last = first + count - 1
+        for table, top in (("residents", last), ("bill_lines", last), ("orders", last),
+                           ("order_lines", last), ("attempts", last), ("payments", last),
+                           ("payment_lines", last), ("notification_inbox", last),
+                           ("journal_entries", last), ("postings", 2 * last + 1)):
+            conn.execute(sql.SQL("SELECT setval(pg_get_serial_sequence({}, 'id'), {})").format(
+                sql.Literal(table), sql.Literal(top)))
+        conn.execute("SET session_replication_role = DEFAULT")
+        conn.commit()
+    t0 = time.perf_counter()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+    step("vacuum", t0)
+    return timings
+
+
 # Tables a payment writes to; emptied (and the orders set back to pending) between runs.
 PAYMENT_TABLES = ("payment_lines", "refunds", "payments", "notification_inbox")
 MAYBE_PAYMENT_TABLES = ("postings", "journal_entries", "outbox", "agent_collections")
@@ -676,8 +824,13 @@ RESET_FIRST = ("refund_lines", "department_credit_lines", "department_credit_not
                "ledger_entry_checks")
 
 
-def reset_to_pending(db_url: str) -> None:
-    """Undo every payment: the orders, attempts and bill lines pending again, no payments."""
+def reset_to_pending(db_url: str, upto: int | None = None) -> None:
+    """Undo every payment: the orders, attempts and bill lines pending again, no payments.
+    With ``upto`` (orders preloaded as paid after it: :func:`preload_paid_orders`), only the
+    payments of orders 1 … ``upto`` and what they wrote."""
+    if upto is not None:
+        _reset_first_orders(db_url, upto)
+        return
     with psycopg.connect(db_url) as conn:
         present = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
@@ -698,6 +851,41 @@ def reset_to_pending(db_url: str) -> None:
                       "paid_at = NULL WHERE status <> 'pending'")
         conn.execute("UPDATE orders SET status = 'pending', paid_at = NULL, "
                      "channel_transaction_id = NULL WHERE status <> 'pending'")
+        conn.commit()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+
+
+def _reset_first_orders(db_url: str, upto: int) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("CREATE TEMP TABLE undo AS SELECT id FROM payments WHERE order_id <= %s",
+                     (upto,))
+        conn.execute("CREATE TEMP TABLE undo_entries AS SELECT id FROM journal_entries "
+                     "WHERE payment_id IN (SELECT id FROM undo)")
+        for statement in (
+                "DELETE FROM postings WHERE entry_id IN (SELECT id FROM undo_entries)",
+                "DELETE FROM journal_entries WHERE id IN (SELECT id FROM undo_entries)",
+                "DELETE FROM ledger_entry_checks",
+                "DELETE FROM refund_lines WHERE refund_id IN (SELECT id FROM refunds "
+                "WHERE payment_id IN (SELECT id FROM undo))",
+                "DELETE FROM refunds WHERE payment_id IN (SELECT id FROM undo)",
+                "DELETE FROM payment_lines WHERE payment_id IN (SELECT id FROM undo)",
+                "DELETE FROM payments WHERE id IN (SELECT id FROM undo)",
+                "DELETE FROM outbox",
+                "DELETE FROM notification_inbox WHERE dedupe_key IS NULL "
+                "OR dedupe_key NOT LIKE 'preloaded-%%'"):
+            conn.execute(statement)
+        conn.execute("SET session_replication_role = DEFAULT")
+        conn.execute("UPDATE bill_lines SET status = 'unpaid', paid_payment_id = NULL, "
+                     "paid_tier_yuan = NULL, paid_fen = NULL, paid_at = NULL "
+                     "WHERE id <= %s AND status <> 'unpaid'", (upto,))
+        conn.execute("UPDATE attempts SET status = 'pending', transaction_id = NULL, "
+                     "paid_at = NULL WHERE id <= %s AND status <> 'pending'", (upto,))
+        conn.execute("UPDATE orders SET status = 'pending', paid_at = NULL, "
+                     "channel_transaction_id = NULL WHERE id <= %s AND status <> 'pending'",
+                     (upto,))
         conn.commit()
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")

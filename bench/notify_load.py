@@ -357,7 +357,7 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
         server.stop()
 
     n_notes = len(sent.latencies_ms) + sent.answers.get("transport_error", 0)
-    checks = check_database(settings.database_url, args.orders)
+    checks = check_database(settings.database_url, args.orders, args.preload_paid)
     non_success = sum(v for k, v in sent.answers.items() if k != "success") + sum(
         v for k, v in warm_sent.answers.items() if k != "success")
     lat = sup.summary(sent.latencies_ms)
@@ -401,8 +401,10 @@ def _self_cpu() -> float:
 
 
 # --------------------------------------------------------------------------- checks
-def check_database(url: str, n: int) -> dict[str, Any]:
-    """The database after the run: one payment per order, all paid, ledger balanced."""
+def check_database(url: str, n: int, preloaded: int = 0) -> dict[str, Any]:
+    """The database after the run: one payment per order, all paid, ledger balanced (the
+    ``preloaded`` paid orders included: each as one more of everything)."""
+    n += preloaded
     total = n * AMOUNT_FEN
     out: dict[str, Any] = {}
     problems: list[str] = []
@@ -627,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mix", type=parse_mix, default=parse_mix("wechat=0.6,alipay=0.2,"
                                                                "unionpay=0.2"))
     p.add_argument("--dup", type=float, default=0.10, help="share of notifications sent twice")
+    p.add_argument("--preload-paid", type=int, default=0, metavar="N",
+                   help="before the runs, N orders already paid (a province's campaign so far: "
+                        "residents, orders, bill lines, payments, inbox rows, ledger), by COPY")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="load generator: minimal asyncio HTTP/1.1 (default) or httpx.AsyncClient")
@@ -694,6 +699,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeded {args.orders:,} pending orders in {time.perf_counter() - t0:.1f} s "
                   f"({', '.join(f'{k} {v:.1f} s' for k, v in steps.items())}); "
                   + ", ".join(f"{c.value} {len(r):,}" for c, r in ranges.items()))
+            if args.preload_paid:
+                t0 = time.perf_counter()
+                sup.preload_paid_orders(url, args.orders + 1, args.preload_paid, AMOUNT_FEN)
+                print(f"preloaded {args.preload_paid:,} paid orders in "
+                      f"{time.perf_counter() - t0:.1f} s")
+                results["preload_paid"] = args.preload_paid
             loads: list[LoadResult] = []
             yardsticks: list[tuple[int, LoadResult, YardstickResult, float]] = []
             first = True
@@ -701,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
                 for workers in workers_list:
                     for run_no in range(args.runs):
                         if not first:
-                            sup.reset_to_pending(url)
+                            sup.reset_to_pending(url, args.orders if args.preload_paid else None)
                         first = False
                         print(f"load run {run_no + 1}/{args.runs}, {workers} worker(s), "
                               f"concurrency {args.concurrency}:", file=sys.stderr)
