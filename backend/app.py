@@ -179,11 +179,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 
-    app.include_router(auth_router)
+    # Routes are matched in order, one by one: the busiest first (a deadline day's channel
+    # notifications and residents' lookups).
+    app.include_router(notify_router)
     app.include_router(residents_router)
+    app.include_router(auth_router)
     app.include_router(orders_router)
     app.include_router(agents_router)
-    app.include_router(notify_router)
     app.include_router(ledger_router)
     app.include_router(outbox_router)
     app.include_router(refunds_router)

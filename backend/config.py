@@ -81,10 +81,11 @@ class Settings(BaseSettings):
     # every outgoing channel call gives up after this long
     channel_timeout_s: float = 10.0
 
-    # Threads per serve process that apply channel notifications, each with a database
-    # connection while it works. Enough of them commit together for PostgreSQL to flush
-    # their WAL in one write; fewer cost the database more per payment, more only queue on
-    # the GIL (bench/README.md, "Notifications").
+    # Per serve process: on PostgreSQL, the connections kept open for the common case of a
+    # payment notification, applied on the event loop in one statement; and the threads
+    # that apply every other notification, each with a connection while it works. Enough of
+    # them commit together for PostgreSQL to flush their WAL in one write (bench/README.md,
+    # "Notifications").
     notify_threads: int = Field(default=16, ge=1, le=64)
     # Database connections kept per process (PostgreSQL): every request thread and the
     # in-process worker can hold one without the pool opening and closing extra ones.

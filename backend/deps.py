@@ -18,7 +18,9 @@ from backend.security.tokens import Principal, read_token
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies that only read what the request already holds are ``async def``: FastAPI runs
+# a plain ``def`` dependency in the thread pool, a thread hand-off per request for nothing.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
@@ -53,7 +55,7 @@ CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
 def require_roles(*roles: str):  # type: ignore[no-untyped-def]
-    def _check(principal: CurrentPrincipal) -> Principal:
+    async def _check(principal: CurrentPrincipal) -> Principal:
         if principal.role not in roles:
             raise Forbidden(f"this needs one of the roles: {', '.join(roles)}")
         return principal
@@ -61,7 +63,7 @@ def require_roles(*roles: str):  # type: ignore[no-untyped-def]
     return Depends(_check)
 
 
-def client_ip(request: Request) -> str:
+async def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 

@@ -300,6 +300,12 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
         send(server.base_url, [(channel_of[i], *n) for i, n in zip(warm, notes, strict=True)],
              args.concurrency, warm_sent, args.client)
         rate = max(50.0, len(warm) / max(warm_sent.seconds, 1e-3))
+        # What autovacuum does within its first minute on a live system: statistics that
+        # have seen the warm-up's payments, postings and inbox rows. Without them the server's
+        # cached plans keep treating the ledger as the empty table it was at the start and
+        # scan it whole per payment (a 15-second run never reaches autovacuum's naptime).
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
         if args.profile:
             profiler = sup.start_profiler(server, Path(args.profile), args.profile_mode)
         pos = 0

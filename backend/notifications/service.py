@@ -239,7 +239,8 @@ async def open_notify_pool(rt: Runtime) -> AsyncConnectionPool:
     background, so a database that is down does not stop the service from starting)."""
     pool = AsyncConnectionPool(
         rt.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-        min_size=2, max_size=rt.settings.notify_threads, open=False, name="notifications",
+        min_size=rt.settings.notify_threads, max_size=rt.settings.notify_threads, open=False,
+        name="notifications",
         kwargs={"autocommit": True})
     await pool.open(wait=False)
     return pool
