@@ -465,6 +465,47 @@ def postgres_sessions(url: str) -> int:
                                 "WHERE datname = current_database()").fetchone()[0])  # type: ignore[index]
 
 
+class WaitSampler:
+    """What the database's sessions are doing, sampled every ``interval_s`` while running
+    (``pg_stat_activity``: on CPU, waiting on a lock, on the WAL, on the client…): where the
+    database's time goes, by wait event."""
+
+    def __init__(self, url: str, interval_s: float = 0.05) -> None:
+        import threading
+
+        self.url, self.interval_s = url, interval_s
+        self.counts: Counter[str] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            me = conn.info.backend_pid
+            while not self._stop.wait(self.interval_s):
+                rows = conn.execute(
+                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> %s "
+                    "AND backend_type = 'client backend'", (me,)).fetchall()
+                self.samples += 1
+                for state, kind, event in rows:
+                    if state == "idle":
+                        continue
+                    self.counts[f"{kind}:{event}" if kind else "CPU (no wait)"] += 1
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def busy_sessions(self) -> dict[str, float]:
+        """Average number of non-idle sessions per state, over the samples."""
+        return {k: v / max(self.samples, 1) for k, v in self.counts.most_common()}
+
+
 # --------------------------------------------------------------------------- seeding
 def _copy_value(v: Any) -> str:
     if v is None:

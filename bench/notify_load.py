@@ -265,6 +265,8 @@ class LoadResult:
     answers: dict[str, int]
     failures: list[str]
     checks: dict[str, Any]
+    # busy database sessions on average, by what they were doing (pg_stat_activity)
+    database_sessions: dict[str, float] = field(default_factory=dict)
 
 
 def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
@@ -292,6 +294,8 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
     sessions = 0
     machine = [0.0, 0.0]
     seg_stats: list[dict[str, Any]] = []
+    wait_counts: Counter[str] = Counter()
+    wait_samples = [0]
     profiler: subprocess.Popen[bytes] | None = None
     try:
         server.start()
@@ -331,7 +335,11 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
             mc_before = sup.machine_cpu()
             sessions_before = sup.postgres_sessions(settings.database_url)
             seg_sent_before = sent.seconds
-            send(server.base_url, batch, args.concurrency, sent, args.client)
+            with sup.WaitSampler(settings.database_url) as waits:
+                send(server.base_url, batch, args.concurrency, sent, args.client)
+            for k, v in waits.counts.items():
+                wait_counts[k] += v
+            wait_samples[0] += waits.samples
             after = (*server.cpu_split(), sup.postgres_cpu_seconds(dbname), _self_cpu())
             sw_after = server.context_switches()
             mc_after = sup.machine_cpu()
@@ -383,7 +391,9 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
         segment_stats=seg_stats, quiet_applied_per_s=_quiet_rate(seg_stats),
         other_cpu_ms_per_notification=(machine[0] - sum(cpu.values())) * 1000 / max(n_notes, 1),
         answers=dict(sent.answers + warm_sent.answers), failures=sent.failures[:20],
-        checks=checks)
+        checks=checks,
+        database_sessions={k: v / max(wait_samples[0], 1)
+                           for k, v in wait_counts.most_common(8)})
 
 
 def _quiet_rate(stats: list[dict[str, Any]]) -> float:
@@ -806,6 +816,9 @@ def print_load(r: LoadResult) -> None:
     print(f"  machine CPU busy {r.machine_busy:.0%} (of {os.cpu_count()} CPUs); busy CPU "
           f"outside the benchmark's processes: {r.other_cpu_ms_per_notification:.2f} ms per "
           "notification")
+    if r.database_sessions:
+        print("  database sessions busy, on average, by wait event: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in r.database_sessions.items()))
     print(f"  notifications built at {r.build_per_s:,.0f}/s ({r.build_seconds:.1f} s, "
           f"{r.segments} segment(s))")
 

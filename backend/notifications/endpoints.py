@@ -3,7 +3,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from backend.deps import RuntimeDep
 from backend.errors import errors
 from backend.notifications.service import handle_async
 from payment_adapters.base import Channel
@@ -14,7 +13,9 @@ WECHAT_FAILURE = {"type": "object", "required": ["code", "message"],
                   "properties": {"code": {"const": "FAIL"}, "message": {"type": "string"}}}
 
 
-async def _notify(channel: Channel, request: Request, rt: RuntimeDep) -> Response:
+async def _notify(channel: Channel, request: Request) -> Response:
+    # No dependencies to solve: the busiest route takes what it needs from the app.
+    rt = request.app.state.runtime
     body = await request.body()   # the raw bytes: signatures are over them
     pool = getattr(request.app.state, "notify_pool", None)
     answer = await handle_async(rt, pool, channel, request.headers, body)
@@ -28,21 +29,21 @@ async def _notify(channel: Channel, request: Request, rt: RuntimeDep) -> Respons
                          "sends it again",
           "content": {"application/json": {"schema": WECHAT_FAILURE}}},
     **errors("payload_too_large")})
-async def notify_wechat(request: Request, rt: RuntimeDep) -> Response:
-    return await _notify(Channel.WECHAT, request, rt)
+async def notify_wechat(request: Request) -> Response:
+    return await _notify(Channel.WECHAT, request)
 
 
 @router.post("/alipay", response_class=PlainTextResponse, responses={
     200: {"description": "`success` when verified and recorded (a repeat too); `fail` "
                          "otherwise, and Alipay sends it again"},
     **errors("payload_too_large")})
-async def notify_alipay(request: Request, rt: RuntimeDep) -> Response:
-    return await _notify(Channel.ALIPAY, request, rt)
+async def notify_alipay(request: Request) -> Response:
+    return await _notify(Channel.ALIPAY, request)
 
 
 @router.post("/unionpay", response_class=PlainTextResponse, responses={
     200: {"description": "`SUCCESS` when verified and recorded (a repeat too); `FAILED` "
                          "otherwise, and ChinaUMS sends it again"},
     **errors("payload_too_large")})
-async def notify_unionpay(request: Request, rt: RuntimeDep) -> Response:
-    return await _notify(Channel.UNIONPAY, request, rt)
+async def notify_unionpay(request: Request) -> Response:
+    return await _notify(Channel.UNIONPAY, request)
