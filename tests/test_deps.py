@@ -49,3 +49,28 @@ def test_a_failed_commit_is_an_error_answer_not_a_success(rt: Runtime) -> None:
 
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.post("/write").status_code == 500
+
+
+def test_dependencies_that_only_read_the_request_take_no_thread() -> None:
+    """FastAPI runs a plain ``def`` dependency in the thread pool: one hand-off per request
+    (py-spy found it on every notification). Those that only read the request are async."""
+    import inspect
+
+    from backend.deps import client_ip, require_roles
+
+    assert inspect.iscoroutinefunction(get_runtime)
+    assert inspect.iscoroutinefunction(client_ip)
+    assert inspect.iscoroutinefunction(require_roles("agent").dependency)
+
+
+def test_the_busiest_routes_are_matched_first(rt: Runtime) -> None:
+    """Routes are tried one by one: the channels' notifications first, then lookups."""
+    from fastapi.routing import APIRoute
+
+    from backend.app import create_app
+
+    paths = [r.path for r in create_app(runtime=rt).routes
+             if isinstance(r, APIRoute) and r.path.startswith("/api/")]
+    assert paths[:3] == ["/api/v1/notify/wechat", "/api/v1/notify/alipay",
+                         "/api/v1/notify/unionpay"]
+    assert paths[3].startswith("/api/v1/residents")
