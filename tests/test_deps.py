@@ -64,13 +64,18 @@ def test_dependencies_that_only_read_the_request_take_no_thread() -> None:
 
 
 def test_the_busiest_routes_are_matched_first(rt: Runtime) -> None:
-    """Routes are tried one by one: the channels' notifications first, then lookups."""
+    """Routes are tried one by one, router by router: the channels' notifications first,
+    then lookups."""
     from fastapi.routing import APIRoute
 
     from backend.app import create_app
 
-    paths = [r.path for r in create_app(runtime=rt).routes
-             if isinstance(r, APIRoute) and r.path.startswith("/api/")]
+    paths = []
+    for r in create_app(runtime=rt).router.routes:
+        inner = getattr(r, "original_router", None)      # an included router
+        for route in (inner.routes if inner is not None else [r]):
+            if isinstance(route, APIRoute) and route.path.startswith("/api/"):
+                paths.append(route.path)
     assert paths[:3] == ["/api/v1/notify/wechat", "/api/v1/notify/alipay",
                          "/api/v1/notify/unionpay"]
     assert paths[3].startswith("/api/v1/residents")
