@@ -1,32 +1,35 @@
-"""Benchmark: channel notifications applied per second on PostgreSQL, against pgbench.
+"""Benchmark: payment notifications per second, against the fixed yardstick in the same run.
 
-    .venv/bin/python bench/notify_load.py                    # 100,000 orders, as issue 4
-    .venv/bin/python bench/notify_load.py --orders 20000     # quick mode
-    .venv/bin/python bench/notify_load.py --workers 1,2 --runs 3 --json out.json
+    .venv/bin/python bench/notify_load.py --runs 3                        # 8,000 pending orders
+    .venv/bin/python bench/notify_load.py --runs 3 --preload-paid 1000000 # … and a campaign
+    .venv/bin/python bench/notify_load.py --workers 1,2 --json out.json
 
-1. A fresh database (``bench_notify``), migrated, with N pending orders written by COPY:
-   N residents, each with one unpaid medical bill line, in one single-item order with one
-   pending attempt whose ``out_trade_no`` has its channel's real format (WeChat Native,
-   Alipay QR, ChinaUMS bills QR, split by ``--mix``).
+1. A fresh database (``bench_notify_<pid>``), migrated, with N pending orders written by
+   COPY: N residents, each with one unpaid medical bill line, in one single-item order with
+   one pending attempt whose ``out_trade_no`` has its channel's real format (WeChat Native,
+   Alipay QR, ChinaUMS bills QR, split by ``--mix``; WeChat only by default, as the
+   yardstick's definition). ``--preload-paid M`` adds M orders already paid — residents,
+   orders, bill lines, payments, inbox rows and ledger postings of a campaign — by COPY.
 2. The service served by uvicorn in a child process (``bench/_server.py``: as
-   ``python -m backend serve`` runs it, logging included; ``--workers`` processes).
+   ``python -m backend serve`` builds it; ``--workers`` processes) in live mode: channel
+   keys configured (the simulators' own, see ``_support.live_env``), no simulator in the
+   process, the real clock. ``--sandbox`` serves the simulator instead.
 3. Real-format signed notifications from the channel simulators — WeChat APIv3
    (AES-256-GCM resource, RSA-SHA256 signature headers), Alipay RSA2 forms, ChinaUMS
    SHA256-signed forms — one per order, and ``--dup`` (10%) of them sent twice, in random
    order. They are built before the timed phase, in segments short enough that every
    WeChat timestamp is inside the 300 s window when it is sent; building is timed apart.
-4. A load generator in this process (asyncio + httpx, ``--concurrency`` requests in flight)
-   posts them to ``/api/v1/notify/{wechat,alipay,unionpay}`` and records each answer, its
-   latency and the server's own time (``Server-Timing``).
+4. A load generator in this process (asyncio, ``--concurrency`` requests in flight) posts
+   them to ``/api/v1/notify/{wechat,alipay,unionpay}`` and records each answer, its latency
+   and the server's own time (``Server-Timing``); the database's sessions are sampled for
+   what they wait on.
 5. Checks: every answer is the channel's success answer; exactly one payment per order,
    every bill line, attempt and order paid, the inbox holds one applied row per order, no
-   refunds; the ledger (when present): one entry and one "collected" posting per order,
-   every entry balanced, totals equal the payments.
-6. The baseline: the orders reset to pending, then ``pgbench -n -M prepared -c C -j 2 -t T
-   -f bench/notify_baseline.sql`` (C×T = every order by default, as the load pays them) —
-   per order, the same statements the notification path runs (see ``bench/baseline_sql.py`` and
-   ``bench/capture_sql.py``), 10% re-deliveries.
-   The ratio is orders applied per second by the service ÷ pgbench transactions per second.
+   refunds; the ledger: one entry and one "collected" posting per order, every entry
+   balanced, totals equal the payments (the preloaded orders included).
+6. After each run, the fixed yardstick (``bench/yardstick.py``: pgbench running the least a
+   notification must do, on its own database): **ratio = notifications/s answered ÷
+   yardstick TPS**, run by run, and the median.
 
 ``--profile DIR`` samples the server with py-spy during the timed phase (workers=1) and
 writes the flame-graph input and a summary of where the time goes.
@@ -39,7 +42,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import resource
 import subprocess
 import sys
@@ -61,12 +63,11 @@ from yardstick import YardstickResult, run_yardstick  # noqa: E402
 from backend.migrate import upgrade  # noqa: E402
 from payment_adapters.base import Channel  # noqa: E402
 
-BASELINE = Path(__file__).resolve().parent / "notify_baseline.sql"
 AMOUNT_FEN = 38_000
 SUCCESS = {Channel.WECHAT: (204, b""), Channel.ALIPAY: (200, b"success"),
            Channel.UNIONPAY: (200, b"SUCCESS")}
 WECHAT_WINDOW_S = 300
-# A segment (or pgbench run) is "disturbed" when work outside the benchmark's own processes
+# A segment is "disturbed" when work outside the benchmark's own processes
 # (other people's test runs: the machine is shared) took more than this share of the CPUs.
 DISTURBED = 0.05
 
@@ -477,129 +478,6 @@ def check_database(url: str, n: int, preloaded: int = 0) -> dict[str, Any]:
     return out
 
 
-# --------------------------------------------------------------------------- baseline
-@dataclass
-class BaselineResult:
-    clients: int
-    seconds: float
-    transactions: int
-    tps: float
-    p50_ms: float
-    p99_ms: float
-    failed: int
-    cpu_ms_per_tx: dict[str, float]
-    other_cpu_share: float
-    disturbed: bool
-    statement_ms: list[tuple[float, str]]
-
-
-def check_baseline_script(script: Path, allow_stale: bool) -> None:
-    """Stop when the notification path no longer runs as many statements as the pgbench
-    script mirrors (bench/capture_sql.py shows them; bench/baseline_sql.py writes it)."""
-    from capture_sql import count_statements
-
-    new, again = count_statements()
-    m = re.search(r"BEGIN, (\d+) statements, COMMIT; a re-delivery: BEGIN, (\d+) statements",
-                  script.read_text())
-    mirrored = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
-    print(f"the notification path runs {new} statements (a re-delivery {again}); "
-          f"{BASELINE.name} mirrors {mirrored[0]} ({mirrored[1]})")
-    if (new, again) != mirrored:
-        message = (f"{BASELINE.name} is out of date: run bench/capture_sql.py, update "
-                   "bench/baseline_sql.py and run it")
-        if not allow_stale:
-            raise SystemExit(message + " (or pass --allow-stale-baseline)")
-        print("  WARNING: " + message, file=sys.stderr)
-
-
-def ledger_accounts(url: str) -> dict[str, int]:
-    """Ids of the accounts a channel payment posts to (created if the run made none)."""
-    from backend.ledger import service as ledger
-
-    accounts = {ch.value: ledger.channel_clearing(ch.value) for ch in Channel}
-    accounts["contrib"] = ledger.contributions("medical", sup.YEAR)
-    with psycopg.connect(url) as conn:
-        for a in accounts.values():
-            conn.execute("INSERT INTO ledger_accounts (code, kind, name, created_at) "
-                         "VALUES (%s, %s, %s, now()) ON CONFLICT (code) DO NOTHING",
-                         (a.code, a.kind, a.name))
-        ids = dict(conn.execute("SELECT code, id FROM ledger_accounts").fetchall())
-        conn.commit()
-    return {f"acct_{k}": ids[a.code] for k, a in accounts.items()}
-
-
-def run_pgbench(args: argparse.Namespace, url: str, numbers: sup.OrderNumbers,
-                ranges: dict[Channel, range], run_no: int, tmp: Path) -> BaselineResult:
-    sup.reset_to_pending(url)
-    variables = {
-        "i": 0, "nclients": args.concurrency, "norders": args.orders,
-        "seed": args.seed + run_no, "dup_pct": round(args.dup * 100), "amount": AMOUNT_FEN,
-        "wechat_last": ranges[Channel.WECHAT].stop - 1 if Channel.WECHAT in ranges else 0,
-        "alipay_last": ranges[Channel.ALIPAY].stop - 1 if Channel.ALIPAY in ranges
-        else (ranges[Channel.WECHAT].stop - 1 if Channel.WECHAT in ranges else 0),
-        "stamp": numbers.stamp, "ali_suffix": numbers.suffix[Channel.ALIPAY],
-        "ums_prefix": numbers.prefix[Channel.UNIONPAY], **ledger_accounts(url),
-    }
-    logdir = tmp / f"pgbench-{run_no}"
-    logdir.mkdir()
-    # By default pgbench pays every order, as the load does: the tables grow alike (past
-    # shared_buffers at 100,000), so both sides meet the same database.
-    total = min(args.orders, args.pgbench_transactions or args.orders)
-    per_client = max(1, total // args.concurrency)
-    cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(args.concurrency), "-j", "2",
-           "-t", str(per_client), "-r", "-l", "--log-prefix", str(logdir / "tx"),
-           "-f", str(args.baseline_path)]
-    for k, v in variables.items():
-        cmd += ["-D", f"{k}={v}"]
-    cmd += ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", url.rsplit("/", 1)[1]]
-    if args.wait_quiet:
-        sup.wait_quiet(args.wait_quiet)
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    mc0, pg0 = sup.machine_cpu(), sup.postgres_cpu_seconds(_dbname(url))
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    mc1, pg1 = sup.machine_cpu(), sup.postgres_cpu_seconds(_dbname(url))
-    pgbench_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    other = ((mc1[0] - mc0[0]) - (pg1 - pg0) - pgbench_cpu) / max(mc1[1] - mc0[1], 1e-9)
-    if res.returncode != 0:
-        raise SystemExit(f"pgbench failed ({res.returncode}):\n{res.stderr[-3000:]}"
-                         f"\n{res.stdout[-3000:]}")
-    out = res.stdout
-    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    txs = int(re.search(r"number of transactions actually processed: (\d+)",
-                        out).group(1))  # type: ignore[union-attr]
-    failed_m = re.search(r"number of failed transactions: (\d+)", out)
-    lat: list[float] = []
-    for f in logdir.iterdir():
-        for line in f.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3:
-                lat.append(int(parts[2]) / 1000)
-    (tmp / f"pgbench-{run_no}.out").write_text(out)
-    statements = []
-    for line in out.splitlines():
-        m = re.match(r"\s+([\d.]+)\s+\d+\s+(\S.*)", line)
-        if m and not m.group(2).startswith("\\"):
-            statements.append((float(m.group(1)), m.group(2)[:90]))
-    if args.json:
-        Path(args.json).with_suffix(f".pgbench-{run_no}.txt").write_text(out)
-    s = sup.summary(lat)
-    with psycopg.connect(url) as conn:
-        paid = conn.execute("SELECT (SELECT count(*) FROM payments), (SELECT count(*) FROM "
-                            "notification_inbox), (SELECT count(*) FROM bill_lines WHERE "
-                            "status = 'paid'), (SELECT count(*) FROM postings)").fetchone()
-    if paid != (txs, txs, txs, 2 * txs):
-        print(f"  warning: after pgbench, payments/inbox/paid lines/postings = {paid}, "
-              f"expected {txs} each (postings {2 * txs})", file=sys.stderr)
-    return BaselineResult(clients=args.concurrency, seconds=txs / tps if tps else 0.0,
-                          transactions=txs, tps=tps, p50_ms=s["p50"], p99_ms=s["p99"],
-                          failed=int(failed_m.group(1)) if failed_m else 0,
-                          cpu_ms_per_tx={"postgres": (pg1 - pg0) * 1000 / max(txs, 1),
-                                         "pgbench": pgbench_cpu * 1000 / max(txs, 1)},
-                          other_cpu_share=other, disturbed=other > DISTURBED,
-                          statement_ms=statements)
-
-
 # (label, regex over "function (path)"): the steps whose inclusive share the profile shows
 NOTIFY_STEPS = [
     ("event loop thread: uvicorn, ASGI stack, routing, middleware", r"^Server\.run "),
@@ -641,37 +519,28 @@ def median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--orders", type=int, default=100_000)
-    p.add_argument("--mix", type=parse_mix, default=parse_mix("wechat=0.6,alipay=0.2,"
-                                                               "unionpay=0.2"))
+    p.add_argument("--orders", type=int, default=8_000, help="pending orders paid by the load")
+    p.add_argument("--mix", type=parse_mix, default=parse_mix("wechat=1"),
+                   help="channels' shares, e.g. wechat=0.6,alipay=0.2,unionpay=0.2")
     p.add_argument("--dup", type=float, default=0.10, help="share of notifications sent twice")
     p.add_argument("--preload-paid", type=int, default=0, metavar="N",
                    help="before the runs, N orders already paid (a province's campaign so far: "
                         "residents, orders, bill lines, payments, inbox rows, ledger), by COPY")
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="load generator: minimal asyncio HTTP/1.1 (default) or httpx.AsyncClient")
-    p.add_argument("--workers", default="1", help="uvicorn worker processes, e.g. 1,2")
+    p.add_argument("--workers", default="2", help="server processes, e.g. 1,2")
     p.add_argument("--runs", type=int, default=1, help="runs of each (median reported)")
     p.add_argument("--sandbox", action="store_true",
                    help="serve in sandbox mode (the simulator in the process, COLLECT_NOW) "
                         "instead of live mode: channel keys configured (the simulators' own), "
                         "no simulator, the real clock")
     p.add_argument("--warmup", type=int, default=500, help="orders paid before timing")
-    p.add_argument("--pgbench-transactions", type=int, default=None,
-                   help="pgbench transactions per run (at most --orders: each pays one)")
-    p.add_argument("--no-baseline", action="store_true")
-    p.add_argument("--yardstick", action="store_true",
-                   help="after each load run, the fixed yardstick (bench/yardstick.py): "
-                        "ratio = notifications/s answered ÷ yardstick TPS, run by run")
     p.add_argument("--yardstick-clients", type=int, default=8)
     p.add_argument("--yardstick-seconds", type=int, default=10)
-    p.add_argument("--allow-stale-baseline", action="store_true",
-                   help="run pgbench even if notify_baseline.sql no longer mirrors the path")
-    p.add_argument("--no-load", action="store_true", help="only the pgbench baseline")
     p.add_argument("--build-procs", type=int, default=2)
     p.add_argument("--wait-quiet", type=float, default=900, metavar="S",
-                   help="before each segment and pgbench run, wait up to S seconds for the "
+                   help="before each segment, wait up to S seconds for the "
                         "machine to be idle (0: do not wait)")
     p.add_argument("--segment-s", type=float, default=60,
                    help="seconds of sending per pre-built segment (< 300: WeChat window)")
@@ -705,11 +574,6 @@ def main(argv: list[str] | None = None) -> int:
             numbers = sup.order_numbers(settings)   # also makes the sandbox keys
             sup.NotificationFactory(settings, numbers, AMOUNT_FEN)
             ranges = sup.channel_ranges(args.orders, args.mix)
-            # the script as it is now, for every pgbench run of this invocation
-            args.baseline_path = tmp / BASELINE.name
-            args.baseline_path.write_text(BASELINE.read_text())
-            if not args.no_baseline:
-                check_baseline_script(args.baseline_path, args.allow_stale_baseline)
             t0 = time.perf_counter()
             steps = sup.seed_pending_orders(url, args.orders, ranges, numbers, AMOUNT_FEN)
             print(f"seeded {args.orders:,} pending orders in {time.perf_counter() - t0:.1f} s "
@@ -724,64 +588,44 @@ def main(argv: list[str] | None = None) -> int:
             loads: list[LoadResult] = []
             yardsticks: list[tuple[int, LoadResult, YardstickResult, float]] = []
             first = True
-            if not args.no_load:
-                for workers in workers_list:
-                    for run_no in range(args.runs):
-                        if not first:
-                            sup.reset_to_pending(url, args.orders if args.preload_paid else None)
-                        first = False
-                        print(f"load run {run_no + 1}/{args.runs}, {workers} worker(s), "
-                              f"concurrency {args.concurrency}:", file=sys.stderr)
-                        r = run_load(args, settings, numbers, ranges, workers, run_no, tmp)
-                        loads.append(r)
-                        save(args, results, loads, [])
-                        print_load(r)
-                        if args.yardstick:
-                            y = run_yardstick(args.yardstick_clients, args.yardstick_seconds)
-                            ratio = r.notifications_per_s / y.tps if y.tps else 0.0
-                            yardsticks.append((workers, r, y, ratio))
-                            print(f"  yardstick: {y.tps:,.0f} tps (latency average "
-                                  f"{y.latency_ms:.2f} ms); service {r.notifications_per_s:,.0f}"
-                                  f" notifications/s, p99 {r.p99_ms:.1f} ms: ratio {ratio:.3f}")
-                        if not r.checks["ok"] or r.non_success:
-                            print("  CHECK FAILED: " + "; ".join(r.checks["problems"])
-                                  + (f"; {r.non_success} non-success answers: "
-                                     f"{r.failures[:3]}" if r.non_success else ""))
-                if args.profile:
-                    sup.summarize_profile(Path(args.profile), NOTIFY_STEPS)
-            baselines: list[BaselineResult] = []
-            if not args.no_baseline:
+            for workers in workers_list:
                 for run_no in range(args.runs):
-                    b = run_pgbench(args, url, numbers, ranges, run_no, tmp)
-                    baselines.append(b)
-                    save(args, results, loads, baselines)
-                    print(f"pgbench run {run_no + 1}: {b.tps:,.0f} tps, p50 {b.p50_ms:.2f} ms, "
-                          f"p99 {b.p99_ms:.2f} ms, {b.transactions:,} transactions in "
-                          f"{b.seconds:.1f} s; CPU ms per transaction: postgres "
-                          f"{b.cpu_ms_per_tx['postgres']:.2f}, pgbench "
-                          f"{b.cpu_ms_per_tx['pgbench']:.2f}; other work on the machine "
-                          f"{b.other_cpu_share:.0%}{' (DISTURBED)' if b.disturbed else ''}")
-                if baselines:
-                    print("pgbench per-statement latency (ms, last run):")
-                    for ms, text in baselines[-1].statement_ms:
-                        print(f"  {ms:7.3f}  {text}")
+                    if not first:
+                        sup.reset_to_pending(url, args.orders if args.preload_paid else None)
+                    first = False
+                    print(f"load run {run_no + 1}/{args.runs}, {workers} worker(s), "
+                          f"concurrency {args.concurrency}:", file=sys.stderr)
+                    r = run_load(args, settings, numbers, ranges, workers, run_no, tmp)
+                    loads.append(r)
+                    print_load(r)
+                    y = run_yardstick(args.yardstick_clients, args.yardstick_seconds)
+                    ratio = r.notifications_per_s / y.tps if y.tps else 0.0
+                    yardsticks.append((workers, r, y, ratio))
+                    save(args, results, yardsticks)
+                    print(f"  yardstick: {y.tps:,.0f} tps (latency average "
+                          f"{y.latency_ms:.2f} ms); service {r.notifications_per_s:,.0f} "
+                          f"notifications/s, p99 {r.p99_ms:.1f} ms: ratio {ratio:.3f}")
+                    if not r.checks["ok"] or r.non_success:
+                        print("  CHECK FAILED: " + "; ".join(r.checks["problems"])
+                              + (f"; {r.non_success} non-success answers: "
+                                 f"{r.failures[:3]}" if r.non_success else ""))
+            if args.profile:
+                sup.summarize_profile(Path(args.profile), NOTIFY_STEPS)
             results["load"] = [asdict(r) for r in loads]
-            results["baseline"] = [asdict(b) for b in baselines]
-            print_summary(loads, baselines, workers_list)
             if yardsticks:
-                print("\nagainst the fixed yardstick (median of runs)")
+                print("\nsummary: against the fixed yardstick (median of runs)")
                 for w in workers_list:
                     mine = [(r, y, q) for ww, r, y, q in yardsticks if ww == w]
                     if mine:
                         print(f"  {w} worker(s): ratio {median([q for _, _, q in mine]):.3f} "
                               f"({', '.join(f'{q:.3f}' for _, _, q in mine)}); service "
                               f"{median([r.notifications_per_s for r, _, _ in mine]):,.0f}/s, "
+                              f"p50 {median([r.p50_ms for r, _, _ in mine]):.1f} ms, "
                               f"p99 {median([r.p99_ms for r, _, _ in mine]):.1f} ms; yardstick "
-                              f"{median([y.tps for _, y, _ in mine]):,.0f} tps")
-                results["yardstick"] = [{"workers": w, "ratio": q, "tps": y.tps,
-                                         "notifications_per_s": r.notifications_per_s,
-                                         "p99_ms": r.p99_ms} for w, r, y, q in yardsticks]
-            results["summary"] = summary_dict(loads, baselines, workers_list)
+                              f"{median([y.tps for _, y, _ in mine]):,.0f} tps; checks "
+                              + ("ok" if all(r.checks["ok"] and not r.non_success
+                                             for r, _, _ in mine) else "FAILED"))
+                results["yardstick"] = _yardstick_rows(yardsticks)
     finally:
         if not args.keep:
             sup.drop_database(url)
@@ -790,12 +634,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def save(args: argparse.Namespace, results: dict[str, Any], loads: list[LoadResult],
-         baselines: list[BaselineResult]) -> None:
+def _yardstick_rows(yardsticks: list[tuple[int, LoadResult, YardstickResult, float]]
+                    ) -> list[dict[str, Any]]:
+    return [{"workers": w, "ratio": q, "yardstick_tps": y.tps,
+             "notifications_per_s": r.notifications_per_s, "p50_ms": r.p50_ms,
+             "p99_ms": r.p99_ms, "checks_ok": r.checks["ok"] and not r.non_success}
+            for w, r, y, q in yardsticks]
+
+
+def save(args: argparse.Namespace, results: dict[str, Any],
+         yardsticks: list[tuple[int, LoadResult, YardstickResult, float]]) -> None:
     """Write what is measured so far (a long run that gets stopped keeps its finished runs)."""
     if args.json:
-        partial = {**results, "load": [asdict(r) for r in loads],
-                   "baseline": [asdict(b) for b in baselines]}
+        partial = {**results, "load": [asdict(r) for _, r, _, _ in yardsticks],
+                   "yardstick": _yardstick_rows(yardsticks)}
         Path(args.json).write_text(json.dumps(partial, indent=2, default=str))
 
 
@@ -821,54 +673,6 @@ def print_load(r: LoadResult) -> None:
             f"{k} {v:.2f}" for k, v in r.database_sessions.items()))
     print(f"  notifications built at {r.build_per_s:,.0f}/s ({r.build_seconds:.1f} s, "
           f"{r.segments} segment(s))")
-
-
-def summary_dict(loads: list[LoadResult], baselines: list[BaselineResult],
-                 workers_list: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    tps = median([b.tps for b in baselines]) if baselines else None
-    for w in workers_list:
-        rs = [r for r in loads if r.workers == w]
-        if not rs:
-            continue
-        applied = median([r.applied_per_s for r in rs])
-        out[f"workers={w}"] = {
-            "applied_per_s": applied,
-            "quiet_applied_per_s": median([r.quiet_applied_per_s for r in rs]),
-            "notifications_per_s": median([r.notifications_per_s for r in rs]),
-            "p50_ms": median([r.p50_ms for r in rs]), "p99_ms": median([r.p99_ms for r in rs]),
-            "ratio": applied / tps if tps else None,
-            "all_checks_ok": all(r.checks["ok"] and not r.non_success for r in rs),
-            "disturbed_segments": sum(x["disturbed"] for r in rs for x in r.segment_stats),
-            "segments": sum(r.segments for r in rs),
-        }
-    if baselines:
-        out["pgbench"] = {"tps": tps, "p50_ms": median([b.p50_ms for b in baselines]),
-                          "p99_ms": median([b.p99_ms for b in baselines]),
-                          "disturbed_runs": sum(b.disturbed for b in baselines)}
-    return out
-
-
-def print_summary(loads: list[LoadResult], baselines: list[BaselineResult],
-                  workers_list: list[int]) -> None:
-    s = summary_dict(loads, baselines, workers_list)
-    print("\nsummary (median of runs)")
-    print(f"{'':22} {'applied/s':>10} {'notif/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'ratio':>7}  checks  (quiet segments)")
-    for k, v in s.items():
-        if k == "pgbench":
-            continue
-        ratio = f"{v['ratio']:.3f}" if v["ratio"] is not None else "-"
-        print(f"{'service ' + k:22} {v['applied_per_s']:10,.0f} {v['notifications_per_s']:9,.0f} "
-              f"{v['p50_ms']:8.1f} {v['p99_ms']:8.1f} {ratio:>7}  "
-              f"{'ok' if v['all_checks_ok'] else 'FAILED':6}  "
-              f"({v['quiet_applied_per_s']:,.0f}/s; {v['disturbed_segments']} of "
-              f"{v['segments']} segments disturbed)")
-    if "pgbench" in s:
-        b = s["pgbench"]
-        print(f"{'pgbench baseline':22} {b['tps']:10,.0f} {'':9} {b['p50_ms']:8.2f} "
-              f"{b['p99_ms']:8.2f}          ({b['disturbed_runs']} of {len(baselines)} runs "
-              "disturbed)")
 
 
 if __name__ == "__main__":

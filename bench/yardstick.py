@@ -7,7 +7,7 @@ ledger row — as one transaction, with nothing else in the way. pgbench runs it
 
     .venv/bin/python bench/yardstick.py [--clients 8] [--seconds 10]
 
-prints its TPS, the ceiling on this machine. ``bench/notify_load.py --yardstick`` runs it in
+prints its TPS, the ceiling on this machine. ``bench/notify_load.py`` runs it in
 the same invocation as the service's load and reports **ratio = service notifications/s ÷
 yardstick TPS**. The yardstick is fixed: it does not change when the service's own SQL
 changes, so a design that needs more statements or more locks per payment shows up as a
