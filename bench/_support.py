@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -250,15 +250,21 @@ class ServerProcess:
     workers: int = 1
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # the ASGI factory uvicorn serves (``_server:create_hello``: the hello-world yardstick)
+    app: str = "_server:create"
+    # environment beyond settings_env's (e.g. the channel keys of live mode)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60) -> ServerProcess:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(CODE_ROOT),
-               "BENCH_CODE_ROOT": str(CODE_ROOT)}
-        cmd = [sys.executable, "-m", "uvicorn", "_server:create", "--factory",
+        env = {**os.environ, **settings_env(self.settings), **self.extra_env,
+               "PYTHONPATH": str(CODE_ROOT), "BENCH_CODE_ROOT": str(CODE_ROOT)}
+        if self.settings.collect_now is None:
+            env.pop("COLLECT_NOW", None)    # live mode: the real clock, whatever ours says
+        cmd = [sys.executable, "-m", "uvicorn", self.app, "--factory",
                "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--no-server-header", "--proxy-headers",
                "--timeout-graceful-shutdown", "5"]
