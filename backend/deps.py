@@ -1,4 +1,10 @@
-"""Annotated dependency aliases for the routes."""
+"""Annotated dependency aliases for the routes.
+
+The dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in
+a worker thread, and each such hop costs more than what these do (``bench/README.md``,
+"Lookups"). Only the staff token's account check, which may read Redis or the database,
+goes to a thread.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from backend.auth.service import check_staff_token
 from backend.db import unit_of_work
@@ -18,7 +25,7 @@ from backend.security.tokens import Principal, read_token
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
@@ -37,7 +44,7 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_principal(
+async def get_principal(
     rt: RuntimeDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -45,7 +52,7 @@ def get_principal(
         raise Unauthorized("log in first: send Authorization: Bearer <token>")
     principal = read_token(rt.app_secret, creds.credentials)
     if principal.is_staff:
-        check_staff_token(rt, principal)
+        await run_in_threadpool(check_staff_token, rt, principal)
     return principal
 
 
@@ -53,7 +60,7 @@ CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
 def require_roles(*roles: str):  # type: ignore[no-untyped-def]
-    def _check(principal: CurrentPrincipal) -> Principal:
+    async def _check(principal: CurrentPrincipal) -> Principal:
         if principal.role not in roles:
             raise Forbidden(f"this needs one of the roles: {', '.join(roles)}")
         return principal
@@ -61,7 +68,7 @@ def require_roles(*roles: str):  # type: ignore[no-untyped-def]
     return Depends(_check)
 
 
-def client_ip(request: Request) -> str:
+async def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
