@@ -17,6 +17,7 @@ from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.policy import Policy, load_policy
 from backend.security.pii import PiiVault
+from backend.security.tokens import RefCodec
 
 
 @dataclass
@@ -41,6 +42,11 @@ class Runtime:
     @cached_property
     def pii(self) -> PiiVault:
         return PiiVault(self.settings.pii_key_bytes)
+
+    @cached_property
+    def refs(self) -> RefCodec:
+        """Residents' caller-bound refs (made once: its AES-SIV key schedule is per object)."""
+        return RefCodec(self.pii.ref_key)
 
     @cached_property
     def app_secret(self) -> str:
