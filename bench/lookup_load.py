@@ -314,6 +314,8 @@ def load_one(app: str, run_no: int, settings: Settings, env: dict[str, str], scr
         if args.profile and app == "lookup":
             profiler = sup.start_profiler(server, Path(args.profile) / f"run{run_no}",
                                           args.profile_mode)
+        if args.wait_quiet:
+            sup.wait_quiet(args.wait_quiet, busy_below=0.15)
         cpu0, pg0 = server.cpu_seconds(), sup.postgres_cpu_seconds(dbname)
         m0 = sup.machine_cpu()
         result, wrk_cpu = run_wrk(server.base_url, script, args.duration, args)
@@ -356,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="uvicorn server processes")
     p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument("--wait-quiet", type=float, default=30.0, metavar="S",
+                   help="before each timed window, wait up to S seconds for the machine to "
+                        "be idle (others' test runs share it); 0: do not wait")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--seed-procs", type=int, default=2, help="processes that write residents")
     p.add_argument("--sample-every", type=int, default=50,
