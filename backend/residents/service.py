@@ -182,9 +182,9 @@ def lookup(rt: Runtime, principal: Principal, client_ip: str, *,
            name: str, id_number: str, year: int) -> LookupResponse:
     """Name and ID number must both match; a miss says nothing about which one was wrong.
 
-    A hit costs one Redis round trip (both miss counters, MGET) and two statements at the
-    driver outside any transaction (the resident with death and town; the listings, bill
-    lines and pending orders): ``bench/README.md``, "Lookups".
+    A hit costs one Redis round trip (both miss counters, MGET) and one statement at the
+    driver outside any transaction (the resident with its death, town, listings, bill lines
+    and pending orders): ``bench/README.md``, "Lookups".
     """
     s = rt.settings
     keys = [f"lookup:caller:{principal.sub}", f"lookup:ip:{client_ip}"]
@@ -196,13 +196,12 @@ def lookup(rt: Runtime, principal: Principal, client_ip: str, *,
     now = rt.clock.now()
     found: tuple[LookupRow, repo.LookupItems] | None = None
     with reads(rt.engine) as tx:
-        row = repo.lookup_row(tx, rt.pii.hash(citizen.number))
-        if row is not None and normalize_name(row.name) == normalize_name(name):
-            items = repo.lookup_items(tx, row.id, year, now)
-            town = row.town_code
-            if allows(principal, row.village_code, town=lambda: town,
-                      departments=lambda: (d for d, _ in items.listings)):
-                found = row, items
+        read = repo.lookup(tx, rt.pii.hash(citizen.number), year, now)
+    if read is not None and normalize_name(read[0].name) == normalize_name(name):
+        row, items = read
+        if allows(principal, row.village_code, town=lambda: row.town_code,
+                  departments=lambda: (d for d, _ in items.listings)):
+            found = read
     if found is None:
         for key in keys:
             rt.limiter.hit(key, s.lookup_miss_window_s)
