@@ -203,8 +203,9 @@ def _lua_string(s: str) -> str:
                          for b in s.encode()) + '"'
 
 
-def write_wrk_script(path: Path, bodies: list[str], tokens: list[str]) -> None:
-    lines = ["local bodies = {"]
+def write_wrk_script(path: Path, bodies: list[str], tokens: list[str],
+                     per_connection: int) -> None:
+    lines = [f"local per_connection = {per_connection}", "local bodies = {"]
     lines += [f"  {_lua_string(b)}," for b in bodies]
     lines += ["}", "local tokens = {"]
     lines += [f"  {_lua_string(t)}," for t in tokens]
@@ -228,6 +229,12 @@ function request()
   n = n + 1
   local headers = {["Content-Type"] = "application/json",
                    ["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]}
+  if per_connection > 0 and n % per_connection == 0 then
+    -- now and then the server closes a connection and wrk opens another: with several
+    -- uvicorn workers, whichever accepts a connection serves it for as long as it lives,
+    -- so connections held for the whole run would fix an uneven split between them
+    headers["Connection"] = "close"
+  end
   return wrk.format("POST", path, headers, bodies[(n % #bodies) + 1])
 end
 
@@ -298,6 +305,20 @@ class Run:
     wrk_cpu_ms_per_req: float
     wrk_cpu_share: float        # of one core, while timed
     other_cpu_share: float      # of the machine's CPUs, used by others while timed
+    worker_cpu_split: list[float]   # each server process's share of the server's CPU
+
+
+def _per_process_cpu(server: sup.ServerProcess) -> dict[int, float]:
+    """CPU seconds of each of the server's worker processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in server.pids()[1:]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
 def load_one(app: str, run_no: int, settings: Settings, env: dict[str, str], script: Path,
@@ -317,10 +338,12 @@ def load_one(app: str, run_no: int, settings: Settings, env: dict[str, str], scr
         if args.wait_quiet:
             sup.wait_quiet(args.wait_quiet, busy_below=0.15)
         cpu0, pg0 = server.cpu_seconds(), sup.postgres_cpu_seconds(dbname)
+        per0 = _per_process_cpu(server)
         m0 = sup.machine_cpu()
         result, wrk_cpu = run_wrk(server.base_url, script, args.duration, args)
         m1 = sup.machine_cpu()
         cpu1, pg1 = server.cpu_seconds(), sup.postgres_cpu_seconds(dbname)
+        per1 = _per_process_cpu(server)
     finally:
         if profiler is not None:
             sup.stop_profiler(profiler)
@@ -336,7 +359,9 @@ def load_one(app: str, run_no: int, settings: Settings, env: dict[str, str], scr
                postgres_cpu_ms_per_req=(pg1 - pg0) * 1000 / n if app == "lookup" else 0.0,
                wrk_cpu_ms_per_req=wrk_cpu * 1000 / n, wrk_cpu_share=wrk_cpu / seconds,
                other_cpu_share=max(0.0, (m1[0] - m0[0]) - (cpu1 - cpu0) - (pg1 - pg0) - wrk_cpu)
-               / max(m1[1] - m0[1], 1e-9))
+               / max(m1[1] - m0[1], 1e-9),
+               worker_cpu_split=[(per1.get(pid, 0.0) - per0.get(pid, 0.0))
+                                 / max(cpu1 - cpu0, 1e-9) for pid in sorted(per1)])
 
 
 def print_run(r: Run) -> None:
@@ -344,8 +369,9 @@ def print_run(r: Run) -> None:
           f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  CPU/req: server "
           f"{r.server_cpu_ms_per_req:.2f} ms, postgres {r.postgres_cpu_ms_per_req:.2f} ms, "
           f"wrk {r.wrk_cpu_ms_per_req:.3f} ms "
-          f"(wrk {r.wrk_cpu_share:.0%} of a core); others used {r.other_cpu_share:.0%} of the "
-          "machine", flush=True)
+          f"(wrk {r.wrk_cpu_share:.0%} of a core); workers' split "
+          f"{'/'.join(f'{x:.0%}' for x in r.worker_cpu_split)}; others used "
+          f"{r.other_cpu_share:.0%} of the machine", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-every", type=int, default=50,
                    help="keep one resident in N as a lookup target")
     p.add_argument("--callers", type=int, default=32, help="distinct resident tokens")
+    p.add_argument("--per-connection", type=int, default=50, metavar="N",
+                   help="about one request in N asks the server to close its connection "
+                        "(wrk opens another), so that the workers share the connections "
+                        "evenly; 0: keep every connection for the whole run")
     p.add_argument("--only", choices=["lookup", "hello"], help="serve only one of the two")
     p.add_argument("--profile", help="py-spy a lookup worker into this folder")
     p.add_argument("--profile-mode", choices=["gil", "wall"], default="gil")
@@ -404,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             bodies = [json.dumps({"name": name, "id_number": idn, "year": sup.YEAR},
                                  ensure_ascii=False) for idn, name in sample]
             script = tmp / "lookup.lua"
-            write_wrk_script(script, bodies, resident_tokens(args.callers))
+            write_wrk_script(script, bodies, resident_tokens(args.callers),
+                             args.per_connection)
             env = live_env(tmp / "keys")
             settings = Settings(database_url=url, redis_url=sup.REDIS_URL,
                                 data_dir=tmp / "data", pii_key=sup.PII_KEY,
