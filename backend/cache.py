@@ -55,6 +55,11 @@ class RateLimiter:
         value = self._run(lambda c: c.get(full))
         return int(value or 0)
 
+    def counts(self, keys: list[str]) -> list[int]:
+        """Several keys' counts in one round trip (MGET)."""
+        full = [f"{self.prefix}:{key}" for key in keys]
+        return [int(v or 0) for v in self._run(lambda c: c.mget(full))]
+
     def exceeded(self, keys: list[str], limit: int) -> bool:
         return any(self.count(k) >= limit for k in keys)
 

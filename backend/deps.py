@@ -1,4 +1,10 @@
-"""Annotated dependency aliases for the routes."""
+"""Annotated dependency aliases for the routes.
+
+The dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in
+a worker thread, and each such hop costs more than what these do (``bench/README.md``,
+"Lookups"). Only the staff token's account check, which may read Redis or the database,
+goes to a thread.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from backend.auth.service import check_staff_token
 from backend.db import unit_of_work
@@ -18,8 +25,6 @@ from backend.security.tokens import Principal, read_token
 _bearer = HTTPBearer(auto_error=False)
 
 
-# Dependencies that only read what the request already holds are ``async def``: FastAPI runs
-# a plain ``def`` dependency in the thread pool, a thread hand-off per request for nothing.
 async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
@@ -39,7 +44,7 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_principal(
+async def get_principal(
     rt: RuntimeDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -47,7 +52,7 @@ def get_principal(
         raise Unauthorized("log in first: send Authorization: Bearer <token>")
     principal = read_token(rt.app_secret, creds.credentials)
     if principal.is_staff:
-        check_staff_token(rt, principal)
+        await run_in_threadpool(check_staff_token, rt, principal)
     return principal
 
 

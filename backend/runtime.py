@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -17,6 +18,10 @@ from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.policy import Policy, load_policy
 from backend.security.pii import PiiVault
+from backend.security.tokens import RefCodec
+
+# Threads per process that answer resident lookups (Redis and database reads).
+LOOKUP_THREADS = 8
 
 
 @dataclass
@@ -43,8 +48,21 @@ class Runtime:
         return anyio.CapacityLimiter(self.settings.notify_threads)
 
     @cached_property
+    def lookup_threads(self) -> ThreadPoolExecutor:
+        """The threads that answer lookups: asyncio's executor, a hop of about 18 µs of CPU
+        where anyio's worker threads (run_in_threadpool) cost 45–65 µs (``bench/README.md``,
+        "Lookups"); their own, so that a burst of lookups queues here instead of taking
+        every request thread."""
+        return ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="lookup")
+
+    @cached_property
     def pii(self) -> PiiVault:
         return PiiVault(self.settings.pii_key_bytes)
+
+    @cached_property
+    def refs(self) -> RefCodec:
+        """Residents' caller-bound refs (made once: its AES-SIV key schedule is per object)."""
+        return RefCodec(self.pii.ref_key)
 
     @cached_property
     def app_secret(self) -> str:
@@ -73,6 +91,8 @@ class Runtime:
         return load_policy(self.settings.policy)
 
     def close(self) -> None:
+        if "lookup_threads" in self.__dict__:
+            self.lookup_threads.shutdown(wait=False, cancel_futures=True)
         if "engine" in self.__dict__:
             self.engine.dispose()
         if "redis" in self.__dict__:

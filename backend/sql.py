@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
 from psycopg.types.json import Json
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -85,9 +87,12 @@ class Tx:
         # What the session holds unwritten goes first: rows here may refer to it.
         session.flush()
         connection = session.connection()      # begins the session's transaction if need be
-        self._dialect = connection.dialect
-        self.postgres = self._dialect.name == "postgresql"
-        self._dbapi: Any = connection.connection.dbapi_connection
+        self._bind(connection.connection.dbapi_connection, connection.dialect)
+
+    def _bind(self, dbapi: Any, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self.postgres = dialect.name == "postgresql"
+        self._dbapi = dbapi
 
     def _run(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
         cur = self._dbapi.cursor()
@@ -147,6 +152,30 @@ class Tx:
             stmt = _multi_insert(table, tuple(columns), len(part))
             self._run(stmt, {f"{c}_{i}": v for i, row in enumerate(part)
                              for c, v in zip(columns, row, strict=True)})
+
+
+@contextmanager
+def reads(engine: Engine) -> Iterator[Tx]:
+    """A pooled connection for reads that need no transaction: each statement commits on its
+    own (psycopg's autocommit; SQLite's, as the engine sets it up), so there is no BEGIN and
+    no COMMIT round trip. Under PostgreSQL's READ COMMITTED each statement of a transaction
+    sees its own snapshot anyway: statements here see exactly what they would see there.
+    Nothing that writes belongs here."""
+    raw = engine.raw_connection()
+    try:
+        dbapi: Any = raw.dbapi_connection
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:
+            dbapi.autocommit = True
+        try:
+            tx = Tx.__new__(Tx)
+            tx._bind(dbapi, engine.dialect)
+            yield tx
+        finally:
+            if postgres and not dbapi.closed:
+                dbapi.autocommit = False     # as the pool hands connections out
+    finally:
+        raw.close()
 
 
 # Well under both databases' limits on parameters per statement (SQLite 32,766; PostgreSQL

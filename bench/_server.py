@@ -123,3 +123,11 @@ def server_timing(header: str | None) -> dict[str, float]:
         if name and rest:
             out[name] = float(rest)
     return out
+
+
+def create_hello() -> ASGIApp:
+    """The yardstick of bench/lookup_load.py (see _hello.py), in the same ``ServerTiming``
+    wrapper as the service."""
+    from _hello import make_app
+
+    return ServerTiming(make_app())

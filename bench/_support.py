@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,10 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     # live mode (see live_env): channel keys configured, no simulator, real business clock
     live: bool = False
+    # the ASGI factory uvicorn serves (``_server:create_hello``: the hello-world yardstick)
+    app: str = "_server:create"
+    # environment beyond the settings' own
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -301,9 +305,8 @@ class ServerProcess:
     def start(self, timeout_s: float = 60) -> ServerProcess:
         served = live_env(self.settings) if self.live else settings_env(self.settings)
         env = {**{k: v for k, v in os.environ.items() if k != "COLLECT_NOW"}, **served,
-               "PYTHONPATH": str(CODE_ROOT),
-               "BENCH_CODE_ROOT": str(CODE_ROOT)}
-        cmd = [sys.executable, "-m", "uvicorn", "_server:create", "--factory",
+               **self.extra_env, "PYTHONPATH": str(CODE_ROOT), "BENCH_CODE_ROOT": str(CODE_ROOT)}
+        cmd = [sys.executable, "-m", "uvicorn", self.app, "--factory",
                "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--no-server-header", "--proxy-headers",
                "--timeout-graceful-shutdown", "5"]

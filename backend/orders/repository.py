@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -115,19 +115,27 @@ def refunds_of(session: Session, order_id: int) -> list[Refund]:
 def item_states(session: Session, resident_id: int, year: int, now: datetime) -> dict[str, str]:
     """insurance → "paid", "government_paid" (a department bill claims or paid it) or
     "pending" (in an unexpired pending order) for one resident."""
-    states: dict[str, str] = {}
-    for insurance, status, claim in session.execute(
-            select(col(BillLine.insurance), col(BillLine.status), col(BillLine.claim_bill_id))
-            .where(col(BillLine.resident_id) == resident_id, col(BillLine.year) == year)):
-        if claim is not None and status in ("claimed", "paid"):
-            states[insurance] = "government_paid"
-        elif status == "paid":
-            states[insurance] = "paid"
+    lines = session.execute(
+        select(col(BillLine.insurance), col(BillLine.status), col(BillLine.claim_bill_id))
+        .where(col(BillLine.resident_id) == resident_id, col(BillLine.year) == year))
     pending = session.execute(
         select(col(OrderLine.insurance)).join(Order, col(Order.id) == col(OrderLine.order_id))
         .where(col(OrderLine.resident_id) == resident_id, col(Order.year) == year,
                col(Order.status) == "pending", col(Order.expires_at) > now))
-    for (insurance,) in pending:
+    return line_states(((i, st, c) for i, st, c in lines), (i for (i,) in pending))
+
+
+def line_states(lines: Iterable[tuple[str, str, int | None]],
+                pending: Iterable[str]) -> dict[str, str]:
+    """``item_states`` from a resident's bill lines of the year ((insurance, status,
+    claim_bill_id)) and the insurances of its unexpired pending orders' lines."""
+    states: dict[str, str] = {}
+    for insurance, status, claim in lines:
+        if claim is not None and status in ("claimed", "paid"):
+            states[insurance] = "government_paid"
+        elif status == "paid":
+            states[insurance] = "paid"
+    for insurance in pending:
         states.setdefault(insurance, "pending")
     return states
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from typing import cast
 
 from sqlalchemy.orm import Session
 
 from backend.errors import NotFound, RateLimited, ValidationFailed
-from backend.orders.repository import department_items, item_states
 from backend.policy import Assessment, Policy, ResidentFacts, assess, policy_for_year
 from backend.residents import repository as repo
 from backend.residents.idnumber import parse_id_number
 from backend.residents.models import Resident
+from backend.residents.repository import LookupRow
 from backend.residents.schemas import (
     DepartmentBillRef,
     ItemStatus,
@@ -26,7 +27,8 @@ from backend.residents.schemas import (
 )
 from backend.runtime import Runtime
 from backend.security.pii import mask_name
-from backend.security.tokens import Principal, RefCodec
+from backend.security.tokens import Principal
+from backend.sql import reads
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def policy_for(rt: Runtime, year: int) -> Policy:
                                f"(current: {rt.policy.coverage_year})") from None
 
 
-def facts_of(resident: Resident, died_on: date | None,
+def facts_of(resident: Resident | LookupRow, died_on: date | None,
              listings: frozenset[tuple[str, str]]) -> ResidentFacts:
     return ResidentFacts(
         birth_date=resident.birth_date, hukou_type=resident.hukou_type,
@@ -66,17 +68,27 @@ def assess_resident(session: Session, policy: Policy, resident: Resident,
 
 def in_scope(session: Session, principal: Principal, resident: Resident, year: int) -> bool:
     """Staff see only their own scope; residents may look up anyone whose ID they hold."""
+    assert resident.id is not None
+    rid = resident.id
+    return allows(principal, resident.village_code,
+                  town=lambda: repo.town_of_village(session, resident.village_code),
+                  departments=lambda: (d for d, _ in repo.listings(session, rid, year)))
+
+
+def allows(principal: Principal, village_code: str, *, town: Callable[[], str | None],
+           departments: Callable[[], Iterable[str]]) -> bool:
+    """The scope rule of ``in_scope``, given how to find the resident's town and the
+    departments that list the resident in the year (asked only for the roles that need
+    them)."""
     match principal.role:
         case "resident" | "finance" | "auditor" | "admin":
             return True
         case "agent":
-            return resident.village_code == principal.village_code
+            return village_code == principal.village_code
         case "town_staff":
-            return repo.town_of_village(session, resident.village_code) == principal.town_code
+            return town() == principal.town_code
         case "department":
-            assert resident.id is not None
-            return any(d == principal.department
-                       for d, _ in repo.listings(session, resident.id, year))
+            return any(d == principal.department for d in departments())
     return False
 
 
@@ -107,7 +119,8 @@ def item_statuses(a: Assessment, states: dict[str, str]
     }
 
 
-def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Assessment,
+def render_lookup(rt: Runtime, principal: Principal, resident: Resident | LookupRow,
+                  a: Assessment,
                   states: dict[str, str],
                   bills: dict[str, tuple[str, str, str]] | None = None) -> LookupResponse:
     """``bills``: insurance → (department, bill_no, bill status) of the items a department
@@ -154,10 +167,9 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
         benefit_start=m.benefit_start, late=m.late, newborn=m.newborn,
         payable=medical_payable, not_payable_reason=medical_reason,
     )
-    refs = RefCodec(rt.pii.ref_key)
     return LookupResponse(
         resident=ResidentOut(
-            ref=refs.make(resident.id, principal.sub), name=mask_name(resident.name),
+            ref=rt.refs.make(resident.id, principal.sub), name=mask_name(resident.name),
             id_number_masked=resident.id_masked, village_code=resident.village_code,
             age=a.age, categories=sorted(resident.category_set),
             deceased=(p.reason == "deceased"),
@@ -166,25 +178,42 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident, a: Asse
     )
 
 
-def lookup(rt: Runtime, session: Session, principal: Principal, client_ip: str, *,
+def lookup(rt: Runtime, principal: Principal, client_ip: str, *,
            name: str, id_number: str, year: int) -> LookupResponse:
-    """Name and ID number must both match; a miss says nothing about which one was wrong."""
+    """Name and ID number must both match; a miss says nothing about which one was wrong.
+
+    A hit costs one Redis round trip (both miss counters, MGET) and one statement at the
+    driver outside any transaction (the resident with its death, town, listings, bill lines
+    and pending orders): ``bench/README.md``, "Lookups".
+    """
     s = rt.settings
     keys = [f"lookup:caller:{principal.sub}", f"lookup:ip:{client_ip}"]
-    if (rt.limiter.count(keys[0]) >= s.lookup_miss_limit
-            or rt.limiter.count(keys[1]) >= s.lookup_ip_miss_limit):
+    caller_misses, ip_misses = rt.limiter.counts(keys)
+    if caller_misses >= s.lookup_miss_limit or ip_misses >= s.lookup_ip_miss_limit:
         raise RateLimited("too many lookups that found nobody; wait a few minutes")
     citizen = parse_id_number(id_number, today=rt.clock.today())
     policy = policy_for(rt, year)
-    resident = repo.resident_by_hash(session, rt.pii.hash(citizen.number))
-    if (resident is None or normalize_name(resident.name) != normalize_name(name)
-            or not in_scope(session, principal, resident, year)):
+    now = rt.clock.now()
+    found: tuple[LookupRow, repo.LookupItems] | None = None
+    with reads(rt.engine) as tx:
+        read = repo.lookup(tx, rt.pii.hash(citizen.number), year, now)
+    if read is not None and normalize_name(read[0].name) == normalize_name(name):
+        row, items = read
+        if allows(principal, row.village_code, town=lambda: row.town_code,
+                  departments=lambda: (d for d, _ in items.listings)):
+            found = read
+    if found is None:
         for key in keys:
             rt.limiter.hit(key, s.lookup_miss_window_s)
         log.info("lookup miss by %s", principal.role)
         raise NotFound("no registered resident with this name and ID number")
-    assessment = assess_resident(session, policy, resident, rt.clock.now())
-    states = item_states(session, resident.id, year, rt.clock.now())  # type: ignore[arg-type]
-    bills = {ins: bill for (_, ins), bill in
-             department_items(session, [resident.id], year).items()}
-    return render_lookup(rt, principal, resident, assessment, states, bills)
+    row, items = found
+    assessment = assess(policy, facts_of(row, row.died_on, items.listings), now)
+    return render_lookup(rt, principal, row, assessment, items.states, items.bills)
+
+
+def lookup_json(rt: Runtime, principal: Principal, client_ip: str, *,
+                name: str, id_number: str, year: int) -> bytes:
+    """``lookup``'s answer as the JSON FastAPI would write for ``LookupResponse``."""
+    return lookup(rt, principal, client_ip, name=name, id_number=id_number,
+                  year=year).model_dump_json().encode()
