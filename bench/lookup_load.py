@@ -13,7 +13,8 @@ FastAPI hello-world served the same way in the same run.
    ``--sample-every`` is kept (ID number and name) for the load: hits only, spread over the
    whole table.
 2. Each run serves, one after the other (alternating which goes first), the service in live
-   mode (``PAYMENT_SANDBOX=0``: every channel's keys configured — throwaway keys made here —,
+   mode (``PAYMENT_SANDBOX=0``: every channel's keys configured — the simulators' own, see
+   ``_support.live_env`` —,
    no simulator, ``COLLECT_NOW`` unset: the real clock) and the hello-world
    (``_server:create_hello``: the lookup's request body validated by the same pydantic model,
    a small JSON answer), both with ``uvicorn … --workers N`` as ``bench/_server.py`` serves
