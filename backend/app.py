@@ -24,6 +24,7 @@ from backend.departments.endpoints import router as departments_router
 from backend.desk import install as install_desk
 from backend.errors import AppError, document_errors
 from backend.ledger.endpoints import router as ledger_router
+from backend.notifications.endpoints import NotificationLane
 from backend.notifications.endpoints import router as notify_router
 from backend.orders.endpoints import router as orders_router
 from backend.outbox.endpoints import router as outbox_router
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # A statement upload is a file (multipart): STATEMENT_MAX_BYTES, plus the form's own
     # few bytes; the endpoint checks the file itself against the limit and says so.
     uploads = runtime.settings.statement_max_bytes + 64 * 1024
+    app.add_middleware(NotificationLane)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=[
         (re.compile(r"/api/v1/reconciliation/[a-z]+/statements"), uploads),
         (re.compile(r"/desk/statements/upload"), uploads)])

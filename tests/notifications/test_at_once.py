@@ -306,3 +306,26 @@ def test_served_the_common_case_stays_on_the_event_loop(
     with psycopg.connect(_dsn(live)) as conn:
         assert conn.execute("SELECT outcome FROM notification_inbox").fetchall() == [
             ("applied",)]
+
+
+@pytest.mark.parametrize("pending", ["wechat"], indirect=True)
+def test_notifications_are_answered_ahead_of_the_router(
+        live: Live, pending: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane answers the three notify paths before FastAPI's routing (its routes only
+    document them); the body limit around it still counts their bytes."""
+    from fastapi.routing import APIRoute
+
+    from backend.notifications import endpoints
+
+    def not_here(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("FastAPI's route ran")
+
+    note = notification(live, pending["out_trade_no"])      # (the simulator is a route)
+    monkeypatch.setattr(APIRoute, "handle", not_here)
+    resp = post(live, note)
+    assert is_success("wechat", resp), resp.text
+    assert set(endpoints.NotificationLane.PATHS) == {
+        "/api/v1/notify/wechat", "/api/v1/notify/alipay", "/api/v1/notify/unionpay"}
+    huge = live.http.post("/api/v1/notify/alipay", content=b"x" * (2 << 20),
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
