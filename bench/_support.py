@@ -297,6 +297,9 @@ class ServerProcess:
     app: str = "_server:create"
     # environment beyond the settings' own
     extra_env: dict[str, str] = field(default_factory=dict)
+    # `python -m backend serve` itself (live mode only: it serves the simulator in one
+    # process), without the bench's Server-Timing wrapper
+    serve: bool = False
 
     @property
     def base_url(self) -> str:
@@ -306,10 +309,16 @@ class ServerProcess:
         served = live_env(self.settings) if self.live else settings_env(self.settings)
         env = {**{k: v for k, v in os.environ.items() if k != "COLLECT_NOW"}, **served,
                **self.extra_env, "PYTHONPATH": str(CODE_ROOT), "BENCH_CODE_ROOT": str(CODE_ROOT)}
-        cmd = [sys.executable, "-m", "uvicorn", self.app, "--factory",
-               "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers), "--no-server-header", "--proxy-headers",
-               "--timeout-graceful-shutdown", "5"]
+        if self.serve:
+            cmd = [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(self.workers)]
+        else:
+            # as `serve` runs uvicorn (backend.__main__.uvicorn_options): no proxy headers
+            # without TRUSTED_PROXIES
+            cmd = [sys.executable, "-m", "uvicorn", self.app, "--factory",
+                   "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", str(self.workers), "--no-server-header", "--no-proxy-headers",
+                   "--timeout-graceful-shutdown", "5"]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=CODE_ROOT, env=env, stdout=out, stderr=out,
                                      start_new_session=True)

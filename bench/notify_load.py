@@ -10,8 +10,9 @@
    Alipay QR, ChinaUMS bills QR, split by ``--mix``; WeChat only by default, as the
    yardstick's definition). ``--preload-paid M`` adds M orders already paid — residents,
    orders, bill lines, payments, inbox rows and ledger postings of a campaign — by COPY.
-2. The service served by uvicorn in a child process (``bench/_server.py``: as
-   ``python -m backend serve`` builds it; ``--workers`` processes) in live mode: channel
+2. The service in a child process, ``python -m backend serve --workers N`` (or, with
+   ``--server-timing``, ``bench/_server.py``: the same app with the server's own time in
+   every answer), in live mode: channel
    keys configured (the simulators' own, see ``_support.live_env``), no simulator in the
    process, the real clock. ``--sandbox`` serves the simulator instead.
 3. Real-format signed notifications from the channel simulators — WeChat APIv3
@@ -283,7 +284,8 @@ def run_load(args: argparse.Namespace, settings: Any, numbers: sup.OrderNumbers,
 
     server = sup.ServerProcess(settings, settings_port(settings), workers,
                                log_path=tmp / f"server-w{workers}-r{run_no}.log",
-                               live=not args.sandbox)
+                               live=not args.sandbox,
+                               serve=not args.sandbox and not args.server_timing)
     pool = ProcessPoolExecutor(max_workers=args.build_procs, initializer=_init_builder,
                                initargs=(settings, numbers))
     sent, warm_sent = Sent(), Sent()
@@ -531,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator: minimal asyncio HTTP/1.1 (default) or httpx.AsyncClient")
     p.add_argument("--workers", default="2", help="server processes, e.g. 1,2")
     p.add_argument("--runs", type=int, default=1, help="runs of each (median reported)")
+    p.add_argument("--server-timing", action="store_true",
+                   help="serve through bench/_server.py, which adds the server's own time to "
+                        "every answer (Server-Timing), instead of `python -m backend serve`")
     p.add_argument("--sandbox", action="store_true",
                    help="serve in sandbox mode (the simulator in the process, COLLECT_NOW) "
                         "instead of live mode: channel keys configured (the simulators' own), "
@@ -655,9 +660,10 @@ def print_load(r: LoadResult) -> None:
     cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms_per_notification.items())
     print(f"  {r.orders:,} orders ({r.notifications:,} notifications) in {r.seconds:.1f} s: "
           f"{r.applied_per_s:,.0f} applied/s, {r.notifications_per_s:,.0f} notifications/s; "
-          f"latency p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms (server p50 "
-          f"{r.server_p50_ms:.1f}, p99 {r.server_p99_ms:.1f}); non-success {r.non_success}; "
-          f"checks {'ok' if r.checks['ok'] else 'FAILED'}")
+          f"latency p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms"
+          + (f" (server p50 {r.server_p50_ms:.1f}, p99 {r.server_p99_ms:.1f})"
+             if r.server_p50_ms == r.server_p50_ms else "")       # nan without Server-Timing
+          + f"; non-success {r.non_success}; checks {'ok' if r.checks['ok'] else 'FAILED'}")
     vol, invol = r.server_context_switches_per_notification
     print(f"  CPU ms per notification: {cpu}; server context switches per notification: "
           f"{vol:.0f} voluntary, {invol:.1f} involuntary; new database connections during "
