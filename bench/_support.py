@@ -96,7 +96,7 @@ def run_on_code_snapshot() -> str:
 
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 PII_KEY = base64.b64encode(b"bench-service-pii-key".ljust(32, b".")).decode()
 APP_SECRET = "bench-" + "s" * 40
 # Inside the 2021 collection window (2020-10-01 .. 2020-12-20 Beijing time), as `make run`.
@@ -250,6 +250,10 @@ class ServerProcess:
     workers: int = 1
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # the app factory in _server.py ("create": the service; "create_simulator": the channel
+    # simulator alone) and environment variables added to the settings'
+    factory: str = "create"
+    env: dict[str, str] | None = None
 
     @property
     def base_url(self) -> str:
@@ -257,8 +261,8 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 60) -> ServerProcess:
         env = {**os.environ, **settings_env(self.settings), "PYTHONPATH": str(CODE_ROOT),
-               "BENCH_CODE_ROOT": str(CODE_ROOT)}
-        cmd = [sys.executable, "-m", "uvicorn", "_server:create", "--factory",
+               "BENCH_CODE_ROOT": str(CODE_ROOT), **(self.env or {})}
+        cmd = [sys.executable, "-m", "uvicorn", f"_server:{self.factory}", "--factory",
                "--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--no-server-header", "--proxy-headers",
                "--timeout-graceful-shutdown", "5"]
