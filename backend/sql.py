@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from psycopg.types.json import Json
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -88,6 +89,15 @@ class Tx:
         self._dialect = connection.dialect
         self.postgres = self._dialect.name == "postgresql"
         self._dbapi: Any = connection.connection.dbapi_connection
+
+    @classmethod
+    def on(cls, connection: Connection) -> Tx:
+        """The same on a Core connection: in its transaction, or in autocommit if it is."""
+        tx = cls.__new__(cls)
+        tx._dialect = connection.dialect
+        tx.postgres = tx._dialect.name == "postgresql"
+        tx._dbapi = connection.connection.dbapi_connection
+        return tx
 
     def _run(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
         cur = self._dbapi.cursor()
