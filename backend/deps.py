@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from backend.auth.service import check_staff_token
 from backend.db import unit_of_work
@@ -18,7 +19,10 @@ from backend.security.tokens import Principal, read_token
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+# The dependencies every request resolves are ``async def`` where they do no I/O: FastAPI
+# runs a plain ``def`` dependency in the thread pool, a hand-off to a worker thread and back
+# for each (bench/README.md, "Order creation").
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
@@ -37,15 +41,16 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_principal(
+async def get_principal(
     rt: RuntimeDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("log in first: send Authorization: Bearer <token>")
-    principal = read_token(rt.app_secret, creds.credentials)
+    principal = read_token(rt.app_secret, creds.credentials)     # an HMAC: no I/O
     if principal.is_staff:
-        check_staff_token(rt, principal)
+        # the account's state, from Redis or the database: in the thread pool
+        await run_in_threadpool(check_staff_token, rt, principal)
     return principal
 
 
