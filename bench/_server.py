@@ -8,6 +8,10 @@ environment, ``configure_logging(LOG_LEVEL)``, ``create_app()``) and wraps it in
   (``time.perf_counter()``; everything the service does, the channel call included);
 - ``channel;dur=<ms>``: time spent inside the payment adapters' ``create`` (the call to the
   channel — the simulator over loopback HTTP), when there was one;
+- ``cpu;dur=<ms>``: the CPU time the service's process used meanwhile (all its threads:
+  exact for requests sent one at a time; unlike the times, hardly moved by other work on the
+  machine), and ``channelcpu``: of that, the CPU of the adapter's ``create`` (our signing
+  and verifying);
 - ``sandbox;dur=<ms>``: of that, the simulator's own server time (what the real channel's
   side would be), measured by this same middleware around the ``/sandbox/…`` request, when
   the simulator is served in-process (``PAYMENT_SANDBOX=1`` alone).
@@ -70,13 +74,14 @@ class ServerTiming:
             return
         times: dict[str, float] = {}
         token = _REQUEST_TIMES.set(times)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         sandbox = scope["path"].startswith("/sandbox/")
         seen = _SANDBOX_MS[0]
 
         async def timed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 total = (time.perf_counter() - start) * 1000
+                times["cpu"] = (time.process_time() - cpu_start) * 1000
                 if sandbox:
                     _SANDBOX_MS[0] += total
                 elif _SANDBOX_MS[0] > seen:
@@ -94,23 +99,26 @@ class ServerTiming:
             _REQUEST_TIMES.reset(token)
 
 
-def _timed(name: str, fn: Any) -> Any:
+def _timed(name: str, fn: Any, cpu: bool = False) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
             times = _REQUEST_TIMES.get()
             if times is not None:
                 times[name] = times.get(name, 0.0) + (time.perf_counter() - start) * 1000
+                if cpu:
+                    times[name + "cpu"] = times.get(name + "cpu", 0.0) + (
+                        time.thread_time() - cpu_start) * 1000
 
     return wrapper
 
 
 def time_channel_calls(runtime: Any) -> None:
     for client in runtime.channels.clients.values():
-        client.create = _timed("channel", client.create)
+        client.create = _timed("channel", client.create, cpu=True)
 
 
 # With BENCH_PARTS=1: where a request's server time goes, as more Server-Timing parts.

@@ -1,25 +1,32 @@
 """Benchmark: server time to create an order and serve its QR code, on PostgreSQL.
 
-    .venv/bin/python bench/order_create.py                       # 500 orders per channel
+    .venv/bin/python bench/order_create.py --runs 3              # 500 orders per channel and run
     .venv/bin/python bench/order_create.py --orders 200 --channels alipay_qr --json out.json
 
-1. A fresh database (``bench_orders``), migrated, with the demo district loaded by
-   ``backend.demo.generator.load_demo`` (``--residents``, default 3,000).
-2. The service served by uvicorn in a child process with the channel simulator in-process
-   (``PAYMENT_SANDBOX=1``), wrapped by ``bench/_server.py``'s timing middleware, which
-   returns in ``Server-Timing`` the server's time for each request, the time spent in the
-   payment adapter's ``create`` (the call to the channel) and, of that, the simulator's own
-   server time.
+1. A fresh database (``bench_orders_<pid>``, or ``--database``), migrated, with the demo
+   district loaded by ``backend.demo.generator.load_demo`` (``--residents``, default 3,000).
+2. Per run (``--runs``), fresh server processes: the channel simulator alone
+   (``_server:create_simulator``), and the service as ``python -m backend serve`` builds it,
+   served by uvicorn and wrapped by ``bench/_server.py``'s timing middleware, with its
+   channel clients pointed at the simulator (``BENCH_SIMULATOR_URL``). The service returns
+   in ``Server-Timing`` its time for each request and the time spent in the payment
+   adapter's ``create`` (the channel's round trip: our signing, the HTTP call, verifying the
+   answer); the simulator's own server time is read from the simulator after each order.
+   ``--simulator-in-process`` serves the simulator inside the service instead (its CPU then
+   competes with the service's).
 3. A resident logs in (``POST /api/v1/auth/wechat`` with ``sandbox:<openid>``), looks up
    demo residents (``POST /api/v1/residents/lookup``) until there are enough payable items,
-   then creates ``--orders`` single-item orders per channel (``alipay_qr``,
+   then each run creates ``--orders`` single-item orders per channel (``alipay_qr``,
    ``aggregate_qr``, ``wechat_native``), each for a different bill line, with an
    ``Idempotency-Key``, and fetches each order's QR PNG twice (first: render; then cached).
    For ``aggregate_qr`` it also scans the code once with a WeChat User-Agent (the landing
    page opens the WeChat trade and redirects).
 
 Requests go one at a time (no queueing: the figures are the service's own time). Printed:
-median / p90 / p99 per step, server time and, for order creation, the channel call inside it.
+median / p90 / p99 per step and run, server time and, for order creation, the channel call
+inside it; then per channel the median of each run and the median of those: server time,
+channel round trip, ours (server - channel), QR PNG first and cached fetch. ``--parts`` adds
+the steps of the path and the SQL time and statement count (``_server.PARTS``).
 """
 
 from __future__ import annotations
@@ -94,6 +101,8 @@ class Timings:
             row.setdefault(k, []).append(v)
         if "channel" in st:
             row.setdefault("app - channel", []).append(st["app"] - st["channel"])
+            if "cpu" in st and "channelcpu" in st:
+                row.setdefault("cpu - channelcpu", []).append(st["cpu"] - st["channelcpu"])
             if "sandbox" in st:
                 row.setdefault("channel - sandbox", []).append(st["channel"] - st["sandbox"])
         return st
@@ -162,7 +171,8 @@ def _sandbox_ms(http: httpx.Client | None) -> float:
 
 def _one_run(args: argparse.Namespace, t: Timings, http: httpx.Client,
              sim_http: httpx.Client | None, server: Any, sim: Any, channels: list[str],
-             items: list[dict[str, Any]], qr_keys: list[str]) -> dict[str, float]:
+             items: list[dict[str, Any]], qr_keys: list[str]
+             ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Warm up, then ``--orders`` orders per channel, one request at a time."""
     # warm-up (not counted): first use of each channel client, QR renderer
     for ch in channels:
@@ -171,6 +181,7 @@ def _one_run(args: argparse.Namespace, t: Timings, http: httpx.Client,
                      json={"year": sup.YEAR, "channel": ch, "items": [items.pop()]})
         timed(warm, "warm", http, "GET", r.json()["payment"]["qr_image_url"], 200)
     disturbance: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
     profiler = (sup.start_profiler(server, Path(args.profile), args.profile_mode)
                 if args.profile else None)
     for ch in channels:
@@ -183,6 +194,7 @@ def _one_run(args: argparse.Namespace, t: Timings, http: httpx.Client,
 
         mc0, own0 = sup.machine_cpu(), own_cpu()
         pg0 = sup.postgres_cpu_seconds(args.database)
+        srv0, sim0_cpu = server.cpu_seconds(), (sim.cpu_seconds() if sim else 0.0)
         for _ in range(args.orders):
             item = items.pop()
             headers = ({} if args.no_idempotency_key
@@ -216,12 +228,20 @@ def _one_run(args: argparse.Namespace, t: Timings, http: httpx.Client,
         other = (((mc1[0] - mc0[0]) - (own1 - own0) - (pg1 - pg0))
                  / max(mc1[1] - mc0[1], 1e-9))
         disturbance[ch] = other
+        # CPU per order and its QR fetches (and, for aggregate_qr, its scan): less moved by
+        # other work on the machine than the times are
+        cpu[ch] = {"service": (server.cpu_seconds() - srv0) * 1000 / args.orders,
+                   "postgres": (pg1 - pg0) * 1000 / args.orders,
+                   "simulator": ((sim.cpu_seconds() if sim else 0.0) - sim0_cpu) * 1000
+                   / args.orders}
+        print(f"  {ch}: CPU ms per order + its QR fetches: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in cpu[ch].items()), file=sys.stderr)
         print(f"  {ch}: other work on the machine took {other:.0%} of the CPUs"
               f"{' (DISTURBED)' if other > 0.05 else ''}", file=sys.stderr)
     if profiler is not None:
         sup.stop_profiler(profiler)
         sup.summarize_profile(Path(args.profile), ORDER_STEPS)
-    return disturbance
+    return disturbance, cpu
 
 
 # (label, step, part) of the summary: per channel, the medians of each run
@@ -232,6 +252,11 @@ SUMMARY = [
     ("ours (server - channel)", "create {ch}", "app - channel"),
     ("QR PNG first fetch (render)", "QR PNG first fetch ({ch})", "app"),
     ("QR PNG cached fetch", "QR PNG cached fetch ({ch})", "app"),
+    ("server CPU", "create {ch}", "cpu"),
+    ("  of which the channel call's (signing…)", "create {ch}", "channelcpu"),
+    ("ours CPU (server CPU - channel call's)", "create {ch}", "cpu - channelcpu"),
+    ("QR PNG first fetch CPU", "QR PNG first fetch ({ch})", "cpu"),
+    ("QR PNG cached fetch CPU", "QR PNG cached fetch ({ch})", "cpu"),
 ]
 
 
@@ -246,8 +271,8 @@ def summary_table(runs: list[Timings], channels: list[str]) -> dict[str, Any]:
     for ch in channels:
         print(f"create {ch}")
         for label, step, part in SUMMARY:
-            if part == "app - channel" and ch == "aggregate_qr":
-                part = "app"        # no channel call until the code is scanned
+            if ch == "aggregate_qr":    # no channel call until the code is scanned
+                part = {"app - channel": "app", "cpu - channelcpu": "cpu"}.get(part, part)
             medians = [sup.summary(r.rows[step.format(ch=ch)][part])["p50"] for r in runs
                        if part in r.rows.get(step.format(ch=ch), {})]
             if not medians:
@@ -303,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = Timings()
     qr_keys: list[str] = []
     disturbance: list[dict[str, float]] = []
+    cpu_ms: list[dict[str, dict[str, float]]] = []
     profile = args.profile
     try:
         upgrade(url)
@@ -345,9 +371,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   * args.runs + 20)
                         t = Timings()
                         print(f"run {run + 1} of {args.runs}", file=sys.stderr)
-                        disturbance.append(_one_run(args, t, http,
-                                                    None if sim is None else sim_http,
-                                                    server, sim, channels, items, qr_keys))
+                        other, cpu = _one_run(args, t, http,
+                                              None if sim is None else sim_http,
+                                              server, sim, channels, items, qr_keys)
+                        disturbance.append(other)
+                        cpu_ms.append(cpu)
                         runs.append(t)
                 finally:
                     if sim is not None:
@@ -366,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                            "simulator": "in-process" if args.simulator_in_process
                            else "own process",
                            "idempotency_key": not args.no_idempotency_key,
-                           "other_cpu_share": disturbance, "steps": []}
+                           "other_cpu_share": disturbance,
+                           "cpu_ms_per_order": cpu_ms, "steps": []}
     for n, t in enumerate(runs):
         print(f"\nrun {n + 1}: {'step (ms; one request at a time)':46} {'':22} {'p50':>8} "
               f"{'p90':>8} {'p99':>8}     n")
