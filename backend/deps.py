@@ -50,8 +50,9 @@ async def get_principal(
 ) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("log in first: send Authorization: Bearer <token>")
-    principal = read_token(rt.app_secret, creds.credentials)
+    principal = read_token(rt.app_secret, creds.credentials)     # an HMAC: no I/O
     if principal.is_staff:
+        # the account's state, from Redis or the database: in the thread pool
         await run_in_threadpool(check_staff_token, rt, principal)
     return principal
 

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from psycopg.types.json import Json
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -93,6 +93,13 @@ class Tx:
         self._dialect = dialect
         self.postgres = dialect.name == "postgresql"
         self._dbapi = dbapi
+
+    @classmethod
+    def on(cls, connection: Connection) -> Tx:
+        """The same on a Core connection: in its transaction, or in autocommit if it is."""
+        tx = cls.__new__(cls)
+        tx._bind(connection.connection.dbapi_connection, connection.dialect)
+        return tx
 
     def _run(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
         cur = self._dbapi.cursor()

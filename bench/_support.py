@@ -96,7 +96,7 @@ def run_on_code_snapshot() -> str:
 
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 PII_KEY = base64.b64encode(b"bench-service-pii-key".ljust(32, b".")).decode()
 APP_SECRET = "bench-" + "s" * 40
 # Inside the 2021 collection window (2020-10-01 .. 2020-12-20 Beijing time), as `make run`.
@@ -293,7 +293,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     # live mode (see live_env): channel keys configured, no simulator, real business clock
     live: bool = False
-    # the ASGI factory uvicorn serves (``_server:create_hello``: the hello-world yardstick)
+    # the ASGI factory uvicorn serves (``_server:create_hello``: the hello-world yardstick;
+    # ``_server:create_simulator``: the channel simulator alone)
     app: str = "_server:create"
     # environment beyond the settings' own
     extra_env: dict[str, str] = field(default_factory=dict)

@@ -4,6 +4,10 @@ The same key with the same body within 24 hours answers the first response again
 different body, or while the first request still runs, ``idempotency_conflict``. The key row
 is claimed in its own short transaction before the work starts, so two concurrent requests
 with one key can never both run.
+
+Order creation is a hot path (``bench/README.md``, "Order creation"), so these are SQL text
+at the driver (``backend/sql.py``), and a work that ends in a transaction of its own may
+record its answer in that transaction (:class:`Finish`) instead of a statement after it.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from backend.db import utcnow
 from backend.errors import AppError, Conflict, ValidationFailed
 from backend.idempotency.models import IdempotencyKey
 from backend.runtime import Runtime
+from backend.sql import Statement, Tx
 
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 RETENTION = timedelta(hours=24)
@@ -37,25 +42,60 @@ def request_hash(method: str, path: str, body: Any) -> str:
 
 
 def run_idempotent(rt: Runtime, caller: str, key: str | None, req_hash: str,
-                   work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
-    """Run ``work`` (which returns status and JSON body) at most once per caller and key."""
+                   work: Callable[..., tuple[int, Any]], *,
+                   finishes_itself: bool = False) -> tuple[int, Any]:
+    """Run ``work`` (which returns status and JSON body) at most once per caller and key.
+
+    With ``finishes_itself``, ``work`` is called with a :class:`Finish`: it may record its
+    answer with it in its own last transaction, saving the statement (and commit) after.
+    """
+    finish = Finish(caller, key)
+
+    def run() -> tuple[int, Any]:
+        return work(finish) if finishes_itself else work()
+
     if key is None:
-        return work()
+        return run()
     if not KEY_RE.match(key):
         raise ValidationFailed("Idempotency-Key: 1–64 printable ASCII characters")
     _claim(rt, caller, key, req_hash)
     try:
-        status, body = work()
+        status, body = run()
     except AppError as exc:
         # A deliberate answer is the answer, 5xx included: a channel timeout's 504 names the
         # order it left pending, and a retry must find that order, not make a second one.
+        # (A Finish inside a transaction that then failed was rolled back with it.)
         _finish(rt, caller, key, exc.status, exc.body())
         raise
     except BaseException:
         _release(rt, caller, key)
         raise
-    _finish(rt, caller, key, status, body)
+    if not finish.recorded:
+        _finish(rt, caller, key, status, body)
     return status, body
+
+
+_FINISH = Statement(
+    """UPDATE idempotency_keys SET state = 'done', status_code = :status, response = :body
+       WHERE caller = :caller AND "key" = :key""")
+
+
+class Finish:
+    """Records the answer to a request's key in the work's own transaction: the answer is
+    stored if and only if what the work did is committed."""
+
+    __slots__ = ("caller", "key", "recorded")
+
+    def __init__(self, caller: str, key: str | None) -> None:
+        self.caller, self.key = caller, key
+        self.recorded = False
+
+    def __call__(self, session: Session, status: int, body: Any) -> None:
+        if self.key is None:
+            return
+        Tx(session).rowcount(_FINISH, status=status, body=body, caller=self.caller,
+                             key=self.key)
+        self.recorded = True
 
 
 class Replay(Exception):
@@ -78,17 +118,25 @@ def _statement(rt: Runtime) -> Iterator[Connection]:
             yield conn
 
 
+# The claim's commit need not wait for its WAL flush (synchronous_commit off, for this one
+# statement's transaction: set_config(…, true) holds until its end, and the commit record is
+# written before settings are reset). Nothing is lost that matters: whatever the request
+# then commits — its work, its stored answer, the release of the key — is committed
+# synchronously later in the same WAL, which makes the claim durable with it; a claim lost
+# in a crash is one whose request changed nothing, and its retry runs anew.
+_CLAIM_SQL = """INSERT INTO idempotency_keys (caller, "key", request_hash, state, created_at)
+    SELECT :caller, :key, :hash, 'running', :now {where}
+    ON CONFLICT (caller, "key") DO NOTHING RETURNING id"""
+_CLAIM = Statement(_CLAIM_SQL.format(where="WHERE true"), postgresql=_CLAIM_SQL.format(
+    where="WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"))
+
+
 def _claim(rt: Runtime, caller: str, key: str, req_hash: str) -> None:
     now = utcnow()
     table = IdempotencyKey.__table__  # type: ignore[attr-defined]
-    ins = postgresql.insert if rt.engine.dialect.name == "postgresql" else sqlite.insert
     for _ in range(3):
         with _statement(rt) as conn:
-            claimed = conn.execute(
-                ins(table).values(caller=caller, key=key, request_hash=req_hash,
-                                  state="running", created_at=now)
-                .on_conflict_do_nothing(index_elements=["caller", "key"])
-                .returning(table.c.id)).scalar()
+            claimed = Tx.on(conn).one(_CLAIM, caller=caller, key=key, hash=req_hash, now=now)
         if claimed is not None:
             return
         with _statement(rt) as conn:
@@ -113,10 +161,8 @@ def _claim(rt: Runtime, caller: str, key: str, req_hash: str) -> None:
 
 
 def _finish(rt: Runtime, caller: str, key: str, status: int, body: Any) -> None:
-    table = IdempotencyKey.__table__  # type: ignore[attr-defined]
     with _statement(rt) as conn:
-        conn.execute(update(table).where(table.c.caller == caller, table.c.key == key)
-                     .values(state="done", status_code=status, response=body))
+        Tx.on(conn).rowcount(_FINISH, status=status, body=body, caller=caller, key=key)
 
 
 def _release(rt: Runtime, caller: str, key: str) -> None:

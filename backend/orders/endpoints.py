@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
 from backend.errors import JSON_BODY, LOGGED_IN, NotFound, error_response, errors
-from backend.idempotency.service import Replay, request_hash, run_idempotent
+from backend.idempotency.service import Finish, Replay, request_hash, run_idempotent
 from backend.orders import qr, scan, service
 from backend.orders.schemas import OrderCreate, OrderOut
 
@@ -31,14 +31,22 @@ def _page(description: str, json_error: dict[str, Any] | None = None) -> dict[st
 
 
 def idempotent_json(rt: Any, principal: Any, key: str | None, request: Request, body: Any,
-                    work: Any, status: int = 201) -> JSONResponse:
+                    work: Any, status: int = 201, *, finishes_itself: bool = False
+                    ) -> JSONResponse:
+    """``work()`` makes the answer; with ``finishes_itself``, ``work(on_answer)``, and it
+    calls ``on_answer(session, answer)`` in its last transaction (the key's answer is
+    stored there)."""
     digest = request_hash(request.method, request.url.path, body.model_dump(mode="json"))
 
-    def _work() -> tuple[int, Any]:
-        return status, work().model_dump(mode="json")
+    def _work(*finish: Finish) -> tuple[int, Any]:
+        if not finish:
+            return status, work().model_dump(mode="json")
+        return status, work(lambda s, answer: finish[0](s, status, answer.model_dump(
+            mode="json"))).model_dump(mode="json")
 
     try:
-        code, payload = run_idempotent(rt, principal.sub, key, digest, _work)
+        code, payload = run_idempotent(rt, principal.sub, key, digest, _work,
+                                       finishes_itself=finishes_itself)
     except Replay as replay:
         code, payload = replay.status, replay.body
     return JSONResponse(status_code=code, content=payload)
@@ -50,7 +58,9 @@ def create_order(body: OrderCreate, request: Request, rt: RuntimeDep,
                  principal: CurrentPrincipal,
                  idempotency_key: IdempotencyKeyHeader = None) -> JSONResponse:
     return idempotent_json(rt, principal, idempotency_key, request, body,
-                           lambda: service.create_order(rt, principal, body))
+                           lambda on_answer: service.create_order(rt, principal, body,
+                                                                  on_answer=on_answer),
+                           finishes_itself=True)
 
 
 @router.get("/api/v1/orders/{order_no}", response_model=OrderOut,

@@ -14,21 +14,43 @@ from functools import lru_cache
 import qrcode
 import qrcode.image.svg
 import redis
+from PIL import Image
 
 log = logging.getLogger(__name__)
 CACHE_TTL_S = 24 * 3600
 MAX_CONTENT = 1024
 
 
-@lru_cache(maxsize=2048)
-def _render(content: str, fmt: str) -> bytes:
+BOX = 8        # pixels per module: one byte of a 1-bit image row
+
+
+def _code(content: str, fmt: str) -> qrcode.QRCode:  # type: ignore[type-arg]
     # A fixed mask pattern: choosing the "best" of eight costs most of the render time, and
     # every reader decodes any of them (the mask is in the code's format information).
-    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=8, border=4,
-                       mask_pattern=2,
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=BOX,
+                       border=4, mask_pattern=2,
                        image_factory=qrcode.image.svg.SvgPathImage if fmt == "svg" else None)
     qr.add_data(content)
     qr.make(fit=True)
+    return qr
+
+
+def _png(matrix: list[list[bool]]) -> bytes:
+    """The modules (border included) as a black-on-white 1-bit PNG, ``BOX`` pixels each:
+    the image qrcode's PIL factory draws rectangle by rectangle, made row by row instead
+    (a module is one byte of the packed row; a row of modules is ``BOX`` pixel rows)."""
+    n = len(matrix)
+    raw = b"".join(bytes(0x00 if dark else 0xFF for dark in row) * BOX for row in matrix)
+    buf = io.BytesIO()
+    Image.frombytes("1", (n * BOX, n * BOX), raw).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=2048)
+def _render(content: str, fmt: str) -> bytes:
+    qr = _code(content, fmt)
+    if fmt == "png":
+        return _png(qr.get_matrix())
     buf = io.BytesIO()
     qr.make_image().save(buf)
     return buf.getvalue()

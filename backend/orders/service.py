@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -197,19 +198,15 @@ def write_lines(rt: Runtime, session: Session, principal: Principal, year: int,
                   village_code=village_code,
                   qr_token=(secrets.token_urlsafe(24) if channel in API_CHANNELS
                             and channel != "wechat_jsapi" else None))
-    session.add(order)
-    session.flush()
-    assert order.id is not None
     written = []
     for i in items:
         line_id = lines[i.key].id
         assert line_id is not None
-        written.append(OrderLine(order_id=order.id, bill_line_id=line_id, resident_id=i.key[0],
+        written.append(OrderLine(order_id=0, bill_line_id=line_id, resident_id=i.key[0],
                                  insurance=i.insurance, tier_yuan=i.tier_yuan,
                                  amount_fen=i.amount_fen, village_code=i.resident.village_code,
                                  town_code=i.town_code))
-    session.add_all(written)
-    session.flush()
+    repo.insert_order(session, order, written)     # sets the ids
     return order, written
 
 
@@ -222,7 +219,6 @@ def _write_order(rt: Runtime, session: Session, principal: Principal, body: Orde
     target = API_CHANNELS[body.channel]
     if target is not None:
         attempt = _new_attempt(rt, session, order, target[0], target[1], first=True)
-    session.flush()
     return order, lines, attempt
 
 
@@ -234,14 +230,16 @@ def _new_attempt(rt: Runtime, session: Session, order: Order, channel: Channel,
     attempt = Attempt(order_id=order.id, channel=channel.value, kind=kind,
                       out_trade_no=client.new_out_trade_no(f"{order.order_no}{n:02d}"),
                       amount_fen=order.amount_fen, expires_at=order.expires_at)
-    session.add(attempt)
-    session.flush()
+    repo.insert_attempt(session, attempt)     # sets its id
     return attempt
 
 
 def _open_at_channel(rt: Runtime, order: Order, attempt: Attempt, description: str,
-                     payer_openid: str | None) -> CreateResult | None:
-    """Steps (2) and (3): ask the channel, then record its answer in a new transaction."""
+                     payer_openid: str | None, *,
+                     then: Callable[[Session], None] | None = None) -> CreateResult | None:
+    """Steps (2) and (3): ask the channel, then record its answer in a new transaction
+    (with ``then``'s writes, given the attempt as it is now: pending, with the channel's
+    QR content or payment parameters)."""
     channel = Channel(attempt.channel)
     req = CreateRequest(out_trade_no=attempt.out_trade_no, amount_fen=attempt.amount_fen,
                         description=description, expires_at=attempt.expires_at,
@@ -265,13 +263,15 @@ def _open_at_channel(rt: Runtime, order: Order, attempt: Attempt, description: s
                                 updated_at=utcnow())
         raise ChannelUnavailable(f"{channel.value} refused the payment: {exc}",
                                  order_no=order.order_no) from None
+    attempt.status = "pending"
+    attempt.qr_content = result.qr_content
+    attempt.request_payment = result.request_payment
     with unit_of_work(rt.sessions) as s:
         repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["pending"], "pending",  # type: ignore[arg-type]
                           qr_content=result.qr_content, request_payment=result.request_payment,
                           updated_at=utcnow())
-    attempt.status = "pending"
-    attempt.qr_content = result.qr_content
-    attempt.request_payment = result.request_payment
+        if then is not None:
+            then(s)
     return result
 
 
@@ -285,21 +285,37 @@ def _description(session: Session, order: Order,
 
 
 def create_order(rt: Runtime, principal: Principal, body: OrderCreate, *,
-                 ttl: timedelta = RESIDENT_ORDER_TTL,
-                 village_code: str | None = None) -> OrderOut:
+                 ttl: timedelta = RESIDENT_ORDER_TTL, village_code: str | None = None,
+                 on_answer: Callable[[Session, OrderOut], None] | None = None) -> OrderOut:
+    """``on_answer``: called with the answer inside the last transaction that makes it true
+    (the order's; with a channel trade, the one recording the channel's answer) — the
+    idempotency key's answer is stored there (``idempotency.service.Finish``)."""
     if principal.role not in ("resident", "agent"):
         raise Forbidden("orders are made by residents (and by agents, as QR codes)")
     if body.channel == "wechat_jsapi" and not principal.sub.startswith("wx:"):
         raise ValidationFailed("channel: wechat_jsapi is for residents logged in with WeChat")
+
+    def answer() -> OrderOut:
+        # Everything the answer holds was just written: no need to read it back.
+        return render(rt, None, principal, order, lines=lines,
+                      attempts=[attempt] if attempt else [], refunds=[])
+
+    out: list[OrderOut] = []
+
+    def then(s: Session) -> None:
+        out.append(answer())
+        if on_answer is not None:
+            on_answer(s, out[0])
+
     with unit_of_work(rt.sessions) as s:
         order, lines, attempt = _write_order(rt, s, principal, body, ttl, village_code)
         description = _description(s, order, lines)
+        if attempt is None:
+            then(s)
     if attempt is not None:
         openid = principal.sub.removeprefix("wx:") if attempt.kind == "jsapi" else None
-        _open_at_channel(rt, order, attempt, description, openid)
-    # Everything the answer holds was just written: no need to read it back.
-    return render(rt, None, principal, order, lines=lines,
-                  attempts=[attempt] if attempt else [], refunds=[])
+        _open_at_channel(rt, order, attempt, description, openid, then=then)
+    return out[0]
 
 
 # --------------------------------------------------------------------------- reading
