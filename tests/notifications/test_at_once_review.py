@@ -19,7 +19,7 @@ from backend.notifications import service
 from payment_adapters.base import Channel
 from tests.conftest import Live
 from tests.notifications.test_at_once import _dsn, _two_orders, spy  # noqa: F401
-from tests.notifications.test_notify import is_success, notification
+from tests.notifications.test_notify import notification
 
 pytestmark = pytest.mark.parametrize("backend_name", ["postgres"])
 
