@@ -163,3 +163,53 @@ PAYMENT = (
     "paid_at, business_date, source, shared_transaction, created_at) VALUES ({id}, {attempt}, "
     "1, 'wechat', '4200', 28000, '2020-11-02 01:05:00', '2020-11-02', 'query', {shared}, "
     "'2020-11-02 01:05:00')")
+
+
+def test_postings_key_comes_back_on_downgrade_with_the_ledger_kept(empty_db: str) -> None:
+    """0015 drops the postings → ledger_accounts key for triggers; its downgrade brings the
+    key back (with the ledger's rows and its append-only rule), and upgrading again works."""
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        for sql in LEDGER_ROWS:
+            conn.execute(text(sql))
+    engine.dispose()
+    command.downgrade(alembic_config(empty_db), "0014")
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT entry_id, account_id, amount_fen FROM postings "
+                                 "ORDER BY id")).all() == [(1, 1, 100), (1, 2, -100)]
+        if postgres:
+            assert conn.execute(text(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'postings'::regclass "
+                "AND contype = 'f' AND confrelid = 'ledger_accounts'::regclass")).scalar() == 1
+            assert conn.execute(text(
+                "SELECT count(*) FROM pg_proc WHERE proname = 'apply_channel_notification'"
+            )).scalar() == 0
+        else:
+            keys = conn.execute(text("PRAGMA foreign_key_list(postings)")).all()
+            assert {row[2] for row in keys} == {"journal_entries", "ledger_accounts"}
+            assert conn.execute(text("PRAGMA foreign_key_check(postings)")).all() == []
+    with engine.begin() as conn, pytest.raises(Exception, match="append-only"):
+        conn.execute(text("UPDATE postings SET amount_fen = 1"))
+    engine.dispose()
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert conn.execute(text("SELECT count(*) FROM postings")).scalar() == 2
+    engine.dispose()
+    assert diff == []
+
+
+LEDGER_ROWS = (
+    "INSERT INTO ledger_accounts (id, code, kind, name, created_at) VALUES "
+    "(1, 'channel_clearing:wechat', 'channel_clearing', 'w', '2020-11-01 00:00:00'), "
+    "(2, 'contributions:medical:2021', 'contributions', 'm', '2020-11-01 00:00:00')",
+    "INSERT INTO journal_entries (id, kind, reason, business_date, occurred_at, created_at) "
+    "VALUES (1, 'correction', 'r', '2020-11-01', '2020-11-01 00:00:00', "
+    "'2020-11-01 00:00:00')",
+    "INSERT INTO postings (id, entry_id, account_id, amount_fen, business_date, items) VALUES "
+    "(1, 1, 1, 100, '2020-11-01', 1), (2, 1, 2, -100, '2020-11-01', 1)",
+)

@@ -224,9 +224,14 @@ def _apply_at_once(rt: Runtime, channel: Channel, note: Notification,
         try:
             row = conn.execute(_APPLY_AT_ONCE, params).fetchone()
         except psycopg.Error as exc:
-            if exc.sqlstate == GENERAL_PATH:
-                return None
-            raise
+            if exc.sqlstate != GENERAL_PATH:
+                # As on the event loop: the general path looks at it afresh (a transaction
+                # id another trade's payment took meanwhile is a transaction conflict there,
+                # audited and queried, not an internal error). The statement is all or
+                # nothing, so what it may have committed is a repeat there.
+                log.warning("%s notification: the one-statement path failed (%s); trying "
+                            "the general path", channel.value, exc.sqlstate)
+            return None
         finally:
             conn.autocommit = False
     finally:
