@@ -20,7 +20,7 @@ from typing import Any, cast
 import anyio.to_thread
 import psycopg
 from psycopg.types.json import Json
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -186,6 +186,7 @@ _APPLY_AT_ONCE = (
     "%s::timestamptz, %s::date, %s::timestamptz, %s::text, %s::json, %s::text, "
     "'notification')")
 GENERAL_PATH = "PF001"     # the function's answer for anything but the common case
+NOTIFY_POOL_WAIT_S = 3.0
 
 
 def _at_once_params(rt: Runtime, channel: Channel, note: Notification,
@@ -245,8 +246,10 @@ async def open_notify_pool(rt: Runtime) -> AsyncConnectionPool:
     pool = AsyncConnectionPool(
         rt.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
         min_size=rt.settings.notify_threads, max_size=rt.settings.notify_threads, open=False,
-        name="notifications",
-        kwargs={"autocommit": True})
+        name="notifications", kwargs={"autocommit": True},
+        # a connection not to be had soon (the database down or out of connections): the
+        # general path takes the notification, well within the channel's own timeout
+        timeout=NOTIFY_POOL_WAIT_S)
     await pool.open(wait=False)
     return pool
 
@@ -283,6 +286,9 @@ async def handle_async(rt: Runtime, pool: AsyncConnectionPool | None, channel: C
             applied = await _apply_at_once_async(pool, rt, channel, note, headers, body)
         except (VerificationFailed, _Reject):
             pass
+        except PoolTimeout:
+            log.warning("%s notification: no connection of the notification pool within %s s; "
+                        "the general path takes it", channel.value, NOTIFY_POOL_WAIT_S)
         except Exception:
             log.exception("%s notification: the one-statement path failed; trying the "
                           "general path", channel.value)

@@ -329,3 +329,25 @@ def test_notifications_are_answered_ahead_of_the_router(
     huge = live.http.post("/api/v1/notify/alipay", content=b"x" * (2 << 20),
                           headers={"content-type": "application/x-www-form-urlencoded"})
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("pending", ["unionpay"], indirect=True)
+def test_no_pool_connection_in_time_the_general_path_takes_it(
+        live: Live, pending: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The database down or out of connections: after NOTIFY_POOL_WAIT_S the notification
+    goes to the general path (which answers and records it), with a warning, no traceback."""
+    from psycopg_pool import PoolTimeout
+
+    async def no_connection(*args: Any, **kw: Any) -> Any:
+        raise PoolTimeout("couldn't get a connection after 3.00 sec")
+
+    monkeypatch.setattr(service, "_apply_at_once_async", no_connection)
+    with caplog.at_level("WARNING"):
+        resp = post(live, notification(live, pending["out_trade_no"]))
+    assert is_success("unionpay", resp), resp.text
+    with psycopg.connect(_dsn(live)) as conn:
+        assert conn.execute("SELECT outcome FROM notification_inbox").fetchall() == [
+            ("applied",)]
+    warned = [r for r in caplog.records if "notification pool" in r.getMessage()]
+    assert warned and not any(r.exc_info for r in warned)

@@ -106,8 +106,8 @@ ACCOUNTS_KEPT_PG = [
 
 # The statements of backend/orders/payment_flow.py (confirm_channel_payment, apply_payment),
 # backend/ledger/service.py (post_entry) and backend/notifications/service.py (the inbox
-# row), in the same order, for the case where nothing is unusual. tests/test_fast_path.py
-# checks that both write the same rows.
+# row), in the same order, for the case where nothing is unusual.
+# tests/notifications/test_at_once.py checks that both write the same rows.
 APPLY_FUNCTION = """
 CREATE FUNCTION apply_channel_notification(
     p_channel text, p_out_trade_no text, p_transaction_id text, p_amount bigint,
