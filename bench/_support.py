@@ -650,19 +650,38 @@ def qr_content(channel: Channel, i: int) -> str:
     return f"https://qr.chinaums.com/bills/qrCode.do?id=3194{i:022d}"
 
 
+# 4 towns of 10 villages each: the seeded residents' and orders' places
+BENCH_VILLAGES = [f"370406{100 + t:03d}{200 + v:03d}" for t in range(4) for v in range(10)]
+
+
+def copy_bench_residents(conn: psycopg.Connection[Any], ids: Iterable[int]) -> None:
+    """Residents with these ids (COPY), spread over BENCH_VILLAGES."""
+    import hashlib
+
+    copy_rows(conn, "residents", ({
+        "id": i, "id_hash": hashlib.sha256(f"bench-resident-{i}".encode()).hexdigest(),
+        "id_enc": "bench." + secrets.token_hex(24),
+        "id_masked": f"370406********{i % 10000:04d}",
+        "birth_date": date(1950 + i % 50, 1 + i % 12, 1 + i % 28), "name": f"测试{i}",
+        "village_code": BENCH_VILLAGES[i % len(BENCH_VILLAGES)], "hukou_type": "rural",
+        "employee_pension": False, "employee_medical": False, "student": False,
+        "categories": ""} for i in ids),
+        ["id", "id_hash", "id_enc", "id_masked", "birth_date", "name", "village_code",
+         "hukou_type", "employee_pension", "employee_medical", "student", "categories"])
+
+
 def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
                         numbers: OrderNumbers, amount_fen: int = 38_000,
                         ttl: timedelta = timedelta(hours=6)) -> dict[str, float]:
     """n residents, each with one unpaid medical bill line in one pending single-item order
     with one pending attempt at its channel (ids 1..n in every table). COPY, not the ORM:
     100,000 orders take seconds. Returns the seconds per step."""
-    import hashlib
 
     timings: dict[str, float] = {}
     now = datetime.now(UTC)
     expires = now + ttl
     channel_of = {i: ch for ch, r in ranges.items() for i in r}
-    villages = [f"370406{100 + t:03d}{200 + v:03d}" for t in range(4) for v in range(10)]
+    villages = BENCH_VILLAGES
     with psycopg.connect(db_url) as conn:
         t0 = time.perf_counter()
         copy_rows(conn, "towns", ({"code": f"370406{100 + t:03d}", "name": f"测试镇{t}"}
@@ -670,16 +689,7 @@ def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
         copy_rows(conn, "villages", ({"code": v, "name": f"测试村{k}", "town_code": v[:9]}
                                      for k, v in enumerate(villages)),
                   ["code", "name", "town_code"])
-        copy_rows(conn, "residents", ({
-            "id": i, "id_hash": hashlib.sha256(f"bench-resident-{i}".encode()).hexdigest(),
-            "id_enc": "bench." + secrets.token_hex(24),
-            "id_masked": f"370406********{i % 10000:04d}",
-            "birth_date": date(1950 + i % 50, 1 + i % 12, 1 + i % 28), "name": f"测试{i}",
-            "village_code": villages[i % len(villages)], "hukou_type": "rural",
-            "employee_pension": False, "employee_medical": False, "student": False,
-            "categories": ""} for i in range(1, n + 1)),
-            ["id", "id_hash", "id_enc", "id_masked", "birth_date", "name", "village_code",
-             "hukou_type", "employee_pension", "employee_medical", "student", "categories"])
+        copy_bench_residents(conn, range(1, n + 1))
         timings["residents"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         copy_rows(conn, "bill_lines", ({"id": i, "resident_id": i, "year": YEAR,
@@ -730,10 +740,10 @@ def preload_paid_orders(db_url: str, first: int, count: int, amount_fen: int = 3
     role (no trigger or foreign-key check per row: the data is made consistent here, and
     :func:`check_preloaded` checks it after). Spread over 90 business days. Returns the
     seconds per step."""
-    import hashlib
+    from backend.ledger import service as ledger
 
     timings: dict[str, float] = {}
-    villages = [f"370406{100 + t:03d}{200 + v:03d}" for t in range(4) for v in range(10)]
+    villages = BENCH_VILLAGES
     ids = range(first, first + count)
     start_day = date(2020, 9, 1)
     base = datetime(2020, 9, 1, 1, 0, tzinfo=UTC)
@@ -753,26 +763,14 @@ def preload_paid_orders(db_url: str, first: int, count: int, amount_fen: int = 3
 
     with psycopg.connect(db_url) as conn:
         conn.execute("SET session_replication_role = replica")
-        accounts = {}
-        for code, kind, name in (("channel_clearing:wechat", "channel_clearing", "wechat 待清算"),
-                                 (f"contributions:medical:{YEAR}", "contributions",
-                                  f"{YEAR}年度 medical 保费")):
-            accounts[code] = conn.execute(
-                "INSERT INTO ledger_accounts (code, kind, name, created_at) "
-                "VALUES (%s, %s, %s, now()) ON CONFLICT (code) DO UPDATE SET code = EXCLUDED.code "
-                "RETURNING id", (code, kind, name)).fetchone()[0]  # type: ignore[index]
-        clearing, contributions = accounts.values()
+        # the accounts as the service makes them (backend/ledger/service.py)
+        clearing, contributions = (conn.execute(
+            "INSERT INTO ledger_accounts (code, kind, name, created_at) "
+            "VALUES (%s, %s, %s, now()) ON CONFLICT (code) DO UPDATE SET code = EXCLUDED.code "
+            "RETURNING id", (a.code, a.kind, a.name)).fetchone()[0]  # type: ignore[index]
+            for a in (ledger.channel_clearing("wechat"), ledger.contributions("medical", YEAR)))
         t0 = time.perf_counter()
-        copy_rows(conn, "residents", ({
-            "id": i, "id_hash": hashlib.sha256(f"bench-resident-{i}".encode()).hexdigest(),
-            "id_enc": "bench." + secrets.token_hex(24),
-            "id_masked": f"370406********{i % 10000:04d}",
-            "birth_date": date(1950 + i % 50, 1 + i % 12, 1 + i % 28), "name": f"测试{i}",
-            "village_code": villages[i % len(villages)], "hukou_type": "rural",
-            "employee_pension": False, "employee_medical": False, "student": False,
-            "categories": ""} for i in ids),
-            ["id", "id_hash", "id_enc", "id_masked", "birth_date", "name", "village_code",
-             "hukou_type", "employee_pension", "employee_medical", "student", "categories"])
+        copy_bench_residents(conn, ids)
         step("residents", t0)
         t0 = time.perf_counter()
         copy_rows(conn, "bill_lines", ({

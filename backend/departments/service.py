@@ -51,7 +51,7 @@ from backend.ledger import service as ledger
 from backend.ledger.models import COLLECTED
 from backend.orders.models import BillLine, Order, Payment
 from backend.policy import DEPARTMENTS, Assessment, Policy, ResidentFacts, assess
-from backend.residents.models import Resident, Town, Village
+from backend.residents.models import Resident, Town, Village, category_set
 from backend.residents.service import policy_for
 from backend.runtime import Runtime
 from backend.security.pii import mask_name
@@ -199,7 +199,7 @@ def _candidates(session: Session, policy: Policy, department: str, town_code: st
             a = assessed[key] = assess(policy, ResidentFacts(
                 birth_date=birth, hukou_type=hukou, employee_pension=e_pension,  # type: ignore[arg-type]
                 employee_medical=e_medical, student=stud,  # type: ignore[arg-type]
-                categories=frozenset(c for c in categories.split(";") if c),
+                categories=category_set(categories),
                 died_on=death, department_listings=mine), now)  # type: ignore[arg-type]
         person = Person(int(rid), str(name), str(masked), str(village))
         for insurance in ("pension", "medical"):

@@ -23,6 +23,11 @@ class Village(SQLModel, table=True):
     town_code: str = Field(foreign_key="towns.code", index=True, max_length=32)
 
 
+def category_set(categories: str) -> frozenset[str]:
+    """The categories column (``dibao;disabled_1``) as a set."""
+    return frozenset(c for c in categories.split(";") if c)
+
+
 class Resident(SQLModel, table=True):
     __tablename__ = "residents"
     id: int | None = Field(default=None, primary_key=True)
@@ -45,7 +50,7 @@ class Resident(SQLModel, table=True):
 
     @property
     def category_set(self) -> frozenset[str]:
-        return frozenset(c for c in self.categories.split(";") if c)
+        return category_set(self.categories)
 
 
 class Death(SQLModel, table=True):

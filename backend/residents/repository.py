@@ -12,7 +12,7 @@ from sqlmodel import col
 
 from backend.departments.models import DepartmentListing
 from backend.orders.repository import line_states
-from backend.residents.models import Death, Resident, Village
+from backend.residents.models import Death, Resident, Village, category_set
 from backend.sql import Statement, Tx
 
 
@@ -64,7 +64,7 @@ def town_of_village(session: Session, village_code: str) -> str | None:
     return session.scalar(select(col(Village.town_code)).where(col(Village.code) == village_code))
 
 
-# --- the lookup: two statements at the driver (backend/sql.py), no ORM ----------------------
+# --- the lookup: one statement at the driver (backend/sql.py), no ORM - ----------------------
 
 class LookupRow(NamedTuple):
     """The registry row a lookup reads, with its death and town."""
@@ -85,7 +85,7 @@ class LookupRow(NamedTuple):
 
     @property
     def category_set(self) -> frozenset[str]:
-        return frozenset(c for c in self.categories.split(";") if c)
+        return category_set(self.categories)
 
 
 @dataclass
