@@ -15,7 +15,12 @@ Each command tells more with --help, e.g. python -m backend import --help
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,8 @@ def uvicorn_options(settings: Settings, *, host: str, port: int,
     trusted = settings.trusted_proxy_list
     return {"host": host, "port": port, "workers": workers, "log_config": None,
             "server_header": False,
+            # the access line is backend.ops.RequestLog's (JSON, with the request id)
+            "access_log": False,
             # X-Forwarded-For names the client only when a trusted proxy sent it; otherwise
             # anyone could pick the address the per-IP limits count.
             "proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
@@ -62,14 +69,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings.check_live_mode()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     options = uvicorn_options(settings, host=args.host, port=args.port, workers=workers)
     if workers > 1:
-        # each process builds its own app (and Runtime) from the same Settings
-        uvicorn.run("backend.app:create_logged_app", factory=True, **options)
+        # each process builds its own app (and Runtime) from the same Settings, and counts
+        # its metrics into files that /metrics sums, whichever process answers it
+        with _metrics_dir():
+            uvicorn.run("backend.app:create_logged_app", factory=True, **options)
     else:
         uvicorn.run(create_app(settings), **options)
     return 0
+
+
+@contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """prometheus-client's multiprocess mode for ``serve --workers N``: a folder the
+    processes write their counts to (PROMETHEUS_MULTIPROC_DIR; made here and removed at the
+    end unless given, and emptied at the start: counts of an earlier serve would add up)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="collect-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):
+        old.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -132,7 +160,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.check_live_mode()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

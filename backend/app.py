@@ -26,6 +26,8 @@ from backend.errors import AppError, document_errors
 from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import NotificationLane
 from backend.notifications.endpoints import router as notify_router
+from backend.ops import RequestLog
+from backend.ops import router as ops_router
 from backend.orders.endpoints import router as orders_router
 from backend.outbox.endpoints import router as outbox_router
 from backend.progress.endpoints import router as progress_router
@@ -166,24 +168,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return JSONResponse(status_code=exc.status_code, content={"error": {
             "code": code, "message": str(exc.detail)}})
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse(status_code=500, content={"error": {
-            "code": "internal_error", "message": "an unexpected error; it has been logged"}})
-
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        from sqlalchemy import text
-
-        with runtime.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return {"status": "ok"}
+    # An unexpected exception is logged and answered 500 by backend.ops.RequestLog, with the
+    # request's id.
 
     # Routes are matched in order, one by one: the busiest first (a deadline day's channel
     # notifications and residents' lookups).
     app.include_router(notify_router)
     app.include_router(residents_router)
+    app.include_router(ops_router)
     app.include_router(auth_router)
     app.include_router(orders_router)
     app.include_router(agents_router)
@@ -206,6 +198,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=[
         (re.compile(r"/api/v1/reconciliation/[a-z]+/statements"), uploads),
         (re.compile(r"/desk/statements/upload"), uploads)])
+    # outermost: every request gets its id, its count and its access line, whoever answers
+    app.add_middleware(RequestLog)
     return app
 
 
@@ -214,5 +208,6 @@ def create_logged_app() -> FastAPI:
     its own (redacting) logging first, as ``serve`` does for itself."""
     from backend.logs import configure_logging
 
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     return create_app()

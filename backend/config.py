@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -36,6 +37,12 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     payment_sandbox: bool | None = None
     log_level: str = "INFO"
+    # json: one JSON object per line, with the request id (operations' log pipelines);
+    # text: one readable line (a developer's terminal). Both mask ID and phone numbers.
+    log_format: Literal["json", "text"] = "json"
+    # Who may read GET /metrics (no login): comma-separated addresses or networks (CIDR).
+    # Loopback by default: a Prometheus on the same host, or one allowed here by address.
+    metrics_allow: str = "127.0.0.1,::1"
     # Run the worker's jobs inside `serve`: the embedded default does, a deployment with
     # DATABASE_URL runs `python -m backend worker` instead unless this says otherwise.
     run_worker_in_serve: bool | None = None
@@ -131,6 +138,21 @@ class Settings(BaseSettings):
         if v is not None and v.tzinfo is None:
             raise ValueError("COLLECT_NOW must carry a UTC offset, e.g. 2020-11-02T09:00:00+08:00")
         return v
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _metrics_allow(cls, v: str) -> str:
+        for item in _split(v):
+            try:
+                ipaddress.ip_network(item)
+            except ValueError as exc:
+                raise ValueError(f"METRICS_ALLOW: {item!r} is not an IP address or network "
+                                 f"({exc})") from None
+        return v
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item) for item in _split(self.metrics_allow))
 
     @field_validator("trusted_proxies")
     @classmethod

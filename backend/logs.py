@@ -1,10 +1,21 @@
-"""Logging that never prints a full ID number or phone number, nor a secret in a URL."""
+"""Logging that never prints a full ID number or phone number, nor a secret in a URL.
+
+Server processes log one JSON object per line (``LOG_FORMAT=json``, the default) carrying the
+request id of the request it was logged for; ``LOG_FORMAT=text`` gives readable lines.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
+
+# The id of the request being handled (backend.ops.RequestLog), for every line logged for it.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # 18-character citizen ID numbers and 11-digit mainland mobile numbers, not inside longer
 # digit runs (order numbers, timestamps).
@@ -35,6 +46,46 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().formatException(ei))
 
 
+# What every LogRecord has; anything else on a record was given as ``extra=`` and is logged
+# as a field of its own.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "color_message", "taskName"}
+
+
+class JsonFormatter(RedactingFormatter):
+    """One JSON object per line: time (UTC), level, logger, message, the request id, any
+    ``extra`` fields, and the exception; every string masked as above."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname, "logger": record.name,
+            "message": redact(record.getMessage())}
+        rid = request_id.get()
+        if rid is not None:
+            doc["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                doc[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            record.exc_text = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exception"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+class RedactingTextFormatter(RedactingFormatter):
+    """The readable line, with the request id at its end when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = request_id.get()
+        return line if rid is None else f"{line} [request {rid}]"
+
+
 class RedactingFilter(logging.Filter):
     """Masks a record's message where it is logged, before any handler (pytest's, a
     library's) sees it; the formatter above still masks what the message does not hold."""
@@ -54,10 +105,11 @@ def redact_library_urls() -> None:
         logger.addFilter(RedactingFilter())
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     redact_library_urls()
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else RedactingTextFormatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

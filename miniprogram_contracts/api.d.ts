@@ -1006,8 +1006,32 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Healthz */
+        /**
+         * Healthz
+         * @description The process is up and answering (liveness: no database or Redis involved, so that an
+         *     outage of either does not get every process restarted).
+         */
         get: operations["healthz_healthz_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Metrics Text
+         * @description Prometheus metrics, to the addresses ``METRICS_ALLOW`` lists (no login).
+         */
+        get: operations["metrics_text_metrics_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1028,6 +1052,28 @@ export interface paths {
          * @description The aggregate QR's landing page (聚合码): the scanning app decides the channel.
          */
         get: operations["landing_pay__token__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/readyz": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Readyz
+         * @description Ready for traffic: the database answers and is at the newest migration. Redis is
+         *     checked too; without it the service still takes payments (rate limits count per
+         *     process), so it answers 200 with ``"status": "degraded"``.
+         */
+        get: operations["readyz_readyz_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2067,6 +2113,18 @@ export interface components {
             qr_image_url: string | null;
             /** Status */
             status: string;
+        };
+        /** Readiness */
+        Readiness: {
+            /** Checks */
+            checks: {
+                [key: string]: string;
+            };
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "ready" | "degraded" | "not_ready";
         };
         /** RefundCreate */
         RefundCreate: {
@@ -6722,6 +6780,40 @@ export interface operations {
             };
         };
     };
+    metrics_text_metrics_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Prometheus text format */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain; version=1.0.0; charset=utf-8": unknown;
+                };
+            };
+            /** @description the client's address is not in METRICS_ALLOW */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
     landing_pay__token__get: {
         parameters: {
             query?: never;
@@ -6806,6 +6898,35 @@ export interface operations {
                             code: "channel_timeout";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    readyz_readyz_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Readiness"];
+                };
+            };
+            /** @description not ready: the database is unreachable or not at the newest migration */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Readiness"];
                 };
             };
         };

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -10,11 +11,21 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+# Below the kernel's ephemeral range (ip_local_port_range, 32768 up): a port picked there
+# could be taken meanwhile by any outgoing connection (to PostgreSQL, Redis, a channel).
+_PORTS = (20000, 32000)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.randrange(*_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 class ServedApp:
@@ -27,12 +38,17 @@ class ServedApp:
     def __init__(self, app: FastAPI, port: int | None = None,
                  options: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
+        # bound now, and handed to uvicorn: nothing can take the port in between
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", self.port))
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, **{
             "log_level": "warning", "lifespan": "off", "limit_concurrency": 200,
             **(options or {}), "host": "127.0.0.1", "port": self.port})
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={
+            "sockets": [self.socket]}, daemon=True)
 
     def start(self) -> ServedApp:
         self.thread.start()
@@ -46,3 +62,4 @@ class ServedApp:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=5)
+        self.socket.close()

@@ -143,6 +143,21 @@ def test_live_mode_serves_web_concurrency_processes(pg_url: str, redis_url: str,
                if b"multiprocessing.spawn" in Path(f"/proc/{c}/cmdline").read_bytes()
                and b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
     assert len(servers) == 2
+    # /metrics sums what every process counted, whichever process answers the scrape
+    for _ in range(40):   # a new connection each: the kernel spreads them over both
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    totals = set()
+    for _ in range(4):
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert scrape.status_code == 200
+        line = next(x for x in scrape.text.splitlines() if x.startswith(
+            'collect_http_requests_total{method="GET",route="/healthz",status="200"}'))
+        totals.add(float(line.rsplit(" ", 1)[1]))
+    assert totals == {41.0}
+    folder = next(Path("/tmp").glob(f"collect-metrics-*/*_{servers[0]}.db")).parent
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert not folder.exists()   # the counts' folder goes with the serve that made it
 
 
 # --- trusted proxies --------------------------------------------------------------------

@@ -6,6 +6,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.errors import errors
 from backend.notifications.service import handle_async
+from backend.ops import ROUTE_KEY
 from payment_adapters.base import Channel
 
 router = APIRouter(prefix="/api/v1/notify", tags=["channel notifications"])
@@ -45,6 +46,7 @@ class NotificationLane:
         if channel is None:
             await self.app(scope, receive, send)
             return
+        scope[ROUTE_KEY] = scope["path"]   # counted under its route (backend.ops.RequestLog)
         response = await _notify(channel, Request(scope, receive))
         await response(scope, receive, send)
 

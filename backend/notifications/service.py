@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from backend import metrics
 from backend.clock import business_date, real_now
 from backend.db import unit_of_work, utcnow
 from backend.notifications.models import InboxNotification
@@ -293,6 +294,7 @@ async def handle_async(rt: Runtime, pool: AsyncConnectionPool | None, channel: C
             log.exception("%s notification: the one-statement path failed; trying the "
                           "general path", channel.value)
         if applied is not None:
+            _count(channel, applied[0])
             log.debug("%s notification for %s: %s", channel.value, note.out_trade_no,
                       applied[0])
             return verifier.success_answer()
@@ -310,6 +312,7 @@ def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
     try:
         return _handle(rt, channel, verifier, headers, body, at_once)
     except Exception:
+        _count(channel, "error")
         # A defect of ours, or the database gone: the channel retries; the audit row is
         # kept if the database still takes it.
         log.exception("%s notification failed", channel.value)
@@ -323,12 +326,14 @@ def handle(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
 def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
             headers: Mapping[str, str], body: bytes, at_once: bool) -> HttpAnswer:
     if len(body) > MAX_NOTIFICATION_BYTES:
+        _count(channel, "rejected")
         _audit(rt, channel, headers, body[:4096], "rejected",
                f"body of {len(body)} bytes is over {MAX_NOTIFICATION_BYTES}")
         return verifier.failure_answer("body too large")
     try:
         note = verifier.verify(headers, body, real_now())
     except VerificationFailed as exc:
+        _count(channel, "rejected")
         log.warning("%s notification rejected: %s", channel.value, exc)
         _audit(rt, channel, headers, body, "rejected", str(exc))
         return verifier.failure_answer(str(exc))
@@ -343,6 +348,9 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
                 if outcome != "repeat":
                     _record_event(s, channel, note, headers, body, outcome, detail)
     except _Reject as exc:
+        _count(channel, exc.outcome)
+        if exc.outcome in ANOMALY_OUTCOMES:
+            metrics.ANOMALIES.labels(exc.outcome).inc()
         level = logging.ERROR if exc.outcome == "transaction_conflict" else logging.WARNING
         log.log(level, "%s notification for %s not applied (%s): %s", channel.value,
                 storable(note.out_trade_no, MAX_TRADE_NO), exc.outcome, exc.detail)
@@ -350,9 +358,18 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
         if exc.attempt_id is not None:
             _query_soon(rt, exc.attempt_id)
         return verifier.failure_answer(exc.detail)
+    _count(channel, outcome)
     log.log(logging.DEBUG if outcome in ("applied", "repeat") else logging.INFO,
             "%s notification for %s: %s", channel.value, note.out_trade_no, outcome)
     return verifier.success_answer()
+
+
+# What a notification can tell that is an anomaly for staff (collect_anomalies_total).
+ANOMALY_OUTCOMES = frozenset({"amount_mismatch", "transaction_conflict"})
+
+
+def _count(channel: Channel, outcome: str) -> None:
+    metrics.NOTIFICATIONS.labels(channel.value, outcome).inc()
 
 
 def _query_soon(rt: Runtime, attempt_id: int) -> None:
