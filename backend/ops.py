@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # A request id a proxy or the caller already gave (X-Request-Id) is kept when it is short and
 # plain; anything else gets a new one. Either way the answer carries it.
 _GIVEN_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# Methods counted by name; any other (a scanner's invention) is "other": the series stay few.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # The scope key a lane (an ASGI middleware answering a path ahead of the router) sets to the
 # path template it answers, so that its requests are counted under their route.
 ROUTE_KEY = "collect.route"
@@ -40,6 +42,9 @@ class RequestLog:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # (method, route, status) → its counter and histogram children: labels() looked up
+        # once (routes are templates, so the keys are few)
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,9 +85,15 @@ class RequestLog:
             route = scope.get("route")
             label = (getattr(route, "path", None) or scope.get(ROUTE_KEY)
                      or metrics.UNMATCHED)
-            method = scope["method"]
-            metrics.REQUESTS.labels(method, label, str(status)).inc()
-            metrics.LATENCY.labels(method, label).observe(elapsed)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            key = (method, label, status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (
+                    metrics.REQUESTS.labels(method, label, str(status)),
+                    metrics.LATENCY.labels(method, label))
+            series[0].inc()
+            series[1].observe(elapsed)
             client = scope.get("client")
             path = scope["path"]
             access_log.info("%s %s %d", method, path, status, extra={

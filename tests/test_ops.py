@@ -237,3 +237,15 @@ def test_an_unexpected_error_is_logged_with_the_request_id_and_answered_500(
     assert "RuntimeError: a defect while reading 110101********0011" in errors[0]["exception"]
     access = next(x for x in _records(json_lines) if x["logger"] == "backend.access")
     assert access["status"] == 500 and access["request_id"] == rid
+
+
+def test_a_scanners_methods_and_paths_make_no_new_series(served: ServedApp) -> None:
+    for i in range(5):
+        httpx.request("PROPFIND" if i % 2 else "GET", f"{served.base_url}/wp-admin/{i}.php")
+    body = httpx.get(f"{served.base_url}/metrics").text
+    routes = {m.group(1) for m in re.finditer(r'route="([^"]*)"', body)}
+    assert not any("wp-admin" in r for r in routes)
+    assert "PROPFIND" not in body
+    assert _metric(body, "collect_http_requests_total", method="other", route="unmatched",
+                   status="405") + _metric(body, "collect_http_requests_total", method="other",
+                                           route="unmatched", status="404") >= 2
