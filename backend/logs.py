@@ -60,7 +60,8 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))
 
 
 class JsonFormatter(RedactingFormatter):
-    """One JSON object per line: time (UTC), level, logger, message, the request id, any
+    """One JSON object per line: time (UTC), level, logger, message, the process id (which of
+    ``serve --workers N``), the request id, any
     ``extra`` fields, and the exception; every string masked as above."""
 
     _second: tuple[int, str] = (-1, "")
@@ -76,7 +77,7 @@ class JsonFormatter(RedactingFormatter):
         doc: dict[str, Any] = {
             "time": self._time(record.created),
             "level": record.levelname, "logger": record.name,
-            "message": redact(record.getMessage())}
+            "message": redact(record.getMessage()), "process": record.process}
         rid = request_id.get()
         if rid is not None:
             doc["request_id"] = rid

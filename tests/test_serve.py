@@ -160,6 +160,48 @@ def test_live_mode_serves_web_concurrency_processes(pg_url: str, redis_url: str,
     assert not folder.exists()   # the counts' folder goes with the serve that made it
 
 
+def test_the_lookup_limits_hold_across_server_processes(
+        pg_url: str, redis_url: str, live_channels: dict[str, str], tmp_path: Path,
+        stop_later: list[subprocess.Popen[bytes]]) -> None:
+    """Misses count in Redis: two processes answering the same caller (and the same
+    address) refuse it after the limit, not after twice the limit."""
+    import json
+
+    from backend.security.tokens import Principal, issue_token
+
+    secret = "test-secret-" + "x" * 32
+    port = free_port()
+    env = _env(tmp_path, **live_channels, DATABASE_URL=pg_url, REDIS_URL=redis_url,
+               WEB_CONCURRENCY="2", LOOKUP_MISS_LIMIT="6", LOG_FORMAT="json")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", str(port)],
+                                env=env, cwd=REPO, stdout=out, stderr=out,
+                                start_new_session=True)
+    stop_later.append(proc)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    token = issue_token(secret, Principal(sub=f"wx:prober-{os.getpid()}", role="resident"), 600)
+    statuses = []
+    for _ in range(16):   # a new connection each: both processes answer some
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/residents/lookup",
+                       headers={"Authorization": f"Bearer {token}"}, timeout=10,
+                       json={"name": "某某", "id_number": NOBODY, "year": 2021})
+        statuses.append(r.status_code)
+    assert statuses == [404] * 6 + [429] * 10
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    answered_by = {line["process"] for line in map(json.loads, (
+        x for x in log.read_text().splitlines() if x.startswith("{")))
+        if line.get("route") == "/api/v1/residents/lookup"}
+    assert len(answered_by) == 2, "one process answered every lookup: nothing was shared"
+
+
 # --- trusted proxies --------------------------------------------------------------------
 
 NOBODY = make_id_number("370406", date(1969, 3, 15), 99)   # valid, and registered nowhere
