@@ -116,23 +116,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             from backend.worker.runner import start_in_thread
 
             stop = start_in_thread(runtime)
-        pool = lookup_io = None
+        pool = None
         if runtime.postgres:
             # payment notifications' common case, applied on the event loop
             from backend.notifications.service import open_notify_pool
 
             pool = app.state.notify_pool = await open_notify_pool(runtime)
-            # residents' lookups, likewise on the event loop (their own connections)
-            from backend.residents.service import open_lookup_io
-
-            lookup_io = app.state.lookup_io = await open_lookup_io(runtime)
         yield
         if pool is not None:
             app.state.notify_pool = None
             await pool.close()
-        if lookup_io is not None:
-            app.state.lookup_io = None
-            await lookup_io.close()
         if stop is not None:
             stop.set()
         runtime.close()

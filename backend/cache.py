@@ -12,7 +12,6 @@ from typing import Any
 
 import fakeredis
 import redis
-import redis.asyncio
 
 log = logging.getLogger(__name__)
 
@@ -67,55 +66,3 @@ class RateLimiter:
     def reset(self, key: str) -> None:
         full = f"{self.prefix}:{key}"
         self._run(lambda c: c.delete(full))
-
-
-class AsyncLimiter:
-    """A :class:`RateLimiter`'s counters read and counted from the event loop (redis.asyncio):
-    the same keys, and on a Redis error the same in-process stand-in. With no Redis URL the
-    limiter's own store is in-process (fakeredis): it is used as it is, no I/O."""
-
-    def __init__(self, limiter: RateLimiter, url: str) -> None:
-        self.limiter = limiter
-        self.client: redis.asyncio.Redis | None = (
-            redis.asyncio.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                         health_check_interval=30) if url else None)
-
-    def _full(self, keys: list[str]) -> list[str]:
-        return [f"{self.limiter.prefix}:{key}" for key in keys]
-
-    async def counts(self, keys: list[str]) -> list[int]:
-        """``RateLimiter.counts``: several keys' counts in one round trip (MGET)."""
-        if self.client is None:
-            return self.limiter.counts(keys)
-        full = self._full(keys)
-        try:
-            values = await self.client.mget(full)
-        except redis.RedisError as exc:
-            log.warning("redis unavailable, using the in-process rate limiter: %s", exc)
-            values = self.limiter._fallback.mget(full)
-        return [int(v or 0) for v in values]
-
-    async def hit(self, keys: list[str], window_s: int) -> None:
-        """``RateLimiter.hit`` of each key, in one round trip."""
-        if self.client is None:
-            for key in keys:
-                self.limiter.hit(key, window_s)
-            return
-        full = self._full(keys)
-        try:
-            pipe = self.client.pipeline()
-            for key in full:
-                pipe.incr(key)
-                pipe.expire(key, window_s, nx=True)
-            await pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("redis unavailable, using the in-process rate limiter: %s", exc)
-            fallback = self.limiter._fallback.pipeline()    # in-process: no I/O
-            for key in full:
-                fallback.incr(key)
-                fallback.expire(key, window_s, nx=True)
-            fallback.execute()
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()

@@ -66,7 +66,7 @@ def _sqlite_value(value: Any) -> Any:
     return value
 
 
-def pg_value(value: Any) -> Any:
+def _pg_value(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column")
     if isinstance(value, dict | list):
@@ -105,7 +105,7 @@ class Tx:
         cur = self._dbapi.cursor()
         try:
             if self.postgres:
-                cur.execute(stmt.postgresql, {k: pg_value(v) for k, v in params.items()},
+                cur.execute(stmt.postgresql, {k: _pg_value(v) for k, v in params.items()},
                             prepare=stmt.prepare)
             else:
                 cur.execute(stmt.sqlite, {k: _sqlite_value(v) for k, v in params.items()})
@@ -143,7 +143,7 @@ class Tx:
             sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' for _ in columns)})"
         try:
             if self.postgres:
-                cur.execute(sql, [[pg_value(row[k]) for row in rows]
+                cur.execute(sql, [[_pg_value(row[k]) for row in rows]
                                   for k in range(len(columns))])
             else:
                 cur.executemany(sql, [[_sqlite_value(v) for v in row] for row in rows])

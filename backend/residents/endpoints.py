@@ -3,12 +3,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 from typing import Any
 
-import psycopg
-from fastapi import APIRouter, Request, Response
-from psycopg_pool import PoolTimeout
+from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,29 +17,16 @@ from backend.residents.schemas import LookupRequest, LookupResponse
 from backend.runtime import Runtime
 from backend.security.tokens import Principal, read_token
 
-log = logging.getLogger(__name__)
-
 router = APIRouter(prefix="/api/v1/residents", tags=["residents"])
 LOOKUP_PATH = "/api/v1/residents/lookup"
 
 
-async def _lookup(rt: Runtime, io: service.LookupIO | None, principal: Principal, ip: str,
-                  body: LookupRequest) -> Response:
-    """The lookup's answer, for the route and the lane alike. On PostgreSQL (``io``, opened in
-    the app's lifespan) on the event loop; otherwise — SQLite, no lifespan, no connection
-    to be had — one hop to a lookup thread for the Redis and database reads. The answer is
-    a LookupResponse, validated as it is built and written to JSON there: FastAPI would
-    validate and serialize it again."""
-    if io is not None:
-        try:
-            answer = await service.lookup_json_async(
-                rt, io, principal, ip, name=body.name, id_number=body.id_number,
-                year=body.year)
-            return Response(answer, media_type="application/json")
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            # (before a miss is counted: that follows the one read)
-            log.warning("lookup: the event loop's connections failed (%s); the thread path "
-                        "takes it", type(exc).__name__)
+async def _lookup(rt: Runtime, principal: Principal, ip: str, body: LookupRequest) -> Response:
+    """The lookup's answer, for the route and the lane alike: one hop to a lookup thread for
+    the Redis and database reads (on the event loop through redis.asyncio and psycopg's
+    async pool they cost more CPU than the hop: ``bench/README.md``, "Lookups"). The
+    answer is a LookupResponse, validated as it is built and written to JSON there: FastAPI
+    would validate and serialize it again."""
     answer = await asyncio.get_running_loop().run_in_executor(rt.lookup_threads, functools.partial(
         service.lookup_json, rt, principal, ip, name=body.name, id_number=body.id_number,
         year=body.year))
@@ -109,8 +93,8 @@ class LookupLane:
                 if principal.is_staff:
                     await run_in_threadpool(check_staff_token, rt, principal)
                 client = scope.get("client")
-                response = await _lookup(rt, getattr(app.state, "lookup_io", None), principal,
-                                         client[0] if client else "unknown", body)
+                response = await _lookup(rt, principal, client[0] if client else "unknown",
+                                         body)
             except AppError as exc:
                 response = answer_error(exc)     # as the app's handler answers it
             await response(scope, receive, send)
@@ -148,6 +132,5 @@ class LookupLane:
 @router.post("/lookup", response_model=LookupResponse, responses=errors(
     *LOGGED_IN, *JSON_BODY, "invalid_id_number", "not_found", "rate_limited"))
 async def lookup(body: LookupRequest, rt: RuntimeDep, principal: CurrentPrincipal,
-                 ip: ClientIp, request: Request) -> Response:
-    return await _lookup(rt, getattr(request.app.state, "lookup_io", None), principal, ip,
-                         body)
+                 ip: ClientIp) -> Response:
+    return await _lookup(rt, principal, ip, body)

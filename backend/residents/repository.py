@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -14,7 +13,7 @@ from sqlmodel import col
 from backend.departments.models import DepartmentListing
 from backend.orders.repository import line_states
 from backend.residents.models import Death, Resident, Village, category_set
-from backend.sql import Statement, Tx, pg_value
+from backend.sql import Statement, Tx
 
 
 def resident_by_hash(session: Session, id_hash: str) -> Resident | None:
@@ -144,23 +143,7 @@ def lookup(tx: Tx, id_hash: str, year: int, now: datetime
            ) -> tuple[LookupRow, LookupItems] | None:
     """The resident with this ID hash and what the registry knows of its items in ``year``
     (at ``now``: which pending orders have not expired), in one statement."""
-    return _lookup_rows(tx.all(_LOOKUP, id_hash=id_hash, year=year, now=now))
-
-
-async def lookup_async(pool: AsyncConnectionPool, id_hash: str, year: int, now: datetime
-                       ) -> tuple[LookupRow, LookupItems] | None:
-    """:func:`lookup` on one of ``pool``'s connections (PostgreSQL, autocommit): the same
-    statement, prepared, and the same parameters."""
-    async with pool.connection() as conn:
-        cur = conn.cursor()
-        await cur.execute(_LOOKUP.postgresql,
-                          {"id_hash": id_hash, "year": year, "now": pg_value(now)},
-                          prepare=_LOOKUP.prepare)
-        rows = await cur.fetchall()
-    return _lookup_rows(rows)
-
-
-def _lookup_rows(rows: list[tuple[Any, ...]]) -> tuple[LookupRow, LookupItems] | None:
+    rows = tx.all(_LOOKUP, id_hash=id_hash, year=year, now=now)
     if not rows:
         return None
     (rid, name, masked, born, village, hukou, emp_pension, emp_medical, student, categories,

@@ -5,14 +5,11 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import cast
 
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.orm import Session
 
-from backend.cache import AsyncLimiter
 from backend.errors import NotFound, RateLimited, ValidationFailed
 from backend.policy import Assessment, Policy, ResidentFacts, assess, policy_for_year
 from backend.residents import repository as repo
@@ -34,11 +31,6 @@ from backend.security.tokens import Principal
 from backend.sql import reads
 
 log = logging.getLogger(__name__)
-
-# The event loop's connections for lookups, per process (``LookupIO``); how long a lookup
-# waits for one before it takes the thread path instead.
-LOOKUP_CONNECTIONS = 8
-LOOKUP_POOL_WAIT_S = 3.0
 
 
 def normalize_name(name: str) -> str:
@@ -186,69 +178,38 @@ def render_lookup(rt: Runtime, principal: Principal, resident: Resident | Lookup
     )
 
 
-def _limit_keys(principal: Principal, client_ip: str) -> list[str]:
-    # the miss counters: the caller's and the client address's
-    return [f"lookup:caller:{principal.sub}", f"lookup:ip:{client_ip}"]
-
-
-def _refuse_over_limits(rt: Runtime, counts: list[int]) -> None:
-    caller_misses, ip_misses = counts
-    s = rt.settings
-    if caller_misses >= s.lookup_miss_limit or ip_misses >= s.lookup_ip_miss_limit:
-        raise RateLimited("too many lookups that found nobody; wait a few minutes")
-
-
-def _prepare(rt: Runtime, id_number: str, year: int) -> tuple[str, Policy, datetime]:
-    """The ID number's keyed hash (after checking it), the year's policy, and now."""
-    citizen = parse_id_number(id_number, today=rt.clock.today())
-    policy = policy_for(rt, year)
-    return rt.pii.hash(citizen.number), policy, rt.clock.now()
-
-
-def _match(principal: Principal, name: str, read: tuple[LookupRow, repo.LookupItems] | None
-           ) -> tuple[LookupRow, repo.LookupItems] | None:
-    """The read, if its name matches and the caller may see the resident."""
-    if read is None or normalize_name(read[0].name) != normalize_name(name):
-        return None
-    row, items = read
-    if not allows(principal, row.village_code, town=lambda: row.town_code,
-                  departments=lambda: (d for d, _ in items.listings)):
-        return None
-    return read
-
-
-def _miss(principal: Principal) -> NotFound:
-    log.info("lookup miss by %s", principal.role)
-    return NotFound("no registered resident with this name and ID number")
-
-
-def _render(rt: Runtime, principal: Principal, found: tuple[LookupRow, repo.LookupItems],
-            policy: Policy, now: datetime) -> LookupResponse:
-    row, items = found
-    assessment = assess(policy, facts_of(row, row.died_on, items.listings), now)
-    return render_lookup(rt, principal, row, assessment, items.states, items.bills)
-
-
 def lookup(rt: Runtime, principal: Principal, client_ip: str, *,
            name: str, id_number: str, year: int) -> LookupResponse:
     """Name and ID number must both match; a miss says nothing about which one was wrong.
 
     A hit costs one Redis round trip (both miss counters, MGET) and one statement at the
     driver outside any transaction (the resident with its death, town, listings, bill lines
-    and pending orders): ``bench/README.md``, "Lookups". :func:`lookup_json_async` is the
-    same on the event loop.
+    and pending orders): ``bench/README.md``, "Lookups".
     """
-    keys = _limit_keys(principal, client_ip)
-    _refuse_over_limits(rt, rt.limiter.counts(keys))
-    id_hash, policy, now = _prepare(rt, id_number, year)
+    s = rt.settings
+    keys = [f"lookup:caller:{principal.sub}", f"lookup:ip:{client_ip}"]
+    caller_misses, ip_misses = rt.limiter.counts(keys)
+    if caller_misses >= s.lookup_miss_limit or ip_misses >= s.lookup_ip_miss_limit:
+        raise RateLimited("too many lookups that found nobody; wait a few minutes")
+    citizen = parse_id_number(id_number, today=rt.clock.today())
+    policy = policy_for(rt, year)
+    now = rt.clock.now()
+    found: tuple[LookupRow, repo.LookupItems] | None = None
     with reads(rt.engine) as tx:
-        read = repo.lookup(tx, id_hash, year, now)
-    found = _match(principal, name, read)
+        read = repo.lookup(tx, rt.pii.hash(citizen.number), year, now)
+    if read is not None and normalize_name(read[0].name) == normalize_name(name):
+        row, items = read
+        if allows(principal, row.village_code, town=lambda: row.town_code,
+                  departments=lambda: (d for d, _ in items.listings)):
+            found = read
     if found is None:
         for key in keys:
-            rt.limiter.hit(key, rt.settings.lookup_miss_window_s)
-        raise _miss(principal)
-    return _render(rt, principal, found, policy, now)
+            rt.limiter.hit(key, s.lookup_miss_window_s)
+        log.info("lookup miss by %s", principal.role)
+        raise NotFound("no registered resident with this name and ID number")
+    row, items = found
+    assessment = assess(policy, facts_of(row, row.died_on, items.listings), now)
+    return render_lookup(rt, principal, row, assessment, items.states, items.bills)
 
 
 def lookup_json(rt: Runtime, principal: Principal, client_ip: str, *,
@@ -256,47 +217,3 @@ def lookup_json(rt: Runtime, principal: Principal, client_ip: str, *,
     """``lookup``'s answer as the JSON FastAPI would write for ``LookupResponse``."""
     return lookup(rt, principal, client_ip, name=name, id_number=id_number,
                   year=year).model_dump_json().encode()
-
-
-async def lookup_json_async(rt: Runtime, io: LookupIO, principal: Principal, client_ip: str,
-                            *, name: str, id_number: str, year: int) -> bytes:
-    """:func:`lookup_json` on the event loop, no thread: the miss counters through
-    ``io.limits`` (redis.asyncio), the one statement on ``io.pool`` (psycopg's async pool).
-    The same reads, in the same order, and the same answer and errors."""
-    keys = _limit_keys(principal, client_ip)
-    _refuse_over_limits(rt, await io.limits.counts(keys))
-    id_hash, policy, now = _prepare(rt, id_number, year)
-    read = await repo.lookup_async(io.pool, id_hash, year, now)
-    found = _match(principal, name, read)
-    if found is None:
-        await io.limits.hit(keys, rt.settings.lookup_miss_window_s)
-        raise _miss(principal)
-    return _render(rt, principal, found, policy, now).model_dump_json().encode()
-
-
-@dataclass
-class LookupIO:
-    """The event loop's own connections for :func:`lookup_json_async`, opened in the app's
-    lifespan on PostgreSQL (:func:`open_lookup_io`)."""
-
-    pool: AsyncConnectionPool
-    limits: AsyncLimiter
-
-    async def close(self) -> None:
-        await self.pool.close()
-        await self.limits.close()
-
-
-async def open_lookup_io(rt: Runtime) -> LookupIO:
-    """A small psycopg pool (autocommit, as ``sql.reads``; opened in the background, so a
-    database that is down does not stop the service from starting) and the rate limiter's
-    Redis through redis.asyncio."""
-    pool = AsyncConnectionPool(
-        rt.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-        min_size=LOOKUP_CONNECTIONS, max_size=LOOKUP_CONNECTIONS, open=False,
-        name="lookups", kwargs={"autocommit": True},
-        # no connection to be had soon (the database down or out of connections): the
-        # lookup goes to the thread path, whose pool says so in its own time
-        timeout=LOOKUP_POOL_WAIT_S)
-    await pool.open(wait=False)
-    return LookupIO(pool, AsyncLimiter(rt.limiter, rt.settings.redis_url))

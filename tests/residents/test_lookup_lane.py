@@ -1,8 +1,7 @@
 """The lookup lane (``residents.endpoints.LookupLane``: ``POST /api/v1/residents/lookup``
 answered ahead of FastAPI's routing) answers exactly what the route answers — status,
-headers and bytes — for hits, misses and every error, on SQLite and PostgreSQL; and on
-PostgreSQL the event loop's path (``service.lookup_json_async``) answers what the thread
-path answers."""
+headers and bytes — for hits, misses and every error, on SQLite and PostgreSQL, with the
+app's lifespan and without it."""
 
 from __future__ import annotations
 
@@ -61,17 +60,16 @@ def _without_lane(app: FastAPI) -> FastAPI:
 
 @pytest.fixture
 def variants(rt: Runtime) -> Iterator[dict[str, TestClient]]:
-    """The same runtime served three ways: the lane (with the app's lifespan: on PostgreSQL
-    the event loop's connections), the route alone (FastAPI, the same lifespan), and the
-    lane without the lifespan (the thread path). Each answer is checked against the
-    OpenAPI contract too."""
+    """The same runtime served three ways: the lane and the route alone (FastAPI), each with
+    the app's lifespan as ``serve`` runs it, and the lane without the lifespan. Each answer
+    is checked against the OpenAPI contract too."""
     lane = TestClient(create_app(runtime=rt))
     route = TestClient(_without_lane(create_app(runtime=rt)))
     threads = TestClient(create_app(runtime=rt))
     for c in (lane, route, threads):
         c.event_hooks["response"].append(check_response)
     with lane, route:     # (their lifespans close the runtime at the end)
-        yield {"lane": lane, "route": route, "threads": threads}
+        yield {"lane": lane, "route": route, "lane, no lifespan": threads}
 
 
 def _resident(rt: Runtime, sub: str) -> dict[str, str]:
