@@ -219,3 +219,20 @@ def test_other_methods_and_paths_pass_through(rt: Runtime, people: dict[str, str
     for do in send.values():
         a, b = do(variants["lane"]), do(variants["route"])
         assert (a.status_code, a.content) == (b.status_code, b.content)
+
+
+def test_the_body_limit_still_counts_the_lanes_bytes(rt: Runtime, people: dict[str, str],
+                                                     variants: dict[str, TestClient]) -> None:
+    """A body over the limit, declared or streamed (chunked: counted as it comes), is
+    refused with the same 413 whichever answers the path."""
+    from backend.app import MAX_BODY_BYTES
+
+    h = {**_resident(rt, "big"), "Content-Type": "application/json"}
+    answers = []
+    for client in variants.values():
+        declared = client.post(PATH, headers=h, content=b" " * (MAX_BODY_BYTES + 1))
+        streamed = client.post(PATH, headers=h, content=iter(
+            [b'{"name": "' + b"x" * MAX_BODY_BYTES, b'"}']))
+        answers.append([(r.status_code, r.content) for r in (declared, streamed)])
+    assert answers[0][0][0] == answers[0][1][0] == 413
+    assert all(a == answers[0] for a in answers)
