@@ -54,8 +54,8 @@ class LookupLane:
     """Resident lookups answered ahead of FastAPI's routing (ASGI middleware).
 
     On a deadline day lookups are, with the channels' notifications, most of the requests;
-    routing, solving the route's five dependencies and the exception layers cost about as
-    much CPU as the lookup itself (``bench/README.md``, "Lookups"). The lane answers
+    routing, solving the route's five dependencies and the exception layers cost about a
+    third of a lookup's server CPU (``bench/README.md``, "Lookups"). The lane answers
     ``POST /api/v1/residents/lookup`` when it is the common case — a bearer token that
     verifies, a JSON body that ``LookupRequest`` accepts — with the route's own handler
     (``_lookup``) and the route's own checks (``read_token``; a staff token's account check
