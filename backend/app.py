@@ -22,7 +22,7 @@ from backend.config import Settings, get_settings
 from backend.declarations.endpoints import router as declarations_router
 from backend.departments.endpoints import router as departments_router
 from backend.desk import install as install_desk
-from backend.errors import AppError, document_errors
+from backend.errors import AppError, answer_error, document_errors
 from backend.ledger.endpoints import router as ledger_router
 from backend.notifications.endpoints import NotificationLane
 from backend.notifications.endpoints import router as notify_router
@@ -34,6 +34,7 @@ from backend.progress.endpoints import router as progress_router
 from backend.publications.endpoints import router as publications_router
 from backend.reconciliation.endpoints import router as reconciliation_router
 from backend.refunds.endpoints import router as refunds_router
+from backend.residents.endpoints import LookupLane
 from backend.residents.endpoints import router as residents_router
 from backend.runtime import Runtime
 
@@ -147,7 +148,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content=exc.body())
+        return answer_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -194,6 +195,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # A statement upload is a file (multipart): STATEMENT_MAX_BYTES, plus the form's own
     # few bytes; the endpoint checks the file itself against the limit and says so.
     uploads = runtime.settings.statement_max_bytes + 64 * 1024
+    app.add_middleware(LookupLane)
     app.add_middleware(NotificationLane)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=[
         (re.compile(r"/api/v1/reconciliation/[a-z]+/statements"), uploads),

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
+from starlette.responses import JSONResponse
 
 
 class AppError(Exception):
@@ -27,6 +28,12 @@ class AppError(Exception):
         err: dict[str, Any] = {"code": self.code, "message": self.message}
         err.update(self.extra)
         return {"error": err}
+
+
+def answer_error(exc: AppError) -> JSONResponse:
+    """The answer to an ``AppError``: the app's exception handler's, and the lanes' (ASGI
+    middleware that answer a path ahead of FastAPI) alike."""
+    return JSONResponse(status_code=exc.status, content=exc.body())
 
 
 class ValidationFailed(AppError):

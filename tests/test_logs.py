@@ -7,8 +7,10 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from backend.logs import configure_logging
+from backend.logs import configure_logging, redact
 
 ID_NUMBER, ID_MASKED = "370406196903151231", "370406********1231"
 PHONE, PHONE_MASKED = "13812345678", "138****5678"
@@ -89,3 +91,30 @@ def test_each_server_process_sets_up_redacting_logging(logged: io.StringIO,
         logging.getLogger("uvicorn.error").exception("request failed")
     text = out.getvalue()
     assert ID_MASKED in text and PHONE_MASKED in text and ID_NUMBER not in text
+
+
+def _redact_in_full(text: str) -> str:
+    # redact() without its quick check: the three substitutions on every text
+    from backend import logs
+
+    text = logs._ID.sub(lambda m: f"{m.group(1)}********{m.group(2)}", text)
+    text = logs._SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
+    return logs._PHONE.sub(lambda m: f"{m.group(1)}****{m.group(2)}", text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([
+    ID_NUMBER, ID_NUMBER[:-1] + "X", PHONE, "1381234567", "０１２３４５６７８９０１２",
+    "secret=", "js_code=abc", "access_token", "=", "&", " ", "/", "x", "X", "7", "10.0.0.1",
+    ":54321", '"POST /api/v1/residents/lookup HTTP/1.1" 200']), max_size=12).map("".join))
+def test_redact_quick_check_masks_exactly_what_the_patterns_mask(text: str) -> None:
+    """A text is passed over only when none of the patterns could match it: redact() gives
+    what the three substitutions give, for every text."""
+    assert redact(text) == _redact_in_full(text)
+
+
+def test_an_access_line_with_nothing_to_mask_is_unchanged() -> None:
+    line = '127.0.0.1:54321 - "POST /api/v1/residents/lookup HTTP/1.1" 200'
+    assert redact(line) is line
+    assert redact(f"/x?id={ID_NUMBER}") == f"/x?id={ID_MASKED}"
+    assert redact(f"tel {PHONE}.") == f"tel {PHONE_MASKED}."

@@ -249,3 +249,27 @@ def test_a_scanners_methods_and_paths_make_no_new_series(served: ServedApp) -> N
     assert _metric(body, "collect_http_requests_total", method="other", route="unmatched",
                    status="405") + _metric(body, "collect_http_requests_total", method="other",
                                            route="unmatched", status="404") >= 2
+
+
+def test_a_lookup_through_its_lane_is_counted_and_logged_with_its_id(
+        served: ServedApp, json_lines: io.StringIO) -> None:
+    from datetime import date
+
+    from backend.residents.idnumber import make_id_number
+
+    login = httpx.post(f"{served.base_url}/api/v1/auth/wechat",
+                       json={"code": "sandbox:ops-prober"})
+    assert login.status_code == 200, login.text
+    nobody = make_id_number("370406", date(1969, 3, 15), 99)
+    r = httpx.post(f"{served.base_url}/api/v1/residents/lookup",
+                   headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+                   json={"name": "某某", "id_number": nobody, "year": 2021})
+    assert r.status_code == 404
+    rid = r.headers["x-request-id"]
+    records = _records(json_lines)
+    miss = [x for x in records if x["message"] == "lookup miss by resident"]
+    assert [x.get("request_id") for x in miss] == [rid]   # logged in a lookup thread
+    access = [x for x in records if x["logger"] == "backend.access"
+              and x.get("request_id") == rid]
+    assert access and access[0]["route"] == "/api/v1/residents/lookup"
+    assert nobody not in json_lines.getvalue()

@@ -1,6 +1,7 @@
 """What a lookup costs: a hit is one Redis round trip and one SQL statement outside any
-transaction (``bench/README.md``, "Lookups"); what it answers is unchanged (the other lookup
-tests)."""
+transaction (``bench/README.md``, "Lookups"), in one hop to a lookup thread; the lane answers
+it without FastAPI's routing and dependencies. What it answers
+is unchanged (the other lookup tests; test_lookup_lane: the lane against the route)."""
 
 from __future__ import annotations
 
@@ -182,12 +183,12 @@ def test_items_read_in_one_statement_match_the_orm_reads(rt: Runtime,
     assert medical_item.department_bill.bill_no == "DB2021-0001"
 
 
-def test_a_residents_hit_takes_one_worker_thread(client: TestClient, rt: Runtime,
-                                                 zhang: tuple[int, str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """The dependencies that do no I/O run on the event loop; the Redis and database reads
-    go to a lookup thread once (a plain ``def`` dependency or endpoint is a hop each, to
-    anyio's worker threads)."""
+def test_a_residents_lookup_takes_one_worker_thread(client: TestClient, rt: Runtime,
+                                                    zhang: tuple[int, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane's checks run on the event loop; the Redis and database reads go to a lookup
+    thread once (a plain ``def`` dependency or endpoint would be a hop each, to anyio's
+    worker threads)."""
     import anyio.to_thread
 
     hops: list[str] = []
@@ -207,7 +208,34 @@ def test_a_residents_hit_takes_one_worker_thread(client: TestClient, rt: Runtime
 
     monkeypatch.setattr(pool, "submit", submit)
     _, number = zhang
-    r = client.post("/api/v1/residents/lookup", headers=_token(rt),
-                    json={"name": "张三", "id_number": number, "year": 2021})
-    assert r.status_code == 200, r.text
-    assert hops == ["lookup thread"]
+    for name, status in (("张三", 200), ("某某", 404)):     # a hit, and a miss
+        r = client.post("/api/v1/residents/lookup", headers=_token(rt),
+                        json={"name": name, "id_number": number, "year": 2021})
+        assert r.status_code == status, r.text
+    assert hops == ["lookup thread"] * 2
+
+
+def test_the_lane_answers_without_fastapis_routing(client: TestClient, rt: Runtime,
+                                                   zhang: tuple[int, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup is answered by the lane, ahead of FastAPI (no dependency solved); a request
+    the lane does not take as it is (here: no token) goes on to the route."""
+    import fastapi.routing
+
+    solved: list[str] = []
+    real = fastapi.routing.solve_dependencies
+
+    async def solve(*args: Any, **kwargs: Any) -> Any:
+        solved.append(kwargs["request"].url.path)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", solve)
+    _, number = zhang
+    body = {"name": "张三", "id_number": number, "year": 2021}
+    assert client.post("/api/v1/residents/lookup", headers=_token(rt),
+                       json=body).status_code == 200
+    assert client.post("/api/v1/residents/lookup", headers=_token(rt, "wx:miss"),
+                       json={**body, "name": "某某"}).status_code == 404
+    assert solved == []
+    assert client.post("/api/v1/residents/lookup", json=body).status_code == 401
+    assert solved == ["/api/v1/residents/lookup"]
