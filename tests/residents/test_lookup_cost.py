@@ -5,6 +5,7 @@ is unchanged (the other lookup tests; test_lookup_lane: the lane against the rou
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
@@ -123,6 +124,33 @@ def test_a_miss_still_counts_against_both_limits(
                     json={"name": "某某", "id_number": number, "year": 2021})
     assert r.status_code == 404
     assert rt.limiter.counts(["lookup:caller:wx:guesser", "lookup:ip:testclient"]) == [1, 1]
+
+
+def test_a_miss_and_a_wrong_name_do_the_same_work_and_answer_the_same_bytes(
+        client: TestClient, rt: Runtime, zhang: tuple[int, str], counted: Counted) -> None:
+    """An enumerator can not tell "nobody has this ID number" from "somebody has it, with
+    another name": the same statement, the same Redis commands, the same answer. (How long
+    each takes is measured by bench/lookup_timing.py, not here.)"""
+    from backend.residents.idnumber import make_id_number
+
+    _, number = zhang
+    nobody = make_id_number("370406", date(1969, 3, 15), 99)
+    work = {}
+    for case, id_number in (("miss", nobody), ("wrong name", number)):
+        client.post("/api/v1/residents/lookup", headers=_token(rt, f"wx:warm-{case}"),
+                    json={"name": "某某", "id_number": id_number, "year": 2021})
+        counted.sql.clear()
+        counted.redis.clear()
+        r = client.post("/api/v1/residents/lookup", headers=_token(rt, f"wx:{case}"),
+                        json={"name": "某某", "id_number": id_number, "year": 2021})
+        work[case] = (r.status_code, r.content,
+                      [(k, v) for k, v in r.headers.items() if k != "x-request-id"],
+                      # (SQLite's trace shows the values: the id hash and the clock)
+                      [re.sub(r"'[0-9a-f]{64}'|'20\d\d-[\d: .-]+'", "?", " ".join(q.split()))
+                       for q in _statements(counted.sql)],
+                      list(counted.redis))
+    assert work["miss"] == work["wrong name"]
+    assert work["miss"][0] == 404
 
 
 def test_items_read_in_one_statement_match_the_orm_reads(rt: Runtime,
