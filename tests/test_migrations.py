@@ -213,3 +213,52 @@ LEDGER_ROWS = (
     "INSERT INTO postings (id, entry_id, account_id, amount_fen, business_date, items) VALUES "
     "(1, 1, 1, 100, '2020-11-01', 1), (2, 1, 2, -100, '2020-11-01', 1)",
 )
+
+
+# The columns a payment updates (apply_channel_notification, payment_flow): none may be
+# indexed, or the update can not be HOT (a new entry in every index of the table).
+PAID_COLUMNS = {
+    "orders": {"status", "paid_at", "channel_transaction_id", "updated_at"},
+    "attempts": {"status", "transaction_id", "paid_at", "updated_at"},
+    "bill_lines": {"status", "paid_payment_id", "paid_at", "paid_tier_yuan", "paid_fen"},
+}
+
+
+def test_a_payments_updates_have_room_on_the_page_and_touch_no_index(empty_db: str) -> None:
+    """0016: the tables a payment updates leave room on their pages (fillfactor 80), and no
+    column a payment changes is in an index; its downgrade puts both back."""
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    postgres = engine.dialect.name == "postgresql"
+
+    def state() -> tuple[dict[str, object], set[str]]:
+        with engine.connect() as conn:
+            if postgres:
+                fill = {t: conn.execute(text(
+                    "SELECT reloptions FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                    {"t": t}).scalar() for t in PAID_COLUMNS}
+                indexed = {f"{t}.{c}" for t in PAID_COLUMNS for (c,) in conn.execute(text(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON "
+                    "a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                    "WHERE i.indrelid = CAST(:t AS regclass)"), {"t": t})}
+            else:
+                fill = {}
+                indexed = {f"{t}.{row[2]}" for t in PAID_COLUMNS
+                           for (name,) in conn.execute(text(
+                               f"SELECT name FROM pragma_index_list('{t}')"))
+                           for row in conn.execute(text(f"PRAGMA index_info('{name}')"))}
+        return fill, indexed
+
+    fill, indexed = state()
+    assert not {f"{t}.{c}" for t, cols in PAID_COLUMNS.items() for c in cols} & indexed
+    assert "orders.payer_sub" not in indexed
+    if postgres:
+        assert fill == {t: ["fillfactor=80"] for t in PAID_COLUMNS}
+    engine.dispose()
+    command.downgrade(alembic_config(empty_db), "0015")
+    fill, indexed = state()
+    assert "orders.payer_sub" in indexed
+    if postgres:
+        assert fill == {t: None for t in PAID_COLUMNS}
+    engine.dispose()
+    upgrade(empty_db)

@@ -44,7 +44,7 @@ class Order(SQLModel, table=True):
     __tablename__ = "orders"
     id: int | None = Field(default=None, primary_key=True)
     order_no: str = Field(sa_column=Column(String(32), unique=True, nullable=False))
-    payer_sub: str = Field(max_length=96, index=True)
+    payer_sub: str = Field(max_length=96)   # no index: no query looks orders up by payer
     payer_role: str = Field(max_length=16)
     year: int
     channel: str = Field(max_length=16)           # wechat_jsapi | … | aggregate_qr
