@@ -46,6 +46,10 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
 
+# FastAPI's HTTPException detail for a body it could not read as JSON (not a JSON syntax error)
+BODY_UNPARSED = "There was an error parsing the body"
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -165,6 +169,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # Only the framework answers 400 (our own errors are AppErrors): a body it could
+            # not parse — JSON that is not UTF-8, a broken multipart or form. The same 422 as
+            # any other malformed body, which every operation with a body documents.
+            detail = ("not valid JSON (not UTF-8)" if exc.detail == BODY_UNPARSED
+                      else f"not a valid form ({exc.detail})")
+            return JSONResponse(status_code=422, content={"error": {
+                "code": "validation_error", "message": f"body: {detail}", "fields": ["body"]}})
         code = _HTTP_CODES.get(exc.status_code, "error")
         return JSONResponse(status_code=exc.status_code, content={"error": {
             "code": code, "message": str(exc.detail)}})

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # them commit together for PostgreSQL to flush their WAL in one write (bench/README.md,
     # "Notifications").
     notify_threads: int = Field(default=16, ge=1, le=64)
+    # Rejected notifications (not verified, or signed but malformed) kept in full — a
+    # notification_inbox row, body cut to 4 KB — per channel and minute of real time, counted
+    # across the processes in Redis (per process without it); the others of that minute are
+    # only counted in notification_rejections, with the first as a sample.
+    notify_rejected_kept_per_minute: int = Field(default=100, ge=0, le=100_000)
     # Database connections kept per process (PostgreSQL): every request thread and the
     # in-process worker can hold one without the pool opening and closing extra ones.
     db_pool_size: int = Field(default=20, ge=1, le=200)

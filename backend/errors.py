@@ -230,6 +230,9 @@ ERROR_SCHEMA_REF = "#/components/schemas/ErrorResponse"
 
 #: Codes that many operations share.
 LOGGED_IN = ("unauthorized",)
+# The largest row id a path or query parameter may name: an id column's range (larger ones
+# would overflow the database's integer, a 500, instead of being refused with a 422).
+MAX_ID = 2**31 - 1
 JSON_BODY = ("validation_error", "payload_too_large")
 
 

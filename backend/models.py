@@ -22,7 +22,7 @@ from backend.ledger.models import (
     Posting,
     Remittance,
 )
-from backend.notifications.models import InboxNotification
+from backend.notifications.models import InboxNotification, NotificationRejection
 from backend.orders.models import (
     Attempt,
     BillLine,
@@ -51,4 +51,5 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "JournalEntry", "LedgerAccount", "Posting", "Remittance", "OutboxJob", "ClosedDay",
            "EntryCheck", "Statement", "StatementLine", "ReconciliationRun", "Discrepancy",
            "AuditEvent", "DepartmentBill", "DepartmentBillLine", "DepartmentTransfer",
-           "DepartmentCreditNote", "DepartmentCreditLine", "PublicationVersion"]
+           "DepartmentCreditNote", "DepartmentCreditLine", "PublicationVersion",
+           "NotificationRejection"]

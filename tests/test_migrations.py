@@ -12,6 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
+from sqlalchemy import inspect as sa_inspect
 
 from backend.migrate import alembic_config, upgrade
 from backend.models import metadata
@@ -262,3 +263,19 @@ def test_a_payments_updates_have_room_on_the_page_and_touch_no_index(empty_db: s
         assert fill == {t: None for t in PAID_COLUMNS}
     engine.dispose()
     upgrade(empty_db)
+
+
+def test_notification_rejections_come_and_go_with_0017(empty_db: str) -> None:
+    """0017 adds the table rejected notifications are counted in; its downgrade drops it, and
+    upgrading again works."""
+    upgrade(empty_db)
+    command.downgrade(alembic_config(empty_db), "0016")
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        assert "notification_rejections" not in sa_inspect(conn).get_table_names()
+    engine.dispose()
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        assert "notification_rejections" in sa_inspect(conn).get_table_names()
+    engine.dispose()

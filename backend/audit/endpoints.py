@@ -16,7 +16,7 @@ from backend.audit import service
 from backend.audit.models import AuditEvent
 from backend.audit.schemas import AuditEventOut, AuditPage, AuditVerified
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
-from backend.errors import LOGGED_IN, Forbidden, ValidationFailed, errors
+from backend.errors import LOGGED_IN, MAX_ID, Forbidden, ValidationFailed, errors
 from backend.security.tokens import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
@@ -48,7 +48,7 @@ def _out(e: AuditEvent) -> AuditEventOut:
             responses=errors(*LOGGED_IN, "validation_error", "forbidden"))
 def audit(session: SessionDep, principal: CurrentPrincipal,
           first: Annotated[date, Query(alias="from")], last: Annotated[date, Query(alias="to")],
-          after_id: Annotated[int, Query(ge=0)] = 0,
+          after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
           limit: Annotated[int, Query(ge=1, le=500)] = 100) -> AuditPage:
     """The events that occurred from `from` to `to` (business dates, at most 366 days), in
     order, `limit` at a time."""

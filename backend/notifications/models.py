@@ -30,3 +30,25 @@ class InboxNotification(SQLModel, table=True):
     headers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     body: str
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class NotificationRejection(SQLModel, table=True):
+    """Rejected notifications counted, not kept: beyond ``NOTIFY_REJECTED_KEPT_PER_MINUTE``
+    full inbox rows per channel and minute, a forged or malformed notification only adds one
+    to its (channel, minute, outcome) row here, which keeps the first one's detail, headers
+    and body (cut to ``REJECTED_BODY_BYTES``) as a sample. A flood cannot fill the database.
+    """
+
+    __tablename__ = "notification_rejections"
+    __table_args__ = (
+        Index("uq_notification_rejections", "channel", "minute", "outcome", unique=True),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    minute: datetime = Field(sa_type=UTCDateTime)       # the real time, to the minute (UTC)
+    outcome: str = Field(max_length=32)                 # rejected | malformed
+    count: int
+    first_detail: str | None = Field(default=None, max_length=500)
+    first_headers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    first_body: str
+    last_at: datetime = Field(sa_type=UTCDateTime)

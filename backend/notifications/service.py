@@ -87,8 +87,51 @@ def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: storable(v, 500) for k, v in headers.items() if k.lower() in KEPT_HEADERS}
 
 
+# Rejected notifications — not verified, or signed but malformed: what a forger or a broken
+# sender makes — are capped: the first NOTIFY_REJECTED_KEPT_PER_MINUTE per channel and minute
+# are inbox rows (body cut to REJECTED_BODY_BYTES), the rest only counted in
+# notification_rejections. Verified ones (applied, unknown order, anomalies) and our own
+# errors are always kept in full.
+CAPPED_OUTCOMES = frozenset({"rejected", "malformed"})
+REJECTED_BODY_BYTES = 4096
+
+_COUNT_REJECTION = Statement(
+    """INSERT INTO notification_rejections (channel, minute, outcome, count, first_detail,
+                                           first_headers, first_body, last_at)
+       VALUES (:channel, :minute, :outcome, 1, :detail, :headers, :body, :now)
+       ON CONFLICT (channel, minute, outcome)
+       DO UPDATE SET count = notification_rejections.count + 1, last_at = excluded.last_at""")
+
+
+_ASYNC_COMMIT = Statement("SET LOCAL synchronous_commit TO OFF", prepare=False)
+
+
 def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes,
-           outcome: str, detail: str, out_trade_no: str | None = None) -> None:
+           outcome: str, detail: str, out_trade_no: str | None = None) -> bool:
+    """The audit copy of a notification that changed nothing: True if kept in full (an inbox
+    row), False if only counted (a rejected one over the minute's allowance)."""
+    if outcome in CAPPED_OUTCOMES:
+        if len(body) > REJECTED_BODY_BYTES:
+            detail = f"[body of {len(body)} bytes, the first {REJECTED_BODY_BYTES} kept] {detail}"
+            body = body[:REJECTED_BODY_BYTES]
+        now = real_now()
+        minute = now.replace(second=0, microsecond=0)
+        allowed = rt.settings.notify_rejected_kept_per_minute
+        seen = rt.limiter.hit(f"notify-rejected:{channel.value}:{int(minute.timestamp())}", 120)
+        if seen > allowed:
+            if seen == allowed + 1:
+                log.warning("%s: over %d rejected notifications this minute; the rest of the "
+                            "minute's are counted in notification_rejections, not kept",
+                            channel.value, allowed)
+            with unit_of_work(rt.sessions) as s:
+                if rt.postgres:
+                    # a count of forged notifications: not worth waiting for the WAL flush
+                    # (a crash may lose the last few milliseconds' counts, nothing else)
+                    Tx(s).rowcount(_ASYNC_COMMIT)
+                Tx(s).rowcount(_COUNT_REJECTION, channel=channel.value, minute=minute,
+                               outcome=outcome, detail=storable(detail, 500),
+                               headers=_kept_headers(headers), body=_body_text(body), now=now)
+            return False
     with unit_of_work(rt.sessions) as s:
         s.add(InboxNotification(
             channel=channel.value, dedupe_key=None,
@@ -96,6 +139,7 @@ def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
             verified=outcome not in ("rejected", "error"), outcome=outcome,
             detail=storable(detail, 500), headers=_kept_headers(headers),
             body=_body_text(body)))
+    return True
 
 
 def _check_fields(note: Notification) -> None:
@@ -327,15 +371,15 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
             headers: Mapping[str, str], body: bytes, at_once: bool) -> HttpAnswer:
     if len(body) > MAX_NOTIFICATION_BYTES:
         _count(channel, "rejected")
-        _audit(rt, channel, headers, body[:4096], "rejected",
+        _audit(rt, channel, headers, body, "rejected",
                f"body of {len(body)} bytes is over {MAX_NOTIFICATION_BYTES}")
         return verifier.failure_answer("body too large")
     try:
         note = verifier.verify(headers, body, real_now())
     except VerificationFailed as exc:
         _count(channel, "rejected")
-        log.warning("%s notification rejected: %s", channel.value, exc)
-        _audit(rt, channel, headers, body, "rejected", str(exc))
+        if _audit(rt, channel, headers, body, "rejected", str(exc)):
+            log.warning("%s notification rejected: %s", channel.value, exc)
         return verifier.failure_answer(str(exc))
     try:
         _check_fields(note)
@@ -352,9 +396,9 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
         if exc.outcome in ANOMALY_OUTCOMES:
             metrics.ANOMALIES.labels(exc.outcome).inc()
         level = logging.ERROR if exc.outcome == "transaction_conflict" else logging.WARNING
-        log.log(level, "%s notification for %s not applied (%s): %s", channel.value,
-                storable(note.out_trade_no, MAX_TRADE_NO), exc.outcome, exc.detail)
-        _audit(rt, channel, headers, body, exc.outcome, exc.detail, note.out_trade_no)
+        if _audit(rt, channel, headers, body, exc.outcome, exc.detail, note.out_trade_no):
+            log.log(level, "%s notification for %s not applied (%s): %s", channel.value,
+                    storable(note.out_trade_no, MAX_TRADE_NO), exc.outcome, exc.detail)
         if exc.attempt_id is not None:
             _query_soon(rt, exc.attempt_id)
         return verifier.failure_answer(exc.detail)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep
-from backend.errors import JSON_BODY, LOGGED_IN, Forbidden, errors
+from backend.errors import JSON_BODY, LOGGED_IN, MAX_ID, Forbidden, errors
 from backend.reconciliation import service
 from backend.reconciliation.schemas import (
     DiscrepancyList,
@@ -25,6 +25,7 @@ from backend.reconciliation.schemas import (
 from backend.security.tokens import Principal
 
 router = APIRouter(prefix="/api/v1/reconciliation", tags=["reconciliation"])
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Channel = Literal["wechat", "alipay", "unionpay", "pos"]
 READERS = ("finance", "auditor", "admin")
 
@@ -100,7 +101,7 @@ def runs(session: SessionDep, principal: CurrentPrincipal,
 @router.get("/runs/{run_id}", response_model=RunOut,
             responses=errors(*LOGGED_IN, "forbidden", "validation_error", "not_found"))
 def run(session: SessionDep, principal: CurrentPrincipal,
-        run_id: Annotated[int, Path(ge=1)]) -> RunOut:
+        run_id: RowId) -> RunOut:
     _reader(principal)
     return service.run_view(session, run_id)
 
@@ -109,10 +110,10 @@ def run(session: SessionDep, principal: CurrentPrincipal,
             responses=errors(*LOGGED_IN, "forbidden", "validation_error"))
 def discrepancies(session: SessionDep, principal: CurrentPrincipal,
                   status: Status | None = None, kind: Kind | None = None,
-                  run_id: Annotated[int | None, Query(ge=1)] = None,
+                  run_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                   day: Annotated[date | None, Query(alias="date")] = None,
                   channel: Channel | None = None,
-                  after_id: Annotated[int, Query(ge=0)] = 0,
+                  after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                   limit: Annotated[int, Query(ge=1, le=500)] = 100) -> DiscrepancyList:
     _reader(principal)
     items = service.list_discrepancies(session, status=status, run_id=run_id, kind=kind,
@@ -126,7 +127,7 @@ def discrepancies(session: SessionDep, principal: CurrentPrincipal,
              responses=errors(*LOGGED_IN, "forbidden", "validation_error",
                               "payload_too_large", "not_found", "discrepancy_not_open"))
 def resolve(rt: RuntimeDep, session: SessionDep, principal: CurrentPrincipal,
-            discrepancy_id: Annotated[int, Path(ge=1)], body: ResolveIn) -> DiscrepancyOut:
+            discrepancy_id: RowId, body: ResolveIn) -> DiscrepancyOut:
     """Propose which side is right, with the reason; another finance user approves it."""
     return service.resolve_discrepancy(rt, session, discrepancy_id,
                                        user_id=_finance(principal), side=body.side,
@@ -137,7 +138,7 @@ def resolve(rt: RuntimeDep, session: SessionDep, principal: CurrentPrincipal,
              responses=errors(*LOGGED_IN, "forbidden", "same_approver", "validation_error",
                               "not_found", "discrepancy_not_proposed", "cannot_recover"))
 def approve(rt: RuntimeDep, session: SessionDep, principal: CurrentPrincipal,
-            discrepancy_id: Annotated[int, Path(ge=1)]) -> DiscrepancyOut:
+            discrepancy_id: RowId) -> DiscrepancyOut:
     """Approve another finance user's proposal: the discrepancy is resolved and our books
     corrected where the channel's side was taken."""
     return service.approve_discrepancy(rt, session, discrepancy_id,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from backend.deps import CurrentPrincipal, RuntimeDep, SessionDep, require_roles
-from backend.errors import JSON_BODY, LOGGED_IN, errors
+from backend.errors import JSON_BODY, LOGGED_IN, MAX_ID, errors
 from backend.orders.endpoints import IdempotencyKeyHeader, idempotent_json
 from backend.refunds import service
 from backend.refunds.schemas import (
@@ -24,7 +24,7 @@ from backend.refunds.schemas import (
 router = APIRouter(tags=["refunds"])
 FinanceOnly = require_roles("finance")
 STAFF = (*LOGGED_IN, "forbidden")
-RefundId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+RefundId = Annotated[int, Path(ge=1, le=MAX_ID)]
 CODE = r"^[0-9A-Za-z_-]{1,32}$"
 
 
