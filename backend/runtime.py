@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,9 +17,12 @@ from backend.channels import Channels
 from backend.clock import BusinessClock
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
+from backend.notifications.tally import RejectionTally
 from backend.policy import Policy, load_policy
 from backend.security.pii import PiiVault
 from backend.security.tokens import RefCodec
+
+log = logging.getLogger(__name__)
 
 # Threads per process that answer resident lookups (Redis and database reads).
 LOOKUP_THREADS = 8
@@ -90,7 +94,19 @@ class Runtime:
     def policy(self) -> Policy:
         return load_policy(self.settings.policy)
 
+    @cached_property
+    def rejections(self) -> RejectionTally:
+        """Rejected notifications only counted, not yet written (notifications.service)."""
+        return RejectionTally()
+
     def close(self) -> None:
+        if "rejections" in self.__dict__:
+            from backend.notifications.service import flush_rejections
+
+            try:
+                flush_rejections(self)
+            except Exception:
+                log.exception("the last counts of rejected notifications could not be written")
         if "lookup_threads" in self.__dict__:
             self.lookup_threads.shutdown(wait=False, cancel_futures=True)
         if "engine" in self.__dict__:

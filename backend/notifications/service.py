@@ -98,12 +98,31 @@ REJECTED_BODY_BYTES = 4096
 _COUNT_REJECTION = Statement(
     """INSERT INTO notification_rejections (channel, minute, outcome, count, first_detail,
                                            first_headers, first_body, last_at)
-       VALUES (:channel, :minute, :outcome, 1, :detail, :headers, :body, :now)
+       VALUES (:channel, :minute, :outcome, :count, :detail, :headers, :body, :now)
        ON CONFLICT (channel, minute, outcome)
-       DO UPDATE SET count = notification_rejections.count + 1, last_at = excluded.last_at""")
+       DO UPDATE SET count = notification_rejections.count + excluded.count,
+                     last_at = excluded.last_at""")
 
 
 _ASYNC_COMMIT = Statement("SET LOCAL synchronous_commit TO OFF", prepare=False)
+
+
+def flush_rejections(rt: Runtime) -> None:
+    """Write the counts of rejected notifications this process has gathered (at most a
+    second's: a flood costs one write a second, not one per forgery; the Runtime's close
+    writes the last ones)."""
+    counts = rt.rejections.take()
+    if not counts:
+        return
+    with unit_of_work(rt.sessions) as s:
+        if rt.postgres:
+            # a count of forged notifications: not worth waiting for the WAL flush (a crash
+            # may lose the last few milliseconds' counts, nothing else)
+            Tx(s).rowcount(_ASYNC_COMMIT)
+        for (channel, minute, outcome), c in counts.items():
+            Tx(s).rowcount(_COUNT_REJECTION, channel=channel, minute=minute, outcome=outcome,
+                           count=c.count, detail=c.sample[0], headers=c.sample[1],
+                           body=c.sample[2], now=c.last_at)
 
 
 def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes,
@@ -123,14 +142,10 @@ def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: byte
                 log.warning("%s: over %d rejected notifications this minute; the rest of the "
                             "minute's are counted in notification_rejections, not kept",
                             channel.value, allowed)
-            with unit_of_work(rt.sessions) as s:
-                if rt.postgres:
-                    # a count of forged notifications: not worth waiting for the WAL flush
-                    # (a crash may lose the last few milliseconds' counts, nothing else)
-                    Tx(s).rowcount(_ASYNC_COMMIT)
-                Tx(s).rowcount(_COUNT_REJECTION, channel=channel.value, minute=minute,
-                               outcome=outcome, detail=storable(detail, 500),
-                               headers=_kept_headers(headers), body=_body_text(body), now=now)
+            key = (channel.value, minute, outcome)
+            if rt.rejections.add(key, (storable(detail, 500), _kept_headers(headers),
+                                       _body_text(body)), now):
+                flush_rejections(rt)
             return False
     with unit_of_work(rt.sessions) as s:
         s.add(InboxNotification(

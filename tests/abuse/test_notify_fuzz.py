@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from backend.db import unit_of_work
 from backend.ledger.models import JournalEntry, Posting
 from backend.notifications.models import InboxNotification, NotificationRejection
+from backend.notifications.service import flush_rejections
 from backend.orders.models import Attempt, BillLine, Order, Payment
 from backend.outbox.models import OutboxJob
 from payment_adapters.base import Channel
@@ -69,6 +70,7 @@ def money_state(rt: Any) -> dict[str, Any]:
 
 def audit_counts(rt: Any, channel: Channel) -> tuple[Counter[str], int]:
     """(inbox rows by outcome, notifications counted in notification_rejections)."""
+    flush_rejections(rt)   # what the process still holds (at most a second's)
     with unit_of_work(rt.sessions) as s:
         rows = Counter(s.scalars(select(InboxNotification.outcome).where(
             InboxNotification.channel == channel.value)))

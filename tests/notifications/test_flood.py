@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 import backend.notifications.service as service
 from backend.db import unit_of_work
 from backend.notifications.models import InboxNotification, NotificationRejection
+from backend.notifications.service import flush_rejections
 from backend.runtime import Runtime
 from payment_adapters.base import Channel
 
@@ -33,6 +34,7 @@ def capped(settings: Any, sandbox_keys: dict[str, object]) -> Any:
 
 
 def _counts(rt: Runtime, channel: str) -> tuple[dict[str, int], int, list[NotificationRejection]]:
+    flush_rejections(rt)   # what the process still holds (at most a second's)
     with unit_of_work(rt.sessions) as s:
         rows = dict(s.execute(select(InboxNotification.outcome, func.count())
                               .where(InboxNotification.channel == channel)
