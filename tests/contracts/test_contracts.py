@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from miniprogram_contracts.generate import HERE, openapi_document
-from tests.conftest import Live
+from tests.conftest import HANG_S, Live
 from tests.contract_check import contract, problems
 from tests.orders.helpers import order, ref, resident_headers, seed
 
@@ -121,7 +121,7 @@ def test_real_error_answers_validate_against_the_documented_responses(live: Live
         "year": 2021, "channel": "unionpay_qr",
         "items": [{"resident_ref": zhang, "insurance": "pension", "tier_yuan": 300}]})
     live.http.post("/sandbox/faults", json={"channel": "unionpay", "answer_error": ""})
-    live.http.post("/sandbox/faults", json={"channel": "alipay", "timeout": True, "hang_s": 3})
+    live.http.post("/sandbox/faults", json={"channel": "alipay", "timeout": True, "hang_s": HANG_S})
     answers[504, "channel_timeout"] = raw.post("/api/v1/orders", headers=h, json={
         "year": 2021, "channel": "alipay_qr",
         "items": [{"resident_ref": zhang, "insurance": "pension", "tier_yuan": 300}]})

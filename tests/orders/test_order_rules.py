@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from backend.db import unit_of_work
 from backend.orders.models import Attempt, Order
-from tests.conftest import Live
+from tests.conftest import HANG_S, Live
 from tests.orders.helpers import get_order, order, pay, ref, resident_headers, seed
 
 
@@ -110,7 +110,7 @@ def test_channel_timeout_then_paid_on_query(live: Live, people: dict[str, str]) 
     h = resident_headers(live)
     items = [{"resident_ref": ref(live, h, "张三", people["张三"]), "insurance": "medical"}]
     live.http.post("/sandbox/faults", json={"channel": "alipay", "timeout": True,
-                                            "hang_s": 3})
+                                            "hang_s": HANG_S})
     r = order(live, h, "alipay_qr", items)
     assert r.status_code == 504, r.text
     err = r.json()["error"]

@@ -9,7 +9,7 @@ from backend.config import Settings
 from backend.db import unit_of_work
 from backend.notifications.models import InboxNotification
 from backend.orders.models import Attempt
-from tests.conftest import Live
+from tests.conftest import HANG_S, Live
 from tests.orders.helpers import get_order, order, pay, ref, resident_headers, seed, staff_headers
 
 
@@ -82,7 +82,7 @@ def test_retrying_a_timed_out_order_with_its_key_finds_the_same_order(
         live: Live, people: dict[str, str]) -> None:
     h = resident_headers(live)
     items = [{"resident_ref": ref(live, h, "张三", people["张三"]), "insurance": "medical"}]
-    live.http.post("/sandbox/faults", json={"channel": "alipay", "timeout": True, "hang_s": 3})
+    live.http.post("/sandbox/faults", json={"channel": "alipay", "timeout": True, "hang_s": HANG_S})
     first = order(live, h, "alipay_qr", items, key="retry-me")
     live.http.post("/sandbox/faults", json={"channel": "alipay", "timeout": False})
     again = order(live, h, "alipay_qr", items, key="retry-me")
