@@ -177,8 +177,9 @@ def server_version(url: str) -> str:
 
 
 # --------------------------------------------------------------------------- settings
-def bench_settings(db_url: str, data_dir: Path, port: int, **extra: Any) -> Settings:
-    return Settings(database_url=db_url, redis_url=REDIS_URL, data_dir=data_dir,
+def bench_settings(db_url: str, data_dir: Path, port: int, redis_url: str = REDIS_URL,
+                   **extra: Any) -> Settings:
+    return Settings(database_url=db_url, redis_url=redis_url, data_dir=data_dir,
                     pii_key=PII_KEY, app_secret=APP_SECRET,
                     collect_now=datetime.fromisoformat(COLLECT_NOW), payment_sandbox=True,
                     public_base_url=f"http://127.0.0.1:{port}", run_worker_in_serve=False,
@@ -298,8 +299,8 @@ class ServerProcess:
     app: str = "_server:create"
     # environment beyond the settings' own
     extra_env: dict[str, str] = field(default_factory=dict)
-    # `python -m backend serve` itself (live mode only: it serves the simulator in one
-    # process), without the bench's Server-Timing wrapper
+    # `python -m backend serve` itself, without the bench's Server-Timing wrapper (in sandbox
+    # mode with one process only: the simulator keeps its trades in one)
     serve: bool = False
 
     @property
@@ -385,6 +386,13 @@ class ServerProcess:
             except OSError:
                 pass
         return vol, invol
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer ends it: no shutdown of any kind."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)    # our own session: only our server
+        self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
