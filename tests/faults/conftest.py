@@ -61,10 +61,11 @@ def wipe(settings: Settings) -> None:
 
 
 # --------------------------------------------------------------------------- the worker
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log_path: Path,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``python -m backend worker`` in its own session (so that a kill reaches only it)."""
     env = {**{k: v for k, v in os.environ.items() if k != "COLLECT_NOW"},
-           **sup.settings_env(settings), "PYTHONPATH": str(sup.CODE_ROOT)}
+           **sup.settings_env(settings), **(extra_env or {}), "PYTHONPATH": str(sup.CODE_ROOT)}
     with open(log_path, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=sup.CODE_ROOT,
                                 env=env, stdout=out, stderr=out, start_new_session=True)

@@ -1,0 +1,172 @@
+"""The worker (``python -m backend worker``) killed with SIGKILL in the middle of a refund: a
+fresh worker finishes it, and the channel refunds once.
+
+The kill lands where it should because the simulator holds the refund call (the
+``hold_refunds`` fault) — before doing the refund, or after doing it and before answering —
+until the test releases it, with the worker dead by then. Either way the refund is
+``processing`` in our database when the worker dies; the next worker asks the channel's
+refund query first and sends the refund again, under the same number, only when the channel
+has none: two refund calls and one refund when the first never took effect, one call and
+one refund when it did.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from backend.auth.models import StaffUser
+from backend.auth.service import staff_principal
+from backend.config import Settings
+from backend.db import unit_of_work
+from backend.runtime import Runtime
+from backend.security.tokens import issue_token
+from bench import _support as sup
+from tests.conftest import Live
+from tests.faults.conftest import kill, serve, start_worker, stop, wait_for, wipe
+from tests.orders.helpers import order, pay, ref, resident_headers, seed
+from tests.servers import free_port
+
+MEDICAL_FEN = 28_000
+
+
+@dataclass
+class Stack:
+    live: Live                       # the sandbox serve, driven as the mini-program would
+    settings: Settings
+    people: dict[str, str]
+    finance: list[dict[str, str]]    # two finance users' headers: one asks, one approves
+    env: dict[str, str]              # the channel keys, for the workers
+    logs: Path
+
+    @property
+    def db(self) -> str:
+        return self.settings.database_url
+
+
+@pytest.fixture(scope="module")
+def stack(pg_url: str, redis_url: str, sandbox_keys: dict[str, object],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("worker-killed")
+    settings = sup.bench_settings(pg_url, tmp / "data", free_port(), redis_url=redis_url)
+    wipe(settings)
+    keys = {k.upper(): str(v) for k, v in sandbox_keys.items()}
+    rt = Runtime(settings)
+    people = seed(rt)
+    with unit_of_work(rt.sessions) as s:
+        users = [StaffUser(username=name, password_hash="-", role="finance")
+                 for name in ("fin1", "fin2")]
+        s.add_all(users)
+        s.flush()
+        finance = [{"Authorization": "Bearer " + issue_token(rt.app_secret, staff_principal(u),
+                                                             600)} for u in users]
+    # the sandbox serve: the simulator in it, no worker in it
+    server = serve(settings, tmp / "serve.log", live=False, extra_env=keys,
+                   port=int(settings.public_base_url.rsplit(":", 1)[1])).start()
+    try:
+        yield Stack(Live(rt, server), settings, people, finance, keys, tmp)  # type: ignore[arg-type]
+    finally:
+        server.stop()
+        rt.close()
+
+
+def _fault(stack: Stack, channel: str, **switches: Any) -> None:
+    r = stack.live.http.post("/sandbox/faults", json={"channel": channel, **switches})
+    assert r.status_code == 200, r.text
+
+
+def _seen(stack: Stack, refund_no: str) -> dict[str, int]:
+    r = httpx.get(f"{stack.live.base_url}/sandbox/refunds/{refund_no}", timeout=10)
+    return dict(r.json()) if r.status_code == 200 else {}
+
+
+def _refund_row(stack: Stack, refund_id: int) -> dict[str, Any]:
+    with psycopg.connect(stack.db) as conn:
+        row = conn.execute(
+            "SELECT r.status, r.out_refund_no, r.channel_refund_id, o.status AS order_status, "
+            "j.tries, j.status AS job_status, j.run_at - now() AS lease, "
+            "(SELECT count(*) FROM journal_entries e WHERE e.refund_id = r.id) AS entries "
+            "FROM refunds r JOIN payments p ON p.id = r.payment_id "
+            "JOIN orders o ON o.id = p.order_id "
+            "JOIN outbox j ON j.kind = 'refund' AND (j.payload->>'refund_id')::int = r.id "
+            "WHERE r.id = %s", (refund_id,)).fetchone()
+        assert row is not None
+        names = ("status", "out_refund_no", "channel_refund_id", "order_status", "tries",
+                 "job_status", "lease", "entries")
+        return dict(zip(names, row, strict=True))
+
+
+@pytest.mark.parametrize(("hold", "channel", "kind", "name", "calls"), [
+    ("before_effect", "wechat", "wechat_native", "张三", 2),
+    ("after_effect", "alipay", "alipay_qr", "李梅", 1),
+], ids=["killed-before-the-channel-refunded", "killed-after-the-channel-refunded"])
+def test_a_refund_survives_its_worker_killed(stack: Stack, hold: str, channel: str,
+                                             kind: str, name: str, calls: int) -> None:
+    live = stack.live
+    h = resident_headers(live, f"payer-{channel}")
+    made = order(live, h, kind, [{"resident_ref": ref(live, h, name, stack.people[name]),
+                                  "insurance": "medical"}])
+    assert made.status_code == 201, made.text
+    order_no, out_trade_no = made.json()["order_no"], made.json()["payment"]["out_trade_no"]
+    pay(live, out_trade_no)
+    asked = live.http.post("/api/v1/refunds", headers=stack.finance[0],
+                           json={"order_no": order_no, "reason": "误缴"})
+    assert asked.status_code == 201, asked.text
+    refund_id = asked.json()["refund_id"]
+    _fault(stack, channel, hold_refunds=hold)
+    approved = live.http.post(f"/api/v1/refunds/{refund_id}/approve", headers=stack.finance[1])
+    assert approved.status_code == 200, approved.text
+    refund_no = _refund_row(stack, refund_id)["out_refund_no"]
+
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        workers.append(start_worker(stack.settings, stack.logs / f"worker-{channel}-1.log",
+                                    stack.env))
+        # the first worker's refund call waits at the channel: kill the worker there
+        held = wait_for("the first worker's refund call held at the channel",
+                        lambda: _seen(stack, refund_no).get("held"), timeout_s=30)
+        assert held == 1
+        kill(workers[0])
+        dead = _refund_row(stack, refund_id)
+        assert (dead["status"], dead["job_status"], dead["tries"]) == (
+            "processing", "pending", 1)
+        # the job is leased to the dead worker for 5 minutes: another takes it after that
+        assert 240 < dead["lease"].total_seconds() <= 300
+        _fault(stack, channel, hold_refunds="")          # the call goes on, to no one
+        wait_for("the held call released", lambda: _seen(stack, refund_no).get("held") == 0)
+        effects_at_kill = _seen(stack, refund_no)["effects"]
+        assert effects_at_kill == (1 if hold == "after_effect" else 0)
+        with psycopg.connect(stack.db) as conn:        # the 5 minutes pass
+            conn.execute("UPDATE outbox SET run_at = now() WHERE kind = 'refund' "
+                         "AND (payload->>'refund_id')::int = %s", (refund_id,))
+
+        workers.append(start_worker(stack.settings, stack.logs / f"worker-{channel}-2.log",
+                                    stack.env))
+        done = wait_for("the second worker finishing the refund",
+                        lambda: (lambda row: row if row["job_status"] == "done" else None)(
+                            _refund_row(stack, refund_id)), timeout_s=30)
+    finally:
+        for proc in workers:
+            stop(proc)
+    assert (done["status"], done["order_status"], done["tries"], done["entries"]) == (
+        "succeeded", "refunded", 2, 1)
+    if channel == "wechat":                         # (Alipay gives a refund no id of its own)
+        assert done["channel_refund_id"].startswith("5030")
+    seen = _seen(stack, refund_no)
+    assert seen == {"out_refund_no": refund_no, "calls": calls, "effects": 1, "queries": 1,
+                    "held": 0}
+    trade = live.http.get(f"/sandbox/trades/{out_trade_no}").json()
+    assert (trade["state"], trade["refunded_fen"]) == ("refunded", MEDICAL_FEN)
+    with psycopg.connect(stack.db) as conn:
+        total = conn.execute("SELECT sum(amount_fen) FROM postings").fetchone()
+    assert total == (0,)
+    print(f"\nworker killed {hold.replace('_', ' ')} ({channel}): channel refund calls "
+          f"{seen['calls']}, refunds done {seen['effects']}, queries {seen['queries']}; "
+          "one refund recorded and posted")
