@@ -124,6 +124,7 @@ class Orders:
                           limits=httpx.Limits(max_connections=concurrency)) as client:
             def one(i: int) -> None:
                 path, headers, body = self.notes[i]
+                t0 = time.monotonic()
                 try:
                     resp = client.post(path, content=body, headers=headers)
                 except httpx.HTTPError as exc:
@@ -139,6 +140,7 @@ class Orders:
                             k = 0
                     if k and after is not None:
                         after(k)
+                sent.spans[i] = (t0, time.monotonic())
                 if pause_s:
                     time.sleep(pause_s)
 
@@ -155,6 +157,12 @@ class Sent:
     taken: set[int] = field(default_factory=set)          # answered with success
     refused: dict[int, str] = field(default_factory=dict)  # the channel's failure answer
     lost: dict[int, str] = field(default_factory=dict)     # no answer at all
+    spans: dict[int, tuple[float, float]] = field(default_factory=dict)  # sent, answered
+
+    def in_flight(self, start: float, end: float) -> set[int]:
+        """The notifications under way at some moment between ``start`` and ``end``
+        (monotonic seconds)."""
+        return {i for i, (a, b) in self.spans.items() if a < end and b > start}
 
     @property
     def unanswered(self) -> set[int]:
@@ -266,13 +274,16 @@ class OwnPostgres:
             shutil.chown(self.dir, "postgres")
 
     def _pg(self, *args: str, timeout_s: float = 60) -> None:
-        cmd = [*self.as_user, *args]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
+        # Output to a file, never a pipe: the postmaster pg_ctl starts would hold a pipe
+        # open for as long as it runs.
+        out = self.dir / "pg_ctl.out"
+        with open(out, "ab") as sink:
+            done = subprocess.run([*self.as_user, *args], stdout=sink, stderr=sink,
+                                  stdin=subprocess.DEVNULL, timeout=timeout_s, check=False)
         if done.returncode != 0:
-            log = (self.dir / "postgres.log")
+            log = self.dir / "postgres.log"
             raise RuntimeError(f"{' '.join(args[:2])}… failed ({done.returncode}): "
-                               f"{done.stderr[-800:]}\n"
+                               f"{out.read_text()[-800:]}\n"
                                f"{log.read_text()[-800:] if log.exists() else ''}")
 
     def start(self) -> OwnPostgres:
@@ -293,8 +304,8 @@ class OwnPostgres:
         """``pg_ctl restart -m fast|immediate`` (immediate: crash recovery at the start);
         returns the seconds until it accepts connections again."""
         t0 = time.monotonic()
-        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60",
-                 "restart")
+        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l",
+                 str(self.dir / "postgres.log"), "-m", mode, "-w", "-t", "60", "restart")
         return time.monotonic() - t0
 
     def close(self) -> None:
