@@ -105,7 +105,7 @@ class Orders:
         ranges = sup.channel_ranges(self.n, MIX)
         self.channel_of = {i: ch for ch, r in ranges.items() for i in r}
         sup.seed_pending_orders(self.settings.database_url, self.n, ranges, numbers,
-                                AMOUNT_FEN)
+                                AMOUNT_FEN, vacuum=False)
         self.notes = {i: self.factory.build(ch, i) for i, ch in self.channel_of.items()}
         self.numbers = numbers
 

@@ -63,9 +63,10 @@ def stack(redis_url: str, sandbox_keys: dict[str, object],
         upgrade(url)
         settings = sup.bench_settings(url, tmp / "data", free_port(), redis_url=redis_url,
                                       **sandbox_keys)
-        orders = Orders(settings, 2 * PER_MODE)
-        server = serve(settings, tmp / "serve.log").start()
+        server = serve(settings, tmp / "serve.log").spawn()
         try:
+            orders = Orders(settings, 2 * PER_MODE)
+            server.ready()
             yield Stack(pg, settings, orders, server, tmp / "serve.log")
         finally:
             server.stop()

@@ -7,20 +7,22 @@ per request; and once Redis answers again the limits count there again."""
 from __future__ import annotations
 
 import threading
+from datetime import date
 from pathlib import Path
 
 import httpx
 import redis
 
 from backend.config import Settings
+from backend.residents.idnumber import make_id_number
 from backend.security.tokens import Principal, issue_token
 from bench import _support as sup
 from tests.faults.conftest import Orders, OwnRedis, applied, once_each, serve, wait_for
-from tests.test_serve import NOBODY
 
 N = 200
 UP, DOWN = range(1, 61), range(61, 141)          # the rest: after Redis is back
 MISS_LIMIT = 3
+NOBODY = make_id_number("370406", date(1969, 3, 15), 99)   # valid, and registered nowhere
 
 
 def _lookup(base_url: str, caller: str) -> int:
@@ -39,12 +41,13 @@ def _readiness(base_url: str) -> tuple[int, str]:
 def test_payments_go_on_through_a_redis_outage(live_settings: Settings, own_redis: OwnRedis,
                                                tmp_path: Path) -> None:
     settings = live_settings.model_copy(update={"redis_url": own_redis.url})
-    orders = Orders(settings, N)
     log = tmp_path / "serve.log"
-    server = serve(settings, log, extra_env={"REDIS_RETRY_S": "1",
-                                             "LOOKUP_MISS_LIMIT": str(MISS_LIMIT)}).start()
+    server = serve(settings, log, extra_env={"REDIS_RETRY_S": "0.5",
+                                             "LOOKUP_MISS_LIMIT": str(MISS_LIMIT)}).spawn()
     store = redis.Redis.from_url(own_redis.url)
     try:
+        orders = Orders(settings, N)
+        server.ready()
         base = server.base_url
         # Redis up: a miss is counted there
         assert orders.send(base, UP).taken == set(UP)

@@ -23,8 +23,7 @@ KILL_AFTER = 60      # answered with success, then SIGKILL
 
 def test_serve_killed_mid_stream_loses_and_doubles_nothing(live_settings: Settings,
                                                            tmp_path: Path) -> None:
-    orders = Orders(live_settings, N)
-    server = serve(live_settings, tmp_path / "serve.log").start()
+    server = serve(live_settings, tmp_path / "serve.log").spawn()
     killed = threading.Event()
 
     def kill_once(answered: int) -> None:
@@ -33,6 +32,8 @@ def test_serve_killed_mid_stream_loses_and_doubles_nothing(live_settings: Settin
             server.kill()
 
     try:
+        orders = Orders(live_settings, N)
+        server.ready()
         first = orders.send(server.base_url, range(1, N + 1), concurrency=12, after=kill_once)
         assert killed.is_set() and server.proc is not None and server.proc.returncode == -9
         answered = first.taken

@@ -58,19 +58,20 @@ def stack(pg_url: str, redis_url: str, sandbox_keys: dict[str, object],
     settings = sup.bench_settings(pg_url, tmp / "data", free_port(), redis_url=redis_url)
     wipe(settings)
     keys = {k.upper(): str(v) for k, v in sandbox_keys.items()}
-    rt = Runtime(settings)
-    people = seed(rt)
-    with unit_of_work(rt.sessions) as s:
-        users = [StaffUser(username=name, password_hash="-", role="finance")
-                 for name in ("fin1", "fin2")]
-        s.add_all(users)
-        s.flush()
-        finance = [{"Authorization": "Bearer " + issue_token(rt.app_secret, staff_principal(u),
-                                                             600)} for u in users]
     # the sandbox serve: the simulator in it, no worker in it
     server = serve(settings, tmp / "serve.log", live=False, extra_env=keys,
-                   port=int(settings.public_base_url.rsplit(":", 1)[1])).start()
+                   port=int(settings.public_base_url.rsplit(":", 1)[1])).spawn()
+    rt = Runtime(settings)
     try:
+        people = seed(rt)
+        with unit_of_work(rt.sessions) as s:
+            users = [StaffUser(username=name, password_hash="-", role="finance")
+                     for name in ("fin1", "fin2")]
+            s.add_all(users)
+            s.flush()
+            finance = [{"Authorization": "Bearer " + issue_token(
+                rt.app_secret, staff_principal(u), 600)} for u in users]
+        server.ready()
         yield Stack(Live(rt, server), settings, people, finance, keys, tmp)  # type: ignore[arg-type]
     finally:
         server.stop()
