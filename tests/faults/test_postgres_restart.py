@@ -37,8 +37,8 @@ from tests.faults.conftest import (
 )
 from tests.servers import free_port
 
-PER_MODE = 150
-BEFORE = 50          # sent and answered before the restart begins
+PER_MODE = 120
+BEFORE = 40          # sent and answered before the restart begins
 
 
 @dataclass

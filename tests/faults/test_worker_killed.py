@@ -104,12 +104,18 @@ def _refund_row(stack: Stack, refund_id: int) -> dict[str, Any]:
         return dict(zip(names, row, strict=True))
 
 
-@pytest.mark.parametrize(("hold", "channel", "kind", "name", "calls"), [
-    ("before_effect", "wechat", "wechat_native", "张三", 2),
-    ("after_effect", "alipay", "alipay_qr", "李梅", 1),
-], ids=["killed-before-the-channel-refunded", "killed-after-the-channel-refunded"])
-def test_a_refund_survives_its_worker_killed(stack: Stack, hold: str, channel: str,
-                                             kind: str, name: str, calls: int) -> None:
+@dataclass
+class Case:
+    channel: str
+    hold: str            # where the channel holds the refund call when the worker is killed
+    refund_id: int
+    refund_no: str
+    out_trade_no: str
+
+
+def _approved_refund(stack: Stack, channel: str, kind: str, name: str, hold: str) -> Case:
+    """A resident's order paid through ``channel``, a refund of it asked for and approved
+    (its outbox job written), with the channel set to hold the refund call at ``hold``."""
     live = stack.live
     h = resident_headers(live, f"payer-{channel}")
     made = order(live, h, kind, [{"resident_ref": ref(live, h, name, stack.people[name]),
@@ -124,50 +130,74 @@ def test_a_refund_survives_its_worker_killed(stack: Stack, hold: str, channel: s
     _fault(stack, channel, hold_refunds=hold)
     approved = live.http.post(f"/api/v1/refunds/{refund_id}/approve", headers=stack.finance[1])
     assert approved.status_code == 200, approved.text
-    refund_no = _refund_row(stack, refund_id)["out_refund_no"]
+    return Case(channel, hold, refund_id, _refund_row(stack, refund_id)["out_refund_no"],
+                out_trade_no)
 
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        workers.append(start_worker(stack.settings, stack.logs / f"worker-{channel}-1.log",
-                                    stack.env))
-        # the first worker's refund call waits at the channel: kill the worker there
-        held = wait_for("the first worker's refund call held at the channel",
-                        lambda: _seen(stack, refund_no).get("held"), timeout_s=30)
-        assert held == 1
-        kill(workers[0])
-        dead = _refund_row(stack, refund_id)
-        assert (dead["status"], dead["job_status"], dead["tries"]) == (
-            "processing", "pending", 1)
-        # the job is leased to the dead worker for 5 minutes: another takes it after that
-        assert 240 < dead["lease"].total_seconds() <= 300
-        _fault(stack, channel, hold_refunds="")          # the call goes on, to no one
-        wait_for("the held call released", lambda: _seen(stack, refund_no).get("held") == 0)
-        effects_at_kill = _seen(stack, refund_no)["effects"]
-        assert effects_at_kill == (1 if hold == "after_effect" else 0)
-        with psycopg.connect(stack.db) as conn:        # the 5 minutes pass
-            conn.execute("UPDATE outbox SET run_at = now() WHERE kind = 'refund' "
-                         "AND (payload->>'refund_id')::int = %s", (refund_id,))
 
-        workers.append(start_worker(stack.settings, stack.logs / f"worker-{channel}-2.log",
-                                    stack.env))
-        done = wait_for("the second worker finishing the refund",
-                        lambda: (lambda row: row if row["job_status"] == "done" else None)(
-                            _refund_row(stack, refund_id)), timeout_s=30)
-    finally:
-        for proc in workers:
-            stop(proc)
+def _kill_while_held(stack: Stack, worker: subprocess.Popen[bytes], case: Case) -> None:
+    """Kill the worker while its refund call waits at the channel; release the call (it goes
+    on, to no one); let the dead worker's 5-minute lease of the job run out."""
+    held = wait_for(f"the worker's {case.channel} refund call held at the channel",
+                    lambda: _seen(stack, case.refund_no).get("held"), timeout_s=30)
+    assert held == 1
+    kill(worker)
+    dead = _refund_row(stack, case.refund_id)
+    assert (dead["status"], dead["job_status"], dead["tries"]) == ("processing", "pending", 1)
+    # the job is leased to the dead worker for 5 minutes: another takes it after that
+    assert 240 < dead["lease"].total_seconds() <= 300
+    _fault(stack, case.channel, hold_refunds="")
+    wait_for("the held call released", lambda: _seen(stack, case.refund_no).get("held") == 0)
+    assert _seen(stack, case.refund_no)["effects"] == (1 if case.hold == "after_effect" else 0)
+    with psycopg.connect(stack.db) as conn:        # the 5 minutes pass
+        conn.execute("UPDATE outbox SET run_at = now() WHERE kind = 'refund' "
+                     "AND (payload->>'refund_id')::int = %s", (case.refund_id,))
+
+
+def _finished_once(stack: Stack, case: Case, calls: int) -> dict[str, int]:
+    """Wait for the next worker to finish the refund; it is recorded and posted once, and
+    the channel refunded once."""
+    done = wait_for(f"the next worker finishing the {case.channel} refund",
+                    lambda: (lambda row: row if row["job_status"] == "done" else None)(
+                        _refund_row(stack, case.refund_id)), timeout_s=30)
     assert (done["status"], done["order_status"], done["tries"], done["entries"]) == (
         "succeeded", "refunded", 2, 1)
-    if channel == "wechat":                         # (Alipay gives a refund no id of its own)
+    if case.channel == "wechat":                    # (Alipay gives a refund no id of its own)
         assert done["channel_refund_id"].startswith("5030")
-    seen = _seen(stack, refund_no)
-    assert seen == {"out_refund_no": refund_no, "calls": calls, "effects": 1, "queries": 1,
-                    "held": 0}
-    trade = live.http.get(f"/sandbox/trades/{out_trade_no}").json()
+    seen = _seen(stack, case.refund_no)
+    assert seen == {"out_refund_no": case.refund_no, "calls": calls, "effects": 1,
+                    "queries": 1, "held": 0}
+    trade = stack.live.http.get(f"/sandbox/trades/{case.out_trade_no}").json()
     assert (trade["state"], trade["refunded_fen"]) == ("refunded", MEDICAL_FEN)
     with psycopg.connect(stack.db) as conn:
         total = conn.execute("SELECT sum(amount_fen) FROM postings").fetchone()
     assert total == (0,)
-    print(f"\nworker killed {hold.replace('_', ' ')} ({channel}): channel refund calls "
-          f"{seen['calls']}, refunds done {seen['effects']}, queries {seen['queries']}; "
+    print(f"\nworker killed {case.hold.replace('_', ' ')} ({case.channel}): channel refund "
+          f"calls {seen['calls']}, refunds done {seen['effects']}, queries {seen['queries']}; "
           "one refund recorded and posted")
+    return seen
+
+
+def test_refunds_survive_their_workers_killed(stack: Stack) -> None:
+    """Three workers in turn: the first is killed before WeChat did the refund (the next
+    sends it again: two calls, one refund); the second finishes that one, then is killed
+    after Alipay did the next refund and before it answered (the third finds it by the
+    refund query: one call, one refund)."""
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def worker() -> subprocess.Popen[bytes]:
+        workers.append(start_worker(stack.settings,
+                                    stack.logs / f"worker-{len(workers) + 1}.log", stack.env))
+        return workers[-1]
+
+    try:
+        first = _approved_refund(stack, "wechat", "wechat_native", "张三", "before_effect")
+        _kill_while_held(stack, worker(), first)
+        second_worker = worker()
+        _finished_once(stack, first, calls=2)
+        second = _approved_refund(stack, "alipay", "alipay_qr", "李梅", "after_effect")
+        _kill_while_held(stack, second_worker, second)
+        worker()
+        _finished_once(stack, second, calls=1)
+    finally:
+        for proc in workers:
+            stop(proc)
