@@ -2,18 +2,100 @@
 
 Redis holds only what may be lost: rate-limit counters, QR tokens, caches. When the
 configured Redis goes away, callers fall back to the in-process store: slower to share
-between processes, never wrong about money (that lives in the database).
+between processes, never wrong about money (that lives in the database). An outage is a
+state (:class:`RedisOutage`): after a failed call Redis is left alone for a few seconds, then
+tried again; its start and its end are logged once each, not once per request.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fakeredis
 import redis
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_S = 5.0
+
+
+class RedisOutage:
+    """Whether Redis is taken to be down, shared by everything of a process that uses it.
+
+    A failed call starts an outage (one WARNING); during it callers skip Redis and use
+    their fallback, but every ``retry_s`` one call tries Redis again; the first call that
+    works ends the outage (one WARNING, with how long it lasted and how many calls did
+    without Redis). A Redis that hangs instead of refusing costs one socket timeout per
+    ``retry_s``, not one per request.
+    """
+
+    def __init__(self, retry_s: float = RETRY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_s = retry_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._skipped = 0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def usable(self) -> bool:
+        """Try Redis now? Always outside an outage; in one, once every ``retry_s``."""
+        if self._down_since is None:
+            return True
+        with self._lock:
+            if self._down_since is None:
+                return True
+            now = self._clock()
+            if now >= self._retry_at:
+                self._retry_at = now + self.retry_s     # this caller probes; the others skip
+                return True
+            self._skipped += 1
+            return False
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            now = self._clock()
+            started = self._down_since is None
+            if started:
+                self._down_since, self._skipped = now, 0
+            else:
+                self._skipped += 1
+            self._retry_at = now + self.retry_s
+        if started:
+            log.warning("Redis is unreachable (%s): rate limits and caches use this process's "
+                        "own store until it answers again (tried every %g s)", exc,
+                        self.retry_s)
+
+    def ok(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted, skipped = self._clock() - self._down_since, self._skipped
+            self._down_since = None
+        log.warning("Redis answers again after %.1f s; %d calls used this process's own "
+                    "store meanwhile", lasted, skipped)
+
+    def run(self, fn: Callable[[], T], fallback: Callable[[], T]) -> T:
+        """``fn()`` (a Redis call), or ``fallback()`` when Redis is down or the call fails."""
+        if self.usable():
+            try:
+                result = fn()
+            except redis.RedisError as exc:
+                self.failed(exc)
+            else:
+                self.ok()
+                return result
+        return fallback()
 
 
 def make_redis(url: str) -> redis.Redis:
@@ -26,17 +108,16 @@ def make_redis(url: str) -> redis.Redis:
 class RateLimiter:
     """Fixed-window counters: ``hit`` counts an event, ``exceeded`` tells if a key is over."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "rl") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "rl",
+                 outage: RedisOutage | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        self.outage = outage or RedisOutage()
         self._fallback: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
     def _run(self, fn: Any) -> Any:
-        try:
-            return fn(self.client)
-        except redis.RedisError as exc:
-            log.warning("redis unavailable, using the in-process rate limiter: %s", exc)
-            return fn(self._fallback)
+        """On Redis, or — while it is down — on this process's own counters."""
+        return self.outage.run(lambda: fn(self.client), lambda: fn(self._fallback))
 
     def hit(self, key: str, window_s: int) -> int:
         full = f"{self.prefix}:{key}"

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     data_dir: Path = DATA_DIR
     database_url: str = ""
     redis_url: str = ""
+    # After a failed Redis call, Redis is left alone (this process's own store answers) and
+    # tried again every this many seconds until it answers (backend.cache.RedisOutage).
+    redis_retry_s: float = Field(default=5.0, gt=0, le=300)
     app_secret: str = ""
     pii_key: str = ""
     policy: str = "shanting-2021"

@@ -151,12 +151,16 @@ def _readiness(rt: Any) -> dict[str, str]:
         checks["database"] = f"unreachable: {type(exc).__name__}"
         checks["migrations"] = "unknown"
     if rt.settings.redis_url:
+        # Always asked (this is the check), but logged as the outage is: once when it
+        # starts and once when it ends, not at every probe.
         try:
             rt.redis.ping()
         except Exception as exc:
-            log.warning("readyz: Redis is not reachable: %s", exc)
+            rt.redis_outage.failed(exc)
             checks["redis"] = (f"unreachable: {type(exc).__name__}; rate limits count in "
                                "each process meanwhile")
+        else:
+            rt.redis_outage.ok()
     else:
         checks["redis"] = "ok (in-process store: REDIS_URL is not set)"
     return checks

@@ -12,7 +12,7 @@ import redis
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.cache import RateLimiter, make_redis
+from backend.cache import RateLimiter, RedisOutage, make_redis
 from backend.channels import Channels
 from backend.clock import BusinessClock
 from backend.config import Settings
@@ -77,8 +77,13 @@ class Runtime:
         return make_redis(self.settings.redis_url)
 
     @cached_property
+    def redis_outage(self) -> RedisOutage:
+        """Whether Redis is down, for everything of this process that uses it."""
+        return RedisOutage(self.settings.redis_retry_s)
+
+    @cached_property
     def limiter(self) -> RateLimiter:
-        return RateLimiter(self.redis)
+        return RateLimiter(self.redis, outage=self.redis_outage)
 
     @cached_property
     def clock(self) -> BusinessClock:

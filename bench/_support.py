@@ -177,8 +177,9 @@ def server_version(url: str) -> str:
 
 
 # --------------------------------------------------------------------------- settings
-def bench_settings(db_url: str, data_dir: Path, port: int, **extra: Any) -> Settings:
-    return Settings(database_url=db_url, redis_url=REDIS_URL, data_dir=data_dir,
+def bench_settings(db_url: str, data_dir: Path, port: int, redis_url: str = REDIS_URL,
+                   **extra: Any) -> Settings:
+    return Settings(database_url=db_url, redis_url=redis_url, data_dir=data_dir,
                     pii_key=PII_KEY, app_secret=APP_SECRET,
                     collect_now=datetime.fromisoformat(COLLECT_NOW), payment_sandbox=True,
                     public_base_url=f"http://127.0.0.1:{port}", run_worker_in_serve=False,
@@ -298,8 +299,8 @@ class ServerProcess:
     app: str = "_server:create"
     # environment beyond the settings' own
     extra_env: dict[str, str] = field(default_factory=dict)
-    # `python -m backend serve` itself (live mode only: it serves the simulator in one
-    # process), without the bench's Server-Timing wrapper
+    # `python -m backend serve` itself, without the bench's Server-Timing wrapper (in sandbox
+    # mode with one process only: the simulator keeps its trades in one)
     serve: bool = False
 
     @property
@@ -307,6 +308,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60) -> ServerProcess:
+        return self.spawn().ready(timeout_s)
+
+    def spawn(self) -> ServerProcess:
+        """Start the process without waiting for it (``ready`` waits): its imports can
+        overlap whatever the caller does meanwhile."""
         served = live_env(self.settings) if self.live else settings_env(self.settings)
         env = {**{k: v for k, v in os.environ.items() if k != "COLLECT_NOW"}, **served,
                **self.extra_env, "PYTHONPATH": str(CODE_ROOT), "BENCH_CODE_ROOT": str(CODE_ROOT)}
@@ -323,8 +329,14 @@ class ServerProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=CODE_ROOT, env=env, stdout=out, stderr=out,
                                      start_new_session=True)
-        deadline = time.monotonic() + timeout_s
+        return self
+
+    def ready(self, timeout_s: float = 60) -> ServerProcess:
+        """Wait until the spawned server answers /healthz (every process of it)."""
         import httpx
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
 
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -338,7 +350,7 @@ class ServerProcess:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError("the server did not start in time")
 
@@ -385,6 +397,13 @@ class ServerProcess:
             except OSError:
                 pass
         return vol, invol
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer ends it: no shutdown of any kind."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)    # our own session: only our server
+        self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -672,10 +691,12 @@ def copy_bench_residents(conn: psycopg.Connection[Any], ids: Iterable[int]) -> N
 
 def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
                         numbers: OrderNumbers, amount_fen: int = 38_000,
-                        ttl: timedelta = timedelta(hours=6)) -> dict[str, float]:
+                        ttl: timedelta = timedelta(hours=6),
+                        vacuum: bool = True) -> dict[str, float]:
     """n residents, each with one unpaid medical bill line in one pending single-item order
     with one pending attempt at its channel (ids 1..n in every table). COPY, not the ORM:
-    100,000 orders take seconds. Returns the seconds per step."""
+    100,000 orders take seconds. Returns the seconds per step. ``vacuum``: VACUUM ANALYZE
+    and CHECKPOINT after (what a timed run needs; a test's few hundred orders do not)."""
 
     timings: dict[str, float] = {}
     now = datetime.now(UTC)
@@ -723,6 +744,8 @@ def seed_pending_orders(db_url: str, n: int, ranges: dict[Channel, range],
                 sql.Literal(table), sql.Literal(n)))
         conn.commit()
         timings["orders"] = time.perf_counter() - t0
+    if not vacuum:
+        return timings
     t0 = time.perf_counter()
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")

@@ -6,7 +6,6 @@ import logging
 import re
 
 import httpx
-import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
@@ -98,11 +97,8 @@ def _staff_state(rt: Runtime, staff_id: int) -> tuple[bool, int]:
     """(active, token_version) of an account: kept in Redis for STAFF_STATE_TTL_S, so a
     change made by another process without a shared Redis shows within that time."""
     key = _state_key(staff_id)
-    try:
-        cached = rt.redis.get(key)
-    except redis.RedisError as exc:
-        log.warning("redis unavailable, reading the staff account's state: %s", exc)
-        cached = None
+    # Redis down: the database says (RedisOutage logs the outage once)
+    cached = rt.redis_outage.run(lambda: rt.redis.get(key), lambda: None)
     if cached is not None:
         text = cached.decode() if isinstance(cached, bytes) else str(cached)
         active, _, version = text.partition(":")
@@ -111,10 +107,9 @@ def _staff_state(rt: Runtime, staff_id: int) -> tuple[bool, int]:
         row = conn.execute(select(col(StaffUser.active), col(StaffUser.token_version))
                            .where(col(StaffUser.id) == staff_id)).first()
     state = (bool(row[0]), int(row[1])) if row is not None else (False, -1)
-    try:
-        rt.redis.set(key, f"{int(state[0])}:{state[1]}", ex=STAFF_STATE_TTL_S)
-    except redis.RedisError:
-        pass   # said above; the next request reads the database again
+    # (not kept while Redis is down: the next request reads the database again)
+    rt.redis_outage.run(lambda: rt.redis.set(key, f"{int(state[0])}:{state[1]}",
+                                             ex=STAFF_STATE_TTL_S), lambda: None)
     return state
 
 
@@ -148,11 +143,16 @@ def set_staff_active(rt: Runtime, username: str, active: bool, *,
                      "staff_user", user.id, reason=reason,
                      details={"username": username, "role": user.role, "was_active": was})
     assert user.id is not None
-    try:
-        rt.redis.delete(_state_key(user.id))
-    except redis.RedisError as exc:
-        log.warning("redis unavailable; the account's cached state lapses within %d s: %s",
-                    STAFF_STATE_TTL_S, exc)
+    key = _state_key(user.id)
+
+    def forget() -> bool:
+        rt.redis.delete(key)
+        return True
+
+    if not rt.redis_outage.run(forget, lambda: False):
+        log.warning("Redis is unreachable: staff account %s's cached state lapses within %d s "
+                    "(until then other processes may still take its old tokens)", username,
+                    STAFF_STATE_TTL_S)
     log.info("staff account %s %s", username, "activated" if active else "deactivated")
     return user
 

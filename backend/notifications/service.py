@@ -11,6 +11,7 @@ the channel's success or failure answer, never a 500, and the audit row is kept.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -300,10 +301,33 @@ def _apply_at_once(rt: Runtime, channel: Channel, note: Notification,
     return _at_once_answer(row)
 
 
-async def open_notify_pool(rt: Runtime) -> AsyncConnectionPool:
+class NotifyPool(AsyncConnectionPool):
+    """The notification pool, which checks its idle connections as soon as one is found
+    dead: after a PostgreSQL restart every connection it held is dead, and without the
+    check each would fail a notification of its own (the general path then takes it, but
+    with one ERROR and a wasted round trip each) before the pool replaced it."""
+
+    _checking: asyncio.Task[None] | None = None
+
+    def check_soon(self) -> None:
+        """Test every idle connection now, in the background (one check at a time),
+        replacing the dead ones."""
+        if self._checking is not None and not self._checking.done():
+            return
+
+        async def check() -> None:
+            try:
+                await self.check()
+            except Exception as exc:  # the next dead connection asks again
+                log.warning("the notification pool's check failed: %s", exc)
+
+        self._checking = asyncio.get_running_loop().create_task(check())
+
+
+async def open_notify_pool(rt: Runtime) -> NotifyPool:
     """The event loop's own connections for :func:`handle_async` (autocommit; opened in the
     background, so a database that is down does not stop the service from starting)."""
-    pool = AsyncConnectionPool(
+    pool = NotifyPool(
         rt.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
         min_size=rt.settings.notify_threads, max_size=rt.settings.notify_threads, open=False,
         name="notifications", kwargs={"autocommit": True},
@@ -314,7 +338,7 @@ async def open_notify_pool(rt: Runtime) -> AsyncConnectionPool:
     return pool
 
 
-async def _apply_at_once_async(pool: AsyncConnectionPool, rt: Runtime, channel: Channel,
+async def _apply_at_once_async(pool: NotifyPool, rt: Runtime, channel: Channel,
                                note: Notification, headers: Mapping[str, str],
                                body: bytes) -> tuple[str, str] | None:
     params = _at_once_params(rt, channel, note, headers, body)
@@ -331,7 +355,7 @@ async def _apply_at_once_async(pool: AsyncConnectionPool, rt: Runtime, channel: 
     return _at_once_answer(row)
 
 
-async def handle_async(rt: Runtime, pool: AsyncConnectionPool | None, channel: Channel,
+async def handle_async(rt: Runtime, pool: NotifyPool | None, channel: Channel,
                        headers: Mapping[str, str], body: bytes) -> HttpAnswer:
     """A notification, answered on the event loop when it is the common case (verified,
     then one statement on ``pool``: no thread, one round trip); anything else — not
@@ -349,6 +373,14 @@ async def handle_async(rt: Runtime, pool: AsyncConnectionPool | None, channel: C
         except PoolTimeout:
             log.warning("%s notification: no connection of the notification pool within %s s; "
                         "the general path takes it", channel.value, NOTIFY_POOL_WAIT_S)
+        except psycopg.OperationalError as exc:
+            # the connection is gone (PostgreSQL restarted, or the network cut it): the pool
+            # drops it; its other idle connections are most likely dead too
+            log.warning("%s notification: a connection of the notification pool was lost "
+                        "(%s); the general path takes it, and the pool checks the others",
+                        channel.value, str(exc).strip().splitlines()[0][:200] if str(exc)
+                        else type(exc).__name__)
+            pool.check_soon()
         except Exception:
             log.exception("%s notification: the one-statement path failed; trying the "
                           "general path", channel.value)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 from functools import lru_cache
 
 import qrcode
@@ -16,7 +15,8 @@ import qrcode.image.svg
 import redis
 from PIL import Image
 
-log = logging.getLogger(__name__)
+from backend.cache import RedisOutage
+
 CACHE_TTL_S = 24 * 3600
 MAX_CONTENT = 1024
 
@@ -56,24 +56,22 @@ def _render(content: str, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def render(content: str, fmt: str, cache: redis.Redis | None = None) -> bytes:
+def render(content: str, fmt: str, cache: redis.Redis | None = None,
+           outage: RedisOutage | None = None) -> bytes:
+    """The QR image, from the cache when it has it (``outage``: while Redis is down the
+    cache is skipped, and the outage logged once, not per image)."""
     if fmt not in ("png", "svg"):
         raise ValueError(f"unknown QR format {fmt}")
     if len(content) > MAX_CONTENT:
         raise ValueError("QR content too long")
     key = f"qr:{fmt}:{hashlib.sha256(content.encode()).hexdigest()}"
-    if cache is not None:
-        try:
-            hit = cache.get(key)
-            if hit:
-                return bytes(hit)  # type: ignore[arg-type]
-        except redis.RedisError as exc:
-            log.warning("QR cache unavailable: %s", exc)
-            cache = None
+    if cache is None:
+        return _render(content, fmt)
+    store, guard = cache, outage or RedisOutage()
+    hit = guard.run(lambda: store.get(key), lambda: None)
+    if hit:
+        return bytes(hit)  # type: ignore[arg-type]
     image = _render(content, fmt)
-    if cache is not None:
-        try:
-            cache.set(key, image, ex=CACHE_TTL_S)
-        except redis.RedisError:
-            pass
+    if not guard.down:
+        guard.run(lambda: store.set(key, image, ex=CACHE_TTL_S), lambda: None)
     return image

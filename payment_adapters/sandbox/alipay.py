@@ -371,6 +371,10 @@ class AlipaySimulator:
         request_no = str(biz.get("out_request_no") or trade.out_trade_no)
         reason = str(biz.get("refund_reason", ""))
         result: list[Inner] = []
+        made: list[bool] = []
+        self._state.refund_seen(request_no, "call")
+        if self._state.hold_refund(Channel.ALIPAY, request_no, "before_effect"):
+            return _biz_error("ACQ.SYSTEM_ERROR", "系统错误")   # lost on its way in: not done
 
         def refund(t: SimTrade) -> None:
             total = t.paid_fen if t.paid_fen is not None else t.amount_fen
@@ -392,6 +396,7 @@ class AlipaySimulator:
             at = self._state.now()
             t.refunds.append({"out_request_no": request_no, "refund_fen": amount,
                               "reason": reason, "at": at, "done": False})
+            made.append(True)
             if self.refunds_pending:         # taken, not done: no money moved yet
                 self._pending.add(t.out_trade_no)
                 result.append(self._refund_answer(t, "N", at))
@@ -400,6 +405,9 @@ class AlipaySimulator:
             result.append(self._refund_answer(t, "Y", at))
 
         self._state.update(trade, refund)
+        if made:
+            self._state.refund_seen(request_no, "effect")
+        self._state.hold_refund(Channel.ALIPAY, request_no, "after_effect")
         return result[0]
 
     def _refund_answer(self, trade: SimTrade, fund_change: str, at: datetime) -> Inner:
@@ -412,6 +420,8 @@ class AlipaySimulator:
         if trade is None:
             return _biz_error("ACQ.TRADE_NOT_EXIST", "交易不存在")
         request_no = biz.get("out_request_no")
+        if isinstance(request_no, str):
+            self._state.refund_seen(request_no, "query")
         found = next((r for r in trade.refunds if r["out_request_no"] == request_no), None)
         if found is None:                    # Alipay answers success with no refund data
             return _ok(out_trade_no=trade.out_trade_no)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
@@ -51,6 +51,11 @@ class FaultCommand(BaseModel):
     error_after_effect: bool | None = None
     other_refund_record: bool | None = None
     corrupt_statement: bool | None = None
+    hold_refunds: Literal["before_effect", "after_effect", ""] | None = Field(
+        default=None, description="refund calls wait before (then dropped undone) or after "
+                                  "doing the refund, until this is cleared (empty)")
+    hold_s: float | None = Field(default=None, ge=0, le=600,
+                                 description="the longest a held refund call waits")
 
 
 def _trade_json(trade: Any) -> dict[str, Any]:
@@ -130,17 +135,30 @@ def control_router(state: SandboxState, sims: Sequence[ChannelSimulator], *,
     def faults(cmd: FaultCommand) -> dict[str, Any]:
         f = state.faults[cmd.channel]
         for name in ("timeout", "query_not_found", "garbage", "hang_s", "error_after_effect",
-                     "other_refund_record", "corrupt_statement"):
+                     "other_refund_record", "corrupt_statement", "hold_s"):
             value = getattr(cmd, name)
             if value is not None:
                 setattr(f, name, value)
         if cmd.answer_error is not None:
             f.answer_error = cmd.answer_error or None
+        if cmd.hold_refunds is not None:
+            state.set_hold(cmd.channel, cmd.hold_refunds or None)
         return {"channel": cmd.channel, "timeout": f.timeout,
                 "query_not_found": f.query_not_found, "garbage": f.garbage, "hang_s": f.hang_s,
                 "answer_error": f.answer_error, "error_after_effect": f.error_after_effect,
                 "other_refund_record": f.other_refund_record,
-                "corrupt_statement": f.corrupt_statement}
+                "corrupt_statement": f.corrupt_statement, "hold_refunds": f.hold_refunds,
+                "hold_s": f.hold_s}
+
+    @router.get("/refunds/{out_refund_no}")
+    def refund_calls(out_refund_no: str) -> dict[str, Any]:
+        """What the channel saw of a refund number (the channel's own: WeChat out_refund_no,
+        Alipay out_request_no, ChinaUMS refundOrderId): refund calls, refunds done (a repeat
+        does none), queries, and calls held now by the hold_refunds switch."""
+        seen = state.refund_calls(out_refund_no)
+        if seen is None:
+            raise HTTPException(404, f"the simulator saw no refund {out_refund_no}")
+        return {"out_refund_no": out_refund_no, **vars(seen)}
 
     @router.get("/trades/{out_trade_no}")
     def trade(out_trade_no: str) -> dict[str, Any]:

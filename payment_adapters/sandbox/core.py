@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 SimState = Literal["pending", "paid", "closed", "refunded"]
+# Where a held refund call waits (the ``hold_refunds`` fault): before the channel does the
+# refund, or after it did it and before it answers.
+RefundHold = Literal["before_effect", "after_effect"]
 
 
 @dataclass
@@ -65,6 +68,22 @@ class Faults:
     # a statement download delivers a file changed on the way (one byte of the bill altered,
     # still well-formed compression), which the channel's check must catch
     corrupt_statement: bool = False
+    # refund calls wait until released (the switch cleared) — before doing the refund (one
+    # released then is dropped undone, as a request lost on its way in: it answers a system
+    # error) or after doing it (released, it answers as usual) — at most hold_s seconds.
+    # A test kills the caller while the call waits: a refund that did, or did not, happen.
+    hold_refunds: RefundHold | None = None
+    hold_s: float = 30.0
+
+
+@dataclass
+class RefundCalls:
+    """What the channel saw of one refund number (``GET /sandbox/refunds/{no}``)."""
+
+    calls: int = 0       # refund requests under this number that reached the channel
+    effects: int = 0     # of them, the ones that made the refund (a repeat makes none)
+    queries: int = 0     # refund queries about it
+    held: int = 0        # calls waiting now on the hold_refunds switch
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,8 @@ class SandboxState:
         self._trades: dict[tuple[Channel, str], SimTrade] = {}
         self.faults: dict[Channel, Faults] = {c: Faults() for c in Channel}
         self._seq = 0
+        self._refunds: dict[str, RefundCalls] = {}
+        self._gates: dict[Channel, threading.Event] = {c: threading.Event() for c in Channel}
 
     def now(self) -> datetime:
         """The business clock, to the second (channels report whole seconds)."""
@@ -169,6 +190,51 @@ class SandboxState:
         if faults.timeout:
             time.sleep(faults.hang_s)
 
+    # ------------------------------------------------------------------ refund calls
+    def refund_seen(self, out_refund_no: str, what: Literal["call", "effect", "query"]) -> None:
+        """Count a refund call, a refund done, or a refund query, under the channel's own
+        refund number (WeChat out_refund_no, Alipay out_request_no, ChinaUMS refundOrderId)."""
+        with self._lock:
+            seen = self._refunds.setdefault(out_refund_no, RefundCalls())
+            if what == "call":
+                seen.calls += 1
+            elif what == "effect":
+                seen.effects += 1
+            else:
+                seen.queries += 1
+
+    def refund_calls(self, out_refund_no: str) -> RefundCalls | None:
+        with self._lock:
+            seen = self._refunds.get(out_refund_no)
+            return RefundCalls(**vars(seen)) if seen is not None else None
+
+    def hold_refund(self, channel: Channel, out_refund_no: str, stage: RefundHold) -> bool:
+        """Wait here while the channel's ``hold_refunds`` switch is at ``stage``, until it is
+        cleared (or ``hold_s`` passed); True if the call waited. (Called in a thread of the
+        server's pool, never on its event loop.)"""
+        faults = self.faults[channel]
+        with self._lock:
+            if faults.hold_refunds != stage:
+                return False
+            gate = self._gates[channel]
+            seen = self._refunds.setdefault(out_refund_no, RefundCalls())
+            seen.held += 1
+        log.info("sandbox %s: refund %s held %s", channel.value, out_refund_no, stage)
+        try:
+            gate.wait(faults.hold_s)
+        finally:
+            with self._lock:
+                seen.held -= 1
+        return True
+
+    def set_hold(self, channel: Channel, stage: RefundHold | None) -> None:
+        """Set the ``hold_refunds`` switch; clearing it releases the calls waiting on it."""
+        with self._lock:
+            self.faults[channel].hold_refunds = stage
+            if stage is None:
+                self._gates[channel].set()
+                self._gates[channel] = threading.Event()
+
     def mark_paid(self, trade: SimTrade, opts: PayOptions, transaction_id: str) -> bool:
         """Pay a trade once; a second pay of a paid trade only re-sends its notification."""
         with self._lock:
@@ -185,7 +251,11 @@ class SandboxState:
     def clear(self) -> None:
         with self._lock:
             self._trades.clear()
+            self._refunds.clear()
             self.faults = {c: Faults() for c in Channel}
+            for gate in self._gates.values():
+                gate.set()
+            self._gates = {c: threading.Event() for c in Channel}
 
 
 def deliver(note: OutgoingNotification, *, timeout_s: float = 10.0) -> tuple[int, str]:

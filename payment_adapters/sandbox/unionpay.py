@@ -268,10 +268,12 @@ class UnionpaySimulator:
                 "billQRCode": trade.extra["billQRCode"]}
 
     def _query(self, req: dict[str, Any]) -> dict[str, Any]:
-        if self._state.faults[self.channel].query_not_found:
-            raise _Refused("NO_ORDER", _ERROR_MESSAGES["NO_ORDER"])
         refund_order_id = (self._bill_no(req, "refundOrderId") if "refundOrderId" in req
                            else None)
+        if refund_order_id is not None:
+            self._state.refund_seen(refund_order_id, "query")
+        if self._state.faults[self.channel].query_not_found:
+            raise _Refused("NO_ORDER", _ERROR_MESSAGES["NO_ORDER"])
         trade = self._trade(req, "NO_BILL")
         fields = self._bill_fields(trade)
         record = next((r for r in trade.refunds if r["refundOrderId"] == refund_order_id), None)
@@ -306,6 +308,9 @@ class UnionpaySimulator:
         refund_order_id = self._bill_no(req, "refundOrderId")
         amount = _fen(req.get("refundAmount"), "refundAmount")
         found: list[dict[str, Any]] = []
+        self._state.refund_seen(refund_order_id, "call")
+        if self._state.hold_refund(self.channel, refund_order_id, "before_effect"):
+            raise _Refused("SYSTEM_BUSY", _ERROR_MESSAGES["SYSTEM_BUSY"])   # lost: not done
 
         def refund(t: SimTrade) -> None:
             if any(done["refundOrderId"] == refund_order_id for done in t.refunds):
@@ -327,6 +332,8 @@ class UnionpaySimulator:
             found.append(record)
 
         self._state.update(trade, refund)
+        self._state.refund_seen(refund_order_id, "effect")
+        self._state.hold_refund(self.channel, refund_order_id, "after_effect")
         done = found[0]
         return {"billNo": trade.out_trade_no, "billDate": trade.extra["billDate"],
                 "billStatus": _STATUS[trade.state], "refundOrderId": refund_order_id,

@@ -598,7 +598,11 @@ class WechatSimulator:
         trade = self.state.get(Channel.WECHAT, no)
         if trade is None:
             raise _Refusal(404, "RESOURCE_NOT_EXISTS", "订单不存在")
+        self.state.refund_seen(out_refund_no, "call")
+        if self.state.hold_refund(Channel.WECHAT, out_refund_no, "before_effect"):
+            raise _Refusal(500, "SYSTEM_ERROR", "系统错误")     # lost on its way in: not done
         record: dict[str, Any] = {}
+        made: list[bool] = []
         refund_id = f"5030{_digits(self.state.next_seq(), 25)}"   # not inside update(): same lock
         status = "PROCESSING" if self.refunds_processing else "SUCCESS"
 
@@ -630,6 +634,7 @@ class WechatSimulator:
             t.refunds.append(dict(record))
             t.refunded_fen += refund_fen
             t.state = "refunded"
+            made.append(True)
 
         with self._refund_lock:
             # 商户退款单号 is unique per merchant, not per trade.
@@ -638,6 +643,9 @@ class WechatSimulator:
                 raise _Refusal(400, "INVALID_REQUEST", "退款单号已用于其他订单")
             self.state.update(trade, apply)
             self._refund_trades[out_refund_no] = no
+        if made:
+            self.state.refund_seen(out_refund_no, "effect")
+        self.state.hold_refund(Channel.WECHAT, out_refund_no, "after_effect")
         return 200, self._refund_json(trade, record)
 
     def _find_refund(self, out_refund_no: str) -> tuple[SimTrade, dict[str, Any]] | None:
@@ -652,6 +660,7 @@ class WechatSimulator:
         return (trade, found[0]) if found else None
 
     def _query_refund(self, out_refund_no: str) -> tuple[int, Mapping[str, Any]]:
+        self.state.refund_seen(out_refund_no, "query")
         found = self._find_refund(out_refund_no)
         if found is None:
             raise _Refusal(404, "RESOURCE_NOT_EXISTS", "退款单不存在")

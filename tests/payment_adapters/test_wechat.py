@@ -942,6 +942,66 @@ def test_query_of_an_unknown_refund_says_so(env: Env) -> None:
     assert result.state == "not_found"   # the refund service then sends it again
 
 
+def test_held_refund_calls_and_what_the_channel_saw(env: Env) -> None:
+    """The hold_refunds switch (tests/faults kill the caller while a call waits on it):
+    held before the refund, a released call is dropped undone; held after it, the refund is
+    done and the answer comes on release. GET /sandbox/refunds/{no} counts what WeChat saw."""
+    import threading
+
+    no = "HD2021000001"
+    env.client.create(order(env, no))
+    env.pay(no)
+
+    def seen(refund_no: str) -> dict[str, Any]:
+        r = httpx.get(f"{env.base}/sandbox/refunds/{refund_no}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def held_call(req: RefundRequest, outcome: list[Any]) -> threading.Thread:
+        def call() -> None:
+            try:
+                outcome.append(env.client.refund(req))
+            except Exception as exc:   # noqa: BLE001  (the outcome is what is looked at)
+                outcome.append(exc)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        for _ in range(200):
+            if httpx.get(f"{env.base}/sandbox/refunds/{req.out_refund_no}").json().get("held"):
+                return thread
+            thread.join(0.02)
+        raise AssertionError("the refund call was never held")
+
+    assert httpx.get(f"{env.base}/sandbox/refunds/HDRF1").status_code == 404
+    req = RefundRequest(out_trade_no=no, out_refund_no="HDRF1", total_fen=38000,
+                        refund_fen=10000, reason="误缴")
+    env.faults(hold_refunds="before_effect")
+    outcome: list[Any] = []
+    thread = held_call(req, outcome)
+    assert seen("HDRF1") == {"out_refund_no": "HDRF1", "calls": 1, "effects": 0,
+                             "queries": 0, "held": 1}
+    env.faults(hold_refunds="")
+    thread.join(10)
+    assert isinstance(outcome[0], ChannelError)            # dropped: not done
+    assert env.client.query_refund(req).state == "not_found"
+    assert seen("HDRF1") == {"out_refund_no": "HDRF1", "calls": 1, "effects": 0,
+                             "queries": 1, "held": 0}
+
+    env.faults(hold_refunds="after_effect")
+    outcome = []
+    thread = held_call(req, outcome)
+    trade = env.state.get(Channel.WECHAT, no)
+    assert trade is not None and trade.refunded_fen == 10000      # done while held
+    assert env.client.query_refund(req).state == "success"
+    env.faults(hold_refunds="")
+    thread.join(10)
+    assert outcome[0].state == "success"
+    env.client.refund(req)                                      # a repeat: no second refund
+    assert seen("HDRF1") == {"out_refund_no": "HDRF1", "calls": 3, "effects": 1,
+                             "queries": 2, "held": 0}
+    assert trade.refunded_fen == 10000
+
+
 # ====================================================================== what WeChat refuses
 def signed_request(env: Env, method: str, path: str,
                    body: dict[str, Any] | None = None) -> httpx.Response:
