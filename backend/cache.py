@@ -108,11 +108,10 @@ def make_redis(url: str) -> redis.Redis:
 class RateLimiter:
     """Fixed-window counters: ``hit`` counts an event, ``exceeded`` tells if a key is over."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "rl",
-                 outage: RedisOutage | None = None) -> None:
+    def __init__(self, client: redis.Redis, outage: RedisOutage, prefix: str = "rl") -> None:
         self.client = client
         self.prefix = prefix
-        self.outage = outage or RedisOutage()
+        self.outage = outage
         self._fallback: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
     def _run(self, fn: Any) -> Any:

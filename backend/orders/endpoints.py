@@ -90,7 +90,8 @@ async def qr_image(token: str, fmt: str, rt: RuntimeDep) -> Response:
     if fmt not in ("png", "svg"):
         raise NotFound("QR images are .png or .svg")
     content = await run_in_threadpool(scan.qr_content_for_token, rt, token)
-    image = await run_in_threadpool(qr.render, content, fmt, rt.redis, rt.redis_outage)
+    image = await run_in_threadpool(qr.render, content, fmt,
+                                     (rt.redis, rt.redis_outage))
     return Response(content=image, media_type="image/png" if fmt == "png" else "image/svg+xml",
                     headers={"Cache-Control": "private, max-age=60"})
 

@@ -56,10 +56,10 @@ def _render(content: str, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def render(content: str, fmt: str, cache: redis.Redis | None = None,
-           outage: RedisOutage | None = None) -> bytes:
-    """The QR image, from the cache when it has it (``outage``: while Redis is down the
-    cache is skipped, and the outage logged once, not per image)."""
+def render(content: str, fmt: str,
+           cache: tuple[redis.Redis, RedisOutage] | None = None) -> bytes:
+    """The QR image, from ``cache`` (Redis and the process's outage state) when it has it;
+    while Redis is down the cache is skipped, and the outage logged once, not per image."""
     if fmt not in ("png", "svg"):
         raise ValueError(f"unknown QR format {fmt}")
     if len(content) > MAX_CONTENT:
@@ -67,7 +67,7 @@ def render(content: str, fmt: str, cache: redis.Redis | None = None,
     key = f"qr:{fmt}:{hashlib.sha256(content.encode()).hexdigest()}"
     if cache is None:
         return _render(content, fmt)
-    store, guard = cache, outage or RedisOutage()
+    store, guard = cache
     hit = guard.run(lambda: store.get(key), lambda: None)
     if hit:
         return bytes(hit)  # type: ignore[arg-type]
