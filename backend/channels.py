@@ -31,6 +31,7 @@ from payment_adapters.base import (
     WechatConfig,
     real_clock,
 )
+from payment_adapters.pem import private_key
 from payment_adapters.sandbox.core import ChannelSimulator, SandboxState
 
 # API channel name → (channel, trade kind); aggregate_qr picks its channel when scanned.
@@ -67,8 +68,7 @@ def _private_pem(path: Path) -> str:
 
 
 def public_pem_of(private_pem: str) -> str:
-    key = serialization.load_pem_private_key(private_pem.encode(), password=None)
-    return key.public_key().public_bytes(
+    return private_key(private_pem).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
@@ -131,7 +131,7 @@ class Channels:
                             "wechat_platform_cert_key.pem")
         folder = self._wechat_certs_dir
         folder.mkdir(parents=True, exist_ok=True)
-        public = serialization.load_pem_private_key(key_pem.encode(), password=None).public_key()
+        public = private_key(key_pem).public_key()
         now = datetime.now(UTC)     # certificates are valid in real time, not business time
         for path in sorted(folder.glob("*.pem")):
             try:

@@ -39,12 +39,13 @@ from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from payment_adapters.base import AlipayConfig, Channel
+from payment_adapters.pem import rsa_private_key
 from payment_adapters.sandbox.bills import DownloadLinks, active_on, damaged
 from payment_adapters.sandbox.core import (
     OutgoingNotification,
@@ -567,7 +568,4 @@ class AlipaySimulator:
 
 
 def _rsa_private(pem: str) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("not an RSA private key")
-    return key
+    return rsa_private_key(pem, "an Alipay key")

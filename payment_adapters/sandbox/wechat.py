@@ -57,6 +57,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from payment_adapters.base import Channel, WechatConfig
+from payment_adapters.pem import rsa_private_key
 from payment_adapters.sandbox.bills import DownloadLinks, active_on, damaged
 from payment_adapters.sandbox.core import (
     OutgoingNotification,
@@ -116,10 +117,7 @@ def _rfc3339(moment: datetime) -> str:
 
 
 def _private_key(pem: str) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("WeChat Pay keys are RSA")
-    return key
+    return rsa_private_key(pem, "a WeChat Pay key")
 
 
 def _sign(key: rsa.RSAPrivateKey, message: bytes) -> str:

@@ -32,8 +32,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from payment_adapters.base import (
     Channel,
@@ -53,6 +53,7 @@ from payment_adapters.base import (
     WechatConfig,
     real_clock,
 )
+from payment_adapters.pem import rsa_private_key
 from payment_adapters.wechat.keys import SIGNATURE_TYPE, WechatPayKeys
 
 CST = timezone(timedelta(hours=8))     # WeChat writes every time as RFC3339 in +08:00
@@ -188,11 +189,8 @@ class WechatPayClient:
         self.config = config
         self._clock = clock          # the business clock: which bills are published
                                      # (signature timestamps stay real time)
-        key = serialization.load_pem_private_key(config.mch_private_key_pem.encode(),
-                                                 password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError("the merchant API key (apiclient_key.pem) must be RSA")
-        self._merchant_key = key
+        self._merchant_key = rsa_private_key(config.mch_private_key_pem,
+                                             "the merchant API key (apiclient_key.pem)")
         self.keys = WechatPayKeys.from_config(config)
         self._base = httpx.URL(config.base_url.rstrip("/"))
         # The gateway's own path (the simulator's /sandbox/wechat) is not part of what WeChat
