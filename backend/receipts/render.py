@@ -1,0 +1,594 @@
+"""A receipt (缴费凭证) as files: PDF and PNG for 58 mm roll paper, in Chinese.
+
+One layout, made in printer dots, drawn twice:
+
+- the PNG is what a 203-dpi thermal printer prints on 58 mm paper: 384 dots wide (48 mm
+  printable), as long as the receipt, 1-bit black and white (a thermal head has no grey), text
+  drawn without anti-aliasing;
+- the PDF page is 58 mm wide (5 mm margins, the same 48 mm of content), as long as the
+  receipt, the text real text (copyable, read back by tests) in the CJK font embedded and
+  subset by fpdf2, the QR code drawn as vector rectangles.
+
+The font is ``settings.pdf_font_path`` (Debian's fonts-wqy-microhei by default), as for the
+publications; without it both files raise ``FontUnavailable`` (503 ``pdf_font_unavailable``).
+
+The view is masked already (``张*``, ``370406********1234``); as a second line of defence an
+identity number without a ``*`` is masked again here, so no full number is ever printed.
+Amounts are integer fen, printed as yuan by ``backend.money.yuan`` (no float anywhere).
+
+Speed (bench/receipt_render.py): PIL fonts are loaded once per size; the PDF font is parsed
+once per process (and first cut down to the GB2312 characters, which makes fpdf2's subsetting
+of each file about three times cheaper; a text outside them uses the whole font); the QR
+matrix of a URL is cached, so the PDF and PNG of one receipt encode it once.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+import qrcode
+from fontTools import subset as ftsubset
+from fontTools import ttLib
+from fpdf import FPDF
+from fpdf.fonts import SubsetMap, TTFFont
+from PIL import Image, ImageDraw, ImageFont
+
+from backend.clock import SHANGHAI
+from backend.money import yuan
+from backend.publications.pdf import FontUnavailable
+from backend.receipts.view import CHANNEL_LABELS, INSURANCE_LABELS, ReceiptItem, ReceiptView
+from backend.security.pii import mask_id_number
+
+__all__ = ["DPI", "WIDTH", "PAGE_MM", "FontUnavailable", "render_pdf", "render_png",
+           "capital_yuan"]
+
+DPI = 203
+WIDTH = 384                       # dots: 48 mm, the printable width of 58 mm paper
+PAGE_MM = 58.0
+MM = 25.4 / DPI                   # one dot in mm
+SIDE_MM = (PAGE_MM - WIDTH * MM) / 2    # the PDF's left and right margin (≈ 5 mm)
+TOP_MM, BOTTOM_MM = 4.0, 6.0
+PAD = 12                          # the PNG's blank dots above and below the content
+
+# type sizes in dots (24 dots is the thermal printers' own CJK size: 16 characters a line)
+HEAD, TITLE, TOTAL, BODY, SMALL, TINY = 34, 27, 28, 23, 20, 18
+LABEL_W = 5 * BODY + 8            # the field labels' column: 纸质收据号 is five characters
+FONT = "cjk"
+
+# punctuation never put first on a line (禁则)
+NO_LINE_START = frozenset("，。、；：！？）」』】》,.;:!?)%")
+
+TITLE_TEXT = "城乡居民基本养老、医疗保险"
+HEAD_TEXT = "缴费凭证"
+VERIFY_TEXT = "扫码核验"
+REFUNDED_TEXT = "已退款"
+
+
+# --- the layout, in dots ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    x: int                        # left edge, right edge or centre (align l, r, c)
+    y: int                        # baseline
+    size: int
+    s: str
+    align: str = "l"
+    white: bool = False           # on a black bar
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    y: int
+    dashed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Bar:                       # a black band (the refund section's heading)
+    y: int
+    h: int
+
+
+@dataclass(frozen=True, slots=True)
+class _QR:
+    x: int
+    y: int
+    box: int                      # dots per module
+    matrix: tuple[bytes, ...]      # one byte a module, 1 = dark
+
+
+_Op = _Text | _Rule | _Bar | _QR
+
+
+@lru_cache(maxsize=32)
+def _pil_font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    # a .ttc holds several faces: index 0 is WenQuanYi Micro Hei
+    return ImageFont.truetype(path, size, index=0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Glyph:
+    advance: float                # dots to the next character's origin
+    dx: int                       # the bitmap's top left from the origin on the baseline
+    dy: int
+    mask: Image.Image | None      # 1-bit, None for a blank (space)
+
+
+@lru_cache(maxsize=8192)
+def _glyph(path: str, size: int, ch: str) -> _Glyph:
+    """One character drawn once (1-bit, no anti-aliasing) and kept: a receipt is a few
+    hundred characters of a few hundred distinct ones, and pasting a kept bitmap costs a
+    fraction of FreeType drawing it again (drawing whole lines took most of the PNG's time)."""
+    font = _pil_font(path, size)
+    x0, y0, x1, y1 = (int(v) for v in font.getbbox(ch, anchor="ls"))
+    mask = None
+    if x1 > x0 and y1 > y0:
+        mask = Image.new("1", (x1 - x0, y1 - y0), 0)
+        draw = ImageDraw.Draw(mask)
+        draw.fontmode = "1"
+        draw.text((-x0, -y0), ch, fill=1, font=font, anchor="ls")
+    return _Glyph(font.getlength(ch), x0, y0, mask)
+
+
+def _text_width(path: str, size: int, s: str) -> float:
+    """The width of ``s`` as drawn (character by character: no kerning, as in the PDF)."""
+    return sum(_glyph(path, size, ch).advance for ch in s)
+
+
+class _Layout:
+    """Lines placed top to bottom; text measured with the PIL font (the PDF's advance widths
+    are the same font's, so what fits here fits there)."""
+
+    def __init__(self, font_path: str):
+        self.path = font_path
+        self.ops: list[_Op] = []
+        self.y = 0
+
+    def width(self, s: str, size: int) -> float:
+        return _text_width(self.path, size, s)
+
+    def wrap(self, s: str, size: int, width: float) -> list[str]:
+        """Lines of ``s`` no wider than ``width``, broken between characters (Chinese has no
+        spaces to break at; the numbers printed here fit a line)."""
+        if self.width(s, size) <= width:
+            return [s]
+        lines, line, w = [], "", 0.0
+        for ch in s:
+            advance = self.width(ch, size)
+            if line and w + advance > width:
+                carry = ""
+                if ch in NO_LINE_START and len(line) > 1:
+                    line, carry = line[:-1], line[-1]   # 室（低保、特困人员代缴 / 人员代缴）
+                lines.append(line)
+                line = (carry + ch).lstrip()
+                w = self.width(line, size)
+            else:
+                line += ch
+                w += advance
+        return [*lines, line] if line else lines
+
+    def line(self, s: str, size: int, align: str = "l", x: int = 0, gap: float = 1.3) -> None:
+        for part in self.wrap(s, size, WIDTH - x):
+            self.y += round(size * gap)
+            pos = {"l": x, "c": WIDTH // 2, "r": WIDTH}[align]
+            self.ops.append(_Text(pos, self.y, size, part, align))
+
+    def field(self, label: str, value: str, size: int = BODY) -> None:
+        """``label`` in the left column, ``value`` beside it (wrapped within its column)."""
+        parts = self.wrap(value, size, WIDTH - LABEL_W)
+        for i, part in enumerate(parts):
+            self.y += round(size * 1.35)
+            if i == 0:
+                self.ops.append(_Text(0, self.y, size, label))
+            self.ops.append(_Text(LABEL_W, self.y, size, part))
+
+    def pair(self, left: str, right: str, size: int = BODY, indent: int = 0) -> None:
+        """``left`` at the left, ``right`` at the right edge; on a line of its own under
+        ``left`` when both do not fit."""
+        lines = self.wrap(left, size, WIDTH - indent)
+        for part in lines:
+            self.y += round(size * 1.35)
+            self.ops.append(_Text(indent, self.y, size, part))
+        if self.width(lines[-1], size) + indent + size + self.width(right, size) > WIDTH:
+            self.y += round(size * 1.35)
+        self.ops.append(_Text(WIDTH, self.y, size, right, "r"))
+
+    def rule(self, dashed: bool = True) -> None:
+        self.y += 12
+        self.ops.append(_Rule(self.y, dashed))
+        self.y += 4
+
+    def space(self, dots: int) -> None:
+        self.y += dots
+
+    def bar(self, s: str, size: int) -> None:
+        h = round(size * 1.6)
+        self.y += 8
+        self.ops.append(_Bar(self.y, h))
+        self.ops.append(_Text(WIDTH // 2, self.y + round(h * 0.5 + size * 0.36), size, s,
+                              "c", white=True))
+        self.y += h
+
+    def qr(self, content: str) -> None:
+        matrix = _qr_matrix(content)
+        box = max(2, min(6, WIDTH // (len(matrix) + 4)))  # the paper's margin adds quiet zone
+        side = box * len(matrix)
+        self.y += 8
+        self.ops.append(_QR((WIDTH - side) // 2, self.y, box, matrix))
+        self.y += side
+
+
+@lru_cache(maxsize=256)
+def _qr_matrix(content: str) -> tuple[bytes, ...]:
+    """The QR code's modules with a 2-module quiet zone inside the image (the paper's margins
+    add more). Level M (15 % of the code may be smudged or folded: it is paper); a fixed mask
+    pattern, as in backend/orders/qr.py: choosing the best of eight costs most of the time,
+    and every reader decodes any of them."""
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=2,
+                         mask_pattern=2)
+    code.add_data(content)
+    code.make(fit=True)
+    return tuple(bytes(row) for row in code.get_matrix())
+
+
+def _id(number: str | None) -> str | None:
+    """An identity number as printed: masked, whatever the caller passed."""
+    if not number or "*" in number:
+        return number
+    return mask_id_number(number)
+
+
+def _time(at: datetime) -> str:
+    return at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _money(fen: int) -> str:
+    return f"{yuan(fen, thousands=True)}元"
+
+
+DIGITS = "零壹贰叁肆伍陆柒捌玖"
+
+
+def _capital_int(n: int) -> str:
+    """An integer amount of yuan in capital numerals: 10500 → 壹万零伍佰."""
+    if n == 0:
+        return "零"
+    groups = []
+    while n:
+        n, g = divmod(n, 10000)
+        groups.append(g)
+    out, zero = "", False
+    for gi in range(len(groups) - 1, -1, -1):
+        g = groups[gi]
+        if g == 0:
+            zero = bool(out)
+            continue
+        if out and (zero or g < 1000):
+            out += "零"
+        part, pending, started = "", False, False
+        for pos in (3, 2, 1, 0):
+            d = g // 10 ** pos % 10
+            if d == 0:
+                pending = started
+                continue
+            if pending:
+                part += "零"
+                pending = False
+            part += DIGITS[d] + ("", "拾", "佰", "仟")[pos]
+            started = True
+        out += part + ("", "万", "亿", "万亿")[gi]
+        zero = False
+    return out
+
+
+def capital_yuan(fen: int) -> str:
+    """An amount in fen as the capital numerals of a Chinese receipt (大写), integer
+    arithmetic only: 146000 → 壹仟肆佰陆拾元整, 38050 → 叁佰捌拾元伍角, 38005 →
+    叁佰捌拾元零伍分, 1 → 壹分."""
+    if fen < 0:
+        raise ValueError("a receipt's amount is not negative")
+    whole, cents = divmod(fen, 100)
+    jiao, f = divmod(cents, 10)
+    if cents == 0:
+        return f"{_capital_int(whole)}元整"
+    out = f"{_capital_int(whole)}元" if whole else ""
+    if jiao:
+        out += DIGITS[jiao] + "角"
+    elif whole:
+        out += "零"
+    if f:
+        out += DIGITS[f] + "分"
+    return out
+
+
+def _layout(view: ReceiptView, font_path: str) -> _Layout:
+    lay = _Layout(font_path)
+    lay.line(TITLE_TEXT, TITLE, "c")
+    lay.line(HEAD_TEXT, HEAD, "c", gap=1.25)
+    lay.rule(dashed=False)
+    lay.field("凭证号", view.receipt_no)
+    lay.field("缴费年度", f"{view.year}年度")
+    lay.field("缴费单位" if view.kind == "department" else "缴费人", view.payer_name)
+    payer_id = _id(view.payer_id_number_masked)
+    if payer_id:
+        lay.field("证件号码", payer_id)
+    lay.rule()
+    lay.pair("缴费项目", "金额", SMALL)
+    def whose(item: ReceiptItem) -> str:
+        return " ".join(p for p in (item.name, _id(item.id_number_masked)) if p)
+
+    # a household's items go under each resident's line; one person's items need none
+    payer = " ".join(p for p in (view.payer_name, payer_id) if p)
+    several = any(whose(i) not in ("", payer) for i in view.items)
+    shown = "" if several else payer
+    for item in view.items:
+        who = whose(item)
+        if who and who != shown:
+            lay.line(who, SMALL)
+            shown = who
+        label = INSURANCE_LABELS.get(item.insurance, item.insurance)
+        if view.kind == "department" or item.count != 1:
+            label += f" {item.count}人"
+        lay.pair(label, _money(item.amount_fen), BODY, indent=SMALL if several else 0)
+    lay.rule()
+    lay.pair("合计", _money(view.amount_fen), TOTAL)
+    if view.amount_fen >= 0:
+        lay.line(f"大写 人民币{capital_yuan(view.amount_fen)}", SMALL)
+    lay.rule()
+    lay.field("缴费渠道", CHANNEL_LABELS.get(view.channel, view.channel))
+    lay.field("缴费时间", _time(view.paid_at))
+    lay.field("业务日期", view.business_date.isoformat())
+    lay.field("订单号", view.order_no)
+    if view.agent:
+        lay.field("代办员", view.agent)
+    if view.paper_receipt_no:
+        lay.field("纸质收据号", view.paper_receipt_no)
+    if view.verify_url:
+        lay.rule()
+        lay.qr(view.verify_url)
+        lay.line(VERIFY_TEXT, BODY, "c")
+        lay.line("微信或浏览器扫码，核对本凭证真伪及退款情况", TINY, "c")
+    if view.refunded_fen > 0:
+        # shown beside the receipt, never in it: the lines above are the receipt as issued
+        lay.space(10)
+        lay.bar(REFUNDED_TEXT, TITLE)
+        lay.pair("退款合计", _money(view.refunded_fen), BODY)
+        for refund in view.refunds:
+            lay.pair(_time(refund.refunded_at), _money(refund.amount_fen), SMALL)
+            if refund.reason:
+                lay.line(f"原因：{refund.reason}", SMALL, x=SMALL)
+        lay.line("以上为凭证签发后的退款，凭证原内容不变", TINY)
+        lay.rule(dashed=False)
+    lay.space(round(BODY * 0.5))
+    return lay
+
+
+def _font_path(font_path: Path | None) -> Path:
+    if font_path is None:
+        from backend.config import get_settings
+
+        font_path = get_settings().pdf_font_path
+    if not font_path.is_file():
+        raise FontUnavailable(f"the receipt's CJK font {font_path} is not installed "
+                              f"(PDF_FONT_PATH; Debian: apt-get install fonts-wqy-microhei)")
+    return font_path
+
+
+def _texts(ops: list[_Op]) -> Iterator[str]:
+    return (op.s for op in ops if isinstance(op, _Text))
+
+
+# --- PNG ------------------------------------------------------------------------------
+
+def render_png(view: ReceiptView, *, font_path: Path | None = None) -> bytes:
+    """The receipt for a 203-dpi thermal printer on 58 mm paper: a 1-bit PNG 384 dots
+    (``WIDTH``) wide and as long as the receipt, 203 dpi recorded in it."""
+    path = str(_font_path(font_path))
+    lay = _layout(view, path)
+    height = lay.y + 2 * PAD
+    img = Image.new("1", (WIDTH, height), 1)
+    draw = ImageDraw.Draw(img)
+    for op in lay.ops:
+        if isinstance(op, _Text):
+            _draw_text(img, path, op, PAD)
+        elif isinstance(op, _Rule):
+            y = op.y + PAD
+            if op.dashed:
+                for x in range(0, WIDTH, 8):
+                    draw.line((x, y, x + 4, y), fill=0, width=2)
+            else:
+                draw.line((0, y, WIDTH - 1, y), fill=0, width=2)
+        elif isinstance(op, _Bar):
+            draw.rectangle((0, op.y + PAD, WIDTH - 1, op.y + PAD + op.h - 1), fill=0)
+        else:
+            img.paste(_qr_image(op.matrix, op.box), (op.x, op.y + PAD))
+    buf = io.BytesIO()
+    # zlib level 1: a tenth of the default's time, and a 1-bit receipt is small either way
+    img.save(buf, format="PNG", dpi=(DPI, DPI), compress_level=1)
+    return buf.getvalue()
+
+
+def _draw_text(img: Image.Image, path: str, op: _Text, top: int) -> None:
+    """``op``'s text pasted glyph by glyph from the kept bitmaps."""
+    glyphs = [_glyph(path, op.size, ch) for ch in op.s]
+    x = float(op.x)
+    if op.align != "l":
+        width = sum(g.advance for g in glyphs)
+        x -= width if op.align == "r" else width / 2
+    ink, y = (1 if op.white else 0), op.y + top
+    for g in glyphs:
+        if g.mask is not None:
+            left, upper = round(x) + g.dx, y + g.dy
+            img.paste(ink, (left, upper, left + g.mask.width, upper + g.mask.height), g.mask)
+        x += g.advance
+
+
+# a row of the matrix (one byte a module, 1 = dark) as grey levels: dark black
+_DARK = bytes.maketrans(b"\x00\x01", b"\xff\x00")
+
+
+def _qr_image(matrix: tuple[bytes, ...], box: int) -> Image.Image:
+    n = len(matrix)
+    raw = b"".join(matrix).translate(_DARK)
+    return Image.frombytes("L", (n, n), raw).resize((n * box, n * box),
+                                                     Image.Resampling.NEAREST).convert("1")
+
+
+# --- PDF ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _PdfFont:
+    """A CJK font parsed once: fpdf2's TTFFont (metrics, the character map) and the font
+    file's bytes. Each document gets a copy with its own fontTools font (fpdf2 subsets that
+    in place when it writes the file) and its own subset map."""
+
+    template: TTFFont
+    data: bytes
+    chars: frozenset[int]
+
+    def for_document(self) -> TTFFont:
+        font = copy.copy(self.template)
+        font.ttfont = ttLib.TTFont(io.BytesIO(self.data), recalcTimestamp=False, lazy=True,
+                                   fontNumber=0)   # a .ttc: its first face
+        font.missing_glyphs = []
+        font.biggest_size_pt = 0
+        font._hbfont = None
+        font.i = 1
+        font.subset = SubsetMap(font)
+        return font
+
+
+@lru_cache(maxsize=2)
+def _gb2312(level1: bool) -> frozenset[int]:
+    """ASCII and the characters of GB2312: its symbols and its 3,755 level-1 hanzi (the
+    common ones, 99.7 % of running text), or all 6,763."""
+    chars = set(range(0x20, 0x7F))
+    for hi in (*range(0xA1, 0xAA), *range(0xB0, 0xD8 if level1 else 0xF8)):
+        for lo in range(0xA1, 0xFF):
+            try:
+                chars.update(map(ord, bytes((hi, lo)).decode("gb2312")))
+            except UnicodeDecodeError:
+                pass
+    return frozenset(chars)
+
+
+def _load_pdf_font(path: Path, chars: frozenset[int] | None) -> _PdfFont:
+    """The font at ``path``, cut down to ``chars`` (None: whole)."""
+    data = path.read_bytes()
+    if chars is not None:
+        # the whole font has some 50,000 glyphs: fpdf2's subsetting of each file spends most
+        # of its time reading the glyph, metrics and character tables, so cut them down once
+        # (and keep what makes reading cheap: one character map, the glyph names)
+        font = ttLib.TTFont(io.BytesIO(data), fontNumber=0, recalcTimestamp=False)
+        options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True,
+                                   name_IDs=["*"], layout_features=[], hinting=False,
+                                   glyph_names=True)
+        options.drop_tables += ["FFTM", "GSUB", "GPOS", "GDEF", "vhea", "vmtx"]
+        subsetter = ftsubset.Subsetter(options)
+        subsetter.populate(unicodes=chars)
+        subsetter.subset(font)
+        cmap = font["cmap"]
+        cmap.tables = [t for t in cmap.tables if (t.platformID, t.platEncID) == (3, 1)]
+        buf = io.BytesIO()
+        font.save(buf)
+        data = buf.getvalue()
+    # fontTools reads a file object as well as a path: the cut-down font stays in memory
+    template = TTFFont(FPDF(), io.BytesIO(data), FONT, "")  # type: ignore[arg-type]
+    return _PdfFont(template, data, frozenset(template.cmap))
+
+
+_PDF_FONTS: dict[tuple[str, int], _PdfFont] = {}
+_FONT_LOCK = threading.Lock()
+
+
+def _pdf_font(path: Path, text: str) -> _PdfFont:
+    """The smallest of the cut-down fonts that has every character of ``text``: GB2312's
+    common hanzi, all of GB2312, or the whole font (a rare character in a name)."""
+    used = {ord(ch) for ch in text}
+    with _FONT_LOCK:
+        for tier, chars in enumerate((_gb2312(True), _gb2312(False), None)):
+            font = _PDF_FONTS.get((str(path), tier))
+            if font is None:
+                font = _PDF_FONTS[(str(path), tier)] = _load_pdf_font(path, chars)
+            if used <= font.chars or chars is None:
+                return font
+    raise AssertionError("unreachable")
+
+
+def render_pdf(view: ReceiptView, *, font_path: Path | None = None) -> bytes:
+    """The receipt as a PDF page 58 mm (``PAGE_MM``) wide and as long as the receipt, its
+    text in the embedded CJK font."""
+    path = _font_path(font_path)
+    lay = _layout(view, str(path))
+    font = _pdf_font(path, "".join(_texts(lay.ops)))
+    height = TOP_MM + lay.y * MM + BOTTOM_MM
+    doc = FPDF(unit="mm", format=(PAGE_MM, height))
+    doc.set_title(f"缴费凭证 {view.receipt_no}")
+    doc.set_lang("zh-CN")
+    doc.set_creator("resident-insurance-collection")
+    doc.set_creation_date(view.paid_at)
+    doc.set_margins(0, 0, 0)
+    doc.set_auto_page_break(False)
+    doc.fonts[FONT] = font.for_document()
+    doc.add_page()
+    doc.set_font(FONT, size=BODY)
+
+    def x(dots: float) -> float:
+        return SIDE_MM + dots * MM
+
+    def y(dots: float) -> float:
+        return TOP_MM + dots * MM
+
+    size = 0
+    for op in lay.ops:
+        if isinstance(op, _Text):
+            if op.size != size:
+                size = op.size
+                doc.set_font_size(size * 72 / DPI)
+            left = x(op.x)
+            if op.align != "l":
+                w = doc.get_string_width(op.s)
+                left -= w if op.align == "r" else w / 2
+            doc.set_text_color(255 if op.white else 0)
+            doc.text(left, y(op.y), op.s)
+        elif isinstance(op, _Rule):
+            doc.set_line_width(2 * MM)
+            if op.dashed:
+                doc.set_dash_pattern(dash=4 * MM, gap=4 * MM)
+            doc.line(x(0), y(op.y), x(WIDTH), y(op.y))
+            doc.set_dash_pattern()
+        elif isinstance(op, _Bar):
+            doc.set_fill_color(0)
+            doc.rect(x(0), y(op.y), WIDTH * MM, op.h * MM, style="F")
+        else:
+            _pdf_qr(doc, op, x(op.x), y(op.y))
+    return bytes(doc.output())
+
+
+def _pdf_qr(doc: FPDF, qr: _QR, left: float, top: float) -> None:
+    """The QR code as one filled path of rectangles, one per run of dark modules in a row:
+    sharp at any zoom and on any printer. Written as PDF operators (fpdf2's ``rect`` per run
+    took a tenth of the file's time)."""
+    k, box = doc.k, qr.box * MM                   # points per mm; a module in mm
+    page_h = doc.h
+    ops = []
+    for r, row in enumerate(qr.matrix):
+        y = (page_h - top - (r + 1) * box) * k    # PDF's y runs up from the page's bottom
+        c, n = 0, len(row)
+        while c < n:
+            if not row[c]:
+                c += 1
+                continue
+            start = c
+            while c < n and row[c]:
+                c += 1
+            ops.append(f"{(left + start * box) * k:.2f} {y:.2f} "
+                       f"{(c - start) * box * k:.2f} {box * k:.2f} re")
+    doc.set_fill_color(0)
+    doc._out("\n".join(ops) + "\nf")  # noqa: SLF001
