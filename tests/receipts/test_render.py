@@ -200,3 +200,16 @@ def test_same_view_same_bytes() -> None:
     v: ReceiptView = view("department")
     assert render_png(v) == render_png(v)
     assert render_pdf(v) == render_pdf(v)
+
+
+def test_qr_version_is_qrcodes_best_fit() -> None:
+    """The QR version render.py computes is the one qrcode's fit finds (which it skips)."""
+    import qrcode
+    import qrcode.util
+
+    from backend.receipts.render import _qr_version
+
+    for n in (1, 14, 15, 100, 271, 272, 563, 564, 1000, 2331):
+        code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M)
+        code.add_data(qrcode.util.QRData(b"a" * n, mode=qrcode.util.MODE_8BIT_BYTE))
+        assert _qr_version(n) == code.best_fit(), n
