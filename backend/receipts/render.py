@@ -16,15 +16,15 @@ The view is masked already (``张*``, ``370406********1234``); as a second line 
 identity number without a ``*`` is masked again here, so no full number is ever printed.
 Amounts are integer fen, printed as yuan by ``backend.money.yuan`` (no float anywhere).
 
-Speed (bench/receipt_render.py): PIL fonts are loaded once per size; the PDF font is parsed
-once per process (and first cut down to the GB2312 characters, which makes fpdf2's subsetting
-of each file about three times cheaper; a text outside them uses the whole font); the QR
-matrix of a URL is cached, so the PDF and PNG of one receipt encode it once.
+Speed (bench/receipt_render.py): PIL fonts are loaded once per size and each character drawn
+once (the PNG pastes kept glyph bitmaps); the PDF font is read once per process and each PDF
+embeds a font built of just its characters (fpdf2 subsetting the whole collection took most
+of a PDF's time); the QR matrix of a URL is cached, so the PDF and PNG of one receipt encode
+it once, and its version computed rather than searched.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import threading
 from collections.abc import Iterator
@@ -35,10 +35,13 @@ from pathlib import Path
 
 import qrcode
 import qrcode.util as qrutil
-from fontTools import subset as ftsubset
 from fontTools import ttLib
+from fontTools.fontBuilder import FontBuilder
+from fontTools.pens.recordingPen import DecomposingRecordingPen
+from fontTools.pens.ttGlyphPen import TTGlyphPen
+from fontTools.ttLib.tables._g_l_y_f import Glyph
 from fpdf import FPDF
-from fpdf.fonts import SubsetMap, TTFFont
+from fpdf.fonts import TTFFont
 from PIL import Image, ImageDraw, ImageFont
 
 from backend.clock import SHANGHAI
@@ -456,83 +459,89 @@ def _qr_image(matrix: tuple[bytes, ...], box: int) -> Image.Image:
 
 # --- PDF ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _PdfFont:
-    """A CJK font parsed once: fpdf2's TTFFont (metrics, the character map) and the font
-    file's bytes. Each document gets a copy with its own fontTools font (fpdf2 subsets that
-    in place when it writes the file) and its own subset map."""
+class _GlyphSource:
+    """The CJK font, read once a process (its character map and metrics; outlines as they
+    are asked for), from which each PDF gets a font of just the characters it prints.
 
-    template: TTFFont
-    data: bytes
-    chars: frozenset[int]
+    fpdf2 subsets the font it embeds when it writes the file; given the whole collection
+    (some 50,000 glyphs) that took 100-150 ms a receipt, most of it reading tables. Given a
+    font of the receipt's hundred-odd characters, built here with fontTools' FontBuilder
+    (composite glyphs drawn out into plain outlines, so no glyph refers to another by
+    number), it takes a few milliseconds. Outlines are kept once drawn; fontTools' lazy
+    reading is not thread-safe, so drawing one happens under a lock."""
 
-    def for_document(self) -> TTFFont:
-        font = copy.copy(self.template)
-        font.ttfont = ttLib.TTFont(io.BytesIO(self.data), recalcTimestamp=False, lazy=True,
-                                   fontNumber=0)   # a .ttc: its first face
-        font.missing_glyphs = []
-        font.biggest_size_pt = 0
-        font._hbfont = None
-        font.i = 1
-        font.subset = SubsetMap(font)
-        return font
+    def __init__(self, path: Path):
+        self.font = ttLib.TTFont(str(path), fontNumber=0, lazy=True, recalcTimestamp=False)
+        self.cmap: dict[int, str] = self.font.getBestCmap()
+        self.glyphset = self.font.getGlyphSet()
+        self.notdef = self.font.getGlyphOrder()[0]
+        self.lock = threading.Lock()
+        self.glyphs: dict[str, tuple[bytes, int, int]] = {}    # name: glyf data, advance, lsb
+        head, hhea, os2 = self.font["head"], self.font["hhea"], self.font["OS/2"]
+        self.units = head.unitsPerEm
+        self.head = {k: getattr(head, k) for k in ("xMin", "yMin", "xMax", "yMax",
+                                                    "created", "modified")}
+        self.ascent, self.descent = hhea.ascent, hhea.descent
+        self.os2 = {k: getattr(os2, k) for k in (
+            "sTypoAscender", "sTypoDescender", "sTypoLineGap", "usWinAscent", "usWinDescent",
+            "sCapHeight", "sxHeight", "usWeightClass")}
+        self.family = self.font["name"].getBestFamilyName() or "CJK"
 
+    def _glyph(self, name: str) -> tuple[bytes, int, int]:
+        glyph = self.glyphs.get(name)
+        if glyph is None:
+            with self.lock:
+                if name in self.glyphs:
+                    return self.glyphs[name]
+                recording = DecomposingRecordingPen(self.glyphset)
+                self.glyphset[name].draw(recording)
+                pen = TTGlyphPen(None)
+                recording.replay(pen)
+                outline = pen.glyph()
+                glyf = self.font["glyf"]
+                outline.recalcBounds(glyf)
+                advance = self.font["hmtx"][name][0]
+                glyph = (outline.compile(glyf), advance, getattr(outline, "xMin", 0))
+                self.glyphs[name] = glyph
+        return glyph
 
-@lru_cache(maxsize=2)
-def _gb2312(level1: bool) -> frozenset[int]:
-    """ASCII and the characters of GB2312: its symbols and its 3,755 level-1 hanzi (the
-    common ones, 99.7 % of running text), or all 6,763."""
-    chars = set(range(0x20, 0x7F))
-    for hi in (*range(0xA1, 0xAA), *range(0xB0, 0xD8 if level1 else 0xF8)):
-        for lo in range(0xA1, 0xFF):
-            try:
-                chars.update(map(ord, bytes((hi, lo)).decode("gb2312")))
-            except UnicodeDecodeError:
-                pass
-    return frozenset(chars)
-
-
-def _load_pdf_font(path: Path, chars: frozenset[int] | None) -> _PdfFont:
-    """The font at ``path``, cut down to ``chars`` (None: whole)."""
-    data = path.read_bytes()
-    if chars is not None:
-        # the whole font has some 50,000 glyphs: fpdf2's subsetting of each file spends most
-        # of its time reading the glyph, metrics and character tables, so cut them down once
-        # (and keep what makes reading cheap: one character map, the glyph names)
-        font = ttLib.TTFont(io.BytesIO(data), fontNumber=0, recalcTimestamp=False)
-        options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True,
-                                   name_IDs=["*"], layout_features=[], hinting=False,
-                                   glyph_names=True)
-        options.drop_tables += ["FFTM", "GSUB", "GPOS", "GDEF", "vhea", "vmtx"]
-        subsetter = ftsubset.Subsetter(options)
-        subsetter.populate(unicodes=chars)
-        subsetter.subset(font)
-        cmap = font["cmap"]
-        cmap.tables = [t for t in cmap.tables if (t.platformID, t.platEncID) == (3, 1)]
+    def font_for(self, text: str) -> bytes:
+        """A TrueType font of the characters of ``text`` (those the font has), as bytes."""
+        cmap = {cp: self.cmap[cp] for cp in {ord(ch) for ch in text} | {0x20}
+                if cp in self.cmap}
+        order = [self.notdef, *sorted(set(cmap.values()) - {self.notdef})]
+        glyphs = {name: self._glyph(name) for name in order}
+        fb = FontBuilder(self.units, isTTF=True)
+        fb.font.recalcBBoxes = False              # the outlines' bounds are set already
+        fb.font.recalcTimestamp = False           # the same receipt, the same bytes
+        fb.setupGlyphOrder(order)
+        fb.setupCharacterMap(cmap)
+        fb.font["loca"] = ttLib.newTable("loca")
+        glyf = fb.font["glyf"] = ttLib.newTable("glyf")
+        glyf.glyphs = {name: Glyph(data) for name, (data, _, _) in glyphs.items()}
+        glyf.glyphOrder = order
+        fb.setupHorizontalMetrics({name: (adv, lsb) for name, (_, adv, lsb) in glyphs.items()})
+        fb.setupHorizontalHeader(ascent=self.ascent, descent=self.descent)
+        fb.setupNameTable({"familyName": self.family, "styleName": "Regular"})
+        fb.setupOS2(version=3, **self.os2)
+        fb.setupPost()
+        for key, value in self.head.items():
+            setattr(fb.font["head"], key, value)
         buf = io.BytesIO()
-        font.save(buf)
-        data = buf.getvalue()
-    # fontTools reads a file object as well as a path: the cut-down font stays in memory
-    template = TTFFont(FPDF(), io.BytesIO(data), FONT, "")  # type: ignore[arg-type]
-    return _PdfFont(template, data, frozenset(template.cmap))
+        fb.save(buf)
+        return buf.getvalue()
 
 
-_PDF_FONTS: dict[tuple[str, int], _PdfFont] = {}
-_FONT_LOCK = threading.Lock()
+_SOURCES: dict[str, _GlyphSource] = {}
+_SOURCES_LOCK = threading.Lock()
 
 
-def _pdf_font(path: Path, text: str) -> _PdfFont:
-    """The smallest of the cut-down fonts that has every character of ``text``: GB2312's
-    common hanzi, all of GB2312, or the whole font (a rare character in a name)."""
-    used = {ord(ch) for ch in text}
-    with _FONT_LOCK:
-        for tier, chars in enumerate((_gb2312(True), _gb2312(False), None)):
-            font = _PDF_FONTS.get((str(path), tier))
-            if font is None:
-                font = _PDF_FONTS[(str(path), tier)] = _load_pdf_font(path, chars)
-            if used <= font.chars or chars is None:
-                return font
-    raise AssertionError("unreachable")
+def _glyph_source(path: Path) -> _GlyphSource:
+    with _SOURCES_LOCK:
+        source = _SOURCES.get(str(path))
+        if source is None:
+            source = _SOURCES[str(path)] = _GlyphSource(path)
+    return source
 
 
 def render_pdf(view: ReceiptView, *, font_path: Path | None = None) -> bytes:
@@ -540,7 +549,7 @@ def render_pdf(view: ReceiptView, *, font_path: Path | None = None) -> bytes:
     text in the embedded CJK font."""
     path = _font_path(font_path)
     lay = _layout(view, str(path))
-    font = _pdf_font(path, "".join(_texts(lay.ops)))
+    font = _glyph_source(path).font_for("".join(_texts(lay.ops)))
     height = TOP_MM + lay.y * MM + BOTTOM_MM
     doc = FPDF(unit="mm", format=(PAGE_MM, height))
     doc.set_title(f"缴费凭证 {view.receipt_no}")
@@ -549,7 +558,10 @@ def render_pdf(view: ReceiptView, *, font_path: Path | None = None) -> bytes:
     doc.set_creation_date(view.paid_at)
     doc.set_margins(0, 0, 0)
     doc.set_auto_page_break(False)
-    doc.fonts[FONT] = font.for_document()
+    # fpdf2's add_font wants a file; its font class reads any file object
+    embedded = TTFFont(doc, io.BytesIO(font), FONT, "")  # type: ignore[arg-type]
+    embedded.ttfont.recalcBBoxes = False    # set when built: writing copies the outlines as-is
+    doc.fonts[FONT] = embedded
     doc.add_page()
     doc.set_font(FONT, size=BODY)
 

@@ -213,3 +213,26 @@ def test_qr_version_is_qrcodes_best_fit() -> None:
         code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M)
         code.add_data(qrcode.util.QRData(b"a" * n, mode=qrcode.util.MODE_8BIT_BYTE))
         assert _qr_version(n) == code.best_fit(), n
+
+
+def test_pdf_prints_rare_characters() -> None:
+    """Names outside GB2312 (喆, traditional 東村代辦員) are in the embedded font too."""
+    v = dataclasses.replace(view("cash"), payer_name="喆*", agent="東村代辦員 王*")
+    text = pdf_text(render_pdf(v))
+    assert "喆*" in text and "東村代辦員 王*" in text
+
+
+def test_renders_alike_from_several_threads() -> None:
+    """The endpoint renders in a thread pool: the kept glyphs and fonts are shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backend.receipts import render
+
+    views = [view(KINDS[i % len(KINDS)], 7000 + i) for i in range(16)]
+    # from cold: the threads load the font and draw the glyphs at the same time
+    render._SOURCES.clear()
+    render._glyph.cache_clear()
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda v: (render_pdf(v), render_png(v)), views))
+    serial = [(render_pdf(v), render_png(v)) for v in views]
+    assert threaded == serial
