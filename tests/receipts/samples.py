@@ -27,14 +27,14 @@ def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
-def verify_url(receipt_no: str, items: tuple[ReceiptItem, ...], amount_fen: int,
-               payer: str, payer_id: str | None, agent: str | None = None,
+def verify_url(receipt_no: str, channel: str, items: tuple[ReceiptItem, ...],
+               amount_fen: int, payer: str, payer_id: str | None, agent: str | None = None,
                paper: str | None = None, order_no: str = "") -> str:
     """A URL shaped like the service's: the canonical JSON (design: notes/receipts.md) and
     64 bytes standing in for the Ed25519 signature, so the QR code is as dense as a real
     one."""
     canonical = json.dumps(
-        [1, receipt_no, "wechat", BUSINESS_DATE.isoformat(), PAID_AT.isoformat(), amount_fen,
+        [1, receipt_no, channel, BUSINESS_DATE.isoformat(), PAID_AT.isoformat(), amount_fen,
          payer, payer_id,
          [[i.insurance, i.amount_fen, i.name, i.id_number_masked, i.count] for i in items],
          agent, paper, order_no], ensure_ascii=False, separators=(",", ":")).encode()
@@ -84,6 +84,6 @@ def view(kind: str = "household", n: int = 123, *, amount_fen: int | None = None
         items=items, amount_fen=total, channel=channel, paid_at=PAID_AT,
         business_date=BUSINESS_DATE, year=2021, order_no=order_no, agent=agent,
         paper_receipt_no=paper,
-        verify_url=verify_url(receipt_no, items, total, payer, payer_id, agent, paper,
-                              order_no),
+        verify_url=verify_url(receipt_no, channel, items, total, payer, payer_id, agent,
+                              paper, order_no),
         refunded_fen=refunded_fen, refunds=refunds)
