@@ -45,6 +45,7 @@ from fpdf.fonts import TTFFont
 from PIL import Image, ImageDraw, ImageFont
 
 from backend.clock import SHANGHAI
+from backend.config import get_settings
 from backend.money import yuan
 from backend.publications.pdf import FontUnavailable
 from backend.receipts.view import CHANNEL_LABELS, INSURANCE_LABELS, ReceiptItem, ReceiptView
@@ -265,6 +266,11 @@ def _id(number: str | None) -> str | None:
     return mask_id_number(number)
 
 
+def _whose(item: ReceiptItem) -> str:
+    """The resident an item is for, as printed: ``李* 370406********562X``."""
+    return " ".join(p for p in (item.name, _id(item.id_number_masked)) if p)
+
+
 def _time(at: datetime) -> str:
     return at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -341,15 +347,12 @@ def _layout(view: ReceiptView, font_path: str) -> _Layout:
         lay.field("证件号码", payer_id)
     lay.rule()
     lay.pair("缴费项目", "金额", SMALL)
-    def whose(item: ReceiptItem) -> str:
-        return " ".join(p for p in (item.name, _id(item.id_number_masked)) if p)
-
     # a household's items go under each resident's line; one person's items need none
     payer = " ".join(p for p in (view.payer_name, payer_id) if p)
-    several = any(whose(i) not in ("", payer) for i in view.items)
+    several = any(_whose(i) not in ("", payer) for i in view.items)
     shown = "" if several else payer
     for item in view.items:
-        who = whose(item)
+        who = _whose(item)
         if who and who != shown:
             lay.line(who, SMALL)
             shown = who
@@ -392,8 +395,6 @@ def _layout(view: ReceiptView, font_path: str) -> _Layout:
 
 def _font_path(font_path: Path | None) -> Path:
     if font_path is None:
-        from backend.config import get_settings
-
         font_path = get_settings().pdf_font_path
     if not font_path.is_file():
         raise FontUnavailable(f"the receipt's CJK font {font_path} is not installed "
