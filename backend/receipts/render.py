@@ -125,20 +125,24 @@ class _Glyph:
     mask: Image.Image | None      # 1-bit, None for a blank (space)
 
 
+_PIL_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=8192)
 def _glyph(path: str, size: int, ch: str) -> _Glyph:
     """One character drawn once (1-bit, no anti-aliasing) and kept: a receipt is a few
     hundred characters of a few hundred distinct ones, and pasting a kept bitmap costs a
     fraction of FreeType drawing it again (drawing whole lines took most of the PNG's time)."""
-    font = _pil_font(path, size)
-    x0, y0, x1, y1 = (int(v) for v in font.getbbox(ch, anchor="ls"))
-    mask = None
-    if x1 > x0 and y1 > y0:
-        mask = Image.new("1", (x1 - x0, y1 - y0), 0)
-        draw = ImageDraw.Draw(mask)
-        draw.fontmode = "1"
-        draw.text((-x0, -y0), ch, fill=1, font=font, anchor="ls")
-    return _Glyph(font.getlength(ch), x0, y0, mask)
+    with _PIL_LOCK:     # one FreeType face shared by the endpoint's threads
+        font = _pil_font(path, size)
+        x0, y0, x1, y1 = (int(v) for v in font.getbbox(ch, anchor="ls"))
+        mask = None
+        if x1 > x0 and y1 > y0:
+            mask = Image.new("1", (x1 - x0, y1 - y0), 0)
+            draw = ImageDraw.Draw(mask)
+            draw.fontmode = "1"
+            draw.text((-x0, -y0), ch, fill=1, font=font, anchor="ls")
+        return _Glyph(font.getlength(ch), x0, y0, mask)
 
 
 def _text_width(path: str, size: int, s: str) -> float:
