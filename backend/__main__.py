@@ -101,11 +101,17 @@ def _metrics_dir() -> Iterator[None]:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from backend.migrate import upgrade
+    from backend.migrate import current_revision, upgrade
 
-    settings = get_settings()
-    upgrade(settings.resolved_database_url)
-    print("database is at the newest migration")
+    url = get_settings().resolved_database_url
+    before = current_revision(url) if not url.startswith("sqlite:///") or Path(
+        url.removeprefix("sqlite:///")).exists() else None
+    upgrade(url)
+    after = current_revision(url)
+    if before == after:
+        print(f"database is at the newest migration ({after}): nothing to apply")
+    else:
+        print(f"database migrated from {before or 'empty'} to {after}, the newest migration")
     return 0
 
 

@@ -127,7 +127,8 @@ def test_readyz_checks_the_database_and_its_migrations(rt: Runtime, client: Test
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["checks"]["database"] == "ok" and body["checks"]["migrations"] == "ok"
-    assert body["status"] in ("ready", "degraded") and body["checks"]["redis"].startswith("ok")
+    # without REDIS_URL (SQLite here) the in-process store is all there is: ready, not degraded
+    assert body["status"] == "ready" and body["checks"]["redis"].startswith("ok")
     with rt.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0014'"))
     try:
