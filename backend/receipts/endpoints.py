@@ -49,9 +49,9 @@ def _file(content: bytes, media_type: str, receipt_no: str, suffix: str) -> Resp
           "content": {"application/pdf": {}}}, **errors(*RENDER_ERRORS)})
 def receipt_pdf(receipt_no: str, rt: RuntimeDep, session: SessionDep,
                 principal: CurrentPrincipal) -> Response:
-    from backend.receipts.render import render_pdf
-
     view = service.receipt_for(rt, session, principal, receipt_no)
+    from backend.receipts.render import render_pdf  # (rendering: its own module)
+
     return _file(render_pdf(view), "application/pdf", receipt_no, "pdf")
 
 
@@ -60,9 +60,9 @@ def receipt_pdf(receipt_no: str, rt: RuntimeDep, session: SessionDep,
           "content": {"image/png": {}}}, **errors(*RENDER_ERRORS)})
 def receipt_png(receipt_no: str, rt: RuntimeDep, session: SessionDep,
                 principal: CurrentPrincipal) -> Response:
-    from backend.receipts.render import render_png
-
     view = service.receipt_for(rt, session, principal, receipt_no)
+    from backend.receipts.render import render_png  # (rendering: its own module)
+
     return _file(render_png(view), "image/png", receipt_no, "png")
 
 
