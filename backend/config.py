@@ -300,11 +300,12 @@ class Settings(BaseSettings):
             except OSError as exc:
                 raise ConfigError(f"RECEIPT_SIGNING_KEY: {self.receipt_signing_key!r} cannot be "
                                   f"read ({exc.strerror})") from None
-        return (self._generated("receipt_signing_key", _new_ed25519_pem,
+        return (self._generated("receipt_signing_key", new_ed25519_pem,
                                 file="receipt_signing_key.pem") + "\n").encode()
 
 
-def _new_ed25519_pem() -> str:
+def new_ed25519_pem() -> str:
+    """A new Ed25519 private key, PKCS#8 PEM (what RECEIPT_SIGNING_KEY names)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
