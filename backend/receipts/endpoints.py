@@ -50,9 +50,10 @@ def _file(content: bytes, media_type: str, receipt_no: str, suffix: str) -> Resp
 def receipt_pdf(receipt_no: str, rt: RuntimeDep, session: SessionDep,
                 principal: CurrentPrincipal) -> Response:
     view = service.receipt_for(rt, session, principal, receipt_no)
-    from backend.receipts.render import render_pdf  # (rendering: its own module)
+    from backend.receipts.render import render_pdf
 
-    return _file(render_pdf(view), "application/pdf", receipt_no, "pdf")
+    return _file(render_pdf(view, font_path=rt.settings.pdf_font_path), "application/pdf",
+                 receipt_no, "pdf")
 
 
 @router.get("/api/v1/receipts/{receipt_no}.png", response_class=Response, responses={
@@ -61,9 +62,10 @@ def receipt_pdf(receipt_no: str, rt: RuntimeDep, session: SessionDep,
 def receipt_png(receipt_no: str, rt: RuntimeDep, session: SessionDep,
                 principal: CurrentPrincipal) -> Response:
     view = service.receipt_for(rt, session, principal, receipt_no)
-    from backend.receipts.render import render_png  # (rendering: its own module)
+    from backend.receipts.render import render_png
 
-    return _file(render_png(view), "image/png", receipt_no, "png")
+    return _file(render_png(view, font_path=rt.settings.pdf_font_path), "image/png",
+                 receipt_no, "png")
 
 
 @router.get("/api/v1/receipts/{receipt_no}", response_model=ReceiptOut,

@@ -158,6 +158,34 @@ def test_an_agents_cash_and_pos_collections_carry_their_receipts(live: Live) -> 
         _no_full_id(list(people.values()), r.text, page)  # type: ignore[attr-defined]
 
 
+def test_the_receipt_files_carry_its_qr_code_and_no_full_id_number(live: Live) -> None:
+    """The .png and .pdf of a receipt (58 mm), for whoever may read it: the PNG's QR code
+    opens the check page; the PDF's text is the masked receipt."""
+    import io
+
+    import zxingcpp
+    from PIL import Image
+    from pypdf import PdfReader
+
+    people = seed(live.rt)
+    agent = staff_headers(live)
+    out = collect(live, agent, [{"resident_ref": ref(live, agent, "张三", people["张三"]),
+                                 "insurance": "medical"}], "SJ-9").json()  # type: ignore[attr-defined]
+    png = live.http.get(out["receipt_png_url"].removeprefix(live.base_url), headers=agent)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    (code,) = zxingcpp.read_barcodes(Image.open(io.BytesIO(png.content)))
+    assert code.text == out["receipt_url"]
+    assert _check(live, code.text)["valid"] is True
+    pdf = live.http.get(out["receipt_pdf_url"].removeprefix(live.base_url), headers=agent)
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "张*" in text and out["receipt"]["receipt_no"] in text and "张三" not in text
+    _no_full_id(list(people.values()), text)
+    other = resident_headers(live, "someone")
+    assert live.http.get(out["receipt_png_url"].removeprefix(live.base_url),
+                         headers=other).status_code == 404
+
+
 def test_a_department_bill_has_one_receipt_for_the_department(live: Live) -> None:
     people = town_setup(live)
     town = staff_headers(live, "town1", "town-pass1")
