@@ -8,6 +8,7 @@ commands:
   users     staff accounts (users create …)
   demo      load a generated demo district
   sandbox   drive the channel simulator of a running serve (sandbox pay …)
+  receipts  check a receipt's token offline, without the database (receipts verify …)
 
 Each command tells more with --help, e.g. python -m backend import --help
 """
@@ -256,6 +257,60 @@ def cmd_sandbox_pay(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def cmd_receipts_verify(args: argparse.Namespace) -> int:
+    """Check a receipt's token (or its /r/ URL) with the public key alone: no database."""
+    from backend.clock import SHANGHAI
+    from backend.money import yuan
+    from backend.receipts.service import explain_token, load_public_key, token_from
+    from backend.receipts.view import CHANNEL_LABELS, INSURANCE_LABELS
+
+    if args.public_key:
+        where = args.public_key
+        try:
+            pem = Path(where).read_bytes()
+        except OSError as exc:
+            print(f"error: --public-key: {where} cannot be read ({exc.strerror})",
+                  file=sys.stderr)
+            return 2
+    else:
+        # the service's own key (its public half): RECEIPT_SIGNING_KEY, else the one the
+        # sandbox generated into the data folder — never a new one made here
+        settings = get_settings()
+        path = Path(settings.receipt_signing_key or
+                    settings.data_dir / "receipt_signing_key.pem")
+        where = f"{path} (RECEIPT_SIGNING_KEY)" if settings.receipt_signing_key else str(path)
+        try:
+            pem = path.read_bytes()
+        except OSError:
+            print(f"error: no receipt signing key at {where}: give the service's public key "
+                  "with --public-key FILE (it serves it at /r/public-key)", file=sys.stderr)
+            return 2
+    key = load_public_key(pem)
+    checked, why = explain_token(key, token_from(args.token))
+    if checked is None:
+        print(f"NOT VALID: {why}")
+        return 1
+    c = checked.content
+    print(f"VALID: receipt {c.receipt_no}, signed with the key of {where}")
+    print(f"  payer:         {c.payer_name}"
+          + (f" ({c.payer_id_masked})" if c.payer_id_masked else ""))
+    print(f"  amount:        {yuan(c.amount_fen)} yuan ({c.amount_fen} fen), {c.year}年度")
+    print(f"  channel:       {c.channel} ({CHANNEL_LABELS.get(c.channel, c.channel)})")
+    print(f"  paid at:       {c.paid_at.astimezone(SHANGHAI).isoformat()} "
+          f"(business date {c.business_date.isoformat()})")
+    if c.agent or c.paper_receipt_no:
+        print(f"  agent:         {c.agent or '-'}, paper receipt {c.paper_receipt_no or '-'}")
+    print(f"  order:         {c.order_no}")
+    for item in c.items:
+        whose = " ".join(x for x in (item.name, item.id_number_masked) if x)
+        count = f" x{item.count}" if item.count != 1 else ""
+        print(f"  item:          {item.insurance} "
+              f"({INSURANCE_LABELS.get(item.insurance, item.insurance)}){count} "
+              f"{yuan(item.amount_fen)} yuan" + (f" {whose}" if whose else ""))
+    print("Refunds since are not in the token: the receipt's URL shows them (online).")
+    return 0
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 up, got {value!r}")
@@ -344,6 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--username", required=True)
         s.add_argument("--reason", help="why, for the audit trail")
         s.set_defaults(func=cmd_users_set_active)
+
+    receipts = sub.add_parser(
+        "receipts", help="check a receipt's token offline (receipts verify …)"
+    ).add_subparsers(dest="action", required=True)
+    s = receipts.add_parser(
+        "verify", help="check a receipt's token or URL with the public key, without the database",
+        description="Checks the token of a receipt's QR code (PUBLIC_BASE_URL/r/<token>, or the "
+                    "token alone) offline: the signature with the public key, and that what it "
+                    "signs is a receipt. Prints VALID and what the receipt says (exit 0), or NOT "
+                    "VALID and why (exit 1); 2 for a usage error. Refunds since are shown only "
+                    "online, at the URL.")
+    s.add_argument("token", metavar="TOKEN_OR_URL")
+    s.add_argument("--public-key", metavar="PEM",
+                   help="a PEM file of the service's public key (download it from "
+                        "PUBLIC_BASE_URL/r/public-key); default: the public half of this "
+                        "installation's RECEIPT_SIGNING_KEY (or of the key the sandbox "
+                        "generated into DATA_DIR)")
+    s.set_defaults(func=cmd_receipts_verify)
 
     s = sub.add_parser("demo", help="load a generated demo district")
     s.add_argument("--residents", type=int, default=20_000)

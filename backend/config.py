@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     # subset of it per file. Debian's fonts-wqy-microhei puts it here; without it the PDFs
     # answer 503 `pdf_font_unavailable` (the XLSX files need no font).
     pdf_font_path: Path = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
+    # The PEM path of the Ed25519 private key receipts are signed with (its public half is
+    # served at /r/public-key). Unset: generated into the data folder on first start
+    # (sandbox only: live mode refuses to start without it, like APP_SECRET and PII_KEY).
+    receipt_signing_key: str = ""
 
     @field_validator("channel_fee_rates")
     @classmethod
@@ -213,6 +217,12 @@ class Settings(BaseSettings):
                     f"{name.upper()} must be set, the same for every serve and worker: "
                     "generated into the data folder, each container would have its own (tokens "
                     "and personal data unreadable between them) and lose it with the container")
+        if not self.receipt_signing_key:
+            problems.append(
+                "RECEIPT_SIGNING_KEY must be set (the PEM path of the Ed25519 key receipts are "
+                "signed with), the same for every serve and worker: generated into the data "
+                "folder, each container would sign with its own key, and receipts one issued "
+                "would not verify on another (nor after the container is gone)")
         if self.collect_now is not None:
             problems.append(
                 "COLLECT_NOW must be unset: it moves the business clock for demos and "
@@ -260,11 +270,11 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url[len(prefix):]
         return url
 
-    def _generated(self, name: str, make: Callable[[], str]) -> str:
+    def _generated(self, name: str, make: Callable[[], str], file: str | None = None) -> str:
         if not self.sandbox:
             raise ConfigError(f"{name.upper()} must be set in live mode: made here, it would be "
                               "this process's alone (and lost with its container)")
-        return write_once(self.data_dir / name, make).strip()
+        return write_once(self.data_dir / (file or name), make).strip()
 
     @property
     def app_secret_value(self) -> str:
@@ -279,6 +289,29 @@ class Settings(BaseSettings):
         if len(key) != 32:
             raise ValueError("PII_KEY must be base64 of exactly 32 bytes")
         return key
+
+    @property
+    def receipt_signing_key_pem(self) -> bytes:
+        """The receipts' Ed25519 private key (PKCS#8 PEM): read from RECEIPT_SIGNING_KEY, or
+        generated once into the data folder (sandbox mode only)."""
+        if self.receipt_signing_key:
+            try:
+                return Path(self.receipt_signing_key).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"RECEIPT_SIGNING_KEY: {self.receipt_signing_key!r} cannot be "
+                                  f"read ({exc.strerror})") from None
+        return (self._generated("receipt_signing_key", new_ed25519_pem,
+                                file="receipt_signing_key.pem") + "\n").encode()
+
+
+def new_ed25519_pem() -> str:
+    """A new Ed25519 private key, PKCS#8 PEM (what RECEIPT_SIGNING_KEY names)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
 
 
 def write_once(path: Path, make: Callable[[], str]) -> str:

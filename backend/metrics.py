@@ -55,6 +55,11 @@ ANOMALIES = Counter(
     "Anomalies recorded for staff: a channel reporting another amount, a transaction id "
     "two trades claim, a paid answer for a closed trade, ...",
     ["kind"])
+RECEIPT_CHECKS = Counter(
+    "collect_receipt_verifications_total",
+    "Receipt tokens checked at /r/<token>, by outcome: valid, or invalid (malformed, a "
+    "signature not ours, an unknown receipt, content that differs from the issued one)",
+    ["outcome"])
 
 _OUTBOX = text(
     "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,"

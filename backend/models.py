@@ -35,6 +35,7 @@ from backend.orders.models import (
 )
 from backend.outbox.models import OutboxJob
 from backend.publications.models import PublicationVersion
+from backend.receipts.models import Receipt
 from backend.reconciliation.models import (
     Discrepancy,
     ReconciliationRun,
@@ -52,4 +53,4 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "EntryCheck", "Statement", "StatementLine", "ReconciliationRun", "Discrepancy",
            "AuditEvent", "DepartmentBill", "DepartmentBillLine", "DepartmentTransfer",
            "DepartmentCreditNote", "DepartmentCreditLine", "PublicationVersion",
-           "NotificationRejection"]
+           "NotificationRejection", "Receipt"]

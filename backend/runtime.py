@@ -9,6 +9,7 @@ from functools import cached_property
 
 import anyio
 import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,6 +72,13 @@ class Runtime:
     @cached_property
     def app_secret(self) -> str:
         return self.settings.app_secret_value
+
+    @cached_property
+    def receipt_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key receipts are signed with (RECEIPT_SIGNING_KEY)."""
+        from backend.receipts.service import load_private_key
+
+        return load_private_key(self.settings.receipt_signing_key_pem)
 
     @cached_property
     def redis(self) -> redis.Redis:

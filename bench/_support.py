@@ -238,6 +238,7 @@ def live_env(settings: Settings) -> dict[str, str]:
     that this server verifies as it would the real channels'. ``settings`` is the sandbox
     Settings the simulators use; their keys are written under ``data_dir/live``."""
     from backend.channels import SANDBOX_IDS, Channels, public_pem_of
+    from backend.config import new_ed25519_pem
 
     ch = Channels(settings)
     wx, ali, ums = ch.wechat_config, ch.alipay_config, ch.unionpay_config
@@ -267,6 +268,7 @@ def live_env(settings: Settings) -> dict[str, str]:
                                  public_pem_of(ch.sandbox_alipay_private_key)),
         "UNIONPAY_MID": ums.mid, "UNIONPAY_TID": ums.tid, "UNIONPAY_MSG_SRC": ums.msg_src,
         "UNIONPAY_MSG_SRC_ID": ums.msg_src_id, "UNIONPAY_KEY": ums.key,
+        "RECEIPT_SIGNING_KEY": pem("receipt_signing_key.pem", new_ed25519_pem()),
         "RUN_WORKER_IN_SERVE": "0",
     })
     return env

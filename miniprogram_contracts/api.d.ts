@@ -764,6 +764,62 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/receipts/{receipt_no}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Receipt
+         * @description The payer's receipt (缴费凭证), or one in a staff member's scope: finance, auditors
+         *     and admins any; town staff their town's; an agent their village's; a department its
+         *     bills'. Any other number answers 404, the same as one that does not exist.
+         */
+        get: operations["get_receipt_api_v1_receipts__receipt_no__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/receipts/{receipt_no}.pdf": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Receipt Pdf */
+        get: operations["receipt_pdf_api_v1_receipts__receipt_no__pdf_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/receipts/{receipt_no}.png": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Receipt Png */
+        get: operations["receipt_png_api_v1_receipts__receipt_no__png_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/reconciliation/discrepancies": {
         parameters: {
             query?: never;
@@ -1052,6 +1108,49 @@ export interface paths {
          * @description The aggregate QR's landing page (聚合码): the scanning app decides the channel.
          */
         get: operations["landing_pay__token__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/r/public-key": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Public Key
+         * @description For checking receipts offline: ``python -m backend receipts verify TOKEN
+         *     --public-key FILE``.
+         */
+        get: operations["public_key_r_public_key_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/r/{token}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Check
+         * @description What a receipt's QR code opens, no login: whether the token is a receipt this service
+         *     issued, unchanged, with the masked payer, items, amount, date and what was refunded
+         *     since. A changed or made-up token is "not valid" (and counted).
+         */
+        get: operations["check_r__token__get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1425,8 +1524,28 @@ export interface components {
              * Format: date-time
              */
             paid_at: string;
-            /** Receipt No */
+            /** @description The service's receipt (缴费凭证) of this payment, to show or print on the spot. */
+            receipt: components["schemas"]["ReceiptOut"];
+            /**
+             * Receipt No
+             * @description The agent's paper receipt (收据) number, as sent; the service's receipt is `receipt` (its number `receipt.receipt_no`).
+             */
             receipt_no: string;
+            /**
+             * Receipt Pdf Url
+             * @description The receipt as a PDF, 58 mm wide (log in).
+             */
+            receipt_pdf_url: string;
+            /**
+             * Receipt Png Url
+             * @description The receipt as a PNG, 58 mm wide (log in).
+             */
+            receipt_png_url: string;
+            /**
+             * Receipt Url
+             * @description Its public check page (what its QR code holds).
+             */
+            receipt_url: string;
         };
         /**
          * Correction
@@ -1987,6 +2106,10 @@ export interface components {
             /** Paid At */
             paid_at?: string | null;
             payment: components["schemas"]["PaymentOut"];
+            /** Receipt No */
+            receipt_no?: string | null;
+            /** Receipt Url */
+            receipt_url?: string | null;
             /**
              * Refund Queued Fen
              * @default 0
@@ -2125,6 +2248,110 @@ export interface components {
              * @enum {string}
              */
             status: "ready" | "degraded" | "not_ready";
+        };
+        /**
+         * ReceiptCheckOut
+         * @description What `GET /r/{token}` answers as JSON: valid or not, and what the receipt says.
+         */
+        ReceiptCheckOut: {
+            /** Amount Fen */
+            amount_fen?: number | null;
+            /** Business Date */
+            business_date?: string | null;
+            payer?: components["schemas"]["ReceiptPayer"] | null;
+            /** Receipt No */
+            receipt_no?: string | null;
+            /** Refunded Fen */
+            refunded_fen?: number | null;
+            /** Valid */
+            valid: boolean;
+        };
+        /** ReceiptItemOut */
+        ReceiptItemOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /**
+             * Count
+             * @description Items summed in this row: 1, or a department bill's number of residents for the insurance.
+             */
+            count: number;
+            /** Id Number Masked */
+            id_number_masked: string | null;
+            /**
+             * Insurance
+             * @enum {string}
+             */
+            insurance: "pension" | "medical";
+            /**
+             * Name
+             * @description Whose item, masked (a household pays several); null on a department's receipt.
+             */
+            name: string | null;
+        };
+        /**
+         * ReceiptOut
+         * @description A receipt (缴费凭证) as issued; `refunded_fen` is what was refunded of it since.
+         */
+        ReceiptOut: {
+            /**
+             * Agent
+             * @description Cash and POS: the agent who took the money.
+             */
+            agent: string | null;
+            /** Amount Fen */
+            amount_fen: number;
+            /**
+             * Business Date
+             * Format: date
+             */
+            business_date: string;
+            /**
+             * Channel
+             * @enum {string}
+             */
+            channel: "wechat" | "alipay" | "unionpay" | "cash" | "pos" | "department";
+            /** Items */
+            items: components["schemas"]["ReceiptItemOut"][];
+            /**
+             * Paid At
+             * Format: date-time
+             * @description On the business clock, Beijing time (+08:00).
+             */
+            paid_at: string;
+            /**
+             * Paper Receipt No
+             * @description Cash and POS: the agent's paper receipt (收据) number.
+             */
+            paper_receipt_no: string | null;
+            payer: components["schemas"]["ReceiptPayer"];
+            /**
+             * Receipt No
+             * @description `R` + business date YYYYMMDD + the payment's number, e.g. R2020110200000123.
+             */
+            receipt_no: string;
+            /**
+             * Refunded Fen
+             * @description Refunded since (shown beside the receipt; the receipt itself never changes).
+             */
+            refunded_fen: number;
+            /**
+             * Verify Url
+             * @description PUBLIC_BASE_URL/r/<token>: what the receipt's QR code holds; anyone may open it.
+             */
+            verify_url: string;
+        };
+        /** ReceiptPayer */
+        ReceiptPayer: {
+            /**
+             * Id Number Masked
+             * @description 370406********1234; null for a department.
+             */
+            id_number_masked: string | null;
+            /**
+             * Name
+             * @description Masked (张*); for a department bill the department's name.
+             */
+            name: string;
         };
         /** RefundCreate */
         RefundCreate: {
@@ -5540,6 +5767,184 @@ export interface operations {
             };
         };
     };
+    get_receipt_api_v1_receipts__receipt_no__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                receipt_no: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReceiptOut"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    receipt_pdf_api_v1_receipts__receipt_no__pdf_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                receipt_no: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the receipt as a PDF, 58 mm wide (an agent's portable printer) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/pdf": unknown;
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `pdf_font_unavailable`: the CJK font the PDF embeds is not installed on the server (PDF_FONT_PATH, Debian's fonts-wqy-microhei): the XLSX is available */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "pdf_font_unavailable";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    receipt_png_api_v1_receipts__receipt_no__png_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                receipt_no: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the receipt as a PNG, 58 mm wide, with its QR code */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `pdf_font_unavailable`: the CJK font the PDF embeds is not installed on the server (PDF_FONT_PATH, Debian's fonts-wqy-microhei): the XLSX is available */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "pdf_font_unavailable";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
     discrepancies_api_v1_reconciliation_discrepancies_get: {
         parameters: {
             query?: {
@@ -6898,6 +7303,49 @@ export interface operations {
                             code: "channel_timeout";
                         };
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    public_key_r_public_key_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the Ed25519 public key receipts are signed with (SubjectPublicKeyInfo, PEM) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    check_r__token__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description valid or not (200 either way): a page in Chinese for a phone's browser, or with `Accept: application/json` the same as JSON */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReceiptCheckOut"];
+                    "text/html": string;
                 };
             };
         };

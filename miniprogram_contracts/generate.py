@@ -22,7 +22,7 @@ def openapi_document() -> str:
     app = create_app(Settings(payment_sandbox=False, wechat_mchid="x", alipay_appid="x",
                               unionpay_mid="x", unionpay_tid="x", unionpay_msg_src="x",
                               unionpay_msg_src_id="xxxx", unionpay_key="x", app_secret="x" * 32,
-                              wechat_platform_certs_dir="x",
+                              wechat_platform_certs_dir="x", receipt_signing_key="x",
                               public_base_url="https://collection.example.org",
                               pii_key="a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="))
     return json.dumps(app.openapi(), ensure_ascii=False, indent=2, sort_keys=True) + "\n"

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from backend.__main__ import uvicorn_options
 from backend.app import create_app
 from backend.channels import public_pem_of
-from backend.config import ConfigError, Settings
+from backend.config import ConfigError, Settings, new_ed25519_pem
 from backend.residents.idnumber import make_id_number
 from backend.runtime import Runtime
 from tests.conftest import TEST_PII_KEY
@@ -49,6 +49,8 @@ def live_channels(sandbox_keys: dict[str, object],
         path = d / f"{name}_public.pem"
         path.write_text(public_pem_of(Path(str(sandbox_keys[private])).read_text()))
         publics[name] = str(path)
+    receipts = d / "receipt_signing_key.pem"
+    receipts.write_text(new_ed25519_pem())
     return {
         "PAYMENT_SANDBOX": "0", "PUBLIC_BASE_URL": HTTPS_BASE,
         "WECHAT_APPID": "wx8888888888888888", "WECHAT_APP_SECRET": "test-wechat-app-secret",
@@ -63,6 +65,7 @@ def live_channels(sandbox_keys: dict[str, object],
         "UNIONPAY_MID": "898340149000005", "UNIONPAY_TID": "88880001",
         "UNIONPAY_MSG_SRC": "WWW.DISTRICT.GOV.CN", "UNIONPAY_MSG_SRC_ID": "3194",
         "UNIONPAY_KEY": str(sandbox_keys["unionpay_key"]),
+        "RECEIPT_SIGNING_KEY": str(receipts),
     }
 
 
@@ -281,7 +284,8 @@ def _live(url: str) -> Settings:
                     unionpay_mid="3", unionpay_tid="4", unionpay_msg_src="WWW.DISTRICT.GOV.CN",
                     unionpay_msg_src_id="3194", unionpay_key="k" * 32,
                     wechat_platform_certs_dir="/etc/wechatpay/certs", public_base_url=url,
-                    app_secret="s" * 40, pii_key=TEST_PII_KEY)
+                    app_secret="s" * 40, pii_key=TEST_PII_KEY,
+                    receipt_signing_key="/run/secrets/receipts.pem")
 
 
 @pytest.mark.parametrize("url", [
@@ -327,9 +331,9 @@ def test_serve_and_worker_refuse_an_unsafe_notify_url(command: str, tmp_path: Pa
 
 def test_live_mode_needs_the_secrets_every_process_shares() -> None:
     unset = _live("https://collection.example.org").model_copy(
-        update={"app_secret": "", "pii_key": ""})
+        update={"app_secret": "", "pii_key": "", "receipt_signing_key": ""})
     problems = unset.live_mode_problems()
-    assert [p.split()[0] for p in problems] == ["APP_SECRET", "PII_KEY"]
+    assert [p.split()[0] for p in problems] == ["APP_SECRET", "PII_KEY", "RECEIPT_SIGNING_KEY"]
 
 
 def test_several_live_processes_need_redis(tmp_path: Path, live_channels: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from backend.orders.schemas import MAX_ITEMS, OrderItemIn
+from backend.receipts.schemas import ReceiptOut
 from backend.residents.schemas import ItemStatus
 
 
@@ -25,12 +26,19 @@ class CollectionIn(BaseModel):
 
 class CollectionOut(BaseModel):
     order_no: str
-    receipt_no: str
+    receipt_no: str = Field(description="The agent's paper receipt (收据) number, as sent; the "
+                                        "service's receipt is `receipt` (its number "
+                                        "`receipt.receipt_no`).")
     method: str
     amount_fen: int
     paid_at: datetime
     business_date: date
     items: list[dict[str, object]]
+    receipt: ReceiptOut = Field(description="The service's receipt (缴费凭证) of this payment, "
+                                            "to show or print on the spot.")
+    receipt_url: str = Field(description="Its public check page (what its QR code holds).")
+    receipt_png_url: str = Field(description="The receipt as a PNG, 58 mm wide (log in).")
+    receipt_pdf_url: str = Field(description="The receipt as a PDF, 58 mm wide (log in).")
 
 
 class RemittanceIn(BaseModel):

@@ -17,6 +17,8 @@ from backend.ledger.models import REMITTED, LedgerAccount, Remittance
 from backend.orders import service as orders
 from backend.orders.models import Order, Payment
 from backend.orders.payment_flow import AlreadyPaid, OrderFacts, PaymentFacts, apply_payment
+from backend.receipts import service as receipts
+from backend.receipts.schemas import receipt_out
 from backend.residents.models import Village
 from backend.runtime import Runtime
 from backend.security.tokens import Principal, RefCodec
@@ -71,12 +73,19 @@ def record_collection(rt: Runtime, principal: Principal, body: CollectionIn) -> 
                                   "pos_reference": body.pos_reference,
                                   "items": len(lines)})
             refs = RefCodec(rt.pii.ref_key)
+            # issued with the payment: the agent shows or prints it on the spot
+            receipt = receipts.issue(s, rt.receipt_key, payment.id, now)  # type: ignore[arg-type]
+            assert receipt is not None
+            view = receipts.view_of(s, receipt, rt.settings.public_base_url)
+            files = f"{rt.settings.public_base_url.rstrip('/')}/api/v1/receipts/{view.receipt_no}"
             return CollectionOut(
                 order_no=order.order_no, receipt_no=body.receipt_no, method=body.method,
                 amount_fen=order.amount_fen, paid_at=now, business_date=payment.business_date,
                 items=[{"resident_ref": refs.make(line.resident_id, principal.sub),
                         "insurance": line.insurance, "tier_yuan": line.tier_yuan,
-                        "amount_fen": line.amount_fen} for line in lines])
+                        "amount_fen": line.amount_fen} for line in lines],
+                receipt=receipt_out(view), receipt_url=view.verify_url,
+                receipt_png_url=files + ".png", receipt_pdf_url=files + ".pdf")
     except IntegrityError as exc:
         if "uq_agent_receipt" in str(exc) or "agent_collections" in str(exc):
             raise _receipt_taken(body.receipt_no, None) from None

@@ -51,6 +51,7 @@ from backend.ledger import service as ledger
 from backend.ledger.models import COLLECTED
 from backend.orders.models import BillLine, Order, Payment
 from backend.policy import DEPARTMENTS, Assessment, Policy, ResidentFacts, assess
+from backend.receipts import service as receipts
 from backend.residents.models import Resident, Town, Village, category_set
 from backend.residents.service import policy_for
 from backend.runtime import Runtime
@@ -505,6 +506,8 @@ def _cover(rt: Runtime, session: Session, bill: DepartmentBill, now: datetime) -
                           legs=legs, payment_id=payment_id)
     bill.payment_id = payment_id
     bill.paid_at = now
+    # the department's receipt for the bill, issued with the payment
+    receipts.issue(session, rt.receipt_key, payment_id, now)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- credit notes

@@ -69,3 +69,7 @@ class OrderOut(BaseModel):
     refund_queued_fen: int = 0
     refunded_fen: int = 0
     refunds: list[OrderRefundOut] = []
+    # once paid: the receipt (缴费凭证) of the payment that paid it, and the URL of its
+    # public check page (what the receipt's QR code holds)
+    receipt_no: str | None = None
+    receipt_url: str | None = None

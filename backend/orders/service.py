@@ -40,6 +40,7 @@ from backend.orders.schemas import (
 )
 from backend.orders.states import ATTEMPT_TRANSITIONS, LIVE_ATTEMPT_STATES, ORDER_TRANSITIONS
 from backend.policy import Assessment, assess
+from backend.receipts import service as receipts
 from backend.residents import repository as residents_repo
 from backend.residents.models import Resident
 from backend.residents.service import facts_of, in_scope, policy_for
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 RESIDENT_ORDER_TTL = timedelta(minutes=15)
 AGENT_QR_TTL = timedelta(minutes=3)
+#: Orders whose money came in: their answer carries the receipt.
+PAID_STATES = ("paid", "partially_refunded", "refunded")
 DESCRIPTIONS = {"pension": "城乡居民基本养老保险", "medical": "城乡居民基本医疗保险"}
 
 
@@ -355,6 +358,9 @@ def render(rt: Runtime, session: Session | None, principal: Principal, order: Or
     assert lines is not None and attempts is not None and refunds is not None
     paid = [a for a in attempts if a.status == "paid"]
     current = paid[0] if paid else current_attempt(attempts)
+    receipt = None
+    if session is not None and order.status in PAID_STATES:
+        receipt = receipts.order_receipt(rt, session, order.id, order.channel_transaction_id)
     return OrderOut(
         order_no=order.order_no, status=order.status, year=order.year,
         amount_fen=order.amount_fen, expires_at=order.expires_at,
@@ -377,6 +383,9 @@ def render(rt: Runtime, session: Session | None, principal: Principal, order: Or
         refunds=[OrderRefundOut(refund_id=r.id, amount_fen=r.amount_fen, status=r.status,  # type: ignore[arg-type]
                                 reason=r.reason, requested_at=r.requested_at or r.created_at,
                                 refunded_at=r.refunded_at) for r in refunds],
+        receipt_no=receipt.receipt_no if receipt else None,
+        receipt_url=(receipts.verify_url(rt.settings.public_base_url, receipts.token_of(receipt))
+                     if receipt else None),
     )
 
 

@@ -79,7 +79,7 @@ def live_login_app(tmp_path: Path, api_base_url: str) -> tuple[TestClient, Runti
         public_base_url="https://collection.example.org", unionpay_mid="898340149000005",
         unionpay_tid="88880001",
         unionpay_msg_src="WWW.DISTRICT.GOV.CN", unionpay_msg_src_id="3194",
-        unionpay_key="k" * 32)
+        unionpay_key="k" * 32, receipt_signing_key=str(tmp_path / "receipts.pem"))
     from backend.app import create_app
 
     rt = Runtime(settings)

@@ -831,6 +831,7 @@ def test_live_mode_refuses_to_start_without_a_way_to_verify_wechat_pay() -> None
                             "unionpay_msg_src": "WWW.DISTRICT.GOV.CN",
                             "unionpay_msg_src_id": "3194", "unionpay_key": "k" * 32,
                             "public_base_url": "https://collection.example.org",
+                            "receipt_signing_key": "/run/secrets/receipts.pem",
                             "app_secret": "s" * 40, "pii_key": "a2tra2tra2tra2tra2tra2tra2tra2"
                                                               "tra2tra2tra2s="}
     with pytest.raises(ConfigError, match="WECHAT_PLATFORM_CERTS_DIR"):
