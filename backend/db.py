@@ -60,6 +60,9 @@ def utcnow() -> datetime:
 
 
 def make_engine(url: str, **kw: Any) -> Engine:
+    # A database error's text would otherwise carry the statement's parameters — a
+    # resident's name, say — into the logs.
+    kw.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         kw.pop("pool_size", None)     # SQLite takes one writer at a time: its defaults do
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kw)

@@ -18,9 +18,11 @@ from typing import Any
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # 18-character citizen ID numbers and 11-digit mainland mobile numbers, not inside longer
-# digit runs (order numbers, timestamps).
-_ID = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[\dXx])(?![0-9A-Za-z])")
-_PHONE = re.compile(r"(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
+# digit runs (order numbers, timestamps); after a letter ("ID1101…") or a percent-escape
+# ("%221101…": a quote, URL-encoded) too.
+_START = r"(?:(?<!\d)|(?<=%[0-9A-Fa-f]{2}))"
+_ID = re.compile(_START + r"(\d{6})\d{8}(\d{3}[\dXx])(?!\d)")
+_PHONE = re.compile(_START + r"(1[3-9]\d)\d{4}(\d{4})(?!\d)")
 # Query parameters that carry secrets (WeChat's jscode2session takes the AppSecret in its URL).
 _SECRET_PARAM = re.compile(r"(?i)\b(secret|js_code|session_key|access_token)=[^&\s\"']+")
 

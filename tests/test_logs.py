@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -118,3 +119,23 @@ def test_an_access_line_with_nothing_to_mask_is_unchanged() -> None:
     assert redact(line) is line
     assert redact(f"/x?id={ID_NUMBER}") == f"/x?id={ID_MASKED}"
     assert redact(f"tel {PHONE}.") == f"tel {PHONE_MASKED}."
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    (f"ID{ID_NUMBER}", f"ID{ID_MASKED}"),                       # after a letter
+    (f"%22{ID_NUMBER}%22", f"%22{ID_MASKED}%22"),               # URL-encoded quotes
+    ("%2213912345678", "%22139****5678"),
+    ("order 2020110200000000123456", "order 2020110200000000123456"),   # a longer run
+])
+def test_numbers_after_a_letter_or_a_percent_escape_are_masked(text: str, masked: str) -> None:
+    assert redact(text) == masked
+
+
+def test_database_errors_carry_no_parameters(rt: Any) -> None:
+    """A failed statement's error names the statement, never the values it was given."""
+    from sqlalchemy import text as sql
+
+    with pytest.raises(Exception) as caught, rt.engine.connect() as conn:
+        conn.execute(sql("SELECT CAST(:v AS INTEGER) FROM no_such_table"), {"v": "张三丰"})
+    assert "张三丰" not in str(caught.value)
+    assert "parameters hidden" in str(caught.value)
