@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,6 +114,22 @@ def _field(loc: tuple[object, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+async def _flush_rejections(rt: Runtime) -> None:
+    """Once a second, the counts of rejected notifications this process holds are written,
+    so that a flood's last second is not left in memory until the next one."""
+    from backend.notifications.service import flush_rejections
+    from backend.notifications.tally import FLUSH_EVERY_S
+
+    while True:
+        await asyncio.sleep(FLUSH_EVERY_S)
+        if rt.rejections.pending():
+            try:
+                await run_in_threadpool(flush_rejections, rt)
+            except Exception:
+                log.exception("the counts of rejected notifications could not be written; "
+                              "kept for the next try")
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or Runtime(settings or get_settings())
     runtime.settings.check_live_mode()
@@ -129,7 +147,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             from backend.notifications.service import open_notify_pool
 
             pool = app.state.notify_pool = await open_notify_pool(runtime)
+        flusher = asyncio.create_task(_flush_rejections(runtime))
         yield
+        flusher.cancel()
         if pool is not None:
             app.state.notify_pool = None
             await pool.close()

@@ -115,15 +115,19 @@ def flush_rejections(rt: Runtime) -> None:
     counts = rt.rejections.take()
     if not counts:
         return
-    with unit_of_work(rt.sessions) as s:
-        if rt.postgres:
-            # a count of forged notifications: not worth waiting for the WAL flush (a crash
-            # may lose the last few milliseconds' counts, nothing else)
-            Tx(s).rowcount(_ASYNC_COMMIT)
-        for (channel, minute, outcome), c in counts.items():
-            Tx(s).rowcount(_COUNT_REJECTION, channel=channel, minute=minute, outcome=outcome,
-                           count=c.count, detail=c.sample[0], headers=c.sample[1],
-                           body=c.sample[2], now=c.last_at)
+    try:
+        with unit_of_work(rt.sessions) as s:
+            if rt.postgres:
+                # a count of forged notifications: not worth waiting for the WAL flush (a
+                # crash may lose the last few milliseconds' counts, nothing else)
+                Tx(s).rowcount(_ASYNC_COMMIT)
+            for (channel, minute, outcome), c in counts.items():
+                Tx(s).rowcount(_COUNT_REJECTION, channel=channel, minute=minute,
+                               outcome=outcome, count=c.count, detail=c.sample[0],
+                               headers=c.sample[1], body=c.sample[2], now=c.last_at)
+    except Exception:
+        rt.rejections.put_back(counts)      # written with the next ones
+        raise
 
 
 def _audit(rt: Runtime, channel: Channel, headers: Mapping[str, str], body: bytes,

@@ -1,5 +1,6 @@
 """Counts of rejected notifications over the minute's allowance, gathered in the process and
-written once a second (``notifications.service.flush_rejections``)."""
+written once a second (``notifications.service.flush_rejections``: by the next rejection
+after a second, by serve's once-a-second flush when the flood has stopped, and at close)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,21 @@ class RejectionTally:
                 c.count += 1
                 c.last_at = now
             return time.monotonic() - self._taken_at >= FLUSH_EVERY_S
+
+    def pending(self) -> bool:
+        return bool(self._counts)
+
+    def put_back(self, counts: dict[Key, Count]) -> None:
+        """Counts taken whose write failed: added to what came meanwhile, written next time."""
+        with self._lock:
+            for key, c in counts.items():
+                now = self._counts.get(key)
+                if now is None:
+                    self._counts[key] = c
+                else:
+                    now.count += c.count
+                    now.sample = c.sample              # the earlier one's: the first seen
+                    now.last_at = max(now.last_at, c.last_at)
 
     def take(self) -> dict[Key, Count]:
         with self._lock:

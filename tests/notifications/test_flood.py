@@ -94,3 +94,47 @@ def test_what_is_not_a_forgery_is_kept_in_full_whatever_the_flood(
     assert rows == {"rejected": KEPT, "unknown_order": 1, "amount_mismatch": 1,
                     "transaction_conflict": 1, "error": 1}
     assert counted == 5 + 1
+
+
+def _counted(rt: Runtime) -> int:
+    with unit_of_work(rt.sessions) as s:
+        return int(s.scalar(select(func.coalesce(func.sum(NotificationRejection.count), 0)))
+                   or 0)
+
+
+def test_a_floods_last_counts_are_written_without_another_rejection(capped: Runtime) -> None:
+    """serve writes what the process holds once a second: a flood that stopped leaves
+    nothing in memory (a SIGKILL would have lost it)."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    with TestClient(create_app(runtime=capped)):
+        capped.rejections.add(("alipay", NOW.replace(second=0), "rejected"),
+                              ("forged", {}, "sign=x"), NOW)
+        deadline = time.monotonic() + 5
+        while _counted(capped) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _counted(capped) == 1
+        assert not capped.rejections.pending()
+
+
+def test_counts_whose_write_failed_are_kept_for_the_next(
+        capped: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = ("unionpay", NOW.replace(second=0), "malformed")
+    capped.rejections.add(key, ("first", {}, "a"), NOW)
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(service, "unit_of_work", broken)
+    with pytest.raises(RuntimeError):
+        flush_rejections(capped)
+    capped.rejections.add(key, ("second", {}, "b"), NOW)
+    monkeypatch.undo()
+    flush_rejections(capped)
+    with unit_of_work(capped.sessions) as s:
+        row = s.scalars(select(NotificationRejection)).one()
+        assert (row.count, row.first_detail) == (2, "first")
