@@ -102,7 +102,7 @@ def recorded(session: Session, village_code: str, paper_receipt_no: str) -> list
         .order_by(col(AgentCollection.id))).all()
     out = []
     for row in rows:
-        collection_id, amount_fen, day = row._tuple()
+        collection_id, amount_fen, day = row
         assert collection_id is not None
         out.append(Recorded(collection_id, int(amount_fen), day))
     return out
