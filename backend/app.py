@@ -35,6 +35,7 @@ from backend.outbox.endpoints import router as outbox_router
 from backend.progress.endpoints import router as progress_router
 from backend.publications.endpoints import router as publications_router
 from backend.receipts.endpoints import router as receipts_router
+from backend.receipts.report_endpoints import router as receipt_reports_router
 from backend.reconciliation.endpoints import router as reconciliation_router
 from backend.refunds.endpoints import router as refunds_router
 from backend.residents.endpoints import LookupLane
@@ -224,6 +225,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(declarations_router)
     # /r/<token> never takes /r/public-key or /r/report (its path convertor leaves them out)
     app.include_router(receipts_router)
+    app.include_router(receipt_reports_router)
     if runtime.settings.sandbox:
         app.include_router(runtime.channels.sandbox_router())
     install_desk(app)

@@ -140,6 +140,12 @@ class RateLimiter:
         full = [f"{self.prefix}:{key}" for key in keys]
         return [int(v or 0) for v in self._run(lambda c: c.mget(full))]
 
+    def ttl(self, key: str) -> int | None:
+        """Seconds until a key's window ends (None: no window running)."""
+        full = f"{self.prefix}:{key}"
+        left = int(self._run(lambda c: c.ttl(full)))
+        return left if left > 0 else None
+
     def exceeded(self, keys: list[str], limit: int) -> bool:
         return any(self.count(k) >= limit for k in keys)
 

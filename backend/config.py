@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # failures from any address slow an account's logins down, by up to this much
     login_slowdown_max_s: float = Field(default=3.0, ge=0, le=30)
     access_token_ttl_s: int = 8 * 3600
+    # reports of paper receipts (POST /r/report, no login) per client address and hour,
+    # counted across the serve processes in Redis
+    receipt_reports_per_hour: int = Field(default=5, ge=1, le=10_000)
 
     # Reconciliation: the fee each channel charges on a payment (费率), as a decimal fraction
     # per channel, "wechat=0.002,alipay=0.002,unionpay=0.002,pos=0.002". A statement line whose

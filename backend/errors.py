@@ -15,13 +15,15 @@ class AppError(Exception):
     code = "bad_request"
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 **extra: Any) -> None:
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
         if status:
             self.status = status
+        #: HTTP headers of the answer (a 429's Retry-After)
+        self.headers = headers or {}
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
@@ -33,7 +35,7 @@ class AppError(Exception):
 def answer_error(exc: AppError) -> JSONResponse:
     """The answer to an ``AppError``: the app's exception handler's, and the lanes' (ASGI
     middleware that answer a path ahead of FastAPI) alike."""
-    return JSONResponse(status_code=exc.status, content=exc.body())
+    return JSONResponse(status_code=exc.status, content=exc.body(), headers=exc.headers or None)
 
 
 class ValidationFailed(AppError):
@@ -144,7 +146,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
                                          "code)"),
     "not_found": ErrorCode(404, "nothing of this kind that this caller may see"),
     "payload_too_large": ErrorCode(413, "the request body is over the size limit"),
-    "rate_limited": ErrorCode(429, "too many failed lookups or logins: wait a few minutes"),
+    "rate_limited": ErrorCode(429, "too many failed lookups or logins, or receipt reports from "
+                                   "one address: wait a few minutes (a report's answer says "
+                                   "how long in `Retry-After`)"),
     "not_eligible": ErrorCode(409, "an item the resident can not pay (`reason` says why)"),
     "window_closed": ErrorCode(409, "the collection window is not open; back-payments (补缴) "
                                     "are made by staff"),

@@ -61,6 +61,13 @@ RECEIPT_CHECKS = Counter(
     "signature not ours, an unknown receipt, content that differs from the issued one)",
     ["outcome"])
 
+RECEIPT_REPORTS = Counter(
+    "collect_receipt_reports_total",
+    "Residents' reports of paper receipts at POST /r/report, by kind: unknown_receipt and "
+    "amount_differs (recorded for the town and auditors), matches (known with that amount: "
+    "nothing recorded), repeat (the same report again while it is open: nothing new)",
+    ["kind"])
+
 _OUTBOX = text(
     "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,"
     " min(run_at) FILTER (WHERE status = 'pending' AND run_at <= :now) AS oldest_due,"

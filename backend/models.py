@@ -36,6 +36,7 @@ from backend.orders.models import (
 from backend.outbox.models import OutboxJob
 from backend.publications.models import PublicationVersion
 from backend.receipts.models import Receipt
+from backend.receipts.report_models import ReceiptReport
 from backend.reconciliation.models import (
     Discrepancy,
     ReconciliationRun,
@@ -53,4 +54,4 @@ __all__ = ["metadata", "StaffUser", "DepartmentListing", "Death", "Resident", "T
            "EntryCheck", "Statement", "StatementLine", "ReconciliationRun", "Discrepancy",
            "AuditEvent", "DepartmentBill", "DepartmentBillLine", "DepartmentTransfer",
            "DepartmentCreditNote", "DepartmentCreditLine", "PublicationVersion",
-           "NotificationRejection", "Receipt"]
+           "NotificationRejection", "Receipt", "ReceiptReport"]

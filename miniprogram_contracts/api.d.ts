@@ -604,7 +604,10 @@ export interface paths {
          *     and `paid` those of them whose item for the year is paid, by anyone (resident, agent,
          *     department). Rates are integer basis points (`rate_bp`, 1 % = 100, rounded down; null when
          *     nobody is eligible); `behind` compares exactly. Per town, then per village, villages with
-         *     the largest gap to a target first; `totals` over every town in the answer.
+         *     the largest gap to a target first; `totals` over every town in the answer. Each village
+         *     and town also counts residents' reports of paper receipts (`POST /r/report`):
+         *     `receipt_reports_open` (unknown to the service, or known with another amount, not yet
+         *     matched or closed) and `receipt_reports_total`, whatever the year.
          *
          *     Scope: finance, auditors and admins see the district, or one `town`; town staff their own
          *     town (another town: 403). Agents, departments and residents: 403 (agents follow their
@@ -1131,6 +1134,46 @@ export interface paths {
         get: operations["public_key_r_public_key_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/r/report": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Report Form
+         * @description The form a resident checks a paper receipt with (no login): the village (picked from
+         *     the district's list; `village` preselects one), the receipt's number, the amount in yuan,
+         *     the day paid and a note. It posts to `POST /r/report`.
+         */
+        get: operations["report_form_r_report_get"];
+        put?: never;
+        /**
+         * Report
+         * @description Check a paper receipt against the agents' collections of its village (no login).
+         *
+         *     - Unknown there: recorded, 201 `{"recorded": true, "kind": "unknown_receipt", "status":
+         *       "open", "report_no", ...}`; it becomes `matched` when an agent of the village records
+         *       that receipt number for the amount later.
+         *     - Known with another amount: recorded, 201, `kind` `amount_differs` (the recorded amount
+         *       is not told).
+         *     - Known with that amount: nothing recorded, 200 `{"recorded": false, "known": true,
+         *       "matches": true, "recorded_on", "amount_fen"}` — nothing about who paid.
+         *
+         *     An unknown village, a day after today or more than 3 years ago, an amount not above 0 or
+         *     over 100,000 yuan, a receipt number not printable or over 64 characters: 422 naming the
+         *     field, nothing written. More than RECEIPT_REPORTS_PER_HOUR reports from one address in an
+         *     hour: 429 with `Retry-After`. The form's post (`amount_yuan` in yuan) is answered with a
+         *     page in Chinese, with the same statuses.
+         */
+        post: operations["report_r_report_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2289,6 +2332,40 @@ export interface components {
             name: string | null;
         };
         /**
+         * ReceiptKnownOut
+         * @description The paper receipt is recorded in that village for that amount (200): nothing is
+         *     recorded. Only that it is known, the business day it was recorded on and its amount —
+         *     nothing about who paid.
+         */
+        ReceiptKnownOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /**
+             * Known
+             * @default true
+             * @constant
+             */
+            known: true;
+            /**
+             * Matches
+             * @default true
+             * @constant
+             */
+            matches: true;
+            /**
+             * Recorded
+             * @default false
+             * @constant
+             */
+            recorded: false;
+            /**
+             * Recorded On
+             * Format: date
+             * @description The business day the agent recorded it.
+             */
+            recorded_on: string;
+        };
+        /**
          * ReceiptOut
          * @description A receipt (缴费凭证) as issued; `refunded_fen` is what was refunded of it since.
          */
@@ -2352,6 +2429,70 @@ export interface components {
              * @description Masked (张*); for a department bill the department's name.
              */
             name: string;
+        };
+        /**
+         * ReceiptReportOut
+         * @description A report recorded for the town and auditors (201): the paper receipt is not known in
+         *     that village (`unknown_receipt`), or known with another amount (`amount_differs`).
+         */
+        ReceiptReportOut: {
+            /** Amount Fen */
+            amount_fen: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "unknown_receipt" | "amount_differs";
+            /**
+             * Known
+             * @description Whether the service knows a collection with that paper receipt number in the village (true: `amount_differs`).
+             */
+            known: boolean;
+            /**
+             * Matches
+             * @default false
+             * @constant
+             */
+            matches: false;
+            /**
+             * Paid On
+             * Format: date
+             */
+            paid_on: string;
+            /** Paper Receipt No */
+            paper_receipt_no: string;
+            /**
+             * Recorded
+             * @default true
+             * @constant
+             */
+            recorded: true;
+            /**
+             * Repeat
+             * @description true: the same report (village, number, amount, day) was open already; this is it, nothing new recorded.
+             */
+            repeat: boolean;
+            /**
+             * Report No
+             * @description `J` + business date YYYYMMDD + 8 digits, e.g. J2020110200000007: quote it to the town.
+             */
+            report_no: string;
+            /**
+             * Reported At
+             * Format: date-time
+             * @description When it was recorded, on the business clock, Beijing time (+08:00).
+             */
+            reported_at: string;
+            /**
+             * Status
+             * @description `open` when recorded; `matched` once the agent records that paper receipt for the amount; `closed` by the town.
+             * @enum {string}
+             */
+            status: "open" | "matched" | "closed";
+            /** Village Code */
+            village_code: string;
+            /** Village Name */
+            village_name: string;
         };
         /** RefundCreate */
         RefundCreate: {
@@ -2725,6 +2866,16 @@ export interface components {
             measures: components["schemas"]["Measure"][];
             /** Name */
             name: string;
+            /**
+             * Receipt Reports Open
+             * @description the open reports of its villages
+             */
+            receipt_reports_open: number;
+            /**
+             * Receipt Reports Total
+             * @description every report of its villages
+             */
+            receipt_reports_total: number;
             /** Town Code */
             town_code: string;
             /** Villages */
@@ -2846,6 +2997,16 @@ export interface components {
             measures: components["schemas"]["Measure"][];
             /** Name */
             name: string;
+            /**
+             * Receipt Reports Open
+             * @description residents' reports of this village's paper receipts (POST /r/report) still open: unknown to the service, or known with another amount, whatever the year
+             */
+            receipt_reports_open: number;
+            /**
+             * Receipt Reports Total
+             * @description every report of this village's paper receipts, open, matched later or closed
+             */
+            receipt_reports_total: number;
             /** Village Code */
             village_code: string;
         };
@@ -3872,7 +4033,7 @@ export interface operations {
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
             };
-            /** @description - `rate_limited`: too many failed lookups or logins: wait a few minutes */
+            /** @description - `rate_limited`: too many failed lookups or logins, or receipt reports from one address: wait a few minutes (a report's answer says how long in `Retry-After`) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -7147,7 +7308,7 @@ export interface operations {
                     } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
                 };
             };
-            /** @description - `rate_limited`: too many failed lookups or logins: wait a few minutes */
+            /** @description - `rate_limited`: too many failed lookups or logins, or receipt reports from one address: wait a few minutes (a report's answer says how long in `Retry-After`) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -7323,6 +7484,154 @@ export interface operations {
                 };
                 content: {
                     "text/plain": string;
+                };
+            };
+        };
+    };
+    report_form_r_report_get: {
+        parameters: {
+            query?: {
+                village?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the form, in Chinese, for a phone's browser */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": string;
+                };
+            };
+        };
+    };
+    report_r_report_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * Amount Fen
+                     * @description What the resident paid, in fen (380 yuan = 38000).
+                     */
+                    amount_fen: number;
+                    /**
+                     * Note
+                     * @description Anything else for the town (optional), kept as given: never shown on a public page.
+                     */
+                    note?: string | null;
+                    /**
+                     * Paid On
+                     * Format: date
+                     * @description The day paid: not after today (the business clock), and at most 3 years ago.
+                     */
+                    paid_on: string;
+                    /**
+                     * Paper Receipt No
+                     * @description The number printed or written on the paper receipt: letters, digits and signs, no spaces (full-width characters are read as their ASCII forms, surrounding spaces dropped).
+                     */
+                    paper_receipt_no: string;
+                    /**
+                     * Village Code
+                     * @description The village (村/社区) whose agent took the money; `GET /r/report` lists the district's villages.
+                     */
+                    village_code: string;
+                };
+                "application/x-www-form-urlencoded": {
+                    /**
+                     * Amount Yuan
+                     * @description Yuan with at most two decimals: 380, 380.5, 380.50 (converted to fen exactly).
+                     */
+                    amount_yuan: string;
+                    /** Note */
+                    note?: string | null;
+                    /**
+                     * Paid On
+                     * @description YYYY-MM-DD
+                     */
+                    paid_on: string;
+                    /** Paper Receipt No */
+                    paper_receipt_no: string;
+                    /** Village Code */
+                    village_code: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Known in that village for that amount: nothing recorded. (The form's post: a page saying so.) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReceiptKnownOut"];
+                    "text/html": string;
+                };
+            };
+            /** @description Recorded as a report (or the same report, open already: `repeat`). (The form's post: a page with the report's number.) */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReceiptReportOut"];
+                    "text/html": string;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                    "text/html": string;
+                };
+            };
+            /** @description - `rate_limited`: too many failed lookups or logins, or receipt reports from one address: wait a few minutes (a report's answer says how long in `Retry-After`) */
+            429: {
+                headers: {
+                    /** @description seconds until the address may report again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "rate_limited";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                    "text/html": string;
                 };
             };
         };

@@ -279,3 +279,21 @@ def test_notification_rejections_come_and_go_with_0017(empty_db: str) -> None:
     with engine.connect() as conn:
         assert "notification_rejections" in sa_inspect(conn).get_table_names()
     engine.dispose()
+
+
+def test_receipt_reports_come_and_go_with_0019(empty_db: str) -> None:
+    """0019 adds the table residents' reports of paper receipts are kept in; its downgrade
+    drops it (with its indexes), and upgrading again works."""
+    upgrade(empty_db)
+    command.downgrade(alembic_config(empty_db), "0018")
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        assert "receipt_reports" not in sa_inspect(conn).get_table_names()
+    engine.dispose()
+    upgrade(empty_db)
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        assert "receipt_reports" in sa_inspect(conn).get_table_names()
+        indexes = {i["name"] for i in sa_inspect(conn).get_indexes("receipt_reports")}
+        assert "ix_receipt_reports_village_receipt" in indexes
+    engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.money import yuan
+from backend.money import parse_yuan, yuan
 
 
 @pytest.mark.parametrize(("fen", "plain", "grouped"), [
@@ -16,3 +16,20 @@ from backend.money import yuan
 def test_yuan_is_exact_for_every_integer_of_fen(fen: int, plain: str, grouped: str) -> None:
     assert yuan(fen) == plain
     assert yuan(fen, thousands=True) == grouped
+
+
+@pytest.mark.parametrize(("text", "fen"), [
+    ("380", 38000), ("380.5", 38050), ("380.50", 38050), ("0.01", 1), (" 380 ", 38000),
+    ("1,380.00", 138000), ("¥380", 38000), ("380元", 38000), ("３８０．５", 38050),
+    # beyond a float's exact decimals: still exact
+    ("999999999.99", 99999999999), ("0.29", 29), ("1.15", 115),
+])
+def test_yuan_as_typed_is_exact_fen(text: str, fen: int) -> None:
+    assert parse_yuan(text) == fen
+
+
+@pytest.mark.parametrize("text", ["", "380.555", "-1", "+1", "1e3", ".5", "380.", "1,38",
+                                  "三百八", "380 50", "nan", "1000000000"])
+def test_what_is_not_yuan_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_yuan(text)

@@ -17,6 +17,7 @@ from backend.ledger.models import REMITTED, LedgerAccount, Remittance
 from backend.orders import service as orders
 from backend.orders.models import Order, Payment
 from backend.orders.payment_flow import AlreadyPaid, OrderFacts, PaymentFacts, apply_payment
+from backend.receipts import reports as receipt_reports
 from backend.receipts import service as receipts
 from backend.receipts.schemas import receipt_out
 from backend.residents.models import Village
@@ -51,9 +52,12 @@ def record_collection(rt: Runtime, principal: Principal, body: CollectionIn) -> 
                               business_date=business_date(now), source="agent")
             s.add(payment)
             s.flush()
-            s.add(AgentCollection(agent_id=aid, receipt_no=body.receipt_no, method=body.method,
-                                  pos_reference=body.pos_reference, order_id=order.id,  # type: ignore[arg-type]
-                                  payment_id=payment.id))  # type: ignore[arg-type]
+            collection = AgentCollection(agent_id=aid, receipt_no=body.receipt_no,
+                                         method=body.method, pos_reference=body.pos_reference,
+                                         order_id=order.id,  # type: ignore[arg-type]
+                                         payment_id=payment.id)  # type: ignore[arg-type]
+            s.add(collection)
+            s.flush()
             debit = (ledger.agent_cash(aid) if body.method == "cash"
                      else ledger.channel_clearing("pos"))
             try:
@@ -67,6 +71,11 @@ def record_collection(rt: Runtime, principal: Principal, body: CollectionIn) -> 
             except AlreadyPaid:
                 raise Conflict("an item was paid meanwhile; collect nothing for it",
                                code="item_already_paid") from None
+            # a resident who checked this paper receipt before it was recorded: now it is
+            receipt_reports.match_collection(
+                s, rt, principal, village_code=principal.village_code,
+                paper_receipt_no=body.receipt_no, collection_id=collection.id,  # type: ignore[arg-type]
+                amount_fen=order.amount_fen, now=now)
             audit.record(s, rt, principal, "collection.record", "order", order.order_no,
                          details={"receipt_no": body.receipt_no, "method": body.method,
                                   "amount_fen": order.amount_fen,

@@ -40,13 +40,20 @@ _LONG_NUMBER = re.compile(r"\d{14,17}[\dXx]|\d{11,13}")
 # (At least one letter: a run of digits alone is masked whatever its length.)
 _DIGEST = re.compile(r"(?=.*[a-f])(?:[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64})")
 
+# Administrative division codes (统计用区划代码: a town's 9 digits, a village's 12) are public,
+# not personal: under these keys a code is kept as it is, where a run of 11-13 digits would
+# otherwise be masked as a phone number.
+_REGION_KEYS = frozenset({"village_code", "town_code"})
+_REGION_CODE = re.compile(r"\d{6,12}")
+
 Actor = Principal | StaffUser | int | None
 
 
 def _masked(value: Any) -> Any:
     """``details`` as kept: JSON types only, every ID or phone number in a string masked."""
     if isinstance(value, dict):
-        return {str(k): _masked(v) for k, v in value.items()}
+        return {str(k): v if k in _REGION_KEYS and isinstance(v, str)
+                and _REGION_CODE.fullmatch(v) else _masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_masked(v) for v in value]
     if isinstance(value, str):

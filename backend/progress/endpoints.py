@@ -28,7 +28,10 @@ def progress(session: SessionDep, rt: RuntimeDep, principal: CurrentPrincipal,
     and `paid` those of them whose item for the year is paid, by anyone (resident, agent,
     department). Rates are integer basis points (`rate_bp`, 1 % = 100, rounded down; null when
     nobody is eligible); `behind` compares exactly. Per town, then per village, villages with
-    the largest gap to a target first; `totals` over every town in the answer.
+    the largest gap to a target first; `totals` over every town in the answer. Each village
+    and town also counts residents' reports of paper receipts (`POST /r/report`):
+    `receipt_reports_open` (unknown to the service, or known with another amount, not yet
+    matched or closed) and `receipt_reports_total`, whatever the year.
 
     Scope: finance, auditors and admins see the district, or one `town`; town staff their own
     town (another town: 403). Agents, departments and residents: 403 (agents follow their

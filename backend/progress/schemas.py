@@ -30,6 +30,12 @@ class VillageProgress(BaseModel):
     gap_bp: int = Field(description="the largest target_bp − rate_bp of its measures (0 when "
                                     "on target); villages are listed largest gap first")
     measures: list[Measure]
+    receipt_reports_open: int = Field(description="residents' reports of this village's paper "
+                                                  "receipts (POST /r/report) still open: "
+                                                  "unknown to the service, or known with "
+                                                  "another amount, whatever the year")
+    receipt_reports_total: int = Field(description="every report of this village's paper "
+                                                   "receipts, open, matched later or closed")
 
 
 class TownProgress(BaseModel):
@@ -37,6 +43,8 @@ class TownProgress(BaseModel):
     name: str
     measures: list[Measure]
     villages: list[VillageProgress]
+    receipt_reports_open: int = Field(description="the open reports of its villages")
+    receipt_reports_total: int = Field(description="every report of its villages")
 
 
 class TargetOut(BaseModel):

@@ -24,6 +24,7 @@ from backend.policy import Policy, ResidentFacts, assess
 from backend.progress import repository as repo
 from backend.progress.repository import Group
 from backend.progress.schemas import Measure, Progress, TargetOut, TownProgress, VillageProgress
+from backend.receipts import reports as receipt_reports
 from backend.security.tokens import Principal
 
 DISTRICT_ROLES = ("finance", "auditor", "admin")
@@ -113,6 +114,7 @@ def progress(session: Session, policy: Policy, now: datetime, town: str | None) 
                         sum(counts[(c, t.key)][1] for c in codes if (c, t.key) in counts))
                 for t in targets]
 
+    reports = receipt_reports.counts(session, town)
     by_town: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for code, name, town_code in repo.villages(session, town):
         by_town[town_code].append((code, name))
@@ -122,13 +124,19 @@ def progress(session: Session, policy: Policy, now: datetime, town: str | None) 
         for code, name in by_town[town_code]:
             ms = measures([code])
             gap = max([m.target_bp - m.rate_bp for m in ms if m.rate_bp is not None] + [0])
+            opened, total = reports.get(code, (0, 0))
             villages.append(VillageProgress(village_code=code, name=name, gap_bp=gap,
-                                            measures=ms))
+                                            measures=ms, receipt_reports_open=opened,
+                                            receipt_reports_total=total))
         villages.sort(key=lambda v: (-v.gap_bp, -sum(m.shortfall for m in v.measures),
                                      v.village_code))
         out.append(TownProgress(town_code=town_code, name=town_name,
                                 measures=measures([c for c, _ in by_town[town_code]]),
-                                villages=villages))
+                                villages=villages,
+                                receipt_reports_open=sum(v.receipt_reports_open
+                                                         for v in villages),
+                                receipt_reports_total=sum(v.receipt_reports_total
+                                                          for v in villages)))
     every = [c for t, _ in towns for c, _ in by_town[t]]
     return Progress(year=year, as_of=now, policy=policy.id, targets=[t.out() for t in targets],
                     towns=out, totals=measures(every))

@@ -251,3 +251,14 @@ def test_a_files_digest_is_kept_and_numbers_in_it_are_not_taken_for_ids() -> Non
     mixed = audit._masked(f"{digest} {number}")
     assert mixed.endswith(" 370406********0112") and digest not in mixed
     assert audit._masked("1" * 64) != "1" * 64
+
+
+def test_region_codes_are_kept_and_numbers_elsewhere_masked() -> None:
+    """A village's 12 digits under village_code (public: 统计用区划代码) are kept; the same
+    digits elsewhere, or an ID number under that key, are masked still."""
+    kept = audit._masked({"village_code": "370406100201", "town_code": "370406100",
+                          "note": "370406100201", "phone": "13812345678"})
+    assert kept == {"village_code": "370406100201", "town_code": "370406100",
+                    "note": "370*****0201", "phone": "138****5678"}
+    assert audit._masked({"village_code": "370406196903150112"}) == {
+        "village_code": "370406********0112"}
