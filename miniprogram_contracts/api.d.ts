@@ -1213,7 +1213,8 @@ export interface paths {
          * Readyz
          * @description Ready for traffic: the database answers and is at the newest migration. Redis is
          *     checked too; without it the service still takes payments (rate limits count per
-         *     process), so it answers 200 with ``"status": "degraded"``.
+         *     process), so it answers 200 with ``"status": "degraded"``. Without ``REDIS_URL`` (one
+         *     process, its own in-process store) there is no Redis to miss: ready.
          */
         get: operations["readyz_readyz_get"];
         put?: never;
