@@ -29,7 +29,16 @@ def _reader(principal: Principal) -> None:
         raise Forbidden("the audit trail is for auditors and admins")
 
 
+# The service's records begin in this century; a date far outside it (0001-01-01) would
+# overflow when its Beijing midnight is turned into UTC.
+EARLIEST, LATEST = date(2000, 1, 1), date(2999, 12, 31)
+
+
 def _range(first: date, last: date) -> None:
+    for name, day in (("from", first), ("to", last)):
+        if not EARLIEST <= day <= LATEST:
+            raise ValidationFailed(f"{name}: {day} is outside {EARLIEST} to {LATEST}",
+                                   fields=[name])
     if last < first:
         raise ValidationFailed(f"to: {last} is before from: {first}", fields=["to"])
     if (last - first).days >= MAX_DAYS:

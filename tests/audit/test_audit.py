@@ -134,6 +134,9 @@ def test_staff_actions_are_recorded_and_auditors_read_them(rt: Runtime,
     assert rest["next_after_id"] is None
     assert client.get("/api/v1/audit", headers=staff["aud"], params={
         "from": "2020-11-03", "to": "2020-11-02"}).status_code == 422
+    for far in ("0001-01-01", "9999-12-31"):     # its Beijing midnight would overflow
+        r = client.get("/api/v1/audit", headers=staff["aud"], params={"from": far, "to": far})
+        assert r.status_code == 422 and r.json()["error"]["fields"] == ["from"], r.text
     exported = client.get("/api/v1/audit.csv", headers=staff["aud"],
                           params={"from": "2020-11-01", "to": "2020-11-02"})
     assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
