@@ -216,7 +216,28 @@ def test_metrics_count_requests_notifications_and_read_the_database(
         before, "collect_outbox_dead_jobs")
     assert "collect_outbox_oldest_due_age_seconds" in after
     assert "# TYPE collect_reconciliation_discrepancies_open gauge" in after
-    assert "collect_anomalies_total" in after
+    assert "# TYPE collect_anomalies_total counter" in after
+
+
+def test_anomalies_a_worker_found_are_counted_at_the_scrape(
+        rt: Runtime, served: ServedApp) -> None:
+    """The worker's active query records an anomaly in its own process, whose counters no
+    scrape reads: the count comes from the inbox, so serve's /metrics tells it."""
+    from backend.db import unit_of_work
+    from backend.notifications.models import InboxNotification
+
+    def scrape(kind: str) -> float:
+        body = httpx.get(f"{served.base_url}/metrics").text
+        return _metric(body, "collect_anomalies_total", kind=kind)
+
+    assert scrape("amount_mismatch") == 0 and scrape("shared_transaction") == 0
+    with unit_of_work(rt.sessions) as s:     # as record_anomaly writes it, elsewhere
+        for outcome in ("amount_mismatch", "amount_mismatch", "shared_transaction",
+                        "rejected", "applied"):
+            s.add(InboxNotification(channel="wechat", out_trade_no="T1", verified=True,
+                                    outcome=outcome, detail="", headers={}, body="{}"))
+    assert scrape("amount_mismatch") == 2 and scrape("shared_transaction") == 1
+    assert scrape("transaction_conflict") == 0
 
 
 def test_an_unexpected_error_is_logged_with_the_request_id_and_answered_500(

@@ -10,10 +10,18 @@ from sqlmodel import Field, SQLModel
 
 from backend.db import UTCDateTime, utcnow
 
+#: Outcomes that are anomalies for staff: a channel's word that disagrees with ours (another
+#: amount; a transaction id another trade holds). Counted from the inbox at every scrape
+#: (collect_anomalies_total), whichever process recorded them — serve or a worker.
+ANOMALY_KINDS = ("amount_mismatch", "transaction_conflict", "shared_transaction")
+ANOMALY_WHERE = "outcome IN ('amount_mismatch', 'transaction_conflict', 'shared_transaction')"
+
 
 class InboxNotification(SQLModel, table=True):
     __tablename__ = "notification_inbox"
     __table_args__ = (
+        Index("ix_inbox_anomalies", "outcome", postgresql_where=text(ANOMALY_WHERE),
+              sqlite_where=text(ANOMALY_WHERE)),
         # A verified event is applied once: its key is unique per channel.
         Index("uq_inbox_event", "channel", "dedupe_key", unique=True,
               postgresql_where=text("dedupe_key IS NOT NULL"),

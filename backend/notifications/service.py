@@ -444,8 +444,6 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
                     _record_event(s, channel, note, headers, body, outcome, detail)
     except _Reject as exc:
         _count(channel, exc.outcome)
-        if exc.outcome in ANOMALY_OUTCOMES:
-            metrics.ANOMALIES.labels(exc.outcome).inc()
         level = logging.ERROR if exc.outcome == "transaction_conflict" else logging.WARNING
         if _audit(rt, channel, headers, body, exc.outcome, exc.detail, note.out_trade_no):
             log.log(level, "%s notification for %s not applied (%s): %s", channel.value,
@@ -458,9 +456,6 @@ def _handle(rt: Runtime, channel: Channel, verifier: NotificationVerifier,
             "%s notification for %s: %s", channel.value, note.out_trade_no, outcome)
     return verifier.success_answer()
 
-
-# What a notification can tell that is an anomaly for staff (collect_anomalies_total).
-ANOMALY_OUTCOMES = frozenset({"amount_mismatch", "transaction_conflict"})
 
 
 def _count(channel: Channel, outcome: str) -> None:

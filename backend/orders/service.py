@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from backend import metrics
 from backend.channels import API_CHANNELS
 from backend.clock import SHANGHAI
 from backend.db import unit_of_work, utcnow
@@ -507,7 +506,6 @@ def record_anomaly(rt: Runtime, attempt: Attempt, detail: str, raw: dict[str, ob
         if set_aside:
             repo.move_attempt(s, attempt.id, ATTEMPT_TRANSITIONS["anomaly"], "anomaly",  # type: ignore[arg-type]
                               last_error=f"{outcome}: {detail}"[:500], updated_at=utcnow())
-    metrics.ANOMALIES.labels(outcome).inc()
     log.error("anomaly (%s) on %s %s: %s", outcome, attempt.channel, attempt.out_trade_no,
               detail)
 
