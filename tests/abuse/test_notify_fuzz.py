@@ -5,7 +5,7 @@ Built from the real, correctly signed payment notification of each channel's pen
 limit and between 64 KB and it, wrong encodings, duplicate fields, replayed and stale
 timestamps, nested junk JSON, random bytes, NUL bytes), none of them with the signed content
 of a genuine one (those are genuine, not forged: left out and not counted), sent in-process
-to the app (httpx's ASGI transport) while those orders are pending. Each gets only its
+to the app (straight to its ASGI callable) while those orders are pending. Each gets only its
 channel's failure answer — WeChat a 400 {"code": "FAIL", …}, Alipay ``fail``, ChinaUMS
 ``FAILED``; over 1 MB the body limit's 413 — never a 500; every one that reached the service
 is ``rejected`` — not verified: neither applied, nor ``unknown_order``, nor ``malformed``
@@ -30,7 +30,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -102,19 +101,49 @@ def audit_counts(rt: Any, channel: Channel) -> tuple[Counter[tuple[str, bool]], 
     return rows, counted
 
 
-async def _send(app: Any, path: str, inputs: list[Fuzzed]) -> list[tuple[int, bytes]]:
-    transport = httpx.ASGITransport(app=app)
-    limit = asyncio.Semaphore(8)
-    async with httpx.AsyncClient(transport=transport, base_url="http://fuzz") as client:
-        async def one(item: Fuzzed) -> tuple[int, bytes]:
-            async with limit:
-                # bytes: a header may carry any latin-1 (httpx would want ASCII text)
-                headers = [(k.encode("latin-1"), v.encode("latin-1"))
-                           for k, v in item.headers.items()]
-                resp = await client.post(path, content=item.body, headers=headers)
-                return resp.status_code, resp.content
+async def _post(app: Any, path: str, item: Fuzzed) -> tuple[int, bytes]:
+    """One POST straight to the ASGI app, as httpx's ASGITransport makes it (lower-case
+    header names, Host and Content-Length added; any latin-1 in a header value), without
+    its per-request machinery."""
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+               for k, v in item.headers.items()]
+    headers += [(b"host", b"fuzz"), (b"content-length", str(len(item.body)).encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"", "headers": headers,
+             "client": ("127.0.0.1", 50000), "server": ("fuzz", 80), "extensions": {}}
+    status, chunks = 0, []
+    delivered, done = False, asyncio.Event()
 
-        return list(await asyncio.gather(*(one(i) for i in inputs)))
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": item.body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                done.set()
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+async def _send(app: Any, path: str, inputs: list[Fuzzed]) -> list[tuple[int, bytes]]:
+    limit = asyncio.Semaphore(8)
+
+    async def one(item: Fuzzed) -> tuple[int, bytes]:
+        async with limit:
+            return await _post(app, path, item)
+
+    return list(await asyncio.gather(*(one(i) for i in inputs)))
 
 
 def run_channel(app: Any, rt: Any, channel: Channel, trade_no: str, count: int,
