@@ -1,6 +1,9 @@
 """Malformed and forged notifications to the three notify endpoints, in larger counts than
 the suite sends: runs tests/abuse/test_notify_fuzz.py with NOTIFY_FUZZ_COUNT per channel and
-prints its counts (answers by kind, inbox rows, what was only counted, seconds per channel).
+prints its counts (answers by kind, the mutations left out because their signed content is
+still a genuine notification's, inbox rows by outcome, what was only counted, seconds per
+channel). The inputs are mutations of each channel's pending order's own notification, built
+in chunks of 10,000 from bases signed just before.
 
     .venv/bin/python bench/notify_fuzz.py              # 50,000 per channel, SQLite
     .venv/bin/python bench/notify_fuzz.py --count 200000

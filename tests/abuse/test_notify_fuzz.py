@@ -1,14 +1,22 @@
 """At least 10,000 malformed or forged notifications to each of the three notify endpoints.
 
-Built from real signed notifications (tests/abuse/notify_fuzz.py: bit flips, truncation,
-wrong content types, bodies over the 1 MB limit and between 64 KB and it, wrong encodings,
-duplicate fields, replayed and stale timestamps, nested junk JSON, random bytes, NUL bytes),
-sent in-process to the app (httpx's ASGI transport) while a real order is pending. Each gets
-only its channel's failure answer — WeChat a 400 {"code": "FAIL", …}, Alipay ``fail``,
-ChinaUMS ``FAILED``; over 1 MB the body limit's 413 — never a 500 and never an internal
-error of ours; no order, payment, bill line, journal entry or posting changes; and the
-audit copies stay bounded (NOTIFY_REJECTED_KEPT_PER_MINUTE full rows per channel and
-minute, the rest counted), their counts adding up to what was sent.
+Built from the real, correctly signed payment notification of each channel's pending order
+(tests/abuse/notify_fuzz.py: bit flips, truncation, wrong content types, bodies over the 1 MB
+limit and between 64 KB and it, wrong encodings, duplicate fields, replayed and stale
+timestamps, nested junk JSON, random bytes, NUL bytes), none of them with the signed content
+of a genuine one (those are genuine, not forged: left out and not counted), sent in-process
+to the app (straight to its ASGI callable) while those orders are pending. Each gets only its
+channel's failure answer — WeChat a 400 {"code": "FAIL", …}, Alipay ``fail``, ChinaUMS
+``FAILED``; over 1 MB the body limit's 413 — never a 500; every one that reached the service
+is ``rejected`` — not verified: neither applied, nor ``unknown_order``, nor ``malformed``
+(which is a verified notification's), nor an internal error of ours; no order, payment, bill
+line, journal entry or posting changes; and the audit copies stay bounded
+(NOTIFY_REJECTED_KEPT_PER_MINUTE full rows per channel and minute, the rest counted), their
+counts adding up to what was sent.
+
+Then one of the very notifications the inputs were made from, sent unmodified, pays its
+order: the bases could have paid, so a mutation that still verified would have shown in the
+money state.
 
 ``NOTIFY_FUZZ_COUNT`` changes the count per channel (bench/notify_fuzz.py runs larger ones).
 """
@@ -22,7 +30,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -33,11 +40,21 @@ from backend.notifications.service import flush_rejections
 from backend.orders.models import Attempt, BillLine, Order, Payment
 from backend.outbox.models import OutboxJob
 from payment_adapters.base import Channel
-from tests.abuse.notify_fuzz import ONE_MB, Fuzzed, build, genuine_bases, stale_bases
+from tests.abuse.notify_fuzz import (
+    ONE_MB,
+    Base,
+    Fuzzed,
+    build,
+    genuine_bases,
+    stale_bases,
+)
 from tests.conftest import Live
 from tests.orders.helpers import order, ref, resident_headers, seed
 
 COUNT = int(os.environ.get("NOTIFY_FUZZ_COUNT", "10000"))
+# Inputs are built and sent in chunks, each from bases signed just before it: WeChat's
+# timestamps must stay within its 5 minutes for as long as the inputs made from them are sent.
+CHUNK = 10_000
 ORDER_CHANNELS = {Channel.WECHAT: "wechat_native", Channel.ALIPAY: "alipay_qr",
                   Channel.UNIONPAY: "unionpay_qr"}
 
@@ -68,60 +85,131 @@ def money_state(rt: Any) -> dict[str, Any]:
         }
 
 
-def audit_counts(rt: Any, channel: Channel) -> tuple[Counter[str], int]:
-    """(inbox rows by outcome, notifications counted in notification_rejections)."""
+def audit_counts(rt: Any, channel: Channel) -> tuple[Counter[tuple[str, bool]], Counter[str]]:
+    """(inbox rows by outcome and verified, notifications counted in notification_rejections
+    by outcome)."""
     flush_rejections(rt)   # what the process still holds (at most a second's)
     with unit_of_work(rt.sessions) as s:
-        rows = Counter(s.scalars(select(InboxNotification.outcome).where(
-            InboxNotification.channel == channel.value)))
-        counted = s.scalar(select(func.coalesce(func.sum(NotificationRejection.count), 0))
-                           .where(NotificationRejection.channel == channel.value))
-    return rows, int(counted or 0)
+        rows: Counter[tuple[str, bool]] = Counter(
+            (o, bool(v)) for o, v in s.execute(
+                select(InboxNotification.outcome, InboxNotification.verified)
+                .where(InboxNotification.channel == channel.value)))
+        counted: Counter[str] = Counter({o: int(c) for o, c in s.execute(
+            select(NotificationRejection.outcome, func.sum(NotificationRejection.count))
+            .where(NotificationRejection.channel == channel.value)
+            .group_by(NotificationRejection.outcome))})
+    return rows, counted
+
+
+async def _post(app: Any, path: str, item: Fuzzed) -> tuple[int, bytes]:
+    """One POST straight to the ASGI app, as httpx's ASGITransport makes it (lower-case
+    header names, Host and Content-Length added; any latin-1 in a header value), without
+    its per-request machinery."""
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+               for k, v in item.headers.items()]
+    headers += [(b"host", b"fuzz"), (b"content-length", str(len(item.body)).encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"", "headers": headers,
+             "client": ("127.0.0.1", 50000), "server": ("fuzz", 80), "extensions": {}}
+    status, chunks = 0, []
+    delivered, done = False, asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": item.body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                done.set()
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
 
 
 async def _send(app: Any, path: str, inputs: list[Fuzzed]) -> list[tuple[int, bytes]]:
-    transport = httpx.ASGITransport(app=app)
     limit = asyncio.Semaphore(8)
-    async with httpx.AsyncClient(transport=transport, base_url="http://fuzz") as client:
-        async def one(item: Fuzzed) -> tuple[int, bytes]:
-            async with limit:
-                # bytes: a header may carry any latin-1 (httpx would want ASCII text)
-                headers = [(k.encode("latin-1"), v.encode("latin-1"))
-                           for k, v in item.headers.items()]
-                resp = await client.post(path, content=item.body, headers=headers)
-                return resp.status_code, resp.content
 
-        return list(await asyncio.gather(*(one(i) for i in inputs)))
+    async def one(item: Fuzzed) -> tuple[int, bytes]:
+        async with limit:
+            return await _post(app, path, item)
+
+    return list(await asyncio.gather(*(one(i) for i in inputs)))
 
 
-def run_channel(app: Any, rt: Any, channel: Channel, inputs: list[Fuzzed]) -> dict[str, Any]:
-    """Send them all; check every answer; return the counts."""
+def run_channel(app: Any, rt: Any, channel: Channel, trade_no: str, count: int,
+                seed_no: int) -> tuple[dict[str, Any], Base]:
+    """Build and send ``count`` inputs from the pending order's notifications; check every
+    answer and what was recorded; return the counts and a genuine base of the last chunk."""
     rows_before, counted_before = audit_counts(rt, channel)
-    started = time.monotonic()
-    answers = asyncio.run(_send(app, f"/api/v1/notify/{channel.value}", inputs))
-    took = time.monotonic() - started
+    path = f"/api/v1/notify/{channel.value}"
     kinds: Counter[str] = Counter()
+    left_out: Counter[str] = Counter()
+    sent = too_large = 0
+    sending = 0.0
     wrong = []
-    too_large = 0
-    for item, (status, body) in zip(inputs, answers, strict=True):
-        kinds[item.kind] += 1
-        if len(item.body) > ONE_MB:
-            too_large += 1
-            ok = status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
-        else:
-            ok = failure_answer(channel, status, body)
-        if not ok:
-            wrong.append((item.kind, status, body[:200], item.body[:120]))
+    started = time.monotonic()
+    while sent < count:
+        bases = genuine_bases(rt, channel, trade_no)
+        stale = stale_bases(rt, trade_no) if channel is Channel.WECHAT else []
+        built = build(channel, bases, stale, min(CHUNK, count - sent),
+                      seed=seed_no * 1000 + sent // CHUNK, huge=0 if sent else 10)
+        left_out += built.left_out
+        t0 = time.monotonic()
+        answers = asyncio.run(_send(app, path, built.inputs))
+        sending += time.monotonic() - t0
+        for item, (status, body) in zip(built.inputs, answers, strict=True):
+            kinds[item.kind] += 1
+            if len(item.body) > ONE_MB:
+                too_large += 1
+                ok = status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+            else:
+                ok = failure_answer(channel, status, body)
+            if not ok:
+                wrong.append((item.kind, status, body[:200], item.headers, item.body[:300]))
+        sent += len(built.inputs)
+    took = time.monotonic() - started
     assert not wrong, f"{len(wrong)} answers that are not {channel}'s failure answer: {wrong[:5]}"
     rows, counted = audit_counts(rt, channel)
-    new_rows = rows - rows_before
-    assert "error" not in new_rows, f"our own failures: {new_rows}"
+    new_rows, new_counted = rows - rows_before, counted - counted_before
+    # nothing verified: a mutation that verified would be applied, or unknown_order, or
+    # (fields refused after the signature) malformed — none may be
+    assert set(new_rows) <= {("rejected", False)}, f"verified or failed: {new_rows}"
+    assert set(new_counted) <= {"rejected"}, new_counted
     # everything that reached the service is in the inbox or counted; the 413s never did
-    handled = len(inputs) - too_large
-    assert sum(new_rows.values()) + counted - counted_before == handled, (new_rows, counted)
-    return {"channel": channel.value, "sent": len(inputs), "seconds": round(took, 1),
-            "413": too_large, "inbox_rows": dict(new_rows),
-            "counted_only": counted - counted_before, "kinds": dict(kinds)}
+    handled = sent - too_large
+    assert sum(new_rows.values()) + sum(new_counted.values()) == handled, (new_rows, counted)
+    report = {"channel": channel.value, "sent": sent, "seconds": round(took, 1),
+              "sending_seconds": round(sending, 1), "413": too_large,
+              "inbox_rows": {o: n for (o, _), n in new_rows.items()},
+              "counted_only": sum(new_counted.values()), "kinds": dict(kinds.most_common()),
+              "left_out_genuine": dict(left_out.most_common())}
+    return report, bases[0]
+
+
+def pays(app: Any, rt: Any, channel: Channel, base: Base) -> None:
+    """One genuine base, sent unmodified: the channel's success answer, a payment."""
+    before = money_state(rt)
+    rows_before, _ = audit_counts(rt, channel)
+    [(status, body)] = asyncio.run(_send(app, f"/api/v1/notify/{channel.value}",
+                                         [Fuzzed("genuine", *base)]))
+    ok = rt.channels.verifiers[channel].success_answer()
+    assert (status, body) == (ok.status, ok.body), (channel, status, body)
+    after = money_state(rt)
+    assert after["payments"] == before["payments"] + 1, (before, after)
+    assert after["paid_fen"] > before["paid_fen"]
+    assert after["order_status"].count("paid") == before["order_status"].count("paid") + 1
+    rows, _ = audit_counts(rt, channel)
+    assert rows - rows_before == Counter({("applied", True): 1}), rows - rows_before
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
@@ -141,20 +229,21 @@ def test_ten_thousand_forged_notifications_per_channel_change_nothing(live: Live
         pending[channel] = made.json()["payment"]["out_trade_no"]
     before = money_state(live.rt)
     assert before["payments"] == 0 and before["orders"] == 3
+    assert before["order_status"] == ["pending"] * 3
     # the same runtime (database, simulator, keys) as the served app, in-process
     app = create_app(runtime=live.rt)
     report = []
     for seed_no, channel in enumerate(Channel):
-        bases = genuine_bases(live.rt, channel)
-        stale = stale_bases(live.rt, pending[channel]) if channel is Channel.WECHAT else []
-        inputs = build(bases, stale, COUNT, seed=seed_no)
-        report.append(run_channel(app, live.rt, channel, inputs))
+        result, base = run_channel(app, live.rt, channel, pending[channel], COUNT, seed_no)
+        report.append(result)
         assert money_state(live.rt) == before, f"{channel}: something changed"
+        # a true positive: the bases were the pending order's, and would have paid it
+        pays(app, live.rt, channel, base)
+        before = money_state(live.rt)
     print("\nnotification fuzz:", json.dumps(report, ensure_ascii=False))
+    assert before["order_status"] == ["paid"] * 3, before
+    cap = live.rt.settings.notify_rejected_kept_per_minute
     for r in report:
         assert r["sent"] >= 10_000 or COUNT < 10_000
-        cap = live.rt.settings.notify_rejected_kept_per_minute
-        rejected_rows = sum(n for o, n in r["inbox_rows"].items()
-                            if o in ("rejected", "malformed"))
         minutes = int(r["seconds"] // 60) + 2
-        assert rejected_rows <= cap * minutes, r
+        assert r["inbox_rows"].get("rejected", 0) <= cap * minutes, r
