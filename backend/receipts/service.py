@@ -273,9 +273,14 @@ def unb64url(text: str) -> bytes:
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise ValueError("not base64url") from None
+    # One text per byte string: the last character's unused bits could otherwise be
+    # anything, and a token with its last character changed would still verify.
+    if b64url(raw) != text:
+        raise ValueError("not the canonical base64url of its bytes")
+    return raw
 
 
 def sign(key: Ed25519PrivateKey, canonical: bytes) -> str:
