@@ -31,7 +31,7 @@ class ReceiptReportIn(BaseModel):
     village_code: str = Field(pattern=CODE, description="The village (村/社区) whose agent "
                               "took the money; `GET /r/report` lists the district's villages.")
     paper_receipt_no: str = Field(
-        min_length=1, max_length=64, pattern=PAPER_RECEIPT_NO,
+        min_length=1, max_length=64,
         description="The number printed or written on the paper receipt: letters, digits "
                     "and signs, no spaces (full-width characters are read as their ASCII "
                     "forms, surrounding spaces dropped).")
@@ -49,6 +49,14 @@ class ReceiptReportIn(BaseModel):
         # a phone's Chinese keyboard types full-width digits (０００１) and stray spaces
         if isinstance(value, str):
             return unicodedata.normalize("NFKC", value).strip()
+        return value
+
+    @field_validator("paper_receipt_no")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not re.fullmatch(PAPER_RECEIPT_NO, value):
+            raise ValueError("letters, digits and signs only, no spaces, as the agent "
+                             "recorded it (e.g. No0003 for 'No 0003')")
         return value
 
     @field_validator("note")

@@ -136,12 +136,13 @@ def report(rt: Runtime, body: ReceiptReportIn,
     amount. ``ValidationFailed`` for a day out of range or an unknown village (nothing
     written); ``RateLimited`` past the hour's reports from the address."""
     check_dates(rt, body)
-    take_turn(rt, client_ip)
     with unit_of_work(rt.sessions) as s:
         village = s.get(Village, body.village_code)
-        if village is None:
-            raise ValidationFailed(f"village_code: no village {body.village_code!r} in the "
-                                   "district", fields=["village_code"])
+    if village is None:     # a typo, like any other refused field, does not use a turn
+        raise ValidationFailed(f"village_code: no village {body.village_code!r} in the "
+                               "district", fields=["village_code"])
+    take_turn(rt, client_ip)
+    with unit_of_work(rt.sessions) as s:
         _lock(s, village.code, body.paper_receipt_no)
         found = recorded(s, village.code, body.paper_receipt_no)
         same = next((r for r in found if r.amount_fen == body.amount_fen), None)
