@@ -216,7 +216,10 @@ class RateLimiter:
     def release(self, reservation: Reservation, *, reset: Sequence[str] = ()) -> None:
         """Give a reservation back, on the store that made it (in one round trip); the keys
         in ``reset`` (unprefixed) are deleted instead. If Redis made it and is down now, the
-        reservation stays counted until its window ends (never fewer than happened)."""
+        reservation stays counted until its window ends (never fewer than happened). One
+        reserved just before its key's window ended and given back after another caller
+        started the next window takes one from that window's count (at a window's edge
+        only)."""
         gone = {f"{self.prefix}:{key}" for key in reset}
         back = [k for k in reservation.keys if k not in gone]
 
