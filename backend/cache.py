@@ -9,10 +9,12 @@ tried again; its start and its end are logged once each, not once per request.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fakeredis
@@ -105,8 +107,36 @@ def make_redis(url: str) -> redis.Redis:
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
 
+def address_key(client_ip: str) -> str:
+    """What the per-address limits count a client under: an IPv4 address as it is, an IPv6
+    address by its /64 (one subscriber's prefix: its holder may rotate through all of it),
+    an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as its IPv4 address. Anything that is
+    not an address (``unknown``, a test client's name) as it is."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        # (from the integer: a scoped address, fe80::1%eth0, is its /64 too)
+        return str(ipaddress.ip_network((int(address), 64), strict=False))
+    return str(address)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Events counted ahead by ``RateLimiter.reserve``, on the store that counted them."""
+
+    keys: tuple[str, ...]          # full keys (with the limiter's prefix)
+    window_s: int
+    on_redis: bool                 # False: this process's own store (Redis was down)
+
+
 class RateLimiter:
-    """Fixed-window counters: ``hit`` counts an event, ``exceeded`` tells if a key is over."""
+    """Fixed-window counters: ``hit`` counts an event, ``exceeded`` tells if a key is over;
+    ``reserve`` counts an event ahead, atomically against its limits, and ``release`` gives
+    it back when it turned out not to count."""
 
     def __init__(self, client: redis.Redis, outage: RedisOutage, prefix: str = "rl") -> None:
         self.client = client
@@ -152,3 +182,70 @@ class RateLimiter:
     def reset(self, key: str) -> None:
         full = f"{self.prefix}:{key}"
         self._run(lambda c: c.delete(full))
+
+    def reserve(self, limits: Sequence[tuple[str, int | None]],
+                window_s: int) -> Reservation | None:
+        """Count one event on every key at once, unless that takes one past its limit
+        (``None``: no limit, only counted); then count nothing and answer None.
+
+        The counts are incremented first and compared after (one round trip: INCR and
+        EXPIRE NX for each key in one MULTI/EXEC), so concurrent callers can not all pass
+        a check made before any of them counted: of callers racing for the last events
+        under a limit, exactly as many as are left get a reservation. A refused caller's
+        increments are given back (a second round trip, on refusals only), so counts stay
+        the events that counted. Give a reservation back with ``release`` when its event
+        turns out not to count (a lookup that found the resident)."""
+        keys = tuple(f"{self.prefix}:{key}" for key, _ in limits)
+
+        def _reserve(c: redis.Redis) -> list[int]:
+            pipe = c.pipeline()
+            for full in keys:
+                pipe.incr(full)
+                pipe.expire(full, window_s, nx=True)
+            return [int(n) for n in pipe.execute()[::2]]
+
+        on_redis = True
+
+        def _fallback() -> list[int]:
+            nonlocal on_redis
+            on_redis = False
+            return _reserve(self._fallback)
+
+        counts = self.outage.run(lambda: _reserve(self.client), _fallback)
+        reservation = Reservation(keys, window_s, on_redis)
+        if any(limit is not None and n > limit for (_, limit), n in zip(limits, counts,
+                                                                         strict=True)):
+            self.release(reservation)
+            return None
+        return reservation
+
+    def release(self, reservation: Reservation, *, reset: Sequence[str] = ()) -> None:
+        """Give a reservation back, on the store that made it (in one round trip); the keys
+        in ``reset`` (unprefixed) are deleted instead. If Redis made it and is down now, the
+        reservation stays counted until its window ends (never fewer than happened). One
+        reserved just before its key's window ended and given back after another caller
+        started the next window takes one from that window's count (at a window's edge
+        only)."""
+        gone = {f"{self.prefix}:{key}" for key in reset}
+        back = [k for k in reservation.keys if k not in gone]
+
+        def _release(c: redis.Redis) -> None:
+            pipe = c.pipeline()
+            for full in back:
+                pipe.decr(full)
+                # a window that ended meanwhile: DECR made the key afresh; let it go too
+                pipe.expire(full, reservation.window_s, nx=True)
+            for full in gone:
+                pipe.delete(full)
+            counts = pipe.execute()[:2 * len(back):2]
+            under = [full for full, n in zip(back, counts, strict=True) if int(n) < 0]
+            if under:       # (rare) put back what the fresh keys lost: they count from 0
+                pipe = c.pipeline()
+                for full in under:
+                    pipe.incr(full)
+                pipe.execute()
+
+        if reservation.on_redis:
+            self.outage.run(lambda: _release(self.client), lambda: None)
+        else:
+            _release(self._fallback)

@@ -14,6 +14,7 @@ from sqlmodel import col
 
 from backend.audit import service as audit
 from backend.auth.models import STAFF_ROLES, StaffUser
+from backend.cache import address_key
 from backend.clock import BusinessClock
 from backend.db import unit_of_work
 from backend.errors import (
@@ -166,8 +167,10 @@ def slowdown_s(failures: int, cap_s: float) -> float:
 
 
 def _login_keys(username: str, client_ip: str) -> tuple[str, str, str]:
-    name = username.lower()
-    return f"login:pair:{client_ip}:{name}", f"login:ip:{client_ip}", f"login:user:{name}"
+    """The failure counters of (account, address), the address and the account; an address
+    as ``address_key`` counts it (IPv6 by its /64)."""
+    name, address = username.lower(), address_key(client_ip)
+    return f"login:pair:{address}:{name}", f"login:ip:{address}", f"login:user:{name}"
 
 
 def login_throttle(rt: Runtime, username: str, client_ip: str) -> float:
@@ -187,24 +190,36 @@ def login_throttle(rt: Runtime, username: str, client_ip: str) -> float:
 
 def login_staff(rt: Runtime, session: Session, username: str, password: str,
                 client_ip: str) -> tuple[str, StaffUser]:
-    """Check the password (the caller has waited ``login_throttle``'s time first)."""
+    """Check the password (the caller has waited ``login_throttle``'s time first).
+
+    A failure is reserved on the three counters before the password is checked, atomically
+    against the address's limits (``RateLimiter.reserve``: concurrent attempts can not all
+    slip past a check made before any of them counted); a success gives it back, and clears
+    its (account, address) count as before."""
     s = rt.settings
-    keys = _login_keys(username, client_ip)
-    login_throttle(rt, username, client_ip)
-    user = session.scalar(select(StaffUser).where(col(StaffUser.username) == username))
+    pair, ip, account = keys = _login_keys(username, client_ip)
+    reservation = rt.limiter.reserve(
+        [(pair, s.login_failure_limit), (ip, 4 * s.login_failure_limit), (account, None)],
+        s.login_failure_window_s)
+    if reservation is None:
+        raise RateLimited("too many failed logins; wait a few minutes and try again")
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
-        ok = user is not None and user.active
-    except (VerificationError, InvalidHashError):
-        ok = False
+        user = session.scalar(select(StaffUser).where(col(StaffUser.username) == username))
+        try:
+            _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+            ok = user is not None and user.active
+        except (VerificationError, InvalidHashError):
+            ok = False
+    except BaseException:
+        rt.limiter.release(reservation)     # failed before an answer: not a failed login
+        raise
     if not ok or user is None:
-        for key in keys:
-            rt.limiter.hit(key, s.login_failure_window_s)
-        log.info("staff login failed")
+        log.info("staff login failed")      # counted: the reservation stays
         raise Unauthorized("wrong username or password")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    rt.limiter.reset(keys[0])   # the pair only: others' failures still slow this account
+    # the pair only is cleared: others' failures still slow this account
+    rt.limiter.release(reservation, reset=[keys[0]])
     return issue_token(rt.app_secret, staff_principal(user), s.access_token_ttl_s), user
 
 

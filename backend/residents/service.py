@@ -10,6 +10,7 @@ from typing import cast
 
 from sqlalchemy.orm import Session
 
+from backend.cache import address_key
 from backend.errors import NotFound, RateLimited, ValidationFailed
 from backend.policy import Assessment, Policy, ResidentFacts, assess, policy_for_year
 from backend.residents import repository as repo
@@ -182,31 +183,40 @@ def lookup(rt: Runtime, principal: Principal, client_ip: str, *,
            name: str, id_number: str, year: int) -> LookupResponse:
     """Name and ID number must both match; a miss says nothing about which one was wrong.
 
-    A hit costs one Redis round trip (both miss counters, MGET) and one statement at the
-    driver outside any transaction (the resident with its death, town, listings, bill lines
-    and pending orders): ``bench/README.md``, "Lookups".
+    Each lookup reserves a miss on both counters (the caller's, and its address's:
+    ``address_key``) before anything is read, atomically against their limits
+    (``RateLimiter.reserve``: concurrent lookups can not all slip past a check made before
+    any of them counted); a hit gives it back. A miss costs one Redis round trip, a hit two
+    (the reservation, and giving it back), and one statement at the driver outside any
+    transaction (the resident with its death, town, listings, bill lines and pending
+    orders): ``bench/README.md``, "Lookups".
     """
     s = rt.settings
-    keys = [f"lookup:caller:{principal.sub}", f"lookup:ip:{client_ip}"]
-    caller_misses, ip_misses = rt.limiter.counts(keys)
-    if caller_misses >= s.lookup_miss_limit or ip_misses >= s.lookup_ip_miss_limit:
+    reservation = rt.limiter.reserve(
+        [(f"lookup:caller:{principal.sub}", s.lookup_miss_limit),
+         (f"lookup:ip:{address_key(client_ip)}", s.lookup_ip_miss_limit)],
+        s.lookup_miss_window_s)
+    if reservation is None:
         raise RateLimited("too many lookups that found nobody; wait a few minutes")
-    citizen = parse_id_number(id_number, today=rt.clock.today())
-    policy = policy_for(rt, year)
-    now = rt.clock.now()
-    found: tuple[LookupRow, repo.LookupItems] | None = None
-    with reads(rt.engine) as tx:
-        read = repo.lookup(tx, rt.pii.hash(citizen.number), year, now)
-    if read is not None and normalize_name(read[0].name) == normalize_name(name):
-        row, items = read
-        if allows(principal, row.village_code, town=lambda: row.town_code,
-                  departments=lambda: (d for d, _ in items.listings)):
-            found = read
+    try:
+        citizen = parse_id_number(id_number, today=rt.clock.today())
+        policy = policy_for(rt, year)
+        now = rt.clock.now()
+        found: tuple[LookupRow, repo.LookupItems] | None = None
+        with reads(rt.engine) as tx:
+            read = repo.lookup(tx, rt.pii.hash(citizen.number), year, now)
+        if read is not None and normalize_name(read[0].name) == normalize_name(name):
+            row, items = read
+            if allows(principal, row.village_code, town=lambda: row.town_code,
+                      departments=lambda: (d for d, _ in items.listings)):
+                found = read
+    except BaseException:
+        rt.limiter.release(reservation)     # refused before or failed: not a miss
+        raise
     if found is None:
-        for key in keys:
-            rt.limiter.hit(key, s.lookup_miss_window_s)
-        log.info("lookup miss by %s", principal.role)
+        log.info("lookup miss by %s", principal.role)     # counted: the reservation stays
         raise NotFound("no registered resident with this name and ID number")
+    rt.limiter.release(reservation)         # a hit is not a miss
     row, items = found
     assessment = assess(policy, facts_of(row, row.died_on, items.listings), now)
     return render_lookup(rt, principal, row, assessment, items.states, items.bills)

@@ -1,7 +1,7 @@
-"""What a lookup costs: a hit is one Redis round trip and one SQL statement outside any
-transaction (``bench/README.md``, "Lookups"), in one hop to a lookup thread; the lane answers
-it without FastAPI's routing and dependencies. What it answers
-is unchanged (the other lookup tests; test_lookup_lane: the lane against the route)."""
+"""What a lookup costs: a hit is two Redis round trips (its miss reserved, then given back)
+and one SQL statement outside any transaction (``bench/README.md``, "Lookups"), in one hop
+to a lookup thread; the lane answers it without FastAPI's routing and dependencies. What it
+answers is unchanged (the other lookup tests; test_lookup_lane: the lane against the route)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ class Counted:
 @pytest.fixture
 def counted(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Counted]:
     """Every statement the engine's connections run (SQLAlchemy's and the driver's own,
-    through the DBAPI cursor) and every Redis command the limiter sends."""
+    through the DBAPI cursor) and every Redis round trip the limiter makes: a command, or a
+    pipeline as ``MULTI`` and its commands."""
     seen = Counted()
     engine = rt.engine
     if engine.dialect.name == "postgresql":
@@ -92,6 +93,20 @@ def counted(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Counted]:
         return real_command(*args, **kwargs)
 
     monkeypatch.setattr(client, "execute_command", command)
+    real_pipeline = client.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+
+        def execute(*a: Any, **kw: Any) -> Any:
+            seen.redis.append(" ".join(["MULTI", *(str(c[0][0]) for c in pipe.command_stack)]))
+            return real_execute(*a, **kw)
+
+        pipe.execute = execute
+        return pipe
+
+    monkeypatch.setattr(client, "pipeline", pipeline)
     yield seen
 
 
@@ -100,7 +115,7 @@ def _statements(sql: list[str]) -> list[str]:
     return [s for s in sql if not s.upper().startswith(("PRAGMA",))]
 
 
-def test_a_hit_is_one_statement_and_one_redis_round_trip(
+def test_a_hit_is_one_statement_and_two_redis_round_trips(
         client: TestClient, rt: Runtime, zhang: tuple[int, str], counted: Counted) -> None:
     _, number = zhang
     headers = _token(rt)
@@ -114,7 +129,10 @@ def test_a_hit_is_one_statement_and_one_redis_round_trip(
     statements = _statements(counted.sql)
     assert len(statements) == 1, statements
     assert not any(s.split()[0].upper() in ("BEGIN", "COMMIT", "ROLLBACK") for s in statements)
-    assert counted.redis == ["MGET"]
+    # the miss reserved on both counters, then given back: the lookup found the resident
+    assert counted.redis == ["MULTI INCRBY EXPIRE INCRBY EXPIRE",
+                             "MULTI DECRBY EXPIRE DECRBY EXPIRE"]
+    assert rt.limiter.counts(["lookup:caller:wx:counted", "lookup:ip:testclient"]) == [0, 0]
 
 
 def test_a_miss_still_counts_against_both_limits(
@@ -123,6 +141,7 @@ def test_a_miss_still_counts_against_both_limits(
     r = client.post("/api/v1/residents/lookup", headers=_token(rt, "wx:guesser"),
                     json={"name": "某某", "id_number": number, "year": 2021})
     assert r.status_code == 404
+    assert counted.redis == ["MULTI INCRBY EXPIRE INCRBY EXPIRE"]     # one round trip: reserved
     assert rt.limiter.counts(["lookup:caller:wx:guesser", "lookup:ip:testclient"]) == [1, 1]
 
 
