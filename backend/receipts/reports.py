@@ -37,6 +37,7 @@ from backend import metrics
 from backend.agents.models import AgentCollection
 from backend.audit import service as audit
 from backend.auth.models import StaffUser
+from backend.cache import address_key
 from backend.clock import SHANGHAI, business_date
 from backend.db import unit_of_work
 from backend.errors import RateLimited, ValidationFailed
@@ -63,7 +64,8 @@ def client_hash(rt: Runtime, client_ip: str) -> str:
 def take_turn(rt: Runtime, client_ip: str) -> None:
     """Count one report from this address (across processes, in Redis); past
     RECEIPT_REPORTS_PER_HOUR in the hour, 429 with Retry-After."""
-    key = f"receipt-report:ip:{client_hash(rt, client_ip)[:32]}"
+    # an IPv6 client holds a /64 of addresses: counted as one, as the lookups count it
+    key = f"receipt-report:ip:{client_hash(rt, address_key(client_ip))[:32]}"
     seen = rt.limiter.hit(key, WINDOW_S)
     limit = rt.settings.receipt_reports_per_hour
     if seen > limit:
