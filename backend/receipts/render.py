@@ -385,7 +385,8 @@ def _layout(view: ReceiptView, font_path: str) -> _Layout:
     if view.refunded_fen > 0:
         # shown beside the receipt, never in it: the lines above are the receipt as issued
         lay.space(10)
-        lay.bar(REFUNDED_TEXT, TITLE)
+        whole = view.refunded_fen >= view.amount_fen
+        lay.bar(REFUNDED_TEXT + ("（全额）" if whole else "（部分）"), TITLE)
         lay.pair("退款合计", _money(view.refunded_fen), BODY)
         for refund in view.refunds:
             lay.pair(_time(refund.refunded_at), _money(refund.amount_fen), SMALL)
