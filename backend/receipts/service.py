@@ -170,7 +170,7 @@ def content_of_payment(session: Session, payment_id: int) -> Content | None:
     from backend.auth.models import StaffUser
     from backend.departments.service import NAMES
     from backend.orders.models import Order, OrderLine, Payment, PaymentLine
-    from backend.residents.models import Resident
+    from backend.residents.models import Resident, Village
 
     payment = session.get(Payment, payment_id)
     if payment is None:
@@ -213,11 +213,12 @@ def content_of_payment(session: Session, payment_id: int) -> Content | None:
     agent = paper_no = None
     if payment.channel in ("cash", "pos"):
         collected = session.execute(
-            select(col(StaffUser.username), col(AgentCollection.receipt_no))
+            select(col(StaffUser.id), col(Village.name), col(AgentCollection.receipt_no))
             .join(StaffUser, col(StaffUser.id) == col(AgentCollection.agent_id))
+            .outerjoin(Village, col(Village.code) == col(StaffUser.village_code))
             .where(col(AgentCollection.payment_id) == payment_id)).first()
         if collected is not None:
-            agent, paper_no = str(collected[0]), str(collected[1])
+            agent, paper_no = agent_label(collected[1], int(collected[0])), str(collected[2])
     return Content(
         receipt_no=receipt_no_for(payment_id, payment.business_date), channel=payment.channel,
         business_date=payment.business_date,
@@ -225,6 +226,12 @@ def content_of_payment(session: Session, payment_id: int) -> Content | None:
         amount_fen=payment.amount_fen, payer_name=payer_name, payer_id_masked=payer_id,
         items=tuple(items), agent=agent, paper_receipt_no=paper_no, order_no=order.order_no,
         year=order.year)
+
+
+def agent_label(village_name: str | None, agent_id: int) -> str:
+    """The agent as a receipt names them: their village's agent and staff number
+    (店子村代办员 工号3) — never the login name, half of a credential."""
+    return f"{village_name or ''}代办员 工号{agent_id}"
 
 
 def _order(insurance: str) -> int:

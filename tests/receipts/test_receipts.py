@@ -142,8 +142,10 @@ def test_an_agents_cash_and_pos_collections_carry_their_receipts(live: Live) -> 
         assert out["receipt_no"] == paper            # the paper receipt, as before
         receipt = out["receipt"]
         assert set(receipt) == RECEIPT_KEYS
-        assert (receipt["channel"], receipt["agent"], receipt["paper_receipt_no"],
-                receipt["amount_fen"]) == (method, "agent1", paper, MEDICAL)
+        # the agent by village and staff number: never the login name (half a credential)
+        assert receipt["agent"].startswith("东村代办员 工号")
+        assert (receipt["channel"], receipt["paper_receipt_no"],
+                receipt["amount_fen"]) == (method, paper, MEDICAL)
         assert receipt["verify_url"] == out["receipt_url"]
         base = f"{live.base_url}/api/v1/receipts/{receipt['receipt_no']}"
         assert (out["receipt_png_url"], out["receipt_pdf_url"]) == (base + ".png",
@@ -152,7 +154,8 @@ def test_an_agents_cash_and_pos_collections_carry_their_receipts(live: Live) -> 
         assert _receipt(live, agent, receipt["receipt_no"]) == receipt
         assert _check(live, out["receipt_url"])["valid"] is True
         page = _page(live, out["receipt_url"])
-        assert "代收人" in page and paper in page and "agent1" in page
+        assert "代收人" in page and paper in page and receipt["agent"] in page
+        assert "agent1" not in page and "agent1" not in out["receipt_url"]
         # the order answer of a collection carries it too (the agent made the order)
         assert get_order(live, agent, out["order_no"])["receipt_url"] == out["receipt_url"]
         _no_full_id(list(people.values()), r.text, page)  # type: ignore[attr-defined]
@@ -487,3 +490,24 @@ def test_no_other_character_anywhere_in_a_token_verifies() -> None:
                     changed = token[:at] + c + token[at + 1:]
                     why = explain_token(key.public_key(), changed)[1]
                     assert why not in signed, (at, c)
+
+
+def test_content_signed_with_our_key_but_never_issued_is_not_valid_online(
+        live: Live) -> None:
+    """The online check asks the database: a token with the service's own signature (a
+    leaked key, say) over content it never issued under that number is not valid."""
+    from backend.receipts.service import b64url, sign, unb64url
+
+    people = seed(live.rt)
+    h = resident_headers(live)
+    paid = _paid_order(live, h, "alipay_qr", [
+        {"resident_ref": ref(live, h, "张三", people["张三"]), "insurance": "medical"}])
+    token = paid["receipt_url"].rsplit("/r/", 1)[1]
+    content = json.loads(unb64url(token.split(".")[0]))
+    content[5] = 1                                       # the amount: 1 fen
+    forged = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    made = b64url(forged) + "." + sign(live.rt.receipt_key, forged)
+    url = paid["receipt_url"].replace(token, made)
+    assert _check(live, url)["valid"] is False
+    assert "不是有效凭证" in _page(live, url)
+    assert _check(live, paid["receipt_url"])["valid"] is True
