@@ -134,6 +134,9 @@ async def _flush_rejections(rt: Runtime) -> None:
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or Runtime(settings or get_settings())
     runtime.settings.check_live_mode()
+    # loaded now: a key that cannot be read would otherwise surface at the first agent's
+    # collection (its receipt is issued in its transaction) as a 500
+    runtime.receipt_key  # noqa: B018
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -324,8 +324,9 @@ def write_once(path: Path, make: Callable[[], str]) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        draft.write_text(make())
-        draft.chmod(0o600)
+        # made readable by its owner only from the start (no moment with the umask's mode)
+        with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(make())
         try:
             os.link(draft, path)
         except FileExistsError:

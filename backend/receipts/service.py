@@ -218,7 +218,8 @@ def content_of_payment(session: Session, payment_id: int) -> Content | None:
             .outerjoin(Village, col(Village.code) == col(StaffUser.village_code))
             .where(col(AgentCollection.payment_id) == payment_id)).first()
         if collected is not None:
-            agent, paper_no = agent_label(collected[1], int(collected[0])), str(collected[2])
+            agent_id, village_name, paper = collected
+            agent, paper_no = agent_label(village_name, int(agent_id or 0)), str(paper)
     return Content(
         receipt_no=receipt_no_for(payment_id, payment.business_date), channel=payment.channel,
         business_date=payment.business_date,

@@ -511,3 +511,46 @@ def test_content_signed_with_our_key_but_never_issued_is_not_valid_online(
     assert _check(live, url)["valid"] is False
     assert "不是有效凭证" in _page(live, url)
     assert _check(live, paid["receipt_url"])["valid"] is True
+
+
+def test_a_signing_key_that_cannot_be_read_stops_the_start(settings: Any,
+                                                            tmp_path: Path) -> None:
+    """Found at the start, not at the first agent's collection (whose receipt is issued in
+    its transaction) as a 500."""
+    from backend.app import create_app
+    from backend.config import ConfigError
+    from backend.runtime import Runtime
+
+    not_a_key = tmp_path / "key.pem"
+    not_a_key.write_text("not a key")
+    for path, said in ((tmp_path / "missing.pem", "cannot be read"),
+                       (not_a_key, "not a PEM private key")):
+        rt = Runtime(settings.model_copy(update={"receipt_signing_key": str(path)}))
+        try:
+            with pytest.raises(ConfigError, match=said):
+                create_app(runtime=rt)
+        finally:
+            rt.close()
+
+
+def test_a_generated_signing_key_is_never_readable_by_others(settings: Any,
+                                                              tmp_path: Path) -> None:
+    """Written with mode 0600 from the start, whatever the umask (no moment open to all)."""
+    import stat
+
+    from backend.config import write_once
+
+    old = os.umask(0)
+    try:
+        path = tmp_path / "secret.pem"
+        assert write_once(path, lambda: "key") == "key"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert write_once(path, lambda: "another") == "key"      # made once, read after
+        fresh = settings.model_copy(update={"data_dir": tmp_path / "data",
+                                            "receipt_signing_key": ""})
+        assert fresh.receipt_signing_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+        made = tmp_path / "data" / "receipt_signing_key.pem"
+        assert stat.S_IMODE(made.stat().st_mode) == 0o600
+        assert not [p for p in made.parent.iterdir() if p.name.startswith(".")]
+    finally:
+        os.umask(old)
