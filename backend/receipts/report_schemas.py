@@ -31,7 +31,8 @@ class ReceiptReportIn(BaseModel):
     village_code: str = Field(pattern=CODE, description="The village (村/社区) whose agent "
                               "took the money; `GET /r/report` lists the district's villages.")
     paper_receipt_no: str = Field(
-        min_length=1, max_length=64,
+        # checked by _printable (a plain message, not the pattern), documented as a pattern
+        min_length=1, max_length=64, json_schema_extra={"pattern": PAPER_RECEIPT_NO},
         description="The number printed or written on the paper receipt: letters, digits "
                     "and signs, no spaces (full-width characters are read as their ASCII "
                     "forms, surrounding spaces dropped).")

@@ -81,7 +81,9 @@ def live_login_app(tmp_path: Path, api_base_url: str) -> tuple[TestClient, Runti
         unionpay_msg_src="WWW.DISTRICT.GOV.CN", unionpay_msg_src_id="3194",
         unionpay_key="k" * 32, receipt_signing_key=str(tmp_path / "receipts.pem"))
     from backend.app import create_app
+    from backend.config import new_ed25519_pem
 
+    (tmp_path / "receipts.pem").write_text(new_ed25519_pem())
     rt = Runtime(settings)
     client = TestClient(create_app(runtime=rt))
     client.event_hooks["response"].append(check_response)   # every answer as documented
