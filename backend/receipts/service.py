@@ -350,6 +350,18 @@ def issue(session: Session, key: Ed25519PrivateKey, payment_id: int, now: dateti
     receipt = _issued(session, payment_id)
     if receipt is not None:
         return receipt
+    if write_receipt(session, key, payment_id, now) is None:
+        return None
+    receipt = _issued(session, payment_id)
+    assert receipt is not None       # ours, or the one that got there first
+    return receipt
+
+
+def write_receipt(session: Session, key: Ed25519PrivateKey, payment_id: int, now: datetime
+                  ) -> bool | None:
+    """Insert the payment's receipt, as the payment and the registry are now, unless it has
+    one (``ON CONFLICT DO NOTHING``: whoever is first, one row). True when this wrote it,
+    False when one was there, None for a payment that does not exist."""
     content = content_of_payment(session, payment_id)
     if content is None:
         return None
@@ -358,10 +370,8 @@ def issue(session: Session, key: Ed25519PrivateKey, payment_id: int, now: dateti
               "canonical": canonical.decode(), "signature": sign(key, canonical),
               "issued_at": now}
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(Receipt).values(**values).on_conflict_do_nothing())
-    receipt = _issued(session, payment_id)
-    assert receipt is not None       # ours, or the one that got there first
-    return receipt
+    written = session.execute(insert(Receipt).values(**values).on_conflict_do_nothing())
+    return bool(written.rowcount)  # type: ignore[attr-defined]
 
 
 def _issued(session: Session, payment_id: int) -> Receipt | None:
