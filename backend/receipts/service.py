@@ -3,7 +3,9 @@
 - **The number** is derived from the payment: ``R`` + its business date (YYYYMMDD) + its id
   zero-padded to 8 digits (``R2020110200000123``). Parsing it back gives the payment; a
   date part that is not the payment's is an unknown receipt.
-- **Issuing** fixes the content: the first time anything asks for a payment's receipt its
+- **Issuing** fixes the content: when a payment's receipt is issued — by the worker seconds
+  after a channel's payment (``receipts.sweep``), with the payment for an agent's or a
+  department's, or the first time anything asks for it before that — its
   canonical content is built from the payment, signed with the service's Ed25519 key and
   inserted if absent (``ON CONFLICT DO NOTHING``), then read back — whoever inserted first,
   every caller gets the same row. Nothing changes it afterwards (the table refuses UPDATE
