@@ -1108,7 +1108,9 @@ export interface paths {
         };
         /**
          * Landing
-         * @description The aggregate QR's landing page (聚合码): the scanning app decides the channel.
+         * @description The aggregate QR's landing page (聚合码): the scanning app decides the channel. Once
+         *     the order is paid it says so and links the payment's receipt (issued now if the worker
+         *     has not yet): how a resident who paid an agent's QR code reaches it.
          */
         get: operations["landing_pay__token__get"];
         put?: never;
@@ -2278,6 +2280,16 @@ export interface components {
             qr_content: string | null;
             /** Qr Image Url */
             qr_image_url: string | null;
+            /**
+             * Receipt No
+             * @description Once paid: the service's receipt (缴费凭证) of the payment; null before.
+             */
+            receipt_no: string | null;
+            /**
+             * Receipt Url
+             * @description Once paid: the receipt's public check page (/r/<token>, masked, no login): what the agent shows or sends the resident who paid by scanning.
+             */
+            receipt_url: string | null;
             /** Status */
             status: string;
         };
@@ -7392,7 +7404,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description a page: the order is paid */
+            /** @description a page: the order is paid, with a link to its receipt's public check page (/r/<token>) */
             200: {
                 headers: {
                     [name: string]: unknown;

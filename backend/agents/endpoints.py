@@ -7,7 +7,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from backend.agents import service as agents
 from backend.agents.roster import roster as read_roster
@@ -31,6 +31,7 @@ from backend.orders.endpoints import (
 )
 from backend.orders.models import Order
 from backend.orders.schemas import AgentQrCreate, OrderCreate, OrderOut
+from backend.receipts import service as receipts
 from backend.security.tokens import Principal
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agents"])
@@ -49,6 +50,11 @@ class QrStatus(BaseModel):
     paid_at: datetime | None
     qr_content: str | None
     qr_image_url: str | None
+    receipt_no: str | None = Field(description=(
+        "Once paid: the service's receipt (缴费凭证) of the payment; null before."))
+    receipt_url: str | None = Field(description=(
+        "Once paid: the receipt's public check page (/r/<token>, masked, no login): what "
+        "the agent shows or sends the resident who paid by scanning."))
 
 
 def _own(session, principal: Principal, order_no: str) -> Order:  # type: ignore[no-untyped-def]
@@ -79,12 +85,20 @@ def qr_status(order_no: str, rt: RuntimeDep, principal: CurrentPrincipal) -> QrS
     with unit_of_work(rt.sessions) as s:
         order = _own(s, principal, order_no)
         content = orders.qr_content_of(rt, order, repo.attempts_of(s, order.id))  # type: ignore[arg-type]
+        receipt = None
+        if order.status in orders.PAID_STATES:     # issued now if the worker has not yet
+            receipt = receipts.order_receipt(rt, s, order.id,  # type: ignore[arg-type]
+                                             order.channel_transaction_id)
         return QrStatus(order_no=order.order_no, status=order.status,
                         amount_fen=order.amount_fen, expires_at=order.expires_at,
                         expired=(order.status == "pending"
                                  and order.expires_at <= rt.clock.now()),
                         paid_at=order.paid_at, qr_content=content,
-                        qr_image_url=orders.qr_image_url(rt, order))
+                        qr_image_url=orders.qr_image_url(rt, order),
+                        receipt_no=receipt.receipt_no if receipt else None,
+                        receipt_url=(receipts.verify_url(rt.settings.public_base_url,
+                                                         receipts.token_of(receipt))
+                                     if receipt else None))
 
 
 @router.post("/qr-codes/{order_no}/refresh", response_model=QrStatus, dependencies=[AgentOnly],

@@ -97,7 +97,8 @@ async def qr_image(token: str, fmt: str, rt: RuntimeDep) -> Response:
 
 
 @router.get("/pay/{token}", tags=["qr codes"], response_class=HTMLResponse, responses={
-    200: {"description": "a page: the order is paid"},
+    200: {"description": "a page: the order is paid, with a link to its receipt's public "
+                          "check page (/r/<token>)"},
     302: {"description": "on to the wallet's trade for this order"},
     404: _page("no QR code with this token (replaced by a newer one, or never made)"),
     409: _page("the payment is still being prepared: scan again"),
@@ -106,7 +107,9 @@ async def qr_image(token: str, fmt: str, rt: RuntimeDep) -> Response:
                error_response(["channel_error"])),
     504: error_response(["channel_timeout"])})
 def landing(token: str, request: Request, rt: RuntimeDep) -> Response:
-    """The aggregate QR's landing page (聚合码): the scanning app decides the channel."""
+    """The aggregate QR's landing page (聚合码): the scanning app decides the channel. Once
+    the order is paid it says so and links the payment's receipt (issued now if the worker
+    has not yet): how a resident who paid an agent's QR code reaches it."""
     outcome = scan.scan(rt, token, request.headers.get("user-agent", ""))
     if outcome.redirect:
         return RedirectResponse(outcome.redirect, status_code=302)

@@ -16,6 +16,7 @@ from backend.db import unit_of_work
 from backend.errors import NotFound
 from backend.orders import repository as repo
 from backend.orders import service
+from backend.receipts import service as receipts
 from backend.runtime import Runtime
 from payment_adapters.base import Channel
 
@@ -56,18 +57,43 @@ def _page(title: str, text: str, status: int = 200) -> ScanOutcome:
         f"<p>{html.escape(text)}</p></body></html>"))
 
 
+_PAID_TITLES = {"paid": "已缴费", "partially_refunded": "已缴费（部分已退款）",
+                "refunded": "已缴费（已全额退款）"}
+
+
+def _paid_page(status: str, receipt_url: str | None) -> ScanOutcome:
+    """The page of a paid order: paid, and the link to its receipt's check page."""
+    title = _PAID_TITLES.get(status, "已缴费")
+    link = ("" if receipt_url is None else
+            f"<p><a href='{html.escape(receipt_url)}' style='font-size:1.2em'>"
+            "查看缴费凭证 · View the receipt</a></p>"
+            "<p style='color:#666;font-size:.9em'>凭证可由任何人在此核验（姓名、身份证号已遮挡）；"
+            "请保存此链接或截图。</p>")
+    return ScanOutcome(status=200, page=(
+        "<!doctype html><html lang=zh><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><body style='font-family:sans-serif;"
+        f"text-align:center;padding:3em 1em'><h2>{html.escape(title)}</h2>"
+        "<p>This order is paid. 缴费成功。</p>" + link + "</body></html>"))
+
+
 def scan(rt: Runtime, token: str, user_agent: str) -> ScanOutcome:
     channel = channel_for_user_agent(user_agent)
     with unit_of_work(rt.sessions) as s:
         order = repo.order_by_qr_token(s, token)
         if order is None:
             return _page("二维码已失效", "This QR code has been replaced or does not exist.", 404)
+        if order.status in service.PAID_STATES:
+            # the payer (an agent's QR: the resident who scanned it) reaches the receipt
+            # from here: its public check page, masked (issued now if the worker has not yet)
+            receipt = receipts.order_receipt(rt, s, order.id,  # type: ignore[arg-type]
+                                             order.channel_transaction_id)
+            return _paid_page(order.status, None if receipt is None else receipts.verify_url(
+                rt.settings.public_base_url, receipts.token_of(receipt)))
         if order.channel != "aggregate_qr":
             content = service.qr_content_of(rt, order, repo.attempts_of(s, order.id))  # type: ignore[arg-type]
             return ScanOutcome(status=302, redirect=content) if content else _page(
                 "请稍候", "The payment is being prepared; scan again.", 409)
-        if order.status == "paid":
-            return _page("已缴费", "This order is paid. 缴费成功。")
         now = rt.clock.now()
         if order.status != "pending" or order.expires_at <= now:
             return _page("二维码已过期", "This QR code has expired; ask for a new one.", 410)

@@ -1,6 +1,7 @@
 """An issued receipt (缴费凭证): the exact bytes that were signed, fixed once issued.
 
-One row per payment, written the first time anything asks for the payment's receipt. The
+One row per payment, written by the worker's sweep seconds after a channel's payment (an
+agent's or a department's: with the payment), or the first time anything asks for it. The
 receipt number is derived from the payment (``R`` + business date + payment id), never
 stored first; the row only fixes what the receipt says. Nothing updates or deletes a row:
 a later refund is shown beside the receipt, and a later change in the registry (a corrected

@@ -3,7 +3,9 @@
 - **The number** is derived from the payment: ``R`` + its business date (YYYYMMDD) + its id
   zero-padded to 8 digits (``R2020110200000123``). Parsing it back gives the payment; a
   date part that is not the payment's is an unknown receipt.
-- **Issuing** fixes the content: the first time anything asks for a payment's receipt its
+- **Issuing** fixes the content: when a payment's receipt is issued — by the worker seconds
+  after a channel's payment (``receipts.sweep``), with the payment for an agent's or a
+  department's, or the first time anything asks for it before that — its
   canonical content is built from the payment, signed with the service's Ed25519 key and
   inserted if absent (``ON CONFLICT DO NOTHING``), then read back — whoever inserted first,
   every caller gets the same row. Nothing changes it afterwards (the table refuses UPDATE
@@ -358,6 +360,18 @@ def issue(session: Session, key: Ed25519PrivateKey, payment_id: int, now: dateti
     receipt = _issued(session, payment_id)
     if receipt is not None:
         return receipt
+    if write_receipt(session, key, payment_id, now) is None:
+        return None
+    receipt = _issued(session, payment_id)
+    assert receipt is not None       # ours, or the one that got there first
+    return receipt
+
+
+def write_receipt(session: Session, key: Ed25519PrivateKey, payment_id: int, now: datetime
+                  ) -> bool | None:
+    """Insert the payment's receipt, as the payment and the registry are now, unless it has
+    one (``ON CONFLICT DO NOTHING``: whoever is first, one row). True when this wrote it,
+    False when one was there, None for a payment that does not exist."""
     content = content_of_payment(session, payment_id)
     if content is None:
         return None
@@ -366,10 +380,8 @@ def issue(session: Session, key: Ed25519PrivateKey, payment_id: int, now: dateti
               "canonical": canonical.decode(), "signature": sign(key, canonical),
               "issued_at": now}
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(Receipt).values(**values).on_conflict_do_nothing())
-    receipt = _issued(session, payment_id)
-    assert receipt is not None       # ours, or the one that got there first
-    return receipt
+    written = session.execute(insert(Receipt).values(**values).on_conflict_do_nothing())
+    return bool(written.rowcount)  # type: ignore[attr-defined]
 
 
 def _issued(session: Session, payment_id: int) -> Receipt | None:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from backend.outbox.service import run_due
+from backend.receipts.sweep import issue_receipts
 from backend.reconciliation.fetching import fetch_due_statements
 from backend.runtime import Runtime
 from backend.worker.jobs import expire_orders, recover_attempts
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 # (name, every N seconds, job)
 SCHEDULE: list[tuple[str, float, Callable[[Runtime], int]]] = [
     ("outbox", 2.0, run_due),
+    # the receipts of payments that have none yet: within seconds of the payment, off its
+    # path (see receipts.sweep)
+    ("issue_receipts", 3.0, issue_receipts),
     ("recover_attempts", 20.0, recover_attempts),
     ("expire_orders", 30.0, expire_orders),
     # the channels' daily statements, once published (see reconciliation.fetching)

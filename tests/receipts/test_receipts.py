@@ -554,3 +554,63 @@ def test_a_generated_signing_key_is_never_readable_by_others(settings: Any,
         assert not [p for p in made.parent.iterdir() if p.name.startswith(".")]
     finally:
         os.umask(old)
+
+
+# --------------------------------------------------------------------------- an agent's QR
+def test_a_resident_who_paid_an_agents_qr_reaches_the_receipt_from_the_paid_page(
+        live: Live) -> None:
+    """The agent's dynamic QR (the order is the agent's): the resident scans it and pays in
+    their wallet; scanning it again, the paid page links the receipt's public check page,
+    and the agent's status answer carries the same receipt."""
+    people = seed(live.rt)
+    agent = staff_headers(live)
+    made = live.http.post("/api/v1/agent/qr-codes", headers=agent, json={
+        "year": 2021, "items": [{"resident_ref": ref(live, agent, "张三", people["张三"]),
+                                 "insurance": "medical"}]})
+    assert made.status_code == 201, made.text
+    no = made.json()["order_no"]
+    status = live.http.get(f"/api/v1/agent/qr-codes/{no}", headers=agent).json()
+    assert (status["status"], status["receipt_no"], status["receipt_url"]) == (
+        "pending", None, None)
+    landing = status["qr_content"].removeprefix(live.base_url)
+    wallet = {"User-Agent": "Mozilla/5.0 (iPhone) MicroMessenger/8.0.50"}
+    assert live.http.get(landing, headers=wallet, follow_redirects=False).status_code == 302
+    pay(live, get_order(live, agent, no)["payment"]["out_trade_no"])
+
+    # the resident scans again (or the wallet comes back to it): paid, with the receipt
+    page = live.http.get(landing, headers=wallet, follow_redirects=False)
+    assert page.status_code == 200 and "已缴费" in page.text
+    (url,) = re.findall(r"href='([^']+)'", page.text)
+    assert url.startswith(live.base_url + "/r/") and "script" not in page.text
+    check = _check(live, url)
+    assert check["valid"] is True and check["amount_fen"] == MEDICAL
+    assert check["payer"]["name"] == "张*"
+    # the agent's screen shows the same receipt once paid
+    done = live.http.get(f"/api/v1/agent/qr-codes/{no}", headers=agent).json()
+    assert done["status"] == "paid" and done["receipt_url"] == url
+    assert re.fullmatch(r"R20201102\d{8}", done["receipt_no"])
+    assert get_order(live, agent, no)["receipt_no"] == done["receipt_no"]
+    with unit_of_work(live.rt.sessions) as s:
+        assert len(s.scalars(select(Receipt)).all()) == 1
+    _no_full_id(list(people.values()), page.text, json.dumps(done), _page(live, url))
+
+
+def test_the_paid_page_links_the_receipt_the_worker_issued(live: Live) -> None:
+    """The worker's sweep issued the receipt at payment time; the paid page links that one."""
+    from backend.receipts.sweep import Sweep, issue_receipts
+
+    people = seed(live.rt)
+    h = resident_headers(live)
+    made = order(live, h, "aggregate_qr", [
+        {"resident_ref": ref(live, h, "李梅", people["李梅"]), "insurance": "medical"}])
+    landing = made.json()["payment"]["qr_content"].removeprefix(live.base_url)
+    alipay = {"User-Agent": "Mozilla/5.0 (Linux; Android 14) AlipayClient/10.6"}
+    assert live.http.get(landing, headers=alipay, follow_redirects=False).status_code == 302
+    pay(live, get_order(live, h, made.json()["order_no"])["payment"]["out_trade_no"])
+    assert issue_receipts(live.rt, sweep=Sweep()) == 1
+    with unit_of_work(live.rt.sessions) as s:
+        (issued,) = s.scalars(select(Receipt)).all()
+        token = receipts.token_of(issued)
+    page = live.http.get(landing, headers=alipay, follow_redirects=False)
+    assert page.status_code == 200
+    assert f"href='{live.base_url}/r/{token}'" in page.text
