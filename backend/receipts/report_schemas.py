@@ -40,8 +40,10 @@ class ReceiptReportIn(BaseModel):
     paid_on: date = Field(description="The day paid: not after today (the business clock), "
                                       "and at most 3 years ago.")
     note: str | None = Field(default=None, max_length=MAX_NOTE_CHARS,
-                             description="Anything else for the town (optional), kept as "
-                                         "given: never shown on a public page.")
+                             description="Anything else for the town (optional): kept "
+                                         "encrypted, never shown on a public page; the "
+                                         "town's staff read it with ID and phone numbers "
+                                         "masked.")
 
     @field_validator("paper_receipt_no", mode="before")
     @classmethod
@@ -114,3 +116,4 @@ class ReceiptKnownOut(BaseModel):
     matches: Literal[True] = True
     recorded_on: date = Field(description="The business day the agent recorded it.")
     amount_fen: int
+

@@ -15,7 +15,8 @@ collection with that receipt number by an agent of that village:
 When an agent later records a collection with the number of an open ``unknown_receipt``
 report of their village, in the same transaction the report becomes ``matched`` (the same
 amount) or ``amount_differs`` (another amount, still open for the town). Every report and
-every match is an audit event.
+every match is an audit event. The resident's note is kept encrypted with the PII key (it
+may hold an ID or phone number) and never goes to the logs or the audit trail.
 
 Both paths take a transaction-level lock on (village, paper receipt number) on PostgreSQL
 before they look at the other's rows, so a report and the collection it names that arrive
@@ -42,7 +43,7 @@ from backend.clock import SHANGHAI, business_date
 from backend.db import unit_of_work
 from backend.errors import RateLimited, ValidationFailed
 from backend.orders.models import Payment
-from backend.receipts.report_models import ReceiptReport
+from backend.receipts.report_models import NOTE_KIND, ReceiptReport
 from backend.receipts.report_schemas import ReceiptKnownOut, ReceiptReportIn, ReceiptReportOut
 from backend.residents.models import Village
 from backend.runtime import Runtime
@@ -163,11 +164,12 @@ def report(rt: Runtime, body: ReceiptReportIn,
             metrics.RECEIPT_REPORTS.labels(kind="repeat").inc()
             return _out(earlier, village.name, repeat=True)
         now = rt.clock.now()
+        note = rt.pii.encrypt(body.note, NOTE_KIND) if body.note is not None else None
         row = ReceiptReport(
             # a unique stand-in until the id is known (the number is derived from it)
             report_no="-" + secrets.token_hex(11), village_code=village.code,
             town_code=village.town_code, paper_receipt_no=body.paper_receipt_no,
-            amount_fen=body.amount_fen, paid_on=body.paid_on, note=body.note, kind=kind,
+            amount_fen=body.amount_fen, paid_on=body.paid_on, note_encrypted=note, kind=kind,
             status="open", client_hash=client_hash(rt, client_ip), created_at=now,
             matched_collection_id=found[0].collection_id if found else None)
         s.add(row)
