@@ -324,7 +324,8 @@ def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPat
             login(mobile, "town", "town-pass1")
             expect(mobile.get_by_role("heading", level=1)).to_contain_text("首页")
             nav = mobile.get_by_role("navigation")
-            expect(nav.get_by_role("link")).to_have_count(3)   # 首页, 日报解台账, 进度
+            # 首页, 日报解台账, 进度, 收据举报
+            expect(nav.get_by_role("link")).to_have_count(4)
             no_sideways_scroll(mobile, "home")
             # the town's progress on a phone: server-drawn charts, no sideways scrolling
             mobile.goto(base + "/desk/progress?year=2021")
