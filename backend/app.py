@@ -36,6 +36,7 @@ from backend.progress.endpoints import router as progress_router
 from backend.publications.endpoints import router as publications_router
 from backend.receipts.endpoints import router as receipts_router
 from backend.receipts.report_endpoints import router as receipt_reports_router
+from backend.receipts.report_staff import router as receipt_report_staff_router
 from backend.reconciliation.endpoints import router as reconciliation_router
 from backend.refunds.endpoints import router as refunds_router
 from backend.residents.endpoints import LookupLane
@@ -224,6 +225,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(reconciliation_router)
     app.include_router(progress_router)
     app.include_router(audit_router)
+    app.include_router(receipt_report_staff_router)
     app.include_router(publications_router)
     app.include_router(declarations_router)
     # /r/<token> never takes /r/public-key or /r/report (its path convertor leaves them out)

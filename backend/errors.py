@@ -198,6 +198,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
                                                 "`refundable_fen`)"),
     "refund_not_pending": ErrorCode(409, "the refund is not in the state this step needs "
                                          "(e.g. approved already, or not awaiting cash)"),
+    "receipt_report_not_open": ErrorCode(409, "the receipt report is not open: matched by "
+                                              "the agent's collection, or closed already"),
     "statement_not_ready": ErrorCode(409, "the channel has not published that day's statement "
                                           "yet (WeChat: after 10:00 the next day), has none "
                                           "(no trade that day), or no longer serves it "

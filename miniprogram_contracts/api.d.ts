@@ -767,6 +767,63 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/receipt-reports": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Reports
+         * @description Residents' reports of paper receipts (`POST /r/report`), oldest first, `limit` at a
+         *     time (`next_after_id` → `after_id`), optionally of one `town`, one `village`, one
+         *     `status` (`open`: not yet matched or closed), reported from `from` to `to` (business
+         *     dates, both included).
+         *
+         *     Each has the collection's order when one is known (`matched_order_no`) and the
+         *     resident's note with ID and phone numbers masked (it is kept encrypted).
+         *
+         *     Scope: finance, auditors and admins read the district; town staff their own town (another
+         *     town, or a village of another town: 403). Agents, departments and residents: 403. An
+         *     unknown `town` or `village`: 404.
+         */
+        get: operations["list_reports_api_v1_receipt_reports_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/receipt-reports/{report_no}/close": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Close Report
+         * @description Close an open report, saying why (`reason`, 1–500 characters): spam, a mistaken
+         *     report, settled with the resident. It becomes `closed` (who, when on the business clock,
+         *     why) and is no longer counted in the progress page's `receipt_reports_open`; the audit
+         *     trail records `receipt_report.close` with the reason.
+         *
+         *     Town staff close their own town's reports (another town's: 403), finance and admins any.
+         *     Auditors, agents, departments and residents: 403. A report that is `matched` or `closed`
+         *     already: 409 `receipt_report_not_open`. An unknown `report_no`: 404.
+         */
+        post: operations["close_report_api_v1_receipt_reports__report_no__close_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/receipts/{receipt_no}": {
         parameters: {
             query?: never;
@@ -2444,6 +2501,94 @@ export interface components {
             name: string;
         };
         /**
+         * ReceiptReportCloseIn
+         * @description Why the report is closed: spam, a mistaken report, settled with the resident...
+         */
+        ReceiptReportCloseIn: {
+            /**
+             * Reason
+             * @description Why (1–500 characters, not only spaces): kept on the report and in the audit trail.
+             */
+            reason: string;
+        };
+        /**
+         * ReceiptReportItem
+         * @description A resident's report as the town, finance, auditors and admins read it.
+         */
+        ReceiptReportItem: {
+            /**
+             * Amount Fen
+             * @description What the resident says they paid, in fen.
+             */
+            amount_fen: number;
+            /**
+             * Close Reason
+             * @description Why it was closed, as they wrote it (ID and phone numbers masked).
+             */
+            close_reason: string | null;
+            /**
+             * Closed At
+             * @description When it was closed (business clock).
+             */
+            closed_at: string | null;
+            /**
+             * Closed By
+             * @description The staff member who closed it (username).
+             */
+            closed_by: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             * @description When it was reported (business clock, Beijing time).
+             */
+            created_at: string;
+            /**
+             * Id
+             * @description The row's id: pass the last page's `next_after_id` as `after_id` for the next page.
+             */
+            id: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "unknown_receipt" | "amount_differs";
+            /**
+             * Matched At
+             * @description When a later collection matched it.
+             */
+            matched_at: string | null;
+            /**
+             * Matched Order No
+             * @description The order of the agent's collection with that paper receipt number: `matched` reports, and `amount_differs` ones (the collection recorded with another amount); null when none is known.
+             */
+            matched_order_no: string | null;
+            /**
+             * Note
+             * @description What the resident wrote, with ID and phone numbers masked (370406********1234, 138****5678); null when they wrote nothing.
+             */
+            note: string | null;
+            /**
+             * Paid On
+             * Format: date
+             */
+            paid_on: string;
+            /** Paper Receipt No */
+            paper_receipt_no: string;
+            /** Report No */
+            report_no: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "open" | "matched" | "closed";
+            /** Town Code */
+            town_code: string;
+            /** Village Code */
+            village_code: string;
+            /** Village Name */
+            village_name: string;
+        };
+        /**
          * ReceiptReportOut
          * @description A report recorded for the town and auditors (201): the paper receipt is not known in
          *     that village (`unknown_receipt`), or known with another amount (`amount_differs`).
@@ -2506,6 +2651,19 @@ export interface components {
             village_code: string;
             /** Village Name */
             village_name: string;
+        };
+        /** ReceiptReportPage */
+        ReceiptReportPage: {
+            /**
+             * Next After Id
+             * @description More reports follow: ask again with `after_id` set to this.
+             */
+            next_after_id: number | null;
+            /**
+             * Reports
+             * @description Oldest first (by `id`).
+             */
+            reports: components["schemas"]["ReceiptReportItem"][];
         };
         /** RefundCreate */
         RefundCreate: {
@@ -3012,7 +3170,7 @@ export interface components {
             name: string;
             /**
              * Receipt Reports Open
-             * @description residents' reports of this village's paper receipts (POST /r/report) still open: unknown to the service, or known with another amount, whatever the year
+             * @description residents' reports of this village's paper receipts (POST /r/report) still open: unknown to the service, or known with another amount, not yet matched nor closed (POST /api/v1/receipt-reports/{report_no}/close), whatever the year; GET /api/v1/receipt-reports lists them
              */
             receipt_reports_open: number;
             /**
@@ -5941,6 +6099,200 @@ export interface operations {
             };
         };
     };
+    list_reports_api_v1_receipt_reports_get: {
+        parameters: {
+            query?: {
+                village?: string | null;
+                town?: string | null;
+                status?: ("open" | "matched" | "closed") | null;
+                from?: string | null;
+                to?: string | null;
+                after_id?: number;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReceiptReportPage"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
+    close_report_api_v1_receipt_reports__report_no__close_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                report_no: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReceiptReportCloseIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReceiptReportItem"];
+                };
+            };
+            /** @description - `unauthorized`: no access token, an expired or invalid one, or a failed login: log in (again) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "unauthorized";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `forbidden`: the caller's role or scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "forbidden";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `not_found`: nothing of this kind that this caller may see */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "not_found";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `receipt_report_not_open`: the receipt report is not open: matched by the agent's collection, or closed already */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "receipt_report_not_open";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `payload_too_large`: the request body is over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "payload_too_large";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+            /** @description - `validation_error`: the request is malformed or names something that does not fit (a field, the year, a tier, a resident_ref, the Idempotency-Key); `message` says what */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        error: {
+                            /** @enum {string} */
+                            code: "validation_error";
+                        };
+                    } & WithRequired<components["schemas"]["ErrorResponse"], "error">;
+                };
+            };
+        };
+    };
     get_receipt_api_v1_receipts__receipt_no__get: {
         parameters: {
             query?: never;
@@ -7540,7 +7892,7 @@ export interface operations {
                     amount_fen: number;
                     /**
                      * Note
-                     * @description Anything else for the town (optional), kept as given: never shown on a public page.
+                     * @description Anything else for the town (optional): kept encrypted, never shown on a public page; the town's staff read it with ID and phone numbers masked.
                      */
                     note?: string | null;
                     /**

@@ -297,3 +297,57 @@ def test_receipt_reports_come_and_go_with_0019(empty_db: str) -> None:
         indexes = {i["name"] for i in sa_inspect(conn).get_indexes("receipt_reports")}
         assert "ix_receipt_reports_village_receipt" in indexes
     engine.dispose()
+
+
+SEED_0020_REPORT = (
+    "INSERT INTO towns (code, name) VALUES ('t', 'T')",
+    "INSERT INTO villages (code, name, town_code) VALUES ('v', 'V', 't')",
+    "INSERT INTO receipt_reports (id, report_no, village_code, town_code, paper_receipt_no, "
+    "amount_fen, paid_on, note, kind, status, client_hash, created_at) VALUES (1, "
+    "'J2020110200000001', 'v', 't', 'SJ-1', 38000, '2020-11-01', :note, 'unknown_receipt', "
+    "'open', 'h', '2020-11-02 01:00:00')",
+    "INSERT INTO receipt_reports (id, report_no, village_code, town_code, paper_receipt_no, "
+    "amount_fen, paid_on, note, kind, status, client_hash, created_at) VALUES (2, "
+    "'J2020110200000002', 'v', 't', 'SJ-2', 38000, '2020-11-01', NULL, 'unknown_receipt', "
+    "'open', 'h', '2020-11-02 01:00:00')",
+)
+
+
+def test_0021_encrypts_the_notes_it_finds_and_its_downgrade_decrypts_them(
+        empty_db: str) -> None:
+    """0021 carries a plaintext note into ``note_encrypted`` under the PII key (the key the
+    caller gives, else the service's settings) and drops ``note``; its downgrade brings the
+    plaintext back."""
+    from backend.security.pii import PiiVault
+
+    key = b"m" * 32
+    vault = PiiVault(key)
+    note = "电话 13812345678"
+    upgrade(empty_db, "0020")
+    engine = _engine(empty_db)
+    with engine.begin() as conn:
+        for sql in SEED_0020_REPORT:
+            conn.execute(text(sql), {"note": note})
+    engine.dispose()
+    cfg = alembic_config(empty_db)
+    cfg.attributes["pii_key"] = key
+    command.upgrade(cfg, "0021")
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        columns = {c["name"] for c in sa_inspect(conn).get_columns("receipt_reports")}
+        assert "note" not in columns and {"note_encrypted", "closed_by", "closed_at",
+                                          "close_reason"} <= columns
+        rows = conn.execute(text("SELECT id, note_encrypted FROM receipt_reports "
+                                 "ORDER BY id")).all()
+    engine.dispose()
+    assert rows[1] == (2, None)
+    assert "13812345678" not in rows[0][1]
+    assert vault.decrypt(rows[0][1], "report-note") == note
+
+    command.downgrade(cfg, "0020")
+    engine = _engine(empty_db)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT note FROM receipt_reports ORDER BY id")).scalars(
+            ).all() == [note, None]
+    engine.dispose()
+    command.upgrade(cfg, "head")

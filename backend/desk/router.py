@@ -49,6 +49,7 @@ from backend.desk.session import (
 from backend.errors import AppError, RateLimited, Unauthorized
 from backend.ledger import closing
 from backend.ledger.daily import daily_ledger, ledger_scope
+from backend.receipts import reports as receipt_reports
 from backend.residents.models import Town, Village
 from backend.runtime import Runtime
 
@@ -76,6 +77,7 @@ DONE_MESSAGES = {
     "refund_approved": "退款已审批：原路退回的由系统发起退款，现金退款由代办员退还。",
     "refund_rejected": "退款申请已驳回。",
     "closed": "已日结，该日已锁定。",
+    "report_closed": "收据举报已关闭，不再计入待处理。",
 }
 
 
@@ -91,6 +93,7 @@ NAV = (
     NavItem("home", "首页", "/desk/", False),
     NavItem("ledger", "日报解台账", "/desk/ledger", False),
     NavItem("progress", "进度", "/desk/progress", False),
+    NavItem("receipt_reports", "收据举报", "/desk/receipt-reports", False),
     NavItem("statements", "对账单", "/desk/statements", True),
     NavItem("reconciliation", "对账结果", "/desk/reconciliation", True),
     NavItem("refunds", "退款审批", "/desk/refunds", True),
@@ -136,7 +139,8 @@ def _code(value: str | None, field: str) -> str | None:
 def _reason(value: str, limit: int = MAX_REASON) -> str:
     reason = value.strip()
     if not reason:
-        raise DeskRefusal(422, "请填写原因", "处理差异、申请或驳回退款时必须写明原因。")
+        raise DeskRefusal(422, "请填写原因",
+                          "处理差异、申请或驳回退款、关闭收据举报时必须写明原因。")
     if len(reason) > limit:
         raise DeskRefusal(422, "原因太长", f"原因最多 {limit} 个字。")
     return reason
@@ -156,6 +160,7 @@ REFUSALS = {
     "payload_too_large": "对账单文件太大。",
     "channel_error": "获取对账单时渠道出错，请稍后重试。",
     "refund_not_pending": "这笔退款已不是待审批状态。",
+    "receipt_report_not_open": "这条收据举报已不是待处理状态（已匹配或已被关闭）。",
     "refund_exceeds_refundable": "退款金额超过了可退金额。",
     "order_not_refundable": "这个订单没有可退的款项。",
     "day_not_over": "这一天还没有结束，不能日结。",
@@ -579,6 +584,55 @@ def refund_reject(request: Request, rt: RuntimeDep, refund_id: int,
     text = _reason(reason)
     _call(lambda: services.reject_refund(rt, user.principal, refund_id, reason=text))
     return _back("/desk/refunds", done="refund_rejected")
+
+
+# -------------------------------------------------------------------- receipt reports
+
+#: who closes a resident's report of a paper receipt: not auditors (they watch)
+REPORT_CLOSERS = ("town_staff", "finance", "admin")
+#: the open reports one page shows (oldest first); the API pages through more
+REPORTS_SHOWN = 500
+MAX_CLOSE_REASON = 500
+
+
+@router.get("/receipt-reports", response_class=HTMLResponse)
+def receipt_reports_page(request: Request, rt: RuntimeDep,
+                         town: str | None = None) -> Response:
+    """Residents' open reports of paper receipts, per village, with a close form."""
+    user = _user(request, rt)
+    asked = _code(town, "乡镇")
+    try:
+        with unit_of_work(rt.sessions) as session:
+            towns, villages = _places(session, user)
+            scope = receipt_reports.reading_scope(session, user.principal, asked, None)
+            rows = receipt_reports.listing(session, town=scope, status="open",
+                                           limit=REPORTS_SHOWN + 1)
+            items = [(r, receipt_reports.note_of(rt, r.report)) for r in rows[:REPORTS_SHOWN]]
+    except AppError as exc:
+        if exc.code == "forbidden":
+            raise DeskRefusal(403, "无权查看", "乡镇工作人员只能查看本镇的收据举报。") from None
+        raise DeskRefusal(404, "找不到乡镇", f"没有代码为 {asked} 的乡镇。") from None
+    by_village: dict[str, list[Any]] = {}
+    for listed, note in items:
+        by_village.setdefault(listed.report.village_code, []).append((listed, note))
+    return page(request, "receipt_reports.html", page_context(
+        request, user, "receipt_reports", towns=towns, villages=villages, town=scope,
+        by_village=by_village, more=len(rows) > REPORTS_SHOWN,
+        may_close=user.role in REPORT_CLOSERS))
+
+
+@router.post("/receipt-reports/{report_no}/close")
+def receipt_report_close(request: Request, rt: RuntimeDep, report_no: str,
+                         reason: Annotated[str, Form(max_length=2000)] = "",
+                         town: Annotated[str, Form(max_length=64)] = "",
+                         csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+    user = _user(request, rt)
+    check_csrf(user.csrf, csrf)
+    if user.role not in REPORT_CLOSERS:
+        raise DeskRefusal(403, "无权操作", "收据举报由乡镇工作人员、财务或管理员关闭；审计只查看。")
+    text = _reason(reason, MAX_CLOSE_REASON)
+    _act(rt, lambda s: receipt_reports.close(s, rt, user.principal, report_no, text))
+    return _back("/desk/receipt-reports", town=_code(town, "乡镇") or "", done="report_closed")
 
 
 # -------------------------------------------------------------------------- day close

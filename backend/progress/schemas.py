@@ -33,7 +33,10 @@ class VillageProgress(BaseModel):
     receipt_reports_open: int = Field(description="residents' reports of this village's paper "
                                                   "receipts (POST /r/report) still open: "
                                                   "unknown to the service, or known with "
-                                                  "another amount, whatever the year")
+                                                  "another amount, not yet matched nor "
+                                                  "closed (POST /api/v1/receipt-reports/"
+                                                  "{report_no}/close), whatever the year; "
+                                                  "GET /api/v1/receipt-reports lists them")
     receipt_reports_total: int = Field(description="every report of this village's paper "
                                                    "receipts, open, matched later or closed")
 

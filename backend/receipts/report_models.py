@@ -5,20 +5,24 @@ One row per report. ``status`` moves from ``open`` to ``matched`` when the agent
 records a collection with that paper receipt number for the reported amount (late
 recording is normal), or to ``closed`` when the town has dealt with it. Nothing personal is
 kept of the reporter: a keyed hash of their address only (``client_hash``), enough to see
-that many reports came from one place.
+that many reports came from one place. The resident's note may hold ID or phone numbers: it
+is kept only encrypted with the PII key (``note_encrypted``, kind ``report-note``), and read
+back for staff masked (``backend.logs.redact``).
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, String
+from sqlalchemy import Column, Index, String, Text
 from sqlmodel import Field, SQLModel
 
 from backend.db import Fen, UTCDateTime
 
 KINDS = ("unknown_receipt", "amount_differs")
 STATUSES = ("open", "matched", "closed")
+#: the PII vault's kind (associated data) of a report's note
+NOTE_KIND = "report-note"
 
 
 class ReceiptReport(SQLModel, table=True):
@@ -35,7 +39,9 @@ class ReceiptReport(SQLModel, table=True):
     paper_receipt_no: str = Field(max_length=64)
     amount_fen: int = Field(sa_type=Fen)
     paid_on: date
-    note: str | None = Field(default=None, max_length=500)
+    # the resident's note (at most 500 characters), AES-SIV under the PII key (kind
+    # NOTE_KIND), base64: never in plaintext, in the database, the logs or the audit trail
+    note_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     kind: str = Field(max_length=16)               # unknown_receipt | amount_differs
     status: str = Field(max_length=8)              # open | matched | closed
     # HMAC-SHA256 of the reporter's address under the PII key (kind "report-ip"): never the
@@ -47,3 +53,8 @@ class ReceiptReport(SQLModel, table=True):
     matched_collection_id: int | None = Field(default=None,
                                               foreign_key="agent_collections.id")
     matched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # closed by the town (or finance, an admin) with the reason: spam, a receipt settled
+    # another way; only an open report is closed
+    closed_by: int | None = Field(default=None, foreign_key="staff_users.id")
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)   # business clock
+    close_reason: str | None = Field(default=None, max_length=500)

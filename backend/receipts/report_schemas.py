@@ -41,8 +41,10 @@ class ReceiptReportIn(BaseModel):
     paid_on: date = Field(description="The day paid: not after today (the business clock), "
                                       "and at most 3 years ago.")
     note: str | None = Field(default=None, max_length=MAX_NOTE_CHARS,
-                             description="Anything else for the town (optional), kept as "
-                                         "given: never shown on a public page.")
+                             description="Anything else for the town (optional): kept "
+                                         "encrypted, never shown on a public page; the "
+                                         "town's staff read it with ID and phone numbers "
+                                         "masked.")
 
     @field_validator("paper_receipt_no", mode="before")
     @classmethod
@@ -115,3 +117,62 @@ class ReceiptKnownOut(BaseModel):
     matches: Literal[True] = True
     recorded_on: date = Field(description="The business day the agent recorded it.")
     amount_fen: int
+
+
+# --------------------------------------------------------------------------- for staff
+MAX_CLOSE_REASON_CHARS = 500
+
+
+class ReceiptReportItem(BaseModel):
+    """A resident's report as the town, finance, auditors and admins read it."""
+
+    id: int = Field(description="The row's id: pass the last page's `next_after_id` as "
+                                "`after_id` for the next page.")
+    report_no: str
+    village_code: str
+    village_name: str
+    town_code: str
+    paper_receipt_no: str
+    amount_fen: int = Field(description="What the resident says they paid, in fen.")
+    paid_on: date
+    kind: ReportKind
+    status: ReportStatus
+    created_at: datetime = Field(description="When it was reported (business clock, "
+                                             "Beijing time).")
+    note: str | None = Field(description="What the resident wrote, with ID and phone numbers "
+                                         "masked (370406********1234, 138****5678); null "
+                                         "when they wrote nothing.")
+    matched_order_no: str | None = Field(
+        description="The order of the agent's collection with that paper receipt number: "
+                    "`matched` reports, and `amount_differs` ones (the collection recorded "
+                    "with another amount); null when none is known.")
+    matched_at: datetime | None = Field(description="When a later collection matched it.")
+    closed_at: datetime | None = Field(description="When it was closed (business clock).")
+    closed_by: str | None = Field(description="The staff member who closed it (username).")
+    close_reason: str | None = Field(description="Why it was closed, as they wrote it (ID "
+                                                 "and phone numbers masked).")
+
+
+class ReceiptReportPage(BaseModel):
+    reports: list[ReceiptReportItem] = Field(description="Oldest first (by `id`).")
+    next_after_id: int | None = Field(
+        description="More reports follow: ask again with `after_id` set to this.")
+
+
+class ReceiptReportCloseIn(BaseModel):
+    """Why the report is closed: spam, a mistaken report, settled with the resident..."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=MAX_CLOSE_REASON_CHARS,
+                        description="Why (1–500 characters, not only spaces): kept on the "
+                                    "report and in the audit trail.")
+
+    @field_validator("reason")
+    @classmethod
+    def _said(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("say why the report is closed (not only spaces)")
+        if _CONTROL.search(value):
+            raise ValueError("control characters are not taken (line breaks are)")
+        return value

@@ -17,6 +17,12 @@ report of their village, in the same transaction the report becomes ``matched`` 
 amount) or ``amount_differs`` (another amount, still open for the town). Every report and
 every match is an audit event.
 
+The resident's note is kept encrypted with the PII key (it may hold an ID or phone number)
+and never goes to the logs or the audit trail. The town's staff (their town), finance,
+auditors and admins list the reports with the note decrypted and masked (``listing``); the
+town's staff, finance and admins close an open one with a reason (``close``: audited, and no
+longer counted open on the progress page).
+
 Both paths take a transaction-level lock on (village, paper receipt number) on PostgreSQL
 before they look at the other's rows, so a report and the collection it names that arrive
 together cannot miss each other; SQLite has one writer at a time.
@@ -30,21 +36,23 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import case, func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
 
 from backend import metrics
 from backend.agents.models import AgentCollection
 from backend.audit import service as audit
+from backend.audit.service import day_bounds
 from backend.auth.models import StaffUser
 from backend.cache import address_key
 from backend.clock import SHANGHAI, business_date
 from backend.db import unit_of_work
-from backend.errors import RateLimited, ValidationFailed
-from backend.orders.models import Payment
-from backend.receipts.report_models import ReceiptReport
+from backend.errors import Conflict, Forbidden, NotFound, RateLimited, ValidationFailed
+from backend.logs import redact
+from backend.orders.models import Order, Payment
+from backend.receipts.report_models import NOTE_KIND, ReceiptReport
 from backend.receipts.report_schemas import ReceiptKnownOut, ReceiptReportIn, ReceiptReportOut
-from backend.residents.models import Village
+from backend.residents.models import Town, Village
 from backend.runtime import Runtime
 from backend.security.tokens import Principal
 
@@ -163,11 +171,12 @@ def report(rt: Runtime, body: ReceiptReportIn,
             metrics.RECEIPT_REPORTS.labels(kind="repeat").inc()
             return _out(earlier, village.name, repeat=True)
         now = rt.clock.now()
+        note = rt.pii.encrypt(body.note, NOTE_KIND) if body.note is not None else None
         row = ReceiptReport(
             # a unique stand-in until the id is known (the number is derived from it)
             report_no="-" + secrets.token_hex(11), village_code=village.code,
             town_code=village.town_code, paper_receipt_no=body.paper_receipt_no,
-            amount_fen=body.amount_fen, paid_on=body.paid_on, note=body.note, kind=kind,
+            amount_fen=body.amount_fen, paid_on=body.paid_on, note_encrypted=note, kind=kind,
             status="open", client_hash=client_hash(rt, client_ip), created_at=now,
             matched_collection_id=found[0].collection_id if found else None)
         s.add(row)
@@ -224,3 +233,113 @@ def counts(session: Session, town: str | None) -> dict[str, tuple[int, int]]:
     if town is not None:
         stmt = stmt.where(col(ReceiptReport.town_code) == town)
     return {v: (int(o or 0), int(n)) for v, o, n in session.execute(stmt)}
+
+
+# --------------------------------------------------------------------------- for staff
+#: who reads the reports of the whole district (town staff: their own town's)
+DISTRICT_READERS = ("finance", "auditor", "admin")
+#: who closes them (town staff: their own town's); auditors watch, they do not act
+DISTRICT_CLOSERS = ("finance", "admin")
+
+
+def reading_scope(session: Session, principal: Principal, town: str | None,
+                  village: str | None) -> str | None:
+    """The town a caller may list (None: the whole district); ``Forbidden`` for another
+    role or another town, ``NotFound`` for an unknown town or village."""
+    if principal.role == "town_staff":
+        if town is not None and town != principal.town_code:
+            raise Forbidden("town staff read the receipt reports of their own town only")
+        town = principal.town_code
+    elif principal.role not in DISTRICT_READERS:
+        raise Forbidden("receipt reports are read by town staff, finance, auditors and admins")
+    if town is not None and session.get(Town, town) is None:
+        raise NotFound(f"town: no town {town!r}")
+    if village is not None:
+        v = session.get(Village, village)
+        if v is None:
+            raise NotFound(f"village: no village {village!r}")
+        if principal.role == "town_staff" and v.town_code != principal.town_code:
+            raise Forbidden("town staff read the receipt reports of their own town only")
+    return town
+
+
+@dataclass(frozen=True)
+class Listed:
+    report: ReceiptReport
+    village_name: str
+    order_no: str | None
+    closed_by: str | None
+
+
+def note_of(rt: Runtime, report: ReceiptReport) -> str | None:
+    """The resident's note for staff: decrypted, ID and phone numbers masked."""
+    if report.note_encrypted is None:
+        return None
+    return redact(rt.pii.decrypt(report.note_encrypted, NOTE_KIND))
+
+
+def listing(session: Session, *, town: str | None = None, village: str | None = None,
+            status: str | None = None, first: date | None = None, last: date | None = None,
+            report_no: str | None = None, after_id: int = 0,
+            limit: int = 100) -> list[Listed]:
+    """The reports in id order after ``after_id``, at most ``limit``; ``town`` is the scope
+    ``reading_scope`` gave."""
+    closer = aliased(StaffUser)
+    stmt = (select(ReceiptReport, col(Village.name), col(Order.order_no),
+                   col(closer.username))
+            .join(Village, col(Village.code) == col(ReceiptReport.village_code))
+            .outerjoin(AgentCollection,
+                       col(AgentCollection.id) == col(ReceiptReport.matched_collection_id))
+            .outerjoin(Order, col(Order.id) == col(AgentCollection.order_id))
+            .outerjoin(closer, col(closer.id) == col(ReceiptReport.closed_by))
+            .where(col(ReceiptReport.id) > after_id)
+            .order_by(col(ReceiptReport.id)).limit(limit))
+    if town is not None:
+        stmt = stmt.where(col(ReceiptReport.town_code) == town)
+    if village is not None:
+        stmt = stmt.where(col(ReceiptReport.village_code) == village)
+    if status is not None:
+        stmt = stmt.where(col(ReceiptReport.status) == status)
+    if report_no is not None:
+        stmt = stmt.where(col(ReceiptReport.report_no) == report_no)
+    if first is not None:
+        stmt = stmt.where(col(ReceiptReport.created_at) >= day_bounds(first, first)[0])
+    if last is not None:
+        stmt = stmt.where(col(ReceiptReport.created_at) < day_bounds(last, last)[1])
+    return [Listed(r, name, order_no, username)
+            for r, name, order_no, username in session.execute(stmt).all()]
+
+
+def close(session: Session, rt: Runtime, principal: Principal, report_no: str,
+          reason: str) -> ReceiptReport:
+    """Close an open report with the reason (masked as the audit trail masks it), audited
+    ``receipt_report.close``. ``NotFound`` for an unknown report; ``Forbidden`` for auditors
+    and other roles, and for town staff a report of another town;
+    ``Conflict`` (``receipt_report_not_open``) for a matched or closed one."""
+    if principal.role != "town_staff" and principal.role not in DISTRICT_CLOSERS:
+        raise Forbidden("receipt reports are closed by town staff, finance and admins "
+                        "(auditors read them)")
+    row = session.scalars(select(ReceiptReport).where(
+        col(ReceiptReport.report_no) == report_no)).first()
+    if row is None:
+        raise NotFound(f"report_no: no receipt report {report_no!r}")
+    if principal.role == "town_staff" and row.town_code != principal.town_code:
+        raise Forbidden("town staff close the receipt reports of their own town only")
+    # the lock a collection naming this paper receipt takes (match_collection): a report is
+    # matched or closed, never both; then the row as it is now, held to the commit
+    _lock(session, row.village_code, row.paper_receipt_no)
+    session.refresh(row, with_for_update=True)
+    if row.status != "open":
+        raise Conflict(f"receipt report {report_no} is {row.status}, not open: only an open "
+                       "report is closed", code="receipt_report_not_open")
+    row.status, row.closed_at = "closed", rt.clock.now()
+    row.closed_by = int(principal.sub.removeprefix("staff:"))
+    row.close_reason = redact(reason)
+    session.add(row)
+    session.flush()
+    audit.record(session, rt, principal, "receipt_report.close", "receipt_report",
+                 row.report_no, reason=reason,
+                 details={"village_code": row.village_code, "town_code": row.town_code,
+                          "kind": row.kind, "paper_receipt_no": row.paper_receipt_no,
+                          "amount_fen": row.amount_fen})
+    return row

@@ -32,7 +32,7 @@ from backend.clock import BusinessClock
 from backend.db import unit_of_work
 from tests.conftest import Live, _unavailable
 from tests.docs.test_docs_pages import CHROMIUM, CHROMIUM_ARGS
-from tests.factories import OTHER_TOWN, TOWN
+from tests.factories import OTHER_TOWN, OTHER_VILLAGE, TOWN, VILLAGE
 from tests.orders.helpers import (
     get_order,
     order,
@@ -324,7 +324,8 @@ def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPat
             login(mobile, "town", "town-pass1")
             expect(mobile.get_by_role("heading", level=1)).to_contain_text("首页")
             nav = mobile.get_by_role("navigation")
-            expect(nav.get_by_role("link")).to_have_count(3)   # 首页, 日报解台账, 进度
+            # 首页, 日报解台账, 进度, 收据举报
+            expect(nav.get_by_role("link")).to_have_count(4)
             no_sideways_scroll(mobile, "home")
             # the town's progress on a phone: server-drawn charts, no sideways scrolling
             mobile.goto(base + "/desk/progress?year=2021")
@@ -362,3 +363,78 @@ def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPat
         finally:
             browser.close()
     assert outside == [], f"the desk asked for things from outside: {outside}"
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
+def test_town_staff_close_a_receipt_report_in_a_browser(live: Live) -> None:
+    """Residents report paper receipts in both towns; the town's staff, on a phone, read their
+    town's open ones per village (the note masked) and close one with a reason; an auditor
+    reads them without a close form."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        _unavailable("Debian's chromium (.ci/run installs it)", FileNotFoundError(CHROMIUM))
+    seed(live.rt)
+    with unit_of_work(live.rt.sessions) as s:
+        create_staff_user(s, username="town", password="town-pass1", role="town_staff",
+                          town_code=TOWN)
+        create_staff_user(s, username="aud", password="auditor-pass", role="auditor")
+    made = []
+    for village, no, note in ((VILLAGE, "B-1", "代办员收现金，电话 13812345678"),
+                              (VILLAGE, "B-2", None), (OTHER_VILLAGE, "B-3", None)):
+        r = live.http.post("/r/report", json={
+            "village_code": village, "paper_receipt_no": no, "amount_fen": 38000,
+            "paid_on": "2020-11-01", "note": note})
+        assert r.status_code == 201, r.text
+        made.append(r.json()["report_no"])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    outside: list[str] = []
+
+    def only_ours(route: Route) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+            page = phone.new_page()
+            page.route("**/*", only_ours)
+            page.goto(live.base_url + "/desk/login")
+            page.get_by_label("用户名").fill("town")
+            page.get_by_label("密码").fill("town-pass1")
+            page.get_by_role("button", name="登录").click()
+            page.get_by_role("link", name="收据举报").first.click()
+            expect(page.locator("h1")).to_contain_text("店子镇")
+            expect(page.locator(f"#village-{VILLAGE} tbody tr")).to_have_count(2)
+            expect(page.locator(f"tr#{made[2]}")).to_have_count(0)     # another town's
+            row = page.locator(f"tr#{made[0]}")
+            expect(row.locator("td.note")).to_have_text("代办员收现金，电话 138****5678")
+            widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], f"the page is {widths[0]} px wide on a phone"
+            page.screenshot(path=str(ARTIFACTS / "receipt-reports.png"), full_page=True)
+            row.get_by_label("关闭原因").fill("已与代办员核实：收据作废重开")
+            row.get_by_role("button", name="关闭举报").click()
+            expect(page.get_by_role("status")).to_contain_text("收据举报已关闭")
+            expect(page.locator(f"tr#{made[0]}")).to_have_count(0)
+            expect(page.locator(f"#village-{VILLAGE} tbody tr")).to_have_count(1)
+
+            phone.clear_cookies()
+            page.goto(live.base_url + "/desk/login")
+            page.get_by_label("用户名").fill("aud")
+            page.get_by_label("密码").fill("auditor-pass")
+            page.get_by_role("button", name="登录").click()
+            page.goto(live.base_url + "/desk/receipt-reports")
+            expect(page.locator(f"tr#{made[1]}")).to_have_count(1)
+            expect(page.locator(f"tr#{made[2]}")).to_have_count(1)
+            expect(page.get_by_role("button", name="关闭举报")).to_have_count(0)
+        finally:
+            browser.close()
+    assert outside == []
+    r = live.http.get("/api/v1/receipt-reports", params={"status": "closed"},
+                      headers=staff_headers(live, "aud", "auditor-pass"))
+    assert [(i["report_no"], i["closed_by"], i["close_reason"]) for i in r.json()["reports"]] \
+        == [(made[0], "town", "已与代办员核实：收据作废重开")]

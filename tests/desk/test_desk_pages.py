@@ -370,3 +370,52 @@ def test_progress_page_charts_behind_villages_money_and_scopes(client: TestClien
     assert _login(client, "auditor", "password-1")[0] == 303
     r = client.get(f"/desk/progress?year=2021&town={OTHER_TOWN}")
     assert r.status_code == 200 and "空村" in r.text and SOUTH not in r.text
+
+
+def test_receipt_reports_page_scopes_roles_and_refusals(client: TestClient,
+                                                        rt: Runtime) -> None:
+    """The open reports per village: town staff their town's, auditors without a close
+    form; a close needs the form's token, a reason and a role that acts; a second close is
+    refused saying why."""
+    from tests.factories import OTHER_VILLAGE
+
+    _staff(rt)
+    made = []
+    for village, no in ((VILLAGE, "D-1"), (OTHER_VILLAGE, "D-2")):
+        r = client.post("/r/report", json={"village_code": village, "paper_receipt_no": no,
+                                           "amount_fen": 38000, "paid_on": "2020-11-01",
+                                           "note": "身份证 370406199001011234"})
+        assert r.status_code == 201, r.text
+        made.append(r.json()["report_no"])
+    assert _login(client, "town", "town-pass1")[0] == 303
+    page = client.get("/desk/receipt-reports")
+    assert page.status_code == 200, page.text
+    assert made[0] in page.text and made[1] not in page.text
+    assert "370406********1234" in page.text and "370406199001011234" not in page.text
+    assert "关闭举报" in page.text
+    r = client.get(f"/desk/receipt-reports?town={OTHER_TOWN}")
+    assert r.status_code == 403 and "本镇" in r.text
+    token = _csrf(client, "/desk/receipt-reports")
+    close = f"/desk/receipt-reports/{made[0]}/close"
+    r = client.post(close, data={"reason": "重复"})
+    assert r.status_code == 403 and "表单校验失败" in r.text
+    r = client.post(close, data={"csrf": token, "reason": "  "})
+    assert r.status_code == 422 and "请填写原因" in r.text
+    r = client.post(f"/desk/receipt-reports/{made[1]}/close",
+                    data={"csrf": token, "reason": "重复"})
+    assert r.status_code == 403, r.text            # another town's
+    r = client.post(close, data={"csrf": token, "reason": "重复"}, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (
+        303, "/desk/receipt-reports?done=report_closed")
+    after = client.get(r.headers["location"]).text
+    assert "收据举报已关闭" in after and made[0] not in after and "没有待处理的收据举报" in after
+    r = client.post(close, data={"csrf": token, "reason": "重复"})
+    assert r.status_code == 409 and "已不是待处理状态" in r.text
+
+    assert _login(client, "aud", "auditor-pass")[0] == 303
+    page = client.get("/desk/receipt-reports")
+    assert made[1] in page.text and "关闭举报" not in page.text
+    token = _csrf(client, "/desk/receipt-reports")
+    r = client.post(f"/desk/receipt-reports/{made[1]}/close",
+                    data={"csrf": token, "reason": "重复"})
+    assert r.status_code == 403 and "审计只查看" in r.text

@@ -22,7 +22,7 @@ from sqlmodel import col
 from backend.audit.models import AuditEvent
 from backend.auth.service import create_staff_user
 from backend.db import unit_of_work
-from backend.receipts.report_models import ReceiptReport
+from backend.receipts.report_models import NOTE_KIND, ReceiptReport
 from backend.runtime import Runtime
 from tests.agents.test_agent_money import collect
 from tests.conftest import Live, _unavailable
@@ -69,6 +69,13 @@ def reports(rt: Runtime) -> list[ReceiptReport]:
         return rows
 
 
+def note(rt: Runtime, row: ReceiptReport) -> str | None:
+    """The note as kept (encrypted), decrypted with the PII key."""
+    if row.note_encrypted is None:
+        return None
+    return rt.pii.decrypt(row.note_encrypted, NOTE_KIND)
+
+
 def audit_events(w: SimpleNamespace, action: str) -> list[dict[str, Any]]:
     r = w.http.get("/api/v1/audit", headers=staff_headers(w, "aud", "auditor-pass"),
                    params={"from": TODAY.isoformat(), "to": TODAY.isoformat(), "limit": 500})
@@ -101,8 +108,9 @@ def test_an_unknown_paper_receipt_is_recorded_and_audited(world: SimpleNamespace
         "amount_fen": 38000, "paid_on": "2020-11-01"}
     assert answer["report_no"].startswith("J20201102") and len(answer["report_no"]) == 17
     [row] = reports(world.rt)
-    assert (row.report_no, row.town_code, row.kind, row.status, row.note) == (
-        answer["report_no"], TOWN, "unknown_receipt", "open", "代办员王某收的现金")
+    assert (row.report_no, row.town_code, row.kind, row.status) == (
+        answer["report_no"], TOWN, "unknown_receipt", "open")
+    assert note(world.rt, row) == "代办员王某收的现金"
     # the reporter's address only as a keyed hash
     assert row.client_hash == world.rt.pii.hash("10.1.2.3", kind="report-ip")
     assert "10.1.2.3" not in row.client_hash and len(row.client_hash) == 64
@@ -202,10 +210,10 @@ def test_a_body_that_is_not_a_json_object_is_refused(world: SimpleNamespace, raw
 
 
 def test_a_note_is_kept_as_given(world: SimpleNamespace) -> None:
-    note = "  第一行\n第二行：电话 13812345678  "
-    assert world.http.post("/r/report", json=body(note=note)).status_code == 201
+    text = "  第一行\n第二行：电话 13812345678  "
+    assert world.http.post("/r/report", json=body(note=text)).status_code == 201
     [row] = reports(world.rt)
-    assert row.note == note
+    assert note(world.rt, row) == text
     # never in the audit trail (it may name people): the trail's details have no note
     [event] = audit_events(world, "receipt_report.record")
     assert "note" not in event["details"]
@@ -327,7 +335,8 @@ def test_the_form_page(world: SimpleNamespace) -> None:
     done = world.http.post("/r/report", data=form)
     assert done.status_code == 201 and done.headers["content-type"].startswith("text/html")
     [row] = reports(world.rt)
-    assert (row.paper_receipt_no, row.amount_fen, row.note) == ("SJ-0020", 38050, "王某")
+    assert (row.paper_receipt_no, row.amount_fen, note(world.rt, row)) == ("SJ-0020", 38050,
+                                                                          "王某")
     assert row.report_no in done.text and "系统中查不到这张收据" in done.text
 
     # every wrong field named at once, in Chinese, with what was typed kept; nothing written
