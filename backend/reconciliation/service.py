@@ -160,6 +160,18 @@ class Reconciled:
         return getattr(self.run, name)
 
 
+#: The service's records begin in this century: a day far outside it (0001-01-01) would
+#: overflow when its Beijing midnight, less the hold window, is worked out.
+EARLIEST_DAY, LATEST_DAY = date(2000, 1, 1), date(2999, 12, 31)
+
+
+def check_day(day: date) -> None:
+    """A statement's business day, within the years the service can date."""
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise ValidationFailed(f"date: {day} is outside {EARLIEST_DAY} to {LATEST_DAY}",
+                               fields=["date"])
+
+
 def reconcile_statement(rt: Runtime, *, channel: str, day: date, fileobj: BinaryIO,
                         filename: str, source: str, user_id: int | None,
                         parse: Parse | None = None) -> Reconciled:
@@ -171,6 +183,7 @@ def reconcile_statement(rt: Runtime, *, channel: str, day: date, fileobj: Binary
         raise ValidationFailed(f"channel: {channel!r} is none of {', '.join(CHANNELS)}")
     if source not in ("upload", "fetch"):
         raise ValidationFailed(f"source: {source!r} is neither upload nor fetch")
+    check_day(day)
     limit = rt.settings.statement_max_bytes
     data = fileobj.read(limit + 1)
     if len(data) > limit:
@@ -255,6 +268,7 @@ def fetch_and_reconcile(rt: Runtime, *, channel: str, day: date,
     if channel not in FETCHABLE:
         raise ValidationFailed(f"channel: {channel} statements are uploaded; only "
                                f"{' and '.join(FETCHABLE)} are fetched from the channel")
+    check_day(day)
     client = rt.channels.clients[Channel(channel)]
     fetch = getattr(client, "fetch_statement", None)
     if fetch is None:

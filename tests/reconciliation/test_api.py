@@ -91,6 +91,9 @@ def test_a_statement_once_per_file_and_per_day(rt: Runtime, client: TestClient,
     wrong_day = _upload(client, staff["fin1"], bill, day="2020-11-03")
     assert wrong_day.status_code == 422 and "another day" in wrong_day.json()["error"]["message"]
     assert _counts(rt) == (0, 0, 0, 0)                                   # nothing kept
+    for far in ("0001-01-01", "9999-12-31"):       # its Beijing midnight would overflow
+        r = _upload(client, staff["fin1"], bill, day=far)
+        assert r.status_code == 422 and r.json()["error"]["fields"] == ["date"], r.text
 
     first = _upload(client, staff["fin1"], bill)
     assert first.status_code == 201, first.text
