@@ -130,9 +130,16 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     from backend.auth.service import create_staff_user
     from backend.db import unit_of_work
 
+    password = args.password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print("error: --password-stdin: no password on the first line of standard input",
+                  file=sys.stderr)
+            return 2
     rt = _runtime()
     with unit_of_work(rt.sessions) as session:
-        user = create_staff_user(session, username=args.username, password=args.password,
+        user = create_staff_user(session, username=args.username, password=password,
                                  role=args.role, town_code=args.town,
                                  village_code=args.village, department=args.department,
                                  clock=rt.clock)
@@ -387,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                           required=True)
     s = users.add_parser("create", help="create a staff account")
     s.add_argument("--username", required=True)
-    s.add_argument("--password", required=True)
+    secret = s.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password", help="the password (seen by other users of the machine "
+                        "in ps and kept in shell history: prefer --password-stdin)")
+    secret.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input "
+                             "(printf '%%s\\n' \"$PW\" | … or < a file only you can read)")
     s.add_argument("--role", required=True, choices=STAFF_ROLES)
     s.add_argument("--town", help="the town's code (role town_staff)")
     s.add_argument("--village", help="the village's code (role agent)")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -109,3 +111,20 @@ def test_users_create_command(rt: Runtime, monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["users", "create", "--username", "ag", "--password", "agent-pass",
                      "--role", "agent"]) == 2
     assert "village" in capsys.readouterr().err
+    # the password from standard input: not in ps, not in the shell's history
+    monkeypatch.setattr("sys.stdin", io.StringIO("audit-pass-1\n"))
+    assert cli.main(["users", "create", "--username", "aud", "--password-stdin",
+                     "--role", "auditor"]) == 0
+    from argon2 import PasswordHasher
+    from sqlalchemy import select
+
+    from backend.auth.models import StaffUser
+
+    with unit_of_work(rt.sessions) as s:
+        stored = s.scalars(select(StaffUser.password_hash).where(
+            StaffUser.username == "aud")).one()
+        assert PasswordHasher().verify(stored, "audit-pass-1")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert cli.main(["users", "create", "--username", "aud2", "--password-stdin",
+                     "--role", "auditor"]) == 2
+    assert "no password" in capsys.readouterr().err
