@@ -23,7 +23,6 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,7 +30,7 @@ from backend.auth.service import create_staff_user
 from backend.clock import BusinessClock
 from backend.db import unit_of_work
 from tests.conftest import Live, _unavailable
-from tests.docs.test_docs_pages import CHROMIUM, CHROMIUM_ARGS
+from tests.docs.test_docs_pages import CHROMIUM, CHROMIUM_ARGS, loopback_only
 from tests.factories import OTHER_TOWN, OTHER_VILLAGE, TOWN, VILLAGE
 from tests.orders.helpers import (
     get_order,
@@ -91,7 +90,7 @@ def _money(live: Live, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
-    from playwright.sync_api import Page, Route, expect, sync_playwright
+    from playwright.sync_api import Page, expect, sync_playwright
 
     if not Path(CHROMIUM).exists():
         _unavailable("Debian's chromium (.ci/run installs it)", FileNotFoundError(CHROMIUM))
@@ -101,12 +100,7 @@ def test_the_finance_desk_in_a_browser(live: Live, monkeypatch: pytest.MonkeyPat
     base = live.base_url
     outside: list[str] = []
 
-    def only_ours(route: Route) -> None:
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:           # the desk needs nothing from outside (an intranet has no internet)
-            outside.append(route.request.url)
-            route.abort()
+    only_ours = loopback_only(outside)
 
     def login(page: Page, username: str, password: str) -> None:
         page.goto(base + "/desk/login")
@@ -370,7 +364,7 @@ def test_town_staff_close_a_receipt_report_in_a_browser(live: Live) -> None:
     """Residents report paper receipts in both towns; the town's staff, on a phone, read their
     town's open ones per village (the note masked) and close one with a reason; an auditor
     reads them without a close form."""
-    from playwright.sync_api import Route, expect, sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     if not Path(CHROMIUM).exists():
         _unavailable("Debian's chromium (.ci/run installs it)", FileNotFoundError(CHROMIUM))
@@ -390,12 +384,7 @@ def test_town_staff_close_a_receipt_report_in_a_browser(live: Live) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     outside: list[str] = []
 
-    def only_ours(route: Route) -> None:
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
+    only_ours = loopback_only(outside)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

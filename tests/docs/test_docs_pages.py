@@ -7,7 +7,9 @@ blocked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,6 +21,19 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+
+
+def loopback_only(outside: list[str]) -> Callable[[Any], None]:
+    """A Playwright route handler: requests to the served app (127.0.0.1) go on; any other
+    is blocked and its URL put in ``outside`` (an intranet has no internet)."""
+    def handle(route: Any) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    return handle
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)

@@ -11,7 +11,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -367,9 +366,9 @@ def test_the_form_page(world: SimpleNamespace) -> None:
 @pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
 def test_a_report_from_a_phone_shows_on_the_desk(live: Live) -> None:
     """A resident on a phone reports a paper receipt; finance sees it on the progress page."""
-    from playwright.sync_api import Route, expect, sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
-    from tests.docs.test_docs_pages import CHROMIUM, CHROMIUM_ARGS
+    from tests.docs.test_docs_pages import CHROMIUM, CHROMIUM_ARGS, loopback_only
 
     if not Path(CHROMIUM).exists():
         _unavailable("Debian's chromium (.ci/run installs it)", FileNotFoundError(CHROMIUM))
@@ -380,12 +379,7 @@ def test_a_report_from_a_phone_shows_on_the_desk(live: Live) -> None:
     artifacts.mkdir(parents=True, exist_ok=True)
     outside: list[str] = []
 
-    def only_ours(route: Route) -> None:
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
+    only_ours = loopback_only(outside)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
