@@ -487,7 +487,7 @@ def receipt_for(rt: Runtime, session: Session, principal: Principal, receipt_no:
     yet); the same 404 for a number that names nothing and one the caller may not see."""
     receipt, payment_id = by_number(session, receipt_no)
     if payment_id is None or not readable(session, principal, payment_id):
-        raise NotFound(f"no receipt {receipt_no} for this caller")
+        raise NotFound(f"no receipt {receipt_no[:32]} for this caller")   # not echoed in full
     if receipt is None:
         receipt = issue(session, rt.receipt_key, payment_id, rt.clock.now())
         assert receipt is not None

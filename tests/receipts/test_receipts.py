@@ -387,6 +387,8 @@ def test_the_payer_and_staff_in_scope_read_a_receipt_others_get_404(live: Live) 
                   "anything"):
         assert live.http.get(f"/api/v1/receipts/{other}",
                              headers=staff["fin1"]).status_code == 404
+    long = live.http.get("/api/v1/receipts/" + "R" * 5000, headers=staff["fin1"])
+    assert long.status_code == 404 and len(long.json()["error"]["message"]) < 100
     assert live.http.get(f"/api/v1/receipts/{no}").status_code == 401
     assert live.http.get(f"/api/v1/receipts/{no}.pdf",
                          headers=resident_headers(live, "someone-else")).status_code == 404
